@@ -1,0 +1,63 @@
+//! Wire types of the hydromesh fog mesh.
+//!
+//! This crate is everything a meter gateway, a CLI or another fog node needs to speak to a
+//! hydromesh node, and nothing else: the messages of each protocol, the protocol names, the size
+//! limits, and the versioned envelope that every message travels in ([`wire::encode`],
+//! [`wire::decode`]). It depends on serde and bincode 2 only (no async runtime, no libp2p), so
+//! firmware and gateways can use it alone.
+//!
+//! # Layout
+//! - [`reading`]: meters, readings, alarm flags.
+//! - [`ingest`]: `/hydromesh/ingest/1`, a batch of readings and the per-reading outcome.
+//! - [`query`]: `/hydromesh/query/1`, questions from clients and peers and their answers.
+//! - [`summary`]: the node summary gossiped on `hydromesh/summary/1` and exchanged by
+//!   `/hydromesh/sync/1`.
+//! - [`wire`]: envelope, version, codec and its errors.
+//! - [`limits`] and [`protocols`]: the constants every side agrees on.
+
+pub mod ingest;
+pub mod query;
+pub mod reading;
+pub mod summary;
+pub mod wire;
+
+pub use reading::{Alarms, MeterId, Reading};
+pub use wire::{decode, encode, WireError, WIRE_VERSION};
+
+/// Names of the libp2p protocols and gossipsub topics hydromesh speaks.
+pub mod protocols {
+    /// Request-response: readings from meters and gateways.
+    pub const INGEST: &str = "/hydromesh/ingest/1";
+    /// Request-response: questions from the CLI and from peers (routing).
+    pub const QUERY: &str = "/hydromesh/query/1";
+    /// Request-response: anti-entropy, whole summary maps.
+    pub const SYNC: &str = "/hydromesh/sync/1";
+    /// Kademlia protocol name of the hydromesh DHT.
+    pub const KAD: &str = "/hydromesh/kad/1";
+    /// Identify protocol version string.
+    pub const IDENTIFY: &str = "/hydromesh/id/1";
+    /// Gossipsub topic of node summaries.
+    pub const SUMMARY_TOPIC: &str = "hydromesh/summary/1";
+}
+
+/// Size limits every side enforces. A message over its limit is refused before it is decoded.
+pub mod limits {
+    /// Most readings in one ingest request.
+    pub const MAX_BATCH_READINGS: usize = 10_000;
+    /// Largest encoded ingest or query request, in bytes.
+    pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+    /// Largest encoded response (query answers with a meter's history), in bytes.
+    pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+    /// Largest encoded signed summary (gossip message), in bytes.
+    pub const MAX_SUMMARY_BYTES: usize = 512 * 1024;
+    /// Largest encoded sync message (a whole summary map), in bytes.
+    pub const MAX_SYNC_BYTES: usize = 16 * 1024 * 1024;
+    /// Most readings returned by one history query; a longer window is cut and says so.
+    pub const MAX_HISTORY_READINGS: usize = 100_000;
+    /// Most entries a top query may ask for.
+    pub const MAX_TOP_N: u32 = 10_000;
+    /// Longest node name, in bytes.
+    pub const MAX_NAME_BYTES: usize = 64;
+    /// Largest message any decoder accepts, whatever the protocol.
+    pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+}

@@ -1,0 +1,185 @@
+//! The node summary: what a fog node tells the mesh about its meters.
+//!
+//! Gossiped on `hydromesh/summary/1` and exchanged whole by `/hydromesh/sync/1`, always inside a
+//! [`SignedSummary`] so that a summary relayed by any peer can be checked against its origin.
+
+use serde::{Deserialize, Serialize};
+
+use crate::reading::MeterId;
+
+/// A register value at a time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Point {
+    /// Device time, ms since the Unix epoch.
+    pub ts_ms: u64,
+    /// Cumulative register, litres.
+    pub litres: u64,
+}
+
+/// A meter's earliest and latest readings in a window: the pair its consumption comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MeterSpan {
+    /// The meter.
+    pub meter: MeterId,
+    /// Earliest reading (or the window's baseline).
+    pub first: Point,
+    /// Latest reading.
+    pub last: Point,
+}
+
+/// What a fog node gossips about itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSummary {
+    /// Peer id of the node that made it.
+    pub origin: String,
+    /// The node's operator-given name.
+    pub name: String,
+    /// Monotonic across the node's restarts: a receiver keeps the highest.
+    pub version: u64,
+    /// When it was made, by the origin's clock, ms since the Unix epoch.
+    pub generated_at_ms: u64,
+    /// The origin's dialable addresses, with `/p2p/`.
+    pub addrs: Vec<String>,
+    /// Meters the node holds.
+    pub meter_count: u64,
+    /// Their total consumption over all data held, litres.
+    pub total_consumption_l: u64,
+    /// The node's top meters over all data held, consumption descending.
+    pub top: Vec<MeterSpan>,
+    /// Which meters the node holds (may say yes wrongly, never no wrongly).
+    pub filter: MeterFilter,
+}
+
+/// A summary with its origin's signature.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedSummary {
+    /// The encoded [`NodeSummary`] (a [`wire`](crate::wire) envelope).
+    pub payload: Vec<u8>,
+    /// The origin's public key, libp2p protobuf encoding.
+    pub public_key: Vec<u8>,
+    /// The origin's signature of `payload`.
+    pub signature: Vec<u8>,
+}
+
+/// `/hydromesh/sync/1` request: the asking node's whole map.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncRequest {
+    /// Every summary the asking node holds, its own included.
+    pub summaries: Vec<SignedSummary>,
+}
+
+/// `/hydromesh/sync/1` response: the answering node's whole map.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncResponse {
+    /// Every summary the answering node holds, its own included.
+    pub summaries: Vec<SignedSummary>,
+}
+
+/// A Bloom filter of meter ids: a compact "which meters does this node hold".
+///
+/// Routing uses it to ask only the nodes that may hold a meter; a false positive costs one
+/// extra request, never a wrong answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeterFilter {
+    bits: Vec<u64>,
+    hashes: u8,
+}
+
+impl MeterFilter {
+    /// Bits per meter, for about 1% false positives.
+    const BITS_PER_METER: usize = 10;
+    /// Hash functions, optimal for 10 bits per entry.
+    const HASHES: u8 = 7;
+    /// Largest filter, in 64-bit words (256 KiB): larger nodes see more false positives.
+    const MAX_WORDS: usize = 32 * 1024;
+    /// Most hash functions a received filter may claim.
+    const MAX_HASHES: u8 = 16;
+
+    /// An empty filter sized for `meters` entries.
+    pub fn with_capacity(meters: usize) -> Self {
+        let words = (meters * Self::BITS_PER_METER)
+            .div_ceil(64)
+            .clamp(1, Self::MAX_WORDS);
+        MeterFilter {
+            bits: vec![0; words],
+            hashes: Self::HASHES,
+        }
+    }
+
+    /// Adds a meter.
+    pub fn insert(&mut self, meter: MeterId) {
+        for bit in self.positions(meter) {
+            self.bits[bit / 64] |= 1 << (bit % 64);
+        }
+    }
+
+    /// Whether the meter may be in the set (`false` is certain).
+    pub fn may_contain(&self, meter: MeterId) -> bool {
+        if self.bits.is_empty() {
+            return false;
+        }
+        self.positions(meter)
+            .all(|bit| self.bits[bit / 64] & (1 << (bit % 64)) != 0)
+    }
+
+    /// Whether a received filter is well formed.
+    pub fn is_valid(&self) -> bool {
+        !self.bits.is_empty()
+            && self.bits.len() <= Self::MAX_WORDS
+            && (1..=Self::MAX_HASHES).contains(&self.hashes)
+    }
+
+    fn positions(&self, meter: MeterId) -> impl Iterator<Item = usize> {
+        // Double hashing (Kirsch–Mitzenmacher): k positions from two 64-bit hashes.
+        let len = (self.bits.len() * 64) as u64;
+        let h1 = splitmix64(meter);
+        let h2 = splitmix64(h1) | 1;
+        (0..u64::from(self.hashes))
+            .map(move |i| (h1.wrapping_add(i.wrapping_mul(h2)) % len.max(1)) as usize)
+    }
+}
+
+/// SplitMix64's finaliser: a fast, well-mixed 64-bit hash.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_never_misses_and_rarely_lies() {
+        let mut filter = MeterFilter::with_capacity(10_000);
+        for meter in 0..10_000 {
+            filter.insert(meter * 3);
+        }
+        assert!((0..10_000).all(|m| filter.may_contain(m * 3)));
+        let false_positives = (0..10_000)
+            .filter(|m| filter.may_contain(m * 3 + 1))
+            .count();
+        assert!(
+            false_positives < 300,
+            "{false_positives} false positives in 10000"
+        );
+    }
+
+    #[test]
+    fn empty_or_malformed_filters_hold_nothing() {
+        let filter = MeterFilter {
+            bits: vec![],
+            hashes: 3,
+        };
+        assert!(!filter.is_valid());
+        assert!(!filter.may_contain(1));
+        assert!(!MeterFilter {
+            bits: vec![u64::MAX],
+            hashes: 0
+        }
+        .is_valid());
+        assert!(MeterFilter::with_capacity(0).is_valid());
+    }
+}

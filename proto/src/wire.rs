@@ -1,0 +1,303 @@
+//! The envelope every hydromesh message travels in, and its codec.
+//!
+//! An encoded message is the wire version (`u16`, little endian) followed by the message in
+//! bincode 2's standard configuration (serde). Decoding checks the byte limit before anything is
+//! read, refuses another version, and refuses trailing bytes, so that a message has exactly one
+//! encoding.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::limits::MAX_MESSAGE_BYTES;
+
+/// Version of the wire format; a node refuses messages of another version.
+pub const WIRE_VERSION: u16 = 1;
+
+/// Why a message could not be encoded or decoded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    /// The message is larger than the protocol allows.
+    #[error("message of {size} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The message has another wire version.
+    #[error("wire version {found} is not supported (this build speaks version {expected})")]
+    Version {
+        /// The version it claims.
+        found: u16,
+        /// The version this build speaks.
+        expected: u16,
+    },
+    /// The bytes are not a valid message.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    /// The message is followed by bytes that belong to nothing.
+    #[error("malformed message: {0} trailing bytes")]
+    TrailingBytes(usize),
+    /// The message could not be encoded.
+    #[error("cannot encode message: {0}")]
+    Encode(String),
+}
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_MESSAGE_BYTES>()
+}
+
+/// Encodes `message` in the versioned envelope.
+pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, WireError> {
+    let mut bytes = WIRE_VERSION.to_le_bytes().to_vec();
+    bincode::serde::encode_into_std_write(message, &mut bytes, config())
+        .map_err(|e| WireError::Encode(e.to_string()))?;
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(WireError::TooLarge {
+            size: bytes.len(),
+            limit: MAX_MESSAGE_BYTES,
+        });
+    }
+    Ok(bytes)
+}
+
+/// Decodes a message of at most `max_bytes` bytes from its envelope.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8], max_bytes: usize) -> Result<T, WireError> {
+    let limit = max_bytes.min(MAX_MESSAGE_BYTES);
+    if bytes.len() > limit {
+        return Err(WireError::TooLarge {
+            size: bytes.len(),
+            limit,
+        });
+    }
+    let (version, body) = match bytes {
+        [lo, hi, body @ ..] => (u16::from_le_bytes([*lo, *hi]), body),
+        _ => return Err(WireError::Malformed("shorter than its version".into())),
+    };
+    if version != WIRE_VERSION {
+        return Err(WireError::Version {
+            found: version,
+            expected: WIRE_VERSION,
+        });
+    }
+    let (message, read) = bincode::serde::decode_from_slice(body, config())
+        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    if read != body.len() {
+        return Err(WireError::TrailingBytes(body.len() - read));
+    }
+    Ok(message)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fmt::Debug;
+
+    use serde::Deserialize;
+
+    use super::*;
+    use crate::ingest::{self, MeterCommand, Outcome, Rejection, Valve};
+    use crate::query::{self, Coverage, TopAnswer, TopEntry};
+    use crate::summary::{MeterFilter, MeterSpan, NodeSummary, Point, SignedSummary, SyncRequest};
+    use crate::{Alarms, Reading};
+
+    fn reading() -> Reading {
+        Reading {
+            meter: 7,
+            ts_ms: 1_795_000_000_000,
+            litres: 1234,
+            flow_lph: Some(60),
+            alarms: Alarms::LEAK,
+        }
+    }
+
+    fn summary() -> NodeSummary {
+        let mut filter = MeterFilter::with_capacity(1);
+        filter.insert(7);
+        NodeSummary {
+            origin: "12D3KooW".into(),
+            name: "north".into(),
+            version: 3,
+            generated_at_ms: 1_795_000_000_000,
+            addrs: vec!["/ip4/127.0.0.1/tcp/4001".into()],
+            meter_count: 1,
+            total_consumption_l: 34,
+            top: vec![MeterSpan {
+                meter: 7,
+                first: Point {
+                    ts_ms: 1_794_999_000_000,
+                    litres: 1200,
+                },
+                last: Point {
+                    ts_ms: 1_795_000_000_000,
+                    litres: 1234,
+                },
+            }],
+            filter,
+        }
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Encodes, checks the bytes against the golden vector, and decodes back.
+    fn golden<T>(message: T, expected_hex: &str)
+    where
+        T: Serialize + for<'de> Deserialize<'de> + PartialEq + Debug,
+    {
+        let bytes = encode(&message).expect("encode");
+        assert_eq!(
+            hex(&bytes),
+            expected_hex,
+            "wire format of {message:?} changed"
+        );
+        let back: T = decode(&bytes, bytes.len()).expect("decode");
+        assert_eq!(back, message);
+    }
+
+    #[test]
+    fn golden_ingest_request() {
+        golden(
+            ingest::Request {
+                readings: vec![reading()],
+            },
+            "01000107fd005e56eea1010000fbd204013c01",
+        );
+    }
+
+    #[test]
+    fn golden_ingest_response() {
+        golden(
+            ingest::Response::Done {
+                outcomes: vec![
+                    Outcome::Accepted,
+                    Outcome::Duplicate,
+                    Outcome::Rejected(Rejection::ConflictingDuplicate { stored_litres: 5 }),
+                ],
+                commands: vec![MeterCommand {
+                    meter: 7,
+                    valve: Valve::Closed,
+                }],
+            },
+            "010000030001020305010701",
+        );
+    }
+
+    #[test]
+    fn golden_query_request_and_response() {
+        golden(
+            query::Request::Top {
+                n: 10,
+                since_ms: Some(3_600_000),
+            },
+            "0100000a01fc80ee3600",
+        );
+        golden(
+            query::Response::Top(TopAnswer {
+                entries: vec![TopEntry {
+                    meter: 7,
+                    consumption_l: 34,
+                    home: "12D3KooW".into(),
+                }],
+                coverage: Coverage {
+                    included: vec!["12D3KooW".into()],
+                    stale: vec![],
+                    oldest_data_age_ms: 5,
+                },
+            }),
+            "01000001072208313244334b6f6f570108313244334b6f6f570005",
+        );
+    }
+
+    #[test]
+    fn golden_summary_and_sync() {
+        let payload = encode(&summary()).expect("encode");
+        golden(summary(), "010008313244334b6f6f57056e6f72746803fd005e56eea101000001172f6970342f3132372e302e302e312f7463702f3430303101220107fdc01b47eea1010000fbb004fd005e56eea1010000fbd20401fd000080104208210007");
+        golden(
+            SyncRequest {
+                summaries: vec![SignedSummary {
+                    payload,
+                    public_key: vec![1, 2],
+                    signature: vec![3],
+                }],
+            },
+            "0100015b010008313244334b6f6f57056e6f72746803fd005e56eea101000001172f6970342f3132372e302e302e312f7463702f3430303101220107fdc01b47eea1010000fbb004fd005e56eea1010000fbd20401fd0000801042082100070201020103",
+        );
+    }
+
+    #[test]
+    fn oversized_messages_are_refused_before_decoding() {
+        let bytes = encode(&ingest::Request {
+            readings: vec![reading(); 100],
+        })
+        .expect("encode");
+        let err = decode::<ingest::Request>(&bytes, 100).expect_err("over the limit");
+        assert_eq!(
+            err,
+            WireError::TooLarge {
+                size: bytes.len(),
+                limit: 100
+            }
+        );
+    }
+
+    #[test]
+    fn other_versions_truncation_and_trailing_bytes_are_refused() {
+        let mut bytes = encode(&query::Request::Stats).expect("encode");
+        bytes.push(0);
+        assert_eq!(
+            decode::<query::Request>(&bytes, 1024),
+            Err(WireError::TrailingBytes(1))
+        );
+        bytes[0] = 9;
+        assert!(matches!(
+            decode::<query::Request>(&bytes, 1024),
+            Err(WireError::Version { found: 9, .. })
+        ));
+        assert!(matches!(
+            decode::<query::Request>(&[1], 1024),
+            Err(WireError::Malformed(_))
+        ));
+        let full = encode(&ingest::Request {
+            readings: vec![reading()],
+        })
+        .expect("encode");
+        assert!(matches!(
+            decode::<ingest::Request>(&full[..full.len() - 1], 1024),
+            Err(WireError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn a_huge_claimed_length_does_not_allocate_it() {
+        // Version 1, then a Vec length of u64::MAX in bincode's varint encoding.
+        let mut bytes = WIRE_VERSION.to_le_bytes().to_vec();
+        bytes.push(253);
+        bytes.extend_from_slice(&u64::MAX.to_le_bytes());
+        assert!(matches!(
+            decode::<ingest::Request>(&bytes, 1024),
+            Err(WireError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        // A fixed pseudo-random stream: every prefix must decode or fail cleanly.
+        let mut state = 0x1234_5678_u64;
+        let garbage: Vec<u8> = (0..4096)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        for len in 0..garbage.len() {
+            let mut bytes = WIRE_VERSION.to_le_bytes().to_vec();
+            bytes.extend_from_slice(&garbage[..len]);
+            let _ = decode::<ingest::Request>(&bytes, 1 << 20);
+            let _ = decode::<query::Response>(&bytes, 1 << 20);
+            let _ = decode::<SyncRequest>(&bytes, 1 << 20);
+        }
+    }
+}
