@@ -1,1 +1,33 @@
-//! x
+//! hydromesh: a peer-to-peer fog mesh for smart water meters.
+//!
+//! Each fog node ingests its district's cumulative register readings into sled, gossips a
+//! signed summary of them, and answers global questions (top consumers, totals, the exact
+//! weighted average, one meter's history) from its merged view of every node's summary, with no
+//! central server.
+//!
+//! # Layout
+//! - [`node`]: [`Node::spawn`] and [`NodeHandle`]; the event loop that owns the swarm, and the
+//!   ingest pipeline that acknowledges readings once durable.
+//! - [`protocol`]: one module per libp2p protocol (ingest, query, sync, summary gossip) and the
+//!   shared transport and codec.
+//! - [`store`]: the sled-backed store, behind one type.
+//! - [`mesh`]: the merged view of node summaries (a CRDT) and the global answers.
+//! - [`domain`]: water rules: reading validation, consumption over windows, ranking.
+//! - [`client`]: a client of one node, used by the CLI, tests and embedders.
+//! - [`sim`]: simulated hydrometers.
+//! - [`cli`]: the `hydromesh` command line, one module per subcommand.
+//! - [`config`]: node configuration; [`clock`]: wall-clock milliseconds.
+
+pub mod cli;
+pub mod client;
+pub mod clock;
+pub mod config;
+pub mod domain;
+pub mod mesh;
+pub mod node;
+pub mod protocol;
+pub mod sim;
+pub mod store;
+
+pub use config::Config;
+pub use node::{Node, NodeError, NodeHandle};

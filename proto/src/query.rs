@@ -80,7 +80,10 @@ pub struct Coverage {
     pub included: Vec<String>,
     /// Peer ids of the included nodes not heard from within `stale_after`.
     pub stale: Vec<String>,
-    /// Age of the oldest summary included, ms.
+    /// Peer ids of fog nodes known to the asked node whose data is not included (they did not
+    /// answer a question that needed them).
+    pub missing: Vec<String>,
+    /// Age of the oldest data included, ms.
     pub oldest_data_age_ms: u64,
 }
 

@@ -202,6 +202,7 @@ mod tests {
                 coverage: Coverage {
                     included: vec!["12D3KooW".into()],
                     stale: vec![],
+                    missing: vec![],
                     oldest_data_age_ms: 5,
                 },
             }),

@@ -1,0 +1,202 @@
+//! `hydromesh ingest`: send readings from a CSV or JSON-lines file (or stdin) to a node, and
+//! report what was accepted, de-duplicated or rejected, line by line.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io::BufRead;
+use std::path::PathBuf;
+
+use hydromesh_proto::ingest::{self, Outcome};
+use hydromesh_proto::limits::MAX_BATCH_READINGS;
+use serde_json::json;
+
+use super::input::{Format, Readings};
+use super::{PeerArgs, EXIT_REFUSED};
+
+/// `hydromesh ingest` arguments.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    peer: PeerArgs,
+    /// The file to send (`-` for stdin): CSV with the header `meter,ts,litres[,flow_lph][,alarms]`,
+    /// or JSON lines.
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+    /// Input format (default: from the file name: .jsonl/.ndjson is JSON lines, else CSV).
+    #[arg(long, value_parser = parse_format)]
+    format: Option<Format>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Readings per request.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=MAX_BATCH_READINGS as u64))]
+    batch_size: u64,
+    /// Requests awaiting acknowledgement at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    window: u64,
+}
+
+fn parse_format(text: &str) -> Result<Format, String> {
+    match text {
+        "csv" => Ok(Format::Csv),
+        "jsonl" | "ndjson" => Ok(Format::JsonLines),
+        other => Err(format!("unknown format `{other}` (expected csv or jsonl)")),
+    }
+}
+
+/// What happened to the file's lines.
+#[derive(Default)]
+struct Report {
+    accepted: u64,
+    duplicates: u64,
+    rejected: Vec<(usize, String)>,
+    commands: Vec<ingest::MeterCommand>,
+}
+
+/// Runs `hydromesh ingest`.
+pub async fn run(args: Args) -> anyhow::Result<u8> {
+    let format = args.format.unwrap_or_else(|| Format::from_path(&args.file));
+    let reader: Box<dyn BufRead> = if args.file.as_os_str() == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        let file = std::fs::File::open(&args.file)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", args.file.display()))?;
+        Box::new(std::io::BufReader::with_capacity(1 << 20, file))
+    };
+    let readings = Readings::new(reader, format)
+        .map_err(|e| anyhow::anyhow!("{}: line {}: {}", args.file.display(), e.line, e.error))?;
+    let mut client = args.peer.connect().await?;
+    let report = RefCell::new(Report::default());
+    // Line numbers of each batch in flight, to name rejected lines when the ack comes back.
+    let lines_of_batch: RefCell<HashMap<usize, Vec<usize>>> = RefCell::new(HashMap::new());
+    let batches = Batches {
+        readings,
+        done: false,
+        size: args.batch_size as usize,
+        next_index: 0,
+        report: &report,
+        lines_of_batch: &lines_of_batch,
+    };
+    client
+        .ingest_batches(batches, args.window as usize, |index, response| {
+            let lines = lines_of_batch
+                .borrow_mut()
+                .remove(&index)
+                .unwrap_or_default();
+            report.borrow_mut().record(&lines, response);
+        })
+        .await?;
+    let mut report = report.into_inner();
+    report.rejected.sort();
+    if args.json {
+        let rejected: Vec<_> = report
+            .rejected
+            .iter()
+            .map(|(line, error)| json!({"line": line, "error": error}))
+            .collect();
+        let commands: Vec<_> = report
+            .commands
+            .iter()
+            .map(|c| json!({"meter": c.meter, "valve": c.valve.as_str()}))
+            .collect();
+        let out = json!({
+            "accepted": report.accepted,
+            "duplicates": report.duplicates,
+            "rejected": rejected,
+            "commands": commands,
+        });
+        println!("{out}");
+    } else {
+        for (line, error) in &report.rejected {
+            eprintln!("line {line}: {error}");
+        }
+        for command in &report.commands {
+            println!("meter {}: valve {}", command.meter, command.valve.as_str());
+        }
+        println!(
+            "accepted {}, duplicates {}, rejected {}",
+            report.accepted,
+            report.duplicates,
+            report.rejected.len()
+        );
+    }
+    Ok(if report.rejected.is_empty() {
+        0
+    } else {
+        EXIT_REFUSED
+    })
+}
+
+impl Report {
+    fn record(&mut self, lines: &[usize], response: ingest::Response) {
+        match response {
+            ingest::Response::Done { outcomes, commands } => {
+                for (line, outcome) in lines.iter().zip(outcomes) {
+                    match outcome {
+                        Outcome::Accepted => self.accepted += 1,
+                        Outcome::Duplicate => self.duplicates += 1,
+                        Outcome::Rejected(rule) => self.rejected.push((*line, rule.to_string())),
+                    }
+                }
+                self.commands.extend(commands);
+            }
+            ingest::Response::Refused { reason } => {
+                self.rejected.extend(
+                    lines
+                        .iter()
+                        .map(|line| (*line, format!("batch refused by the node: {reason}"))),
+                );
+            }
+            ingest::Response::Busy { .. } => {
+                // The client sends busy batches again; it never reports them.
+            }
+        }
+    }
+}
+
+/// Cuts the parsed file into batches, recording parse errors as rejected lines on the way.
+struct Batches<'a, R: BufRead> {
+    readings: Readings<R>,
+    done: bool,
+    size: usize,
+    next_index: usize,
+    report: &'a RefCell<Report>,
+    lines_of_batch: &'a RefCell<HashMap<usize, Vec<usize>>>,
+}
+
+impl<R: BufRead> Iterator for Batches<'_, R> {
+    type Item = Vec<hydromesh_proto::Reading>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let mut batch = Vec::with_capacity(self.size);
+        let mut lines = Vec::with_capacity(self.size);
+        for parsed in self.readings.by_ref() {
+            match parsed {
+                Ok(parsed) => {
+                    lines.push(parsed.line);
+                    batch.push(parsed.reading);
+                    if batch.len() == self.size {
+                        break;
+                    }
+                }
+                Err(error) => self
+                    .report
+                    .borrow_mut()
+                    .rejected
+                    .push((error.line, error.error.to_string())),
+            }
+        }
+        if batch.is_empty() {
+            self.done = true;
+            return None;
+        }
+        self.lines_of_batch
+            .borrow_mut()
+            .insert(self.next_index, lines);
+        self.next_index += 1;
+        Some(batch)
+    }
+}

@@ -1,0 +1,636 @@
+//! Streaming parser of meter readings from CSV or JSON lines: the input of `hydromesh ingest`.
+
+use std::io::{self, BufRead, Read};
+use std::iter::FusedIterator;
+use std::path::Path;
+
+use chrono::{DateTime, SecondsFormat};
+use hydromesh_proto::{Alarms, Reading};
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Longest accepted line in bytes; a longer line is an error for that line and is skipped.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+/// 9999-12-31T23:59:59.999Z, the last instant RFC 3339 can write.
+const MAX_RFC3339_MS: u64 = 253_402_300_799_999;
+const NOT_METER: &str = "is not a meter number (an unsigned integer)";
+const NOT_TIME: &str = "is neither RFC 3339 nor Unix milliseconds";
+const BEFORE_EPOCH: &str = "is before the Unix epoch (1970-01-01T00:00:00Z)";
+const NOT_LITRES: &str = "is not a whole number of litres";
+const NOT_FLOW: &str = "is not a flow in whole litres per hour (0 to 4294967295)";
+
+/// The syntax of an input file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// CSV with a header line naming the columns.
+    Csv,
+    /// One JSON object per line.
+    JsonLines,
+}
+
+impl Format {
+    /// The format a file name implies: `.jsonl`, `.ndjson`, `.json` are JSON lines, others CSV.
+    pub fn from_path(path: &Path) -> Format {
+        match path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+        {
+            Some(ext) if ["jsonl", "ndjson", "json"].contains(&ext.as_str()) => Format::JsonLines,
+            _ => Format::Csv,
+        }
+    }
+}
+
+/// A reading and the line it came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ParsedLine {
+    /// Line number as an editor shows it (the first line of the input is 1).
+    pub line: usize,
+    /// The reading.
+    pub reading: Reading,
+}
+
+/// Why a line (or the input) cannot be read as readings.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    /// Reading the input failed; the stream ends with this error.
+    #[error("cannot read input: {0}")]
+    Io(io::Error),
+    /// The line is not UTF-8 (with the 1-based byte column of the first bad byte).
+    #[error("line is not valid UTF-8 (bad byte at column {0})")]
+    InvalidUtf8(usize),
+    /// The line is longer than [`MAX_LINE_BYTES`].
+    #[error("line is longer than {MAX_LINE_BYTES} bytes")]
+    LineTooLong,
+    /// CSV input without a header line.
+    #[error("missing CSV header line (required columns: meter, ts, litres)")]
+    MissingHeader,
+    /// The CSV header names unknown columns (listed, in backquotes, comma-separated).
+    #[error("unknown column(s) {0} in header (expected meter, ts, litres, flow_lph, alarms)")]
+    UnknownColumns(String),
+    /// The CSV header names a column twice.
+    #[error("column `{0}` appears twice in header")]
+    DuplicateColumn(&'static str),
+    /// The CSV header lacks a required column.
+    #[error("missing required column `{0}` in header")]
+    MissingColumn(&'static str),
+    /// A CSV row has not as many fields as the header.
+    #[error("expected {expected} fields, found {found}")]
+    FieldCount {
+        /// Fields in the header.
+        expected: usize,
+        /// Fields in the row.
+        found: usize,
+    },
+    /// A required field is absent, empty or null.
+    #[error("field `{0}` is missing or empty")]
+    MissingField(&'static str),
+    /// A value breaks its field's rule.
+    #[error("field `{field}`: `{value}` {rule}")]
+    Value {
+        /// The field's name.
+        field: &'static str,
+        /// The value as written (shortened when long).
+        value: String,
+        /// The rule it breaks, e.g. "is not a whole number of litres".
+        rule: &'static str,
+    },
+    /// An alarm name is not leak, burst, tamper, backflow or dry.
+    #[error("unknown alarm `{0}` (expected leak, burst, tamper, backflow, dry)")]
+    UnknownAlarm(String),
+    /// A time given outside of a field (to [`parse_timestamp`]) is not one: text and rule.
+    #[error("`{0}` {1}")]
+    Timestamp(String, &'static str),
+    /// A JSON line is malformed or not an object.
+    #[error("invalid JSON: {0}")]
+    Json(String),
+}
+
+/// An [`InputError`] and the line it is about.
+#[derive(Debug, thiserror::Error)]
+#[error("line {line}: {error}")]
+pub struct LineError {
+    /// Line number as an editor shows it (the CSV header is line 1).
+    pub line: usize,
+    /// What is wrong with it.
+    pub error: InputError,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Column {
+    Meter,
+    Ts,
+    Litres,
+    Flow,
+    Alarms,
+}
+
+const COLUMNS: [(Column, &str); 5] = [
+    (Column::Meter, "meter"),
+    (Column::Ts, "ts"),
+    (Column::Litres, "litres"),
+    (Column::Flow, "flow_lph"),
+    (Column::Alarms, "alarms"),
+];
+
+/// Readings parsed line by line; each item is a reading or the error of one line.
+///
+/// A bad line does not end the stream; an I/O error does (it is the last item).
+pub struct Readings<R: BufRead> {
+    lines: Lines<R>,
+    format: Format,
+    columns: Vec<Column>,
+}
+
+impl<R: BufRead> Readings<R> {
+    /// Starts parsing `reader` as `format`. For CSV it reads the header (skipping blank lines
+    /// before it) and fails on a missing or bad one.
+    pub fn new(reader: R, format: Format) -> Result<Self, LineError> {
+        let (buf, line, done) = (Vec::new(), 0, false);
+        let mut lines = Lines {
+            reader,
+            buf,
+            line,
+            done,
+        };
+        let mut columns = Vec::new();
+        if format == Format::Csv {
+            let missing = at(1, InputError::MissingHeader);
+            let header = lines.next_text().unwrap_or(Err(missing))?;
+            columns = parse_header(header).map_err(|error| at(lines.line, error))?;
+        }
+        Ok(Readings {
+            lines,
+            format,
+            columns,
+        })
+    }
+}
+
+impl<R: BufRead> Iterator for Readings<R> {
+    type Item = Result<ParsedLine, LineError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let text = match self.lines.next_text()? {
+            Ok(text) => text,
+            Err(e) => return Some(Err(e)),
+        };
+        let parsed = match self.format {
+            Format::Csv => parse_csv_row(&self.columns, text),
+            Format::JsonLines => parse_json_line(text),
+        };
+        let line = self.lines.line;
+        Some(
+            parsed
+                .map(|reading| ParsedLine { line, reading })
+                .map_err(|e| at(line, e)),
+        )
+    }
+}
+
+impl<R: BufRead> FusedIterator for Readings<R> {}
+
+/// Lines of a reader in one reused buffer.
+struct Lines<R> {
+    reader: R,
+    buf: Vec<u8>,
+    line: usize,
+    done: bool,
+}
+
+impl<R: BufRead> Lines<R> {
+    /// The next non-blank line without trailing white space; `None` at the end of the input
+    /// and after an I/O error.
+    fn next_text(&mut self) -> Option<Result<&str, LineError>> {
+        loop {
+            if self.done {
+                return None;
+            }
+            self.buf.clear();
+            let mut limited = (&mut self.reader).take(MAX_LINE_BYTES as u64 + 1);
+            match limited.read_until(b'\n', &mut self.buf) {
+                Ok(0) => self.done = true,
+                Ok(_) => self.line += 1,
+                Err(e) => return Some(Err(self.fail(self.line + 1, e))),
+            }
+            if self.done {
+                return None;
+            }
+            if self.buf.last() == Some(&b'\n') {
+                self.buf.pop();
+            } else if self.buf.len() > MAX_LINE_BYTES {
+                if let Err(e) = self.reader.skip_until(b'\n') {
+                    return Some(Err(self.fail(self.line, e)));
+                }
+                return Some(Err(at(self.line, InputError::LineTooLong)));
+            }
+            if self.line == 1 && self.buf.starts_with(b"\xEF\xBB\xBF") {
+                self.buf.drain(..3);
+            }
+            if !self.buf.trim_ascii().is_empty() {
+                break;
+            }
+        }
+        let text = std::str::from_utf8(self.buf.trim_ascii_end());
+        Some(text.map_err(|e| at(self.line, InputError::InvalidUtf8(e.valid_up_to() + 1))))
+    }
+
+    fn fail(&mut self, line: usize, error: io::Error) -> LineError {
+        self.done = true;
+        at(line, InputError::Io(error))
+    }
+}
+
+fn at(line: usize, error: InputError) -> LineError {
+    LineError { line, error }
+}
+
+/// Parses a time given as RFC 3339 (any offset, optional fraction) or integer Unix milliseconds
+/// into UTC milliseconds since the epoch; digits below the millisecond are dropped.
+pub fn parse_timestamp(text: &str) -> Result<u64, InputError> {
+    let text = text.trim();
+    timestamp_ms(text).map_err(|rule| InputError::Timestamp(shown(text), rule))
+}
+
+/// Writes UTC milliseconds as RFC 3339 with `Z`, with milliseconds only when not zero; after
+/// year 9999 it writes the integer milliseconds ([`parse_timestamp`] reads both back).
+pub fn format_timestamp(ms: u64) -> String {
+    let secs = if ms.is_multiple_of(1000) {
+        SecondsFormat::Secs
+    } else {
+        SecondsFormat::Millis
+    };
+    let time = i64::try_from(ms).ok().filter(|_| ms <= MAX_RFC3339_MS);
+    match time.and_then(DateTime::from_timestamp_millis) {
+        Some(time) => time.to_rfc3339_opts(secs, true),
+        None => ms.to_string(),
+    }
+}
+
+fn timestamp_ms(text: &str) -> Result<u64, &'static str> {
+    if let Some(ms) = digits(text) {
+        return Ok(ms);
+    }
+    let time = DateTime::parse_from_rfc3339(text).map_err(|_| NOT_TIME)?;
+    u64::try_from(time.timestamp_millis()).map_err(|_| BEFORE_EPOCH)
+}
+
+/// A non-empty run of ASCII digits as a `u64`.
+fn digits(text: &str) -> Option<u64> {
+    text.bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| text.parse().ok())
+        .flatten()
+}
+
+/// At most 64 characters of `text`, for error messages.
+fn shown(text: &str) -> String {
+    match text.char_indices().nth(64) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
+}
+
+fn value_error(field: &'static str, value: &str, rule: &'static str) -> InputError {
+    InputError::Value {
+        field,
+        value: shown(value),
+        rule,
+    }
+}
+
+fn parse_header(text: &str) -> Result<Vec<Column>, InputError> {
+    let mut columns = Vec::with_capacity(COLUMNS.len());
+    let mut unknown = Vec::new();
+    for name in text.split(',').map(unquote) {
+        match COLUMNS.iter().find(|(_, n)| n.eq_ignore_ascii_case(name)) {
+            Some((column, n)) if columns.contains(column) => {
+                return Err(InputError::DuplicateColumn(n))
+            }
+            Some((column, _)) => columns.push(*column),
+            None => unknown.push(format!("`{}`", shown(name))),
+        }
+    }
+    if !unknown.is_empty() {
+        return Err(InputError::UnknownColumns(unknown.join(", ")));
+    }
+    match COLUMNS[..3].iter().find(|(c, _)| !columns.contains(c)) {
+        Some((_, name)) => Err(InputError::MissingColumn(name)),
+        None => Ok(columns),
+    }
+}
+
+/// A CSV field without surrounding spaces and double quotes (a quoted field cannot hold a comma).
+fn unquote(field: &str) -> &str {
+    let field = field.trim();
+    let inner = field.strip_prefix('"').and_then(|f| f.strip_suffix('"'));
+    inner.map_or(field, str::trim)
+}
+
+fn parse_csv_row(columns: &[Column], line: &str) -> Result<Reading, InputError> {
+    let mut values = [""; COLUMNS.len()];
+    let mut found = 0;
+    for field in line.split(',') {
+        if let Some(slot) = values.get_mut(found) {
+            *slot = unquote(field);
+        }
+        found += 1;
+    }
+    if found != columns.len() {
+        let expected = columns.len();
+        return Err(InputError::FieldCount { expected, found });
+    }
+    reading_from(columns.iter().copied().zip(values))
+}
+
+/// A reading from its cells; the required ones are all there.
+fn reading_from<'a>(cells: impl Iterator<Item = (Column, &'a str)>) -> Result<Reading, InputError> {
+    let (meter, ts_ms, litres) = (0, 0, 0);
+    let (flow_lph, alarms) = (None, Alarms::empty());
+    let mut reading = Reading {
+        meter,
+        ts_ms,
+        litres,
+        flow_lph,
+        alarms,
+    };
+    for (column, value) in cells {
+        match column {
+            Column::Meter => reading.meter = cell_u64("meter", value, NOT_METER)?,
+            Column::Ts => reading.ts_ms = cell_ts(value)?,
+            Column::Litres => reading.litres = cell_u64("litres", value, NOT_LITRES)?,
+            Column::Flow if value.is_empty() => {}
+            Column::Flow => reading.flow_lph = Some(cell_flow(value)?),
+            Column::Alarms => reading.alarms = parse_alarms(value)?,
+        }
+    }
+    Ok(reading)
+}
+
+fn cell_u64(field: &'static str, text: &str, rule: &'static str) -> Result<u64, InputError> {
+    if text.is_empty() {
+        return Err(InputError::MissingField(field));
+    }
+    digits(text).ok_or_else(|| value_error(field, text, rule))
+}
+
+fn cell_ts(text: &str) -> Result<u64, InputError> {
+    if text.is_empty() {
+        return Err(InputError::MissingField("ts"));
+    }
+    timestamp_ms(text).map_err(|rule| value_error("ts", text, rule))
+}
+
+fn cell_flow(text: &str) -> Result<u32, InputError> {
+    let flow = digits(text).and_then(|n| u32::try_from(n).ok());
+    flow.ok_or_else(|| value_error("flow_lph", text, NOT_FLOW))
+}
+
+/// Alarm names separated by `|`, `;` or white space, any case; empty is no alarm.
+fn parse_alarms(text: &str) -> Result<Alarms, InputError> {
+    let names = text.split(|c: char| c == '|' || c == ';' || c.is_whitespace());
+    names
+        .filter(|name| !name.is_empty())
+        .try_fold(Alarms::empty(), |set, name| {
+            let flag = Alarms::from_name(name).ok_or_else(|| InputError::UnknownAlarm(shown(name)));
+            Ok(set.union(flag?))
+        })
+}
+
+/// The keys of a JSON line this parser reads (others are ignored).
+#[derive(Deserialize)]
+struct JsonLine {
+    meter: Option<Value>,
+    ts: Option<Value>,
+    litres: Option<Value>,
+    flow_lph: Option<Value>,
+    alarms: Option<Value>,
+}
+
+fn parse_json_line(line: &str) -> Result<Reading, InputError> {
+    if !line.trim_start().starts_with('{') {
+        return Err(InputError::Json("expected an object".to_owned()));
+    }
+    let json: JsonLine = serde_json::from_str(line).map_err(|e| {
+        InputError::Json(e.to_string().replace(" at line 1 column ", " at column "))
+    })?;
+    let cells = [json.meter, json.ts, json.litres, json.flow_lph, json.alarms].map(json_cell);
+    let columns = COLUMNS.iter().map(|(column, _)| *column);
+    reading_from(columns.zip(cells.iter().map(|cell| cell.trim())))
+}
+
+/// A JSON value as the text of a CSV cell: strings as they are, an array as its items
+/// joined by `|`, null as empty, anything else as JSON.
+fn json_cell(value: Option<Value>) -> String {
+    match value {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(text)) => text,
+        Some(Value::Array(items)) => {
+            let text = |item: &Value| {
+                item.as_str()
+                    .map_or_else(|| item.to_string(), str::to_owned)
+            };
+            items.iter().map(text).collect::<Vec<_>>().join("|")
+        }
+        Some(other) => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 2026-11-23T10:00:00Z.
+    const T0: u64 = 1_795_428_000_000;
+
+    type Item = Result<(usize, Reading), String>;
+    type Row = (u64, u64, u64, Option<u32>, &'static str);
+
+    fn parse(format: Format, input: impl BufRead) -> Vec<Item> {
+        match Readings::new(input, format) {
+            Ok(readings) => readings
+                .map(|r| r.map(|p| (p.line, p.reading)).map_err(|e| e.to_string()))
+                .collect(),
+            Err(e) => vec![Err(e.to_string())],
+        }
+    }
+
+    fn csv(input: &str) -> Vec<Item> {
+        parse(Format::Csv, input.as_bytes())
+    }
+
+    fn ok(line: usize, (meter, ts_ms, litres, flow_lph, alarms): Row) -> Item {
+        let alarms = parse_alarms(alarms).map_err(|e| e.to_string())?;
+        let reading = Reading {
+            meter,
+            ts_ms,
+            litres,
+            flow_lph,
+            alarms,
+        };
+        Ok((line, reading))
+    }
+
+    fn error(line: usize, message: &str) -> Item {
+        Err(format!("line {line}: {message}"))
+    }
+
+    #[test]
+    fn header_variants() {
+        let reordered = csv(" TS ,Litres,  meter\n2026-11-23T10:00:00Z,5,1\n");
+        assert_eq!(reordered, [ok(2, (1, T0, 5, None, ""))]);
+        let full = csv("alarms,flow_lph,meter,ts,litres\n,,1,0,5\nleak|BURST,120,2,1000,6\n");
+        let second = ok(3, (2, 1000, 6, Some(120), "leak burst"));
+        assert_eq!(full, [ok(2, (1, 0, 5, None, "")), second]);
+        let known = "(expected meter, ts, litres, flow_lph, alarms)";
+        let unknown = format!("unknown column(s) `temp`, `Foo` in header {known}");
+        assert_eq!(
+            csv("meter,temp,ts,litres,Foo\n1,2,3,4,5"),
+            [error(1, &unknown)]
+        );
+        let missing = "missing required column `litres` in header";
+        assert_eq!(csv("meter,ts\n1,0\n"), [error(1, missing)]);
+        let twice = "column `ts` appears twice in header";
+        assert_eq!(csv("meter,ts,litres,TS\n"), [error(1, twice)]);
+        let no_header = "missing CSV header line (required columns: meter, ts, litres)";
+        assert_eq!(csv(""), [error(1, no_header)]);
+        assert_eq!(csv("\n \n"), [error(1, no_header)]);
+    }
+
+    #[test]
+    fn field_errors() {
+        let rows = [
+            "1,yesterday,5,, => field `ts`: `yesterday` is neither RFC 3339 nor Unix milliseconds",
+            "1,1969-12-31T23:59:59Z,5,, => is before the Unix epoch (1970-01-01T00:00:00Z)",
+            "1,0,12.5,, => field `litres`: `12.5` is not a whole number of litres",
+            "1,0,-3,, => field `litres`: `-3` is not a whole number of litres",
+            "1,0,,, => field `litres` is missing or empty",
+            "m1,0,5,, => field `meter`: `m1` is not a meter number (an unsigned integer)",
+            "1,0,5,4294967296, => is not a flow in whole litres per hour (0 to 4294967295)",
+            "1,0,5,,leak;fire => unknown alarm `fire` (expected leak, burst, tamper, backflow, dry)",
+            "1,0,5,,, => expected 5 fields, found 6",
+            "1,0 => expected 5 fields, found 2",
+        ];
+        for (row, message) in rows.iter().filter_map(|r| r.split_once(" => ")) {
+            let got = csv(&format!("meter,ts,litres,flow_lph,alarms\n{row}\n"));
+            let [Err(e)] = &got[..] else {
+                panic!("{got:?}")
+            };
+            assert!(e.starts_with("line 2: ") && e.ends_with(message), "{e}");
+        }
+        let found = csv("meter,ts,litres\n1,0,5,6\n");
+        assert_eq!(found, [error(2, "expected 3 fields, found 4")]);
+    }
+
+    #[test]
+    fn quoted_fields_blank_lines_and_line_numbers() {
+        let input = "\u{feff}\"meter\", \"ts\",litres,\"alarms\"\r\n\r\n  \r\n\
+                     \"1\" , \" 2026-11-23T10:00:00Z\",\"5\",\"leak dry\"\r\n\n\
+                     2,0,6, \"\"\n\"3,0,7,\n";
+        let quoted = "field `meter`: `\"3` is not a meter number (an unsigned integer)";
+        let expected = [
+            ok(4, (1, T0, 5, None, "leak|dry")),
+            ok(6, (2, 0, 6, None, "")),
+            error(7, quoted),
+        ];
+        assert_eq!(csv(input), expected);
+    }
+
+    #[test]
+    fn timestamps() {
+        let parsed = [
+            "2026-11-23T12:00:00.250+02:00",
+            "2026-11-23T09:00:00.250999-01:00",
+        ];
+        for text in parsed {
+            assert_eq!(parse_timestamp(text).ok(), Some(T0 + 250));
+        }
+        assert_eq!(parse_timestamp(" 1795428000000 ").ok(), Some(T0));
+        let bad = parse_timestamp("yesterday").map_err(|e| e.to_string());
+        assert_eq!(
+            bad,
+            Err("`yesterday` is neither RFC 3339 nor Unix milliseconds".into())
+        );
+        assert_eq!(format_timestamp(T0), "2026-11-23T10:00:00Z");
+        assert_eq!(format_timestamp(T0 + 250), "2026-11-23T10:00:00.250Z");
+        assert_eq!(format_timestamp(u64::MAX), u64::MAX.to_string());
+        for ms in [0, 1, T0, MAX_RFC3339_MS, MAX_RFC3339_MS + 1, u64::MAX] {
+            assert_eq!(parse_timestamp(&format_timestamp(ms)).ok(), Some(ms));
+        }
+    }
+
+    #[test]
+    fn json_lines() {
+        let input = r#"{"meter":1,"ts":"2026-11-23T10:00:00Z","litres":5}
+
+            {"meter":2,"ts":1795428000000,"litres":6,"flow_lph":null,"alarms":["leak","Dry"]}
+            {"ts":0,"litres":7,"flow_lph":120,"alarms":"tamper|backflow","meter":3,"x":{}}
+            {"meter":4,"ts":0,"litres":12.5}
+            {"meter":4,"litres":1}
+            {"meter":4,"ts":0,"litres":1,"alarms":["leak",5]}
+            [1,0,5]
+            {"meter":4,"ts":0"#;
+        let expected = [
+            ok(1, (1, T0, 5, None, "")),
+            ok(3, (2, T0, 6, None, "leak|dry")),
+            ok(4, (3, 0, 7, Some(120), "tamper|backflow")),
+            error(5, "field `litres`: `12.5` is not a whole number of litres"),
+            error(6, "field `ts` is missing or empty"),
+            error(
+                7,
+                "unknown alarm `5` (expected leak, burst, tamper, backflow, dry)",
+            ),
+            error(8, "invalid JSON: expected an object"),
+            error(9, "invalid JSON: EOF while parsing an object at column 29"),
+        ];
+        assert_eq!(parse(Format::JsonLines, input.as_bytes()), expected);
+    }
+
+    #[test]
+    fn invalid_utf8_line_does_not_stop_the_stream() {
+        let input = b"meter,ts,litres\n1,0,5\n  1,0,\xff\xfe\n2,0,6\n";
+        let bad = "line is not valid UTF-8 (bad byte at column 7)";
+        let expected = [
+            ok(2, (1, 0, 5, None, "")),
+            error(3, bad),
+            ok(4, (2, 0, 6, None, "")),
+        ];
+        assert_eq!(parse(Format::Csv, &input[..]), expected);
+        let json = b"{\"meter\":\xc3}\n{\"meter\":1,\"ts\":0,\"litres\":2}";
+        let bad = "line is not valid UTF-8 (bad byte at column 10)";
+        assert_eq!(
+            parse(Format::JsonLines, &json[..]),
+            [error(1, bad), ok(2, (1, 0, 2, None, ""))]
+        );
+    }
+
+    #[test]
+    fn long_line_is_skipped_and_io_error_ends_the_stream() {
+        let input = format!(
+            "meter,ts,litres\n1,0,{}\n2,0,6\n",
+            "9".repeat(MAX_LINE_BYTES)
+        );
+        let long = format!("line is longer than {MAX_LINE_BYTES} bytes");
+        assert_eq!(csv(&input), [error(2, &long), ok(3, (2, 0, 6, None, ""))]);
+
+        struct Broken;
+        impl Read for Broken {
+            fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+                Err(io::Error::other("disk on fire"))
+            }
+        }
+        let broken = parse(Format::JsonLines, io::BufReader::new(Broken));
+        assert_eq!(broken, [error(1, "cannot read input: disk on fire")]);
+    }
+
+    #[test]
+    fn format_from_path() {
+        for path in ["a/b.JSONL", "b.ndjson", "b.json"] {
+            assert_eq!(Format::from_path(Path::new(path)), Format::JsonLines);
+        }
+        for path in ["b.csv", "b", "-"] {
+            assert_eq!(Format::from_path(Path::new(path)), Format::Csv);
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! The `hydromesh` command line: one module per subcommand, and what they share (connecting to
+//! a node, exit codes, output formatting).
+
+pub mod ingest;
+pub mod input;
+pub mod node;
+pub mod output;
+pub mod query;
+pub mod simulate;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use libp2p::Multiaddr;
+
+use crate::client::Client;
+
+/// Exit status: 0 success; 1 the command ran but some input was refused (or nothing found);
+/// 2 usage or connection errors.
+pub const EXIT_REFUSED: u8 = 1;
+/// Exit status for usage and connection errors.
+pub const EXIT_ERROR: u8 = 2;
+
+/// hydromesh: a peer-to-peer fog mesh for smart water meters.
+#[derive(Debug, Parser)]
+#[command(name = "hydromesh", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a fog node.
+    Node(node::Args),
+    /// Send readings from a CSV or JSON-lines file to a node.
+    Ingest(ingest::Args),
+    /// Ask any node a global question, or about one meter.
+    Query(query::Args),
+    /// Run simulated hydrometers against a node.
+    Simulate(simulate::Args),
+}
+
+impl Cli {
+    /// Runs the subcommand and returns the process exit status.
+    pub async fn run(self) -> ExitCode {
+        let result = match self.command {
+            Command::Node(args) => node::run(args).await,
+            Command::Ingest(args) => ingest::run(args).await,
+            Command::Query(args) => query::run(args).await,
+            Command::Simulate(args) => simulate::run(args).await,
+        };
+        match result {
+            Ok(code) => ExitCode::from(code),
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                ExitCode::from(EXIT_ERROR)
+            }
+        }
+    }
+}
+
+/// Starts logging to stderr: `RUST_LOG` when set, else `info` for a node and `warn` otherwise.
+pub fn init_tracing(cli: &Cli) {
+    let default = match cli.command {
+        Command::Node(_) | Command::Simulate(_) => "info",
+        _ => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// How a client command reaches a node.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PeerArgs {
+    /// Address of any fog node, e.g. /ip4/127.0.0.1/tcp/4001 (with or without /p2p/<peer id>).
+    #[arg(long, env = "HYDROMESH_PEER", global = true, value_name = "MULTIADDR")]
+    pub peer: Option<Multiaddr>,
+    /// Give up on the node after this long.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, global = true, value_name = "DURATION")]
+    pub timeout: Duration,
+}
+
+impl PeerArgs {
+    /// Connects to the node.
+    pub async fn connect(&self) -> anyhow::Result<Client> {
+        let peer = self.peer.as_ref().ok_or_else(|| {
+            anyhow::anyhow!("no node to ask: give --peer MULTIADDR (or set HYDROMESH_PEER)")
+        })?;
+        Ok(Client::connect(peer, self.timeout).await?)
+    }
+}

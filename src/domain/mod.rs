@@ -1,0 +1,242 @@
+//! Water rules: what a valid reading is, and what a meter consumed over a window.
+//!
+//! Bills, rankings and rationing all use the one definition of consumption here: over a window
+//! `[from, to)`, the register of the meter's last reading before `to` minus the register of its
+//! last reading at or before `from` (or of its first reading in the window when there is none
+//! before). A window's (first, last) pair merges with another by taking the earlier first and
+//! the later last, a join-semilattice: duplicates, reordering and re-delivery never double count.
+
+use hydromesh_proto::ingest::Rejection;
+use hydromesh_proto::query::MeterHistory;
+use hydromesh_proto::summary::{MeterSpan, Point};
+use hydromesh_proto::{Alarms, Reading};
+
+/// How far ahead of the node's clock a reading's timestamp may be.
+pub const MAX_FUTURE_MS: u64 = 5 * 60 * 1000;
+/// Earliest plausible reading time: 2000-01-01T00:00:00Z.
+pub const MIN_TS_MS: u64 = 946_684_800_000;
+/// Largest plausible register, litres (10⁹ m³: no meter reaches it).
+pub const MAX_LITRES: u64 = 1_000_000_000_000;
+/// Largest plausible flow, litres per hour (10,000 m³/h, a trunk main).
+pub const MAX_FLOW_LPH: u32 = 10_000_000;
+
+/// Checks a reading's fields on their own: range and clock. Ordering against the meter's other
+/// readings is the store's part.
+pub fn check_fields(reading: &Reading, now_ms: u64) -> Result<(), Rejection> {
+    let out_of_range = |detail: String| Err(Rejection::OutOfRange { detail });
+    if reading.ts_ms < MIN_TS_MS {
+        return out_of_range(format!("ts {} ms is before the year 2000", reading.ts_ms));
+    }
+    let limit = now_ms.saturating_add(MAX_FUTURE_MS);
+    if reading.ts_ms > limit {
+        return Err(Rejection::FutureTimestamp {
+            ahead_ms: reading.ts_ms - now_ms,
+            max_ahead_ms: MAX_FUTURE_MS,
+        });
+    }
+    if reading.litres > MAX_LITRES {
+        return out_of_range(format!("litres {} exceeds {MAX_LITRES}", reading.litres));
+    }
+    if let Some(flow) = reading.flow_lph.filter(|flow| *flow > MAX_FLOW_LPH) {
+        return out_of_range(format!("flow_lph {flow} exceeds {MAX_FLOW_LPH}"));
+    }
+    if Alarms::from_bits(reading.alarms.bits()).is_none() {
+        return out_of_range(format!(
+            "alarms has unknown bits {:#04x}",
+            reading.alarms.bits()
+        ));
+    }
+    Ok(())
+}
+
+/// A reading's register as a point.
+pub fn point(reading: &Reading) -> Point {
+    Point {
+        ts_ms: reading.ts_ms,
+        litres: reading.litres,
+    }
+}
+
+/// Consumption of a span: last register minus first.
+pub fn span_consumption(span: &MeterSpan) -> u64 {
+    span.last.litres.saturating_sub(span.first.litres)
+}
+
+/// The join of two spans of the same meter: the earlier first and the later last.
+pub fn join_spans(a: MeterSpan, b: MeterSpan) -> MeterSpan {
+    MeterSpan {
+        meter: a.meter,
+        first: if b.first.ts_ms < a.first.ts_ms {
+            b.first
+        } else {
+            a.first
+        },
+        last: if b.last.ts_ms > a.last.ts_ms {
+            b.last
+        } else {
+            a.last
+        },
+    }
+}
+
+/// The span of a window's history: baseline (or first reading) to last reading.
+pub fn history_span(meter: u64, history: &MeterHistory) -> Option<MeterSpan> {
+    let last = history.readings.last()?;
+    let first = history.baseline.as_ref().or(history.readings.first())?;
+    Some(MeterSpan {
+        meter,
+        first: point(first),
+        last: point(last),
+    })
+}
+
+/// Consumption over a window's history (0 with no reading in the window).
+pub fn history_consumption(meter: u64, history: &MeterHistory) -> u64 {
+    history_span(meter, history).map_or(0, |span| span_consumption(&span))
+}
+
+/// Ranks spans by consumption descending, then meter ascending, and keeps the first `n`.
+pub fn rank(mut spans: Vec<MeterSpan>, n: usize) -> Vec<MeterSpan> {
+    let order = |a: &MeterSpan, b: &MeterSpan| {
+        span_consumption(b)
+            .cmp(&span_consumption(a))
+            .then(a.meter.cmp(&b.meter))
+    };
+    if spans.len() > n {
+        spans.select_nth_unstable_by(n, order);
+        spans.truncate(n);
+    }
+    spans.sort_unstable_by(order);
+    spans
+}
+
+/// Merges histories of one meter held by several nodes (a meter that moved): readings are
+/// de-duplicated by time, and the latest baseline wins.
+pub fn merge_histories(histories: impl IntoIterator<Item = MeterHistory>) -> MeterHistory {
+    let mut merged = MeterHistory {
+        baseline: None,
+        readings: Vec::new(),
+        truncated: false,
+    };
+    for history in histories {
+        merged.truncated |= history.truncated;
+        merged.baseline = match (merged.baseline, history.baseline) {
+            (Some(a), Some(b)) => Some(if b.ts_ms > a.ts_ms { b } else { a }),
+            (a, b) => a.or(b),
+        };
+        merged.readings.extend(history.readings);
+    }
+    merged.readings.sort_by_key(|reading| reading.ts_ms);
+    merged.readings.dedup_by_key(|reading| reading.ts_ms);
+    merged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: u64 = 1_795_000_000_000;
+
+    fn reading(ts_ms: u64, litres: u64) -> Reading {
+        Reading {
+            meter: 1,
+            ts_ms,
+            litres,
+            flow_lph: None,
+            alarms: Alarms::empty(),
+        }
+    }
+
+    fn span(first: (u64, u64), last: (u64, u64)) -> MeterSpan {
+        MeterSpan {
+            meter: 1,
+            first: Point {
+                ts_ms: first.0,
+                litres: first.1,
+            },
+            last: Point {
+                ts_ms: last.0,
+                litres: last.1,
+            },
+        }
+    }
+
+    #[test]
+    fn join_is_commutative_associative_idempotent() {
+        let a = span((10, 100), (20, 150));
+        let b = span((5, 90), (15, 120));
+        let c = span((12, 110), (30, 200));
+        assert_eq!(join_spans(a, b), join_spans(b, a));
+        assert_eq!(
+            join_spans(join_spans(a, b), c),
+            join_spans(a, join_spans(b, c))
+        );
+        assert_eq!(join_spans(a, a), a);
+        assert_eq!(span_consumption(&join_spans(join_spans(a, b), c)), 110);
+    }
+
+    #[test]
+    fn window_consumption_uses_the_baseline_before_the_window() {
+        let history = MeterHistory {
+            baseline: Some(reading(T0, 1000)),
+            readings: vec![reading(T0 + 10, 1005), reading(T0 + 20, 1012)],
+            truncated: false,
+        };
+        assert_eq!(history_consumption(1, &history), 12);
+        let no_baseline = MeterHistory {
+            baseline: None,
+            ..history.clone()
+        };
+        assert_eq!(history_consumption(1, &no_baseline), 7);
+        let empty = MeterHistory {
+            baseline: Some(reading(T0, 1)),
+            readings: vec![],
+            truncated: false,
+        };
+        assert_eq!(history_consumption(1, &empty), 0);
+    }
+
+    #[test]
+    fn merged_histories_count_each_reading_once() {
+        let a = MeterHistory {
+            baseline: Some(reading(T0, 10)),
+            readings: vec![reading(T0 + 2, 12), reading(T0 + 4, 15)],
+            truncated: false,
+        };
+        let b = MeterHistory {
+            baseline: Some(reading(T0 + 1, 11)),
+            readings: vec![reading(T0 + 4, 15), reading(T0 + 6, 19)],
+            truncated: false,
+        };
+        let merged = merge_histories([a, b]);
+        assert_eq!(merged.baseline, Some(reading(T0 + 1, 11)));
+        assert_eq!(merged.readings.len(), 3);
+        assert_eq!(history_consumption(1, &merged), 8);
+    }
+
+    #[test]
+    fn field_checks_name_the_rule() {
+        let now = T0;
+        assert_eq!(check_fields(&reading(now + MAX_FUTURE_MS, 1), now), Ok(()));
+        assert!(matches!(
+            check_fields(&reading(now + MAX_FUTURE_MS + 1, 1), now),
+            Err(Rejection::FutureTimestamp { .. })
+        ));
+        assert!(matches!(
+            check_fields(&reading(5, 1), now),
+            Err(Rejection::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            check_fields(&reading(now, MAX_LITRES + 1), now),
+            Err(Rejection::OutOfRange { .. })
+        ));
+        let fast = Reading {
+            flow_lph: Some(MAX_FLOW_LPH + 1),
+            ..reading(now, 1)
+        };
+        assert!(matches!(
+            check_fields(&fast, now),
+            Err(Rejection::OutOfRange { .. })
+        ));
+    }
+}

@@ -1,0 +1,393 @@
+//! The merged global view: every fog node's latest summary, and the global answers computed
+//! from it.
+//!
+//! The view is a last-writer-wins map from origin to signed summary, keeping the highest version
+//! per origin: a state-based CRDT, so gossip, sync and restarts can deliver summaries in any
+//! order, any number of times, and every node converges to the same map. Answers are computed
+//! locally (no fan-out) and state their [`Coverage`].
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use hydromesh_proto::query::{Coverage, PeerInfo, PeersAnswer, StatsAnswer, TopAnswer, TopEntry};
+use hydromesh_proto::summary::{MeterSpan, NodeSummary, SignedSummary};
+use hydromesh_proto::MeterId;
+use libp2p::PeerId;
+
+use crate::domain;
+use crate::protocol::summary::{verify, SummaryError};
+
+/// One origin's latest summary.
+struct Entry {
+    summary: NodeSummary,
+    signed: SignedSummary,
+    /// When it was last refreshed; `None` for a summary restored from disk and not heard since.
+    heard_at: Option<Instant>,
+}
+
+/// What merging a summary did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Merged {
+    /// It is newer than what the view held: the view changed (origin given).
+    Newer(PeerId),
+    /// The view already held this version or a newer one.
+    Known,
+}
+
+/// The merged view of one node.
+pub struct View {
+    local: PeerId,
+    entries: HashMap<PeerId, Entry>,
+    stale_after: Duration,
+}
+
+impl View {
+    /// An empty view for the node `local`.
+    pub fn new(local: PeerId, stale_after: Duration) -> Self {
+        View {
+            local,
+            entries: HashMap::new(),
+            stale_after,
+        }
+    }
+
+    /// Merges a signed summary received at `now` (or restored from disk, with `now` `None`).
+    pub fn merge(
+        &mut self,
+        signed: SignedSummary,
+        now: Option<Instant>,
+    ) -> Result<Merged, SummaryError> {
+        let (summary, origin) = verify(&signed)?;
+        if origin == self.local && now.is_some() {
+            // Our own summaries come only from ourselves; a relayed copy is old news.
+            return Ok(Merged::Known);
+        }
+        match self.entries.get_mut(&origin) {
+            Some(entry) if entry.summary.version > summary.version => Ok(Merged::Known),
+            Some(entry) if entry.summary.version == summary.version => {
+                // A re-delivery proves nothing about liveness: only a new version refreshes.
+                Ok(Merged::Known)
+            }
+            _ => {
+                self.entries.insert(
+                    origin,
+                    Entry {
+                        summary,
+                        signed,
+                        heard_at: now,
+                    },
+                );
+                Ok(Merged::Newer(origin))
+            }
+        }
+    }
+
+    /// Puts this node's own latest summary in the view.
+    pub fn set_local(&mut self, summary: NodeSummary, signed: SignedSummary, now: Instant) {
+        self.entries.insert(
+            self.local,
+            Entry {
+                summary,
+                signed,
+                heard_at: Some(now),
+            },
+        );
+    }
+
+    /// Every signed summary held, for sync.
+    pub fn signed(&self) -> Vec<SignedSummary> {
+        self.entries
+            .values()
+            .map(|entry| entry.signed.clone())
+            .collect()
+    }
+
+    /// Forgets origins not heard from within `forget_after`; returns them.
+    pub fn forget_older_than(&mut self, forget_after: Duration, now: Instant) -> Vec<PeerId> {
+        let local = self.local;
+        let old: Vec<PeerId> = self
+            .entries
+            .iter()
+            .filter(|(origin, entry)| {
+                **origin != local
+                    && entry
+                        .heard_at
+                        .is_none_or(|at| now.duration_since(at) > forget_after)
+            })
+            .map(|(origin, _)| *origin)
+            .collect();
+        for origin in &old {
+            self.entries.remove(origin);
+        }
+        old
+    }
+
+    fn is_stale(&self, origin: &PeerId, entry: &Entry, now: Instant) -> bool {
+        *origin != self.local
+            && entry
+                .heard_at
+                .is_none_or(|at| now.duration_since(at) > self.stale_after)
+    }
+
+    /// Which nodes the view includes, which are stale, and the age of the oldest data.
+    pub fn coverage(&self, now: Instant, now_ms: u64) -> Coverage {
+        let mut included: Vec<String> = self
+            .entries
+            .values()
+            .map(|e| e.summary.origin.clone())
+            .collect();
+        included.sort();
+        let mut stale: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(origin, entry)| self.is_stale(origin, entry, now))
+            .map(|(_, entry)| entry.summary.origin.clone())
+            .collect();
+        stale.sort();
+        let oldest_data_age_ms = self
+            .entries
+            .values()
+            .map(|entry| match entry.heard_at {
+                Some(at) => now.duration_since(at).as_millis() as u64,
+                None => now_ms.saturating_sub(entry.summary.generated_at_ms),
+            })
+            .max()
+            .unwrap_or(0);
+        Coverage {
+            included,
+            stale,
+            missing: Vec::new(),
+            oldest_data_age_ms,
+        }
+    }
+
+    /// The `n` highest consumers over all data held, merged from every node's top meters.
+    ///
+    /// Exact for `n` up to the nodes' top-K: a meter in the global top-N is in its home's
+    /// top-K. A meter held by several nodes is counted once, over the join of its spans.
+    pub fn top(&self, n: usize, now: Instant, now_ms: u64) -> TopAnswer {
+        let mut merged: HashMap<MeterId, (MeterSpan, &str)> = HashMap::new();
+        for entry in self.entries.values() {
+            for span in &entry.summary.top {
+                merged
+                    .entry(span.meter)
+                    .and_modify(|(joined, home)| {
+                        if span.last.ts_ms > joined.last.ts_ms {
+                            *home = &entry.summary.origin;
+                        }
+                        *joined = domain::join_spans(*joined, *span);
+                    })
+                    .or_insert((*span, &entry.summary.origin));
+            }
+        }
+        let homes: HashMap<MeterId, &str> = merged
+            .iter()
+            .map(|(meter, (_, home))| (*meter, *home))
+            .collect();
+        let spans = domain::rank(merged.into_values().map(|(span, _)| span).collect(), n);
+        TopAnswer {
+            entries: spans
+                .iter()
+                .map(|span| TopEntry {
+                    meter: span.meter,
+                    consumption_l: domain::span_consumption(span),
+                    home: homes
+                        .get(&span.meter)
+                        .copied()
+                        .unwrap_or_default()
+                        .to_owned(),
+                })
+                .collect(),
+            coverage: self.coverage(now, now_ms),
+        }
+    }
+
+    /// Mesh-wide meters and total consumption over all data held.
+    pub fn stats(&self, now: Instant, now_ms: u64) -> StatsAnswer {
+        StatsAnswer {
+            meters: self.entries.values().map(|e| e.summary.meter_count).sum(),
+            total_consumption_l: self
+                .entries
+                .values()
+                .map(|e| e.summary.total_consumption_l)
+                .sum(),
+            coverage: self.coverage(now, now_ms),
+        }
+    }
+
+    /// Every node known.
+    pub fn peers(&self, now: Instant, now_ms: u64) -> PeersAnswer {
+        let mut peers: Vec<PeerInfo> = self
+            .entries
+            .iter()
+            .map(|(origin, entry)| PeerInfo {
+                peer: entry.summary.origin.clone(),
+                name: entry.summary.name.clone(),
+                addrs: entry.summary.addrs.clone(),
+                meters: entry.summary.meter_count,
+                version: entry.summary.version,
+                last_heard_ms_ago: entry
+                    .heard_at
+                    .map(|at| now.duration_since(at).as_millis() as u64),
+                stale: self.is_stale(origin, entry, now),
+                is_self: *origin == self.local,
+            })
+            .collect();
+        peers.sort_by(|a, b| (&a.name, &a.peer).cmp(&(&b.name, &b.peer)));
+        PeersAnswer {
+            peers,
+            coverage: self.coverage(now, now_ms),
+        }
+    }
+
+    /// Remote nodes that may hold `meter`, freshest first.
+    pub fn homes_of(&self, meter: MeterId) -> Vec<PeerId> {
+        let mut homes: Vec<(&PeerId, &Entry)> = self
+            .entries
+            .iter()
+            .filter(|(origin, entry)| {
+                **origin != self.local && entry.summary.filter.may_contain(meter)
+            })
+            .collect();
+        homes.sort_by_key(|(_, entry)| std::cmp::Reverse(entry.heard_at));
+        homes.into_iter().map(|(origin, _)| *origin).collect()
+    }
+
+    /// Remote nodes heard from within `stale_after`.
+    pub fn live_remotes(&self, now: Instant) -> Vec<PeerId> {
+        self.entries
+            .iter()
+            .filter(|(origin, entry)| **origin != self.local && !self.is_stale(origin, entry, now))
+            .map(|(origin, _)| *origin)
+            .collect()
+    }
+
+    /// The addresses a node announced in its summary.
+    pub fn addrs_of(&self, origin: &PeerId) -> Vec<String> {
+        self.entries
+            .get(origin)
+            .map(|e| e.summary.addrs.clone())
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hydromesh_proto::summary::{MeterFilter, Point};
+    use libp2p::identity::Keypair;
+
+    use super::*;
+    use crate::protocol::summary::sign;
+
+    fn span(meter: MeterId, first: (u64, u64), last: (u64, u64)) -> MeterSpan {
+        MeterSpan {
+            meter,
+            first: Point {
+                ts_ms: first.0,
+                litres: first.1,
+            },
+            last: Point {
+                ts_ms: last.0,
+                litres: last.1,
+            },
+        }
+    }
+
+    fn signed(key: &Keypair, version: u64, top: Vec<MeterSpan>) -> SignedSummary {
+        let mut filter = MeterFilter::with_capacity(top.len());
+        top.iter().for_each(|s| filter.insert(s.meter));
+        let summary = NodeSummary {
+            origin: key.public().to_peer_id().to_string(),
+            name: format!("n{version}"),
+            version,
+            generated_at_ms: 0,
+            addrs: vec![],
+            meter_count: top.len() as u64,
+            total_consumption_l: top.iter().map(domain::span_consumption).sum(),
+            top,
+            filter,
+        };
+        sign(key, &summary).expect("sign")
+    }
+
+    #[test]
+    fn highest_version_wins_in_any_order() {
+        let (a, local) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+        let now = Instant::now();
+        let v1 = signed(&a, 1, vec![span(1, (0, 0), (10, 100))]);
+        let v2 = signed(&a, 2, vec![span(1, (0, 0), (20, 300))]);
+        for order in [[v1.clone(), v2.clone()], [v2.clone(), v1.clone()]] {
+            let mut view = View::new(local.public().to_peer_id(), Duration::from_secs(30));
+            for s in order.iter().chain(order.iter()) {
+                view.merge(s.clone(), Some(now)).expect("merge");
+            }
+            assert_eq!(view.stats(now, 0).total_consumption_l, 300);
+            assert_eq!(view.top(5, now, 0).entries[0].consumption_l, 300);
+        }
+    }
+
+    #[test]
+    fn top_joins_a_meter_held_by_two_nodes_and_stats_are_weighted() {
+        let (a, b, local) = (
+            Keypair::generate_ed25519(),
+            Keypair::generate_ed25519(),
+            Keypair::generate_ed25519(),
+        );
+        let now = Instant::now();
+        let mut view = View::new(local.public().to_peer_id(), Duration::from_secs(30));
+        view.merge(
+            signed(
+                &a,
+                1,
+                vec![span(1, (0, 0), (10, 100)), span(2, (0, 0), (10, 50))],
+            ),
+            Some(now),
+        )
+        .expect("a");
+        view.merge(
+            signed(
+                &b,
+                1,
+                vec![span(1, (10, 100), (20, 130)), span(3, (0, 0), (1, 60))],
+            ),
+            Some(now),
+        )
+        .expect("b");
+        let top = view.top(2, now, 0);
+        let got: Vec<_> = top
+            .entries
+            .iter()
+            .map(|e| (e.meter, e.consumption_l))
+            .collect();
+        assert_eq!(got, vec![(1, 130), (3, 60)]);
+        assert_eq!(top.entries[0].home, b.public().to_peer_id().to_string());
+        assert_eq!(top.coverage.included.len(), 2);
+        let stats = view.stats(now, 0);
+        assert_eq!((stats.meters, stats.total_consumption_l), (4, 240));
+        assert!((stats.average_consumption_l() - 60.0).abs() < 1e-9);
+        assert_eq!(view.homes_of(3), vec![b.public().to_peer_id()]);
+    }
+
+    #[test]
+    fn restored_and_silent_nodes_are_stale_then_forgotten() {
+        let (a, local) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+        let start = Instant::now();
+        let mut view = View::new(local.public().to_peer_id(), Duration::from_secs(30));
+        view.merge(signed(&a, 1, vec![]), None).expect("restore");
+        assert_eq!(view.coverage(start, 0).stale.len(), 1);
+        view.merge(signed(&a, 2, vec![]), Some(start))
+            .expect("fresh");
+        assert!(view.coverage(start, 0).stale.is_empty());
+        let later = start + Duration::from_secs(31);
+        assert_eq!(view.coverage(later, 0).stale.len(), 1);
+        assert!(view.live_remotes(later).is_empty());
+        assert_eq!(
+            view.forget_older_than(Duration::from_secs(60), later).len(),
+            0
+        );
+        assert_eq!(
+            view.forget_older_than(Duration::from_secs(20), later).len(),
+            1
+        );
+    }
+}

@@ -1,0 +1,958 @@
+//! The event loop that owns the swarm, the merged view and every pending request.
+//!
+//! One task, one `select!`: swarm events, finished requests, questions to peers from routed
+//! queries, store changes (debounced summary publish), the republish timer, and cancellation,
+//! first. Work that may block (sled reads) runs on the blocking pool and comes back as a
+//! finished future; nothing a peer sends can stall the loop.
+
+use std::collections::HashMap;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::{join_all, BoxFuture};
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use hydromesh_proto::query::{self, Coverage, MeterAnswer, TopAnswer, TopEntry};
+use hydromesh_proto::summary::{
+    MeterFilter, MeterSpan, NodeSummary, SignedSummary, SyncRequest, SyncResponse,
+};
+use hydromesh_proto::{ingest, limits, protocols, MeterId};
+use libp2p::identity::Keypair;
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, InboundFailure, OutboundRequestId, ResponseChannel};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{gossipsub, identify, mdns, Multiaddr, PeerId, Swarm};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::behaviour::{Behaviour, BehaviourEvent};
+use super::ingest_pipeline::{Job, Pipeline};
+use super::NodeError;
+use crate::clock::now_ms;
+use crate::config::Config;
+use crate::domain;
+use crate::mesh::{Merged, View};
+use crate::protocol::{self, summary};
+use crate::store::{Store, StoreError};
+
+/// How long a node waits for a peer's part of a routed or fanned-out answer.
+const PEER_ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long shutdown waits for in-flight requests.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// A request answered later, once its future completes.
+enum Finished {
+    Ingest(ResponseChannel<ingest::Response>, ingest::Response),
+    Query(ResponseChannel<query::Response>, query::Response),
+}
+
+/// A question for a peer, from a routed query.
+struct Ask {
+    peer: PeerId,
+    addrs: Vec<Multiaddr>,
+    request: query::Request,
+    reply: oneshot::Sender<Result<query::Response, String>>,
+}
+
+/// Sends questions to peers through the event loop.
+#[derive(Clone)]
+struct Asker(mpsc::Sender<Ask>);
+
+impl Asker {
+    async fn ask(
+        &self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        request: query::Request,
+    ) -> Result<query::Response, String> {
+        let (reply, answer) = oneshot::channel();
+        self.0
+            .send(Ask {
+                peer,
+                addrs,
+                request,
+                reply,
+            })
+            .await
+            .map_err(|_| "node is stopping".to_owned())?;
+        match tokio::time::timeout(PEER_ANSWER_TIMEOUT, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err("node is stopping".to_owned()),
+            Err(_) => Err("no answer in time".to_owned()),
+        }
+    }
+}
+
+pub struct EventLoop {
+    config: Config,
+    keypair: Keypair,
+    peer_id: PeerId,
+    swarm: Swarm<Behaviour>,
+    store: Arc<Store>,
+    view: View,
+    pipeline: Pipeline,
+    store_changed: watch::Receiver<u64>,
+    pending: FuturesUnordered<BoxFuture<'static, Finished>>,
+    asks: HashMap<OutboundRequestId, oneshot::Sender<Result<query::Response, String>>>,
+    ask_tx: mpsc::Sender<Ask>,
+    ask_rx: mpsc::Receiver<Ask>,
+    listen_addrs: Vec<Multiaddr>,
+    addrs_tx: watch::Sender<Vec<Multiaddr>>,
+    publish_at: Option<tokio::time::Instant>,
+    unsent_responses: usize,
+    closing: bool,
+    cancel: CancellationToken,
+}
+
+impl EventLoop {
+    pub fn new(
+        config: Config,
+        keypair: Keypair,
+        store: Arc<Store>,
+        addrs_tx: watch::Sender<Vec<Multiaddr>>,
+        cancel: CancellationToken,
+    ) -> Result<Self, NodeError> {
+        let peer_id = keypair.public().to_peer_id();
+        let behaviour = Behaviour::new(&keypair, &config).map_err(NodeError::Network)?;
+        let mut swarm =
+            protocol::build_swarm(keypair.clone(), config.idle_connection_timeout, behaviour)
+                .map_err(|e| NodeError::Network(e.to_string()))?;
+        swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(&summary::topic())
+            .map_err(|e| {
+                NodeError::Network(format!("cannot subscribe to the summary topic: {e}"))
+            })?;
+        for addr in &config.listen {
+            swarm
+                .listen_on(addr.clone())
+                .map_err(|e| NodeError::Listen {
+                    addr: addr.clone(),
+                    reason: e.to_string(),
+                })?;
+        }
+        for addr in &config.bootstrap {
+            if let Some((peer, bare)) = split_peer(addr) {
+                swarm.behaviour_mut().kad.add_address(&peer, bare);
+            }
+            if let Err(error) = swarm.dial(addr.clone()) {
+                tracing::warn!(%addr, %error, "cannot dial bootstrap peer");
+            }
+        }
+        let mut view = View::new(peer_id, config.stale_after);
+        for bytes in store.views()? {
+            let restored =
+                hydromesh_proto::decode::<SignedSummary>(&bytes, limits::MAX_SUMMARY_BYTES)
+                    .map_err(|e| e.to_string())
+                    .and_then(|signed| view.merge(signed, None).map_err(|e| e.to_string()));
+            if let Err(error) = restored {
+                tracing::warn!(%error, "dropping an unreadable saved summary");
+            }
+        }
+        let (changed_tx, store_changed) = watch::channel(0);
+        let pipeline = Pipeline::start(store.clone(), config.ingest_queue_batches, changed_tx)
+            .map_err(|e| NodeError::Network(format!("cannot start the ingest thread: {e}")))?;
+        let (ask_tx, ask_rx) = mpsc::channel(config.max_pending_requests.max(1));
+        Ok(EventLoop {
+            config,
+            keypair,
+            peer_id,
+            swarm,
+            store,
+            view,
+            pipeline,
+            store_changed,
+            pending: FuturesUnordered::new(),
+            asks: HashMap::new(),
+            ask_tx,
+            ask_rx,
+            listen_addrs: Vec::new(),
+            addrs_tx,
+            publish_at: None,
+            unsent_responses: 0,
+            closing: false,
+            cancel,
+        })
+    }
+
+    pub async fn run(mut self) {
+        tracing::info!(peer_id = %self.peer_id, name = %self.config.name, "fog node started");
+        let mut republish = tokio::time::interval(self.config.republish_interval);
+        republish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let publish_at = self.publish_at;
+            tokio::select! {
+                biased;
+                () = self.cancel.cancelled() => break,
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                Some(finished) = self.pending.next(), if !self.pending.is_empty() => self.on_finished(finished),
+                Some(ask) = self.ask_rx.recv() => self.on_ask(ask),
+                Ok(()) = self.store_changed.changed() => {
+                    if self.publish_at.is_none() {
+                        self.publish_at = Some(tokio::time::Instant::now() + self.config.publish_debounce);
+                    }
+                }
+                () = sleep_until(publish_at), if publish_at.is_some() => self.publish_summary(),
+                _ = republish.tick() => {
+                    self.publish_summary();
+                    for origin in self.view.forget_older_than(self.config.forget_after, Instant::now()) {
+                        tracing::info!(%origin, "forgetting a fog node not heard from for too long");
+                        if let Err(error) = self.store.forget_view(&origin.to_string()) {
+                            tracing::warn!(%error, "cannot forget a saved summary");
+                        }
+                    }
+                }
+            }
+        }
+        self.shut_down().await;
+    }
+
+    /// Stops accepting, finishes in-flight requests, then stops the ingest thread (which
+    /// flushes the store).
+    async fn shut_down(mut self) {
+        tracing::info!("shutting down: finishing in-flight requests");
+        self.closing = true;
+        let listeners: Vec<_> = self.swarm.listeners().cloned().collect();
+        drop(listeners);
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        let mut grace = pin!(tokio::time::sleep_until(deadline));
+        while !self.pending.is_empty() || self.unsent_responses > 0 {
+            tokio::select! {
+                () = &mut grace => {
+                    tracing::warn!(pending = self.pending.len(), "shutdown grace period over");
+                    break;
+                }
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                Some(finished) = self.pending.next(), if !self.pending.is_empty() => self.on_finished(finished),
+                Some(ask) = self.ask_rx.recv() => self.on_ask(ask),
+            }
+        }
+        self.pipeline.stop().await;
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.flush()).await {
+            Ok(Ok(())) => tracing::info!("store flushed; node stopped"),
+            Ok(Err(error)) => tracing::error!(%error, "final flush failed"),
+            Err(error) => tracing::error!(%error, "final flush task failed"),
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Ingest(event)) => self.on_ingest_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Query(event)) => self.on_query_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(event)) => self.on_sync_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(event)) => self.on_gossip_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => self.on_identified(peer_id, info),
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                for (peer, addr) in found {
+                    tracing::debug!(%peer, %addr, "mDNS discovered a peer");
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer, addr.clone());
+                    if !self.swarm.is_connected(&peer) {
+                        let _ = self.swarm.dial(addr);
+                    }
+                }
+            }
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let full = address.with_p2p(self.peer_id).unwrap_or_else(|addr| addr);
+                tracing::info!(addr = %full, "listening");
+                self.listen_addrs.push(full);
+                self.on_addrs_changed();
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                let full = address.with_p2p(self.peer_id).unwrap_or_else(|addr| addr);
+                self.listen_addrs.retain(|addr| *addr != full);
+                self.on_addrs_changed();
+            }
+            SwarmEvent::ListenerError { error, .. } => tracing::warn!(%error, "listener error"),
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => {
+                tracing::debug!(%peer_id, addr = %endpoint.get_remote_address(), "connected");
+            }
+            SwarmEvent::ConnectionClosed { peer_id, cause, .. } => {
+                tracing::debug!(%peer_id, ?cause, "connection closed");
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                tracing::debug!(?peer_id, %error, "outgoing connection failed");
+            }
+            SwarmEvent::IncomingConnectionError {
+                error,
+                send_back_addr,
+                ..
+            } => {
+                tracing::debug!(%send_back_addr, %error, "incoming connection failed");
+            }
+            _ => {}
+        }
+    }
+
+    fn on_addrs_changed(&mut self) {
+        let _ = self.addrs_tx.send(self.listen_addrs.clone());
+        let lines: String = self
+            .listen_addrs
+            .iter()
+            .map(|addr| format!("{addr}\n"))
+            .collect();
+        let path = self.config.data_dir.join("addrs");
+        let tmp = self.config.data_dir.join("addrs.tmp");
+        if let Err(error) = std::fs::write(&tmp, lines).and_then(|()| std::fs::rename(&tmp, &path))
+        {
+            tracing::warn!(path = %path.display(), %error, "cannot write the addresses file");
+        }
+        self.schedule_publish();
+    }
+
+    fn schedule_publish(&mut self) {
+        if self.publish_at.is_none() {
+            self.publish_at = Some(tokio::time::Instant::now() + self.config.publish_debounce);
+        }
+    }
+
+    fn is_busy(&self) -> bool {
+        self.pending.len() >= self.config.max_pending_requests
+    }
+
+    fn on_ingest_event(
+        &mut self,
+        event: request_response::Event<ingest::Request, ingest::Response>,
+    ) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let count = request.readings.len();
+                tracing::debug!(%peer, count, "ingest batch");
+                if self.closing {
+                    let reason = "node is shutting down".to_owned();
+                    return self.respond_ingest(channel, ingest::Response::Refused { reason });
+                }
+                if count > limits::MAX_BATCH_READINGS {
+                    let reason = format!(
+                        "{count} readings in one batch (at most {})",
+                        limits::MAX_BATCH_READINGS
+                    );
+                    return self.respond_ingest(channel, ingest::Response::Refused { reason });
+                }
+                if self.is_busy() {
+                    return self.respond_ingest(
+                        channel,
+                        ingest::Response::Busy {
+                            retry_after_ms: 100,
+                        },
+                    );
+                }
+                let (reply, outcomes) = oneshot::channel();
+                match self.pipeline.jobs.try_send(Job {
+                    readings: request.readings,
+                    reply,
+                }) {
+                    Ok(()) => self.pending.push(
+                        async move {
+                            let response = match outcomes.await {
+                                Ok(Ok(outcomes)) => ingest::Response::Done {
+                                    outcomes,
+                                    commands: Vec::new(),
+                                },
+                                Ok(Err(error)) => ingest::Response::Refused {
+                                    reason: format!("storage failure: {error}"),
+                                },
+                                Err(_) => ingest::Response::Refused {
+                                    reason: "node is shutting down".into(),
+                                },
+                            };
+                            Finished::Ingest(channel, response)
+                        }
+                        .boxed(),
+                    ),
+                    Err(mpsc::error::TrySendError::Full(_)) => self.respond_ingest(
+                        channel,
+                        ingest::Response::Busy {
+                            retry_after_ms: 100,
+                        },
+                    ),
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        let reason = "node is shutting down".to_owned();
+                        self.respond_ingest(channel, ingest::Response::Refused { reason })
+                    }
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                self.on_inbound_failure("ingest", peer, error);
+            }
+            request_response::Event::ResponseSent { .. } => {
+                self.unsent_responses = self.unsent_responses.saturating_sub(1)
+            }
+            _ => {}
+        }
+    }
+
+    /// A peer that sent a request we could not decode is misbehaving: disconnect it.
+    fn on_inbound_failure(&mut self, protocol: &str, peer: PeerId, error: InboundFailure) {
+        self.unsent_responses = self.unsent_responses.saturating_sub(1);
+        match error {
+            InboundFailure::Io(error) if error.kind() == std::io::ErrorKind::InvalidData => {
+                tracing::warn!(%peer, protocol, %error, "refused a malformed request; disconnecting the peer");
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
+            error => tracing::debug!(%peer, protocol, %error, "inbound request failed"),
+        }
+    }
+
+    fn respond_ingest(
+        &mut self,
+        channel: ResponseChannel<ingest::Response>,
+        response: ingest::Response,
+    ) {
+        if self
+            .swarm
+            .behaviour_mut()
+            .ingest
+            .send_response(channel, response)
+            .is_ok()
+        {
+            self.unsent_responses += 1;
+        }
+    }
+
+    fn respond_query(
+        &mut self,
+        channel: ResponseChannel<query::Response>,
+        response: query::Response,
+    ) {
+        if self
+            .swarm
+            .behaviour_mut()
+            .query
+            .send_response(channel, response)
+            .is_ok()
+        {
+            self.unsent_responses += 1;
+        }
+    }
+
+    fn on_finished(&mut self, finished: Finished) {
+        match finished {
+            Finished::Ingest(channel, response) => self.respond_ingest(channel, response),
+            Finished::Query(channel, response) => self.respond_query(channel, response),
+        }
+    }
+
+    fn on_ask(&mut self, ask: Ask) {
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .query
+            .send_request_with_addresses(&ask.peer, ask.request, ask.addrs);
+        self.asks.insert(id, ask.reply);
+    }
+
+    fn on_query_event(&mut self, event: request_response::Event<query::Request, query::Response>) {
+        match event {
+            request_response::Event::Message { message, .. } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => self.on_query(request, channel),
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    if let Some(reply) = self.asks.remove(&request_id) {
+                        let _ = reply.send(Ok(response));
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure {
+                request_id,
+                error,
+                peer,
+                ..
+            } => {
+                tracing::debug!(%peer, %error, "question to a peer failed");
+                if let Some(reply) = self.asks.remove(&request_id) {
+                    let _ = reply.send(Err(error.to_string()));
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                self.on_inbound_failure("query", peer, error)
+            }
+            request_response::Event::ResponseSent { .. } => {
+                self.unsent_responses = self.unsent_responses.saturating_sub(1)
+            }
+        }
+    }
+
+    fn on_query(&mut self, request: query::Request, channel: ResponseChannel<query::Response>) {
+        if self.closing {
+            return self.respond_query(
+                channel,
+                query::Response::Error("node is shutting down".into()),
+            );
+        }
+        if self.is_busy() {
+            return self.respond_query(channel, query::Response::Busy);
+        }
+        let (now, now_ms) = (Instant::now(), now_ms());
+        let answer: BoxFuture<'static, query::Response> = match request {
+            query::Request::Top { n, .. } | query::Request::LocalTop { n, .. }
+                if n > limits::MAX_TOP_N =>
+            {
+                let error = format!("n = {n} is too large (at most {})", limits::MAX_TOP_N);
+                return self.respond_query(channel, query::Response::Error(error));
+            }
+            query::Request::Top { n, since_ms: None } if n as usize <= self.config.top_k => {
+                let answer = self.view.top(n as usize, now, now_ms);
+                return self.respond_query(channel, query::Response::Top(answer));
+            }
+            query::Request::Top { n, since_ms } => {
+                let from_ms = since_ms.map_or(0, |since| now_ms.saturating_sub(since));
+                self.top_from_every_node(n, from_ms, now, now_ms)
+            }
+            query::Request::Stats => {
+                return self.respond_query(
+                    channel,
+                    query::Response::Stats(self.view.stats(now, now_ms)),
+                );
+            }
+            query::Request::Peers => {
+                return self.respond_query(
+                    channel,
+                    query::Response::Peers(self.view.peers(now, now_ms)),
+                );
+            }
+            query::Request::Meter {
+                meter,
+                from_ms,
+                to_ms,
+            } => self.meter_from_its_homes(meter, from_ms, to_ms),
+            query::Request::LocalTop { n, from_ms } => {
+                let store = self.store.clone();
+                blocking(move || store.top_since(n as usize, from_ms))
+                    .map(|spans| {
+                        spans.map_or_else(query::Response::Error, query::Response::LocalTop)
+                    })
+                    .boxed()
+            }
+            query::Request::LocalMeter {
+                meter,
+                from_ms,
+                to_ms,
+            } => {
+                let store = self.store.clone();
+                blocking(move || {
+                    store.meter_history(meter, from_ms, to_ms, limits::MAX_HISTORY_READINGS)
+                })
+                .map(|history| {
+                    history.map_or_else(query::Response::Error, query::Response::LocalMeter)
+                })
+                .boxed()
+            }
+        };
+        self.pending.push(
+            answer
+                .map(|response| Finished::Query(channel, response))
+                .boxed(),
+        );
+    }
+
+    fn asker(&self) -> Asker {
+        Asker(self.ask_tx.clone())
+    }
+
+    fn addrs_of(&self, peer: &PeerId) -> Vec<Multiaddr> {
+        self.view
+            .addrs_of(peer)
+            .iter()
+            .filter_map(|addr| addr.parse().ok())
+            .collect()
+    }
+
+    /// An exact top-N over any window: every live node ranks its own meters, and the answers are
+    /// joined. Coverage names the nodes that did not answer.
+    fn top_from_every_node(
+        &self,
+        n: u32,
+        from_ms: u64,
+        now: Instant,
+        now_ms: u64,
+    ) -> BoxFuture<'static, query::Response> {
+        let store = self.store.clone();
+        let asker = self.asker();
+        let remotes: Vec<_> = self
+            .view
+            .live_remotes(now)
+            .into_iter()
+            .map(|peer| (peer, self.addrs_of(&peer)))
+            .collect();
+        let local = self.peer_id;
+        async move {
+            let mine = blocking(move || store.top_since(n as usize, from_ms));
+            let theirs = join_all(remotes.iter().map(|(peer, addrs)| {
+                asker.ask(
+                    *peer,
+                    addrs.clone(),
+                    query::Request::LocalTop { n, from_ms },
+                )
+            }));
+            let (mine, theirs) = futures::join!(mine, theirs);
+            let mut parts: Vec<(PeerId, Vec<MeterSpan>)> = Vec::new();
+            let mut missing = Vec::new();
+            match mine {
+                Ok(spans) => parts.push((local, spans)),
+                Err(error) => return query::Response::Error(error),
+            }
+            for ((peer, _), answer) in remotes.iter().zip(theirs) {
+                match answer {
+                    Ok(query::Response::LocalTop(spans)) => parts.push((*peer, spans)),
+                    _ => missing.push(peer.to_string()),
+                }
+            }
+            let mut joined: HashMap<MeterId, (MeterSpan, PeerId)> = HashMap::new();
+            for (peer, spans) in &parts {
+                for span in spans {
+                    joined
+                        .entry(span.meter)
+                        .and_modify(|(merged, home)| {
+                            if span.last.ts_ms > merged.last.ts_ms {
+                                *home = *peer;
+                            }
+                            *merged = domain::join_spans(*merged, *span);
+                        })
+                        .or_insert((*span, *peer));
+                }
+            }
+            let homes: HashMap<MeterId, PeerId> =
+                joined.iter().map(|(m, (_, home))| (*m, *home)).collect();
+            let ranked = domain::rank(
+                joined.into_values().map(|(span, _)| span).collect(),
+                n as usize,
+            );
+            let mut included: Vec<String> =
+                parts.iter().map(|(peer, _)| peer.to_string()).collect();
+            included.sort();
+            missing.sort();
+            let _ = now_ms;
+            query::Response::Top(TopAnswer {
+                entries: ranked
+                    .iter()
+                    .map(|span| TopEntry {
+                        meter: span.meter,
+                        consumption_l: domain::span_consumption(span),
+                        home: homes
+                            .get(&span.meter)
+                            .map(ToString::to_string)
+                            .unwrap_or_default(),
+                    })
+                    .collect(),
+                coverage: Coverage {
+                    included,
+                    stale: Vec::new(),
+                    missing,
+                    oldest_data_age_ms: 0,
+                },
+            })
+        }
+        .boxed()
+    }
+
+    /// A meter's history, from this node's store and from every node whose filter may hold it
+    /// (normally its one home): routed, never broadcast.
+    fn meter_from_its_homes(
+        &self,
+        meter: MeterId,
+        from_ms: Option<u64>,
+        to_ms: Option<u64>,
+    ) -> BoxFuture<'static, query::Response> {
+        let store = self.store.clone();
+        let asker = self.asker();
+        let homes: Vec<_> = self
+            .view
+            .homes_of(meter)
+            .into_iter()
+            .map(|peer| (peer, self.addrs_of(&peer)))
+            .collect();
+        let local = self.peer_id;
+        async move {
+            let mine = blocking(move || {
+                store.meter_history(meter, from_ms, to_ms, limits::MAX_HISTORY_READINGS)
+            });
+            let theirs = join_all(homes.iter().map(|(peer, addrs)| {
+                asker.ask(
+                    *peer,
+                    addrs.clone(),
+                    query::Request::LocalMeter {
+                        meter,
+                        from_ms,
+                        to_ms,
+                    },
+                )
+            }));
+            let (mine, theirs) = futures::join!(mine, theirs);
+            let mut found = Vec::new();
+            match mine {
+                Ok(Some(history)) => found.push((local, history)),
+                Ok(None) => {}
+                Err(error) => return query::Response::Error(error),
+            }
+            let mut unreachable = 0;
+            for ((peer, _), answer) in homes.iter().zip(theirs) {
+                match answer {
+                    Ok(query::Response::LocalMeter(Some(history))) => found.push((*peer, history)),
+                    Ok(query::Response::LocalMeter(None)) => {}
+                    _ => unreachable += 1,
+                }
+            }
+            let latest =
+                |history: &query::MeterHistory| history.readings.last().map_or(0, |r| r.ts_ms);
+            let Some(home) = found
+                .iter()
+                .max_by_key(|(_, history)| latest(history))
+                .map(|(peer, _)| *peer)
+            else {
+                let hint = if unreachable > 0 {
+                    format!(" ({unreachable} possible home(s) did not answer)")
+                } else {
+                    String::new()
+                };
+                return query::Response::NotFound(format!(
+                    "meter {meter} is not held by any known fog node{hint}"
+                ));
+            };
+            let history = domain::merge_histories(found.into_iter().map(|(_, history)| history));
+            query::Response::Meter(MeterAnswer {
+                meter,
+                home: home.to_string(),
+                consumption_l: domain::history_consumption(meter, &history),
+                history,
+            })
+        }
+        .boxed()
+    }
+
+    fn on_sync_event(&mut self, event: request_response::Event<SyncRequest, SyncResponse>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
+                    self.merge_all(peer, request.summaries);
+                    let response = SyncResponse {
+                        summaries: self.view.signed(),
+                    };
+                    if self
+                        .swarm
+                        .behaviour_mut()
+                        .sync
+                        .send_response(channel, response)
+                        .is_ok()
+                    {
+                        self.unsent_responses += 1;
+                    }
+                }
+                request_response::Message::Response { response, .. } => {
+                    self.merge_all(peer, response.summaries)
+                }
+            },
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                self.on_inbound_failure("sync", peer, error)
+            }
+            request_response::Event::OutboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "sync with a peer failed");
+            }
+            request_response::Event::ResponseSent { .. } => {
+                self.unsent_responses = self.unsent_responses.saturating_sub(1)
+            }
+        }
+    }
+
+    fn merge_all(&mut self, from: PeerId, summaries: Vec<SignedSummary>) {
+        for signed in summaries {
+            if let Err(error) = self.merge(signed) {
+                tracing::warn!(peer = %from, %error, "refused a summary in sync");
+            }
+        }
+    }
+
+    /// Merges a received summary into the view and saves it when it is newer.
+    fn merge(&mut self, signed: SignedSummary) -> Result<Merged, summary::SummaryError> {
+        let merged = self.view.merge(signed.clone(), Some(Instant::now()))?;
+        if let Merged::Newer(origin) = merged {
+            tracing::debug!(%origin, "merged a newer summary");
+            let saved = hydromesh_proto::encode(&signed)
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| {
+                    self.store
+                        .save_view(&origin.to_string(), &bytes)
+                        .map_err(|e| e.to_string())
+                });
+            if let Err(error) = saved {
+                tracing::warn!(%error, "cannot save a merged summary");
+            }
+        }
+        Ok(merged)
+    }
+
+    fn on_gossip_event(&mut self, event: gossipsub::Event) {
+        let gossipsub::Event::Message {
+            propagation_source,
+            message_id,
+            message,
+        } = event
+        else {
+            return;
+        };
+        let acceptance = match hydromesh_proto::decode::<SignedSummary>(
+            &message.data,
+            limits::MAX_SUMMARY_BYTES,
+        )
+        .map_err(summary::SummaryError::from)
+        .and_then(|signed| self.merge(signed))
+        {
+            Ok(Merged::Newer(_)) => gossipsub::MessageAcceptance::Accept,
+            Ok(Merged::Known) => gossipsub::MessageAcceptance::Ignore,
+            Err(error) => {
+                tracing::warn!(peer = %propagation_source, %error, "refused a gossiped summary");
+                gossipsub::MessageAcceptance::Reject
+            }
+        };
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(&message_id, &propagation_source, acceptance);
+    }
+
+    fn on_identified(&mut self, peer: PeerId, info: identify::Info) {
+        let speaks = |name: &str| info.protocols.iter().any(|p| p.as_ref() == name);
+        if speaks(protocols::KAD) {
+            for addr in &info.listen_addrs {
+                self.swarm
+                    .behaviour_mut()
+                    .kad
+                    .add_address(&peer, addr.clone());
+            }
+        }
+        if speaks(protocols::SYNC) {
+            // Anti-entropy on every new connection: a late joiner converges without waiting
+            // for the next publish.
+            let request = SyncRequest {
+                summaries: self.view.signed(),
+            };
+            self.swarm.behaviour_mut().sync.send_request(&peer, request);
+        }
+    }
+
+    fn publish_summary(&mut self) {
+        self.publish_at = None;
+        let summary = match self.build_summary() {
+            Ok(summary) => summary,
+            Err(error) => return tracing::error!(%error, "cannot build the summary"),
+        };
+        let signed = match summary::sign(&self.keypair, &summary) {
+            Ok(signed) => signed,
+            Err(error) => return tracing::error!(%error, "cannot sign the summary"),
+        };
+        let bytes = match hydromesh_proto::encode(&signed) {
+            Ok(bytes) => bytes,
+            Err(error) => return tracing::error!(%error, "cannot encode the summary"),
+        };
+        if let Err(error) = self.store.save_view(&summary.origin, &bytes) {
+            tracing::warn!(%error, "cannot save the own summary");
+        }
+        tracing::debug!(
+            version = summary.version,
+            meters = summary.meter_count,
+            "publishing summary"
+        );
+        self.view.set_local(summary, signed, Instant::now());
+        match self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(summary::topic(), bytes)
+        {
+            Ok(_) | Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
+            Err(error) => tracing::warn!(%error, "cannot publish the summary"),
+        }
+    }
+
+    fn build_summary(&self) -> Result<NodeSummary, crate::store::StoreError> {
+        let version = self.store.next_summary_version()?;
+        let top_k = self.config.top_k.min(summary::MAX_TOP_K);
+        let (meter_count, total_consumption_l, top, filter) = self.store.with_meters(|meters| {
+            let mut filter = MeterFilter::with_capacity(meters.len());
+            let mut total = 0u64;
+            for span in meters.values() {
+                filter.insert(span.meter);
+                total = total.saturating_add(domain::span_consumption(span));
+            }
+            let top = domain::rank(meters.values().copied().collect(), top_k);
+            (meters.len() as u64, total, top, filter)
+        });
+        Ok(NodeSummary {
+            origin: self.peer_id.to_string(),
+            name: truncate(&self.config.name, limits::MAX_NAME_BYTES),
+            version,
+            generated_at_ms: now_ms(),
+            addrs: self
+                .listen_addrs
+                .iter()
+                .map(ToString::to_string)
+                .take(16)
+                .collect(),
+            meter_count,
+            total_consumption_l,
+            top,
+            filter,
+        })
+    }
+}
+
+/// Runs blocking store work (sled reads) on the blocking pool.
+fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> BoxFuture<'static, Result<T, String>> {
+    async move {
+        match tokio::task::spawn_blocking(work).await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(error) => Err(format!("internal error: {error}")),
+        }
+    }
+    .boxed()
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The peer id at the end of an address, and the address without it.
+fn split_peer(addr: &Multiaddr) -> Option<(PeerId, Multiaddr)> {
+    let mut bare = addr.clone();
+    match bare.pop() {
+        Some(Protocol::P2p(peer)) => Some((peer, bare)),
+        _ => None,
+    }
+}
+
+fn truncate(text: &str, max_bytes: usize) -> String {
+    let mut end = text.len().min(max_bytes);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
