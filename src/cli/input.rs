@@ -1,13 +1,16 @@
 //! Streaming parser of meter readings from CSV or JSON lines: the input of `hydromesh ingest`.
 
+use std::borrow::Cow;
+use std::fmt;
 use std::io::{self, BufRead, Read};
 use std::iter::FusedIterator;
+use std::marker::PhantomData;
 use std::path::Path;
 
 use chrono::{DateTime, SecondsFormat};
 use hydromesh_proto::{Alarms, Reading};
+use serde::de::{Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
-use serde_json::Value;
 
 /// Longest accepted line in bytes; a longer line is an error for that line and is skipped.
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
@@ -147,12 +150,11 @@ impl<R: BufRead> Readings<R> {
     /// Starts parsing `reader` as `format`. For CSV it reads the header (skipping blank lines
     /// before it) and fails on a missing or bad one.
     pub fn new(reader: R, format: Format) -> Result<Self, LineError> {
-        let (buf, line, done) = (Vec::new(), 0, false);
         let mut lines = Lines {
             reader,
-            buf,
-            line,
-            done,
+            buf: Vec::new(),
+            line: 0,
+            done: false,
         };
         let mut columns = Vec::new();
         if format == Format::Csv {
@@ -341,50 +343,58 @@ fn parse_csv_row(columns: &[Column], line: &str) -> Result<Reading, InputError> 
         let expected = columns.len();
         return Err(InputError::FieldCount { expected, found });
     }
-    reading_from(columns.iter().copied().zip(values))
+    let cells = values.map(|value| Cell::Text(Cow::Borrowed(value)));
+    reading_from(columns.iter().copied().zip(cells))
 }
 
 /// A reading from its cells; the required ones are all there.
-fn reading_from<'a>(cells: impl Iterator<Item = (Column, &'a str)>) -> Result<Reading, InputError> {
-    let (meter, ts_ms, litres) = (0, 0, 0);
-    let (flow_lph, alarms) = (None, Alarms::empty());
+fn reading_from<'a>(
+    cells: impl Iterator<Item = (Column, Cell<'a>)>,
+) -> Result<Reading, InputError> {
     let mut reading = Reading {
-        meter,
-        ts_ms,
-        litres,
-        flow_lph,
-        alarms,
+        meter: 0,
+        ts_ms: 0,
+        litres: 0,
+        flow_lph: None,
+        alarms: Alarms::empty(),
     };
-    for (column, value) in cells {
+    for (column, cell) in cells {
         match column {
-            Column::Meter => reading.meter = cell_u64("meter", value, NOT_METER)?,
-            Column::Ts => reading.ts_ms = cell_ts(value)?,
-            Column::Litres => reading.litres = cell_u64("litres", value, NOT_LITRES)?,
-            Column::Flow if value.is_empty() => {}
-            Column::Flow => reading.flow_lph = Some(cell_flow(value)?),
-            Column::Alarms => reading.alarms = parse_alarms(value)?,
+            Column::Meter => reading.meter = cell_u64("meter", &cell, whole(NOT_METER))?,
+            Column::Ts => reading.ts_ms = cell_u64("ts", &cell, timestamp_ms)?,
+            Column::Litres => reading.litres = cell_u64("litres", &cell, whole(NOT_LITRES))?,
+            Column::Flow if cell.is_blank() => {}
+            Column::Flow => {
+                let flow = cell_u64("flow_lph", &cell, whole(NOT_FLOW))?;
+                let flow = u32::try_from(flow)
+                    .map_err(|_| value_error("flow_lph", &flow.to_string(), NOT_FLOW))?;
+                reading.flow_lph = Some(flow);
+            }
+            Column::Alarms => reading.alarms = parse_alarms(&cell.text())?,
         }
     }
     Ok(reading)
 }
 
-fn cell_u64(field: &'static str, text: &str, rule: &'static str) -> Result<u64, InputError> {
+/// A required cell as a number: a JSON number as it is, text through `parse`.
+fn cell_u64<P>(field: &'static str, cell: &Cell<'_>, parse: P) -> Result<u64, InputError>
+where
+    P: Fn(&str) -> Result<u64, &'static str>,
+{
+    let text = match cell {
+        Cell::Number(n) => return Ok(*n),
+        Cell::Text(text) => Cow::Borrowed(text.trim()),
+        Cell::List(items) => Cow::Owned(format!("[{items}]")),
+    };
     if text.is_empty() {
         return Err(InputError::MissingField(field));
     }
-    digits(text).ok_or_else(|| value_error(field, text, rule))
+    parse(&text).map_err(|rule| value_error(field, &text, rule))
 }
 
-fn cell_ts(text: &str) -> Result<u64, InputError> {
-    if text.is_empty() {
-        return Err(InputError::MissingField("ts"));
-    }
-    timestamp_ms(text).map_err(|rule| value_error("ts", text, rule))
-}
-
-fn cell_flow(text: &str) -> Result<u32, InputError> {
-    let flow = digits(text).and_then(|n| u32::try_from(n).ok());
-    flow.ok_or_else(|| value_error("flow_lph", text, NOT_FLOW))
+/// A parser of whole numbers that names `rule` when the text is not one.
+fn whole(rule: &'static str) -> impl Fn(&str) -> Result<u64, &'static str> {
+    move |text| digits(text).ok_or(rule)
 }
 
 /// Alarm names separated by `|`, `;` or white space, any case; empty is no alarm.
@@ -398,43 +408,94 @@ fn parse_alarms(text: &str) -> Result<Alarms, InputError> {
         })
 }
 
+/// The value of a field: text (a CSV cell, a JSON string, or another JSON number written
+/// out), a JSON unsigned integer, or the items of a JSON array as text joined by `|`.
+enum Cell<'a> {
+    Text(Cow<'a, str>),
+    Number(u64),
+    List(String),
+}
+
+impl Cell<'_> {
+    fn is_blank(&self) -> bool {
+        matches!(self, Cell::Text(text) if text.trim().is_empty())
+    }
+
+    fn text(&self) -> Cow<'_, str> {
+        match self {
+            Cell::Text(text) => Cow::Borrowed(text),
+            Cell::Number(n) => Cow::Owned(n.to_string()),
+            Cell::List(items) => Cow::Borrowed(items),
+        }
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Cell<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(CellVisitor(PhantomData))
+    }
+}
+
+struct CellVisitor<'a>(PhantomData<&'a ()>);
+
+impl<'de: 'a, 'a> Visitor<'de> for CellVisitor<'a> {
+    type Value = Cell<'a>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a number, a string or an array of strings")
+    }
+    fn visit_u64<E>(self, n: u64) -> Result<Cell<'a>, E> {
+        Ok(Cell::Number(n))
+    }
+    fn visit_i64<E>(self, n: i64) -> Result<Cell<'a>, E> {
+        Ok(Cell::Text(Cow::Owned(n.to_string())))
+    }
+    fn visit_f64<E>(self, x: f64) -> Result<Cell<'a>, E> {
+        Ok(Cell::Text(Cow::Owned(format!("{x:?}"))))
+    }
+    fn visit_borrowed_str<E>(self, text: &'de str) -> Result<Cell<'a>, E> {
+        Ok(Cell::Text(Cow::Borrowed(text)))
+    }
+    fn visit_str<E>(self, text: &str) -> Result<Cell<'a>, E> {
+        Ok(Cell::Text(Cow::Owned(text.to_owned())))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<Cell<'a>, A::Error> {
+        let mut text = String::new();
+        while let Some(item) = items.next_element::<Cell<'_>>()? {
+            if !text.is_empty() {
+                text.push('|');
+            }
+            text.push_str(&item.text());
+        }
+        Ok(Cell::List(text))
+    }
+}
+
 /// The keys of a JSON line this parser reads (others are ignored).
 #[derive(Deserialize)]
-struct JsonLine {
-    meter: Option<Value>,
-    ts: Option<Value>,
-    litres: Option<Value>,
-    flow_lph: Option<Value>,
-    alarms: Option<Value>,
+struct JsonLine<'a> {
+    #[serde(borrow)]
+    meter: Option<Cell<'a>>,
+    #[serde(borrow)]
+    ts: Option<Cell<'a>>,
+    #[serde(borrow)]
+    litres: Option<Cell<'a>>,
+    #[serde(borrow)]
+    flow_lph: Option<Cell<'a>>,
+    #[serde(borrow)]
+    alarms: Option<Cell<'a>>,
 }
 
 fn parse_json_line(line: &str) -> Result<Reading, InputError> {
     if !line.trim_start().starts_with('{') {
         return Err(InputError::Json("expected an object".to_owned()));
     }
-    let json: JsonLine = serde_json::from_str(line).map_err(|e| {
+    let json: JsonLine<'_> = serde_json::from_str(line).map_err(|e| {
         InputError::Json(e.to_string().replace(" at line 1 column ", " at column "))
     })?;
-    let cells = [json.meter, json.ts, json.litres, json.flow_lph, json.alarms].map(json_cell);
-    let columns = COLUMNS.iter().map(|(column, _)| *column);
-    reading_from(columns.zip(cells.iter().map(|cell| cell.trim())))
-}
-
-/// A JSON value as the text of a CSV cell: strings as they are, an array as its items
-/// joined by `|`, null as empty, anything else as JSON.
-fn json_cell(value: Option<Value>) -> String {
-    match value {
-        None | Some(Value::Null) => String::new(),
-        Some(Value::String(text)) => text,
-        Some(Value::Array(items)) => {
-            let text = |item: &Value| {
-                item.as_str()
-                    .map_or_else(|| item.to_string(), str::to_owned)
-            };
-            items.iter().map(text).collect::<Vec<_>>().join("|")
-        }
-        Some(other) => other.to_string(),
-    }
+    let cells = [json.meter, json.ts, json.litres, json.flow_lph, json.alarms];
+    let cells = cells.map(|cell| cell.unwrap_or(Cell::Text(Cow::Borrowed(""))));
+    reading_from(COLUMNS.iter().map(|(column, _)| *column).zip(cells))
 }
 
 #[cfg(test)]
@@ -508,7 +569,7 @@ mod tests {
             "1,0,,, => field `litres` is missing or empty",
             "m1,0,5,, => field `meter`: `m1` is not a meter number (an unsigned integer)",
             "1,0,5,4294967296, => is not a flow in whole litres per hour (0 to 4294967295)",
-            "1,0,5,,leak;fire => unknown alarm `fire` (expected leak, burst, tamper, backflow, dry)",
+            "1,0,5,,fire => unknown alarm `fire` (expected leak, burst, tamper, backflow, dry)",
             "1,0,5,,, => expected 5 fields, found 6",
             "1,0 => expected 5 fields, found 2",
         ];
@@ -566,7 +627,8 @@ mod tests {
 
             {"meter":2,"ts":1795428000000,"litres":6,"flow_lph":null,"alarms":["leak","Dry"]}
             {"ts":0,"litres":7,"flow_lph":120,"alarms":"tamper|backflow","meter":3,"x":{}}
-            {"meter":4,"ts":0,"litres":12.5}
+            {"meter":4,"ts":0,"litres":5.0}
+            {"meter":[4],"ts":0,"litres":1}
             {"meter":4,"litres":1}
             {"meter":4,"ts":0,"litres":1,"alarms":["leak",5]}
             [1,0,5]
@@ -575,14 +637,18 @@ mod tests {
             ok(1, (1, T0, 5, None, "")),
             ok(3, (2, T0, 6, None, "leak|dry")),
             ok(4, (3, 0, 7, Some(120), "tamper|backflow")),
-            error(5, "field `litres`: `12.5` is not a whole number of litres"),
-            error(6, "field `ts` is missing or empty"),
+            error(5, "field `litres`: `5.0` is not a whole number of litres"),
             error(
-                7,
+                6,
+                "field `meter`: `[4]` is not a meter number (an unsigned integer)",
+            ),
+            error(7, "field `ts` is missing or empty"),
+            error(
+                8,
                 "unknown alarm `5` (expected leak, burst, tamper, backflow, dry)",
             ),
-            error(8, "invalid JSON: expected an object"),
-            error(9, "invalid JSON: EOF while parsing an object at column 29"),
+            error(9, "invalid JSON: expected an object"),
+            error(10, "invalid JSON: EOF while parsing an object at column 29"),
         ];
         assert_eq!(parse(Format::JsonLines, input.as_bytes()), expected);
     }

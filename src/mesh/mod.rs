@@ -23,6 +23,9 @@ struct Entry {
     signed: SignedSummary,
     /// When it was last refreshed; `None` for a summary restored from disk and not heard since.
     heard_at: Option<Instant>,
+    /// When this node learned it (restored or heard): a restored summary is forgotten only
+    /// `forget_after` after the restart, not at once.
+    known_since: Instant,
 }
 
 /// What merging a summary did.
@@ -51,14 +54,15 @@ impl View {
         }
     }
 
-    /// Merges a signed summary received at `now` (or restored from disk, with `now` `None`).
+    /// Merges a signed summary heard at `now`, or restored from disk at `now` when `restored`.
     pub fn merge(
         &mut self,
         signed: SignedSummary,
-        now: Option<Instant>,
+        now: Instant,
+        restored: bool,
     ) -> Result<Merged, SummaryError> {
         let (summary, origin) = verify(&signed)?;
-        if origin == self.local && now.is_some() {
+        if origin == self.local && !restored {
             // Our own summaries come only from ourselves; a relayed copy is old news.
             return Ok(Merged::Known);
         }
@@ -74,7 +78,8 @@ impl View {
                     Entry {
                         summary,
                         signed,
-                        heard_at: now,
+                        heard_at: (!restored).then_some(now),
+                        known_since: now,
                     },
                 );
                 Ok(Merged::Newer(origin))
@@ -90,6 +95,7 @@ impl View {
                 summary,
                 signed,
                 heard_at: Some(now),
+                known_since: now,
             },
         );
     }
@@ -110,9 +116,8 @@ impl View {
             .iter()
             .filter(|(origin, entry)| {
                 **origin != local
-                    && entry
-                        .heard_at
-                        .is_none_or(|at| now.duration_since(at) > forget_after)
+                    && now.duration_since(entry.heard_at.unwrap_or(entry.known_since))
+                        > forget_after
             })
             .map(|(origin, _)| *origin)
             .collect();
@@ -319,7 +324,7 @@ mod tests {
         for order in [[v1.clone(), v2.clone()], [v2.clone(), v1.clone()]] {
             let mut view = View::new(local.public().to_peer_id(), Duration::from_secs(30));
             for s in order.iter().chain(order.iter()) {
-                view.merge(s.clone(), Some(now)).expect("merge");
+                view.merge(s.clone(), now, false).expect("merge");
             }
             assert_eq!(view.stats(now, 0).total_consumption_l, 300);
             assert_eq!(view.top(5, now, 0).entries[0].consumption_l, 300);
@@ -341,7 +346,8 @@ mod tests {
                 1,
                 vec![span(1, (0, 0), (10, 100)), span(2, (0, 0), (10, 50))],
             ),
-            Some(now),
+            now,
+            false,
         )
         .expect("a");
         view.merge(
@@ -350,7 +356,8 @@ mod tests {
                 1,
                 vec![span(1, (10, 100), (20, 130)), span(3, (0, 0), (1, 60))],
             ),
-            Some(now),
+            now,
+            false,
         )
         .expect("b");
         let top = view.top(2, now, 0);
@@ -373,9 +380,10 @@ mod tests {
         let (a, local) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
         let start = Instant::now();
         let mut view = View::new(local.public().to_peer_id(), Duration::from_secs(30));
-        view.merge(signed(&a, 1, vec![]), None).expect("restore");
+        view.merge(signed(&a, 1, vec![]), start, true)
+            .expect("restore");
         assert_eq!(view.coverage(start, 0).stale.len(), 1);
-        view.merge(signed(&a, 2, vec![]), Some(start))
+        view.merge(signed(&a, 2, vec![]), start, false)
             .expect("fresh");
         assert!(view.coverage(start, 0).stale.is_empty());
         let later = start + Duration::from_secs(31);

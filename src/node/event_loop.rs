@@ -18,6 +18,7 @@ use hydromesh_proto::summary::{
     MeterFilter, MeterSpan, NodeSummary, SignedSummary, SyncRequest, SyncResponse,
 };
 use hydromesh_proto::{ingest, limits, protocols, MeterId};
+use libp2p::core::transport::ListenerId;
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, InboundFailure, OutboundRequestId, ResponseChannel};
@@ -97,6 +98,7 @@ pub struct EventLoop {
     asks: HashMap<OutboundRequestId, oneshot::Sender<Result<query::Response, String>>>,
     ask_tx: mpsc::Sender<Ask>,
     ask_rx: mpsc::Receiver<Ask>,
+    listeners: Vec<ListenerId>,
     listen_addrs: Vec<Multiaddr>,
     addrs_tx: watch::Sender<Vec<Multiaddr>>,
     publish_at: Option<tokio::time::Instant>,
@@ -125,13 +127,15 @@ impl EventLoop {
             .map_err(|e| {
                 NodeError::Network(format!("cannot subscribe to the summary topic: {e}"))
             })?;
+        let mut listeners = Vec::new();
         for addr in &config.listen {
-            swarm
+            let listener = swarm
                 .listen_on(addr.clone())
                 .map_err(|e| NodeError::Listen {
                     addr: addr.clone(),
                     reason: e.to_string(),
                 })?;
+            listeners.push(listener);
         }
         for addr in &config.bootstrap {
             if let Some((peer, bare)) = split_peer(addr) {
@@ -146,7 +150,10 @@ impl EventLoop {
             let restored =
                 hydromesh_proto::decode::<SignedSummary>(&bytes, limits::MAX_SUMMARY_BYTES)
                     .map_err(|e| e.to_string())
-                    .and_then(|signed| view.merge(signed, None).map_err(|e| e.to_string()));
+                    .and_then(|signed| {
+                        view.merge(signed, Instant::now(), true)
+                            .map_err(|e| e.to_string())
+                    });
             if let Err(error) = restored {
                 tracing::warn!(%error, "dropping an unreadable saved summary");
             }
@@ -168,6 +175,7 @@ impl EventLoop {
             asks: HashMap::new(),
             ask_tx,
             ask_rx,
+            listeners,
             listen_addrs: Vec::new(),
             addrs_tx,
             publish_at: None,
@@ -214,8 +222,9 @@ impl EventLoop {
     async fn shut_down(mut self) {
         tracing::info!("shutting down: finishing in-flight requests");
         self.closing = true;
-        let listeners: Vec<_> = self.swarm.listeners().cloned().collect();
-        drop(listeners);
+        for listener in std::mem::take(&mut self.listeners) {
+            self.swarm.remove_listener(listener);
+        }
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
         let mut grace = pin!(tokio::time::sleep_until(deadline));
         while !self.pending.is_empty() || self.unsent_responses > 0 {
@@ -788,7 +797,7 @@ impl EventLoop {
 
     /// Merges a received summary into the view and saves it when it is newer.
     fn merge(&mut self, signed: SignedSummary) -> Result<Merged, summary::SummaryError> {
-        let merged = self.view.merge(signed.clone(), Some(Instant::now()))?;
+        let merged = self.view.merge(signed.clone(), Instant::now(), false)?;
         if let Merged::Newer(origin) = merged {
             tracing::debug!(%origin, "merged a newer summary");
             let saved = hydromesh_proto::encode(&signed)
