@@ -126,10 +126,6 @@ async fn every_node_answers_exact_global_questions() {
     );
 
     // A window answered by asking every node: exact too, and says who answered.
-    let since_ms =
-        now_ms() - (everything.iter().map(|r| r.ts_ms).min().expect("readings") - 3 * HOUR_MS / 2);
-    let from_ms = now_ms() - since_ms;
-    let _ = from_ms;
     let window_start =
         everything.iter().map(|r| r.ts_ms).max().expect("readings") - 4 * HOUR_MS - HOUR_MS / 2;
     let since = now_ms() - window_start;
