@@ -1,0 +1,393 @@
+//! The real `hydromesh` binary, as a user runs it: a node process on loopback, `ingest` and
+//! `query` processes against it, and bytes no peer should send.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::now_ms;
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_hydromesh");
+
+/// A `hydromesh node` process, killed on drop.
+struct NodeProcess {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl NodeProcess {
+    fn start() -> NodeProcess {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let child = Command::new(BIN)
+            .args([
+                "node",
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--name",
+                "cli-test",
+                "--data-dir",
+            ])
+            .arg(dir.path().join("data"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("node starts");
+        let addrs = dir.path().join("data").join("addrs");
+        let addr = wait_for("the node's addrs file", Duration::from_secs(20), || {
+            std::fs::read_to_string(&addrs)
+                .ok()?
+                .lines()
+                .next()
+                .map(str::to_owned)
+        });
+        NodeProcess {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_for<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn hydromesh(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("hydromesh runs")
+}
+
+fn hydromesh_with_stdin(args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("hydromesh runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("hydromesh ends")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn write(dir: &Path, name: &str, contents: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, contents).expect("write file");
+    path
+}
+
+#[test]
+fn ingest_reports_each_rejected_line_and_keeps_the_rest() {
+    let node = NodeProcess::start();
+    let files = tempfile::tempdir().expect("tempdir");
+    let t = now_ms() - 86_400_000;
+    let good = write(
+        files.path(),
+        "good.csv",
+        &format!(
+            "meter,ts,litres\n1,{t},100\n1,{},150\n2,2026-01-01T00:00:00Z,7\n",
+            t + 60_000
+        ),
+    );
+    let path = good.to_str().expect("path");
+    let first = hydromesh(&["ingest", "--peer", &node.addr, path]);
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first.stderr));
+    assert_eq!(
+        text(&first.stdout).trim(),
+        "accepted 3, duplicates 0, rejected 0"
+    );
+    let again = hydromesh(&["ingest", "--peer", &node.addr, path]);
+    assert_eq!(again.status.code(), Some(0));
+    assert_eq!(
+        text(&again.stdout).trim(),
+        "accepted 0, duplicates 3, rejected 0"
+    );
+
+    let future = now_ms() + 3_600_000;
+    let bad = write(
+        files.path(),
+        "bad.csv",
+        &format!(
+            "meter,ts,litres\n\
+             1,{},160\n\
+             1,{},140\n\
+             x,{t},5\n\
+             1,{t},101\n\
+             3,{future},9\n\
+             1,{t},100\n\
+             4,{t},12.5\n",
+            t + 120_000,
+            t + 180_000
+        ),
+    );
+    let out = hydromesh(&[
+        "ingest",
+        "--peer",
+        &node.addr,
+        "--json",
+        bad.to_str().expect("path"),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(report["accepted"], 1);
+    assert_eq!(report["duplicates"], 1);
+    let rejected: Vec<(u64, String)> = report["rejected"]
+        .as_array()
+        .expect("rejected")
+        .iter()
+        .map(|r| {
+            (
+                r["line"].as_u64().expect("line"),
+                r["error"].as_str().expect("error").to_owned(),
+            )
+        })
+        .collect();
+    let lines: Vec<u64> = rejected.iter().map(|(line, _)| *line).collect();
+    assert_eq!(lines, vec![3, 4, 5, 6, 8]);
+    assert!(rejected[0].1.contains("register decreased"), "{rejected:?}");
+    assert!(rejected[1].1.contains("meter"), "{rejected:?}");
+    assert!(
+        rejected[2].1.contains("conflicting duplicate"),
+        "{rejected:?}"
+    );
+    assert!(
+        rejected[3].1.contains("timestamp in the future"),
+        "{rejected:?}"
+    );
+    assert!(rejected[4].1.contains("litres"), "{rejected:?}");
+
+    let human = hydromesh(&["ingest", "--peer", &node.addr, bad.to_str().expect("path")]);
+    assert_eq!(human.status.code(), Some(1));
+    assert!(
+        text(&human.stderr).contains("line 5: conflicting duplicate"),
+        "{}",
+        text(&human.stderr)
+    );
+
+    // JSON lines on stdin; the stored readings are what `query meter` shows.
+    let jsonl = format!("{{\"meter\":9,\"ts\":{t},\"litres\":5}}\n\n{{\"meter\":9,\"ts\":{},\"litres\":8,\"alarms\":[\"leak\"]}}\n", t + 1000);
+    let out = hydromesh_with_stdin(
+        &["ingest", "--peer", &node.addr, "--format", "jsonl", "-"],
+        &jsonl,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = hydromesh(&["query", "meter", "9", "--peer", &node.addr, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let meter: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(meter["consumption_l"], 3);
+    assert_eq!(meter["readings"][1]["alarms"][0], "leak");
+
+    // A file that is not there, and a header that is wrong: usage errors.
+    let missing = hydromesh(&["ingest", "--peer", &node.addr, "/nonexistent/readings.csv"]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(text(&missing.stderr).contains("cannot read /nonexistent/readings.csv"));
+    let header = write(files.path(), "header.csv", "meter,when,litres\n1,2,3\n");
+    let out = hydromesh(&[
+        "ingest",
+        "--peer",
+        &node.addr,
+        header.to_str().expect("path"),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("line 1"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn query_answers_with_tables_and_json_flags_anywhere() {
+    let node = NodeProcess::start();
+    let t = now_ms() - 3_600_000;
+    let csv = format!(
+        "meter,ts,litres\n5,{t},1000\n5,{},3500\n6,{t},10\n6,{},20\n",
+        t + 1000,
+        t + 1000
+    );
+    let out = hydromesh_with_stdin(&["ingest", "--peer", &node.addr, "-"], &csv);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stats: Value = wait_for(
+        "the node's own summary to count both meters",
+        Duration::from_secs(10),
+        || {
+            let out = hydromesh(&["query", "--json", "stats", "--peer", &node.addr]);
+            let stats: Value = serde_json::from_slice(&out.stdout).ok()?;
+            (stats["meters"] == 2).then_some(stats)
+        },
+    );
+    assert_eq!(stats["total_consumption_l"], 2510);
+    assert_eq!(stats["average_consumption_l"], 1255.0);
+    assert_eq!(stats["nodes"], 1);
+    assert_eq!(stats["stale_nodes"], 0);
+
+    let top = hydromesh(&["query", "--peer", &node.addr, "top", "--n", "1", "--json"]);
+    let top: Value = serde_json::from_slice(&top.stdout).expect("JSON");
+    assert_eq!(top["entries"].as_array().expect("entries").len(), 1);
+    assert_eq!(top["entries"][0]["meter"], 5);
+    assert_eq!(top["entries"][0]["consumption_l"], 2500);
+
+    let human = hydromesh(&["query", "top", "--peer", &node.addr]);
+    let human = text(&human.stdout);
+    assert!(human.contains("2.500"), "{human}");
+    assert!(human.contains("1 fog node, 0 stale"), "{human}");
+    let peers = hydromesh(&["query", "peers", "--peer", &node.addr]);
+    assert!(
+        text(&peers.stdout).contains("cli-test"),
+        "{}",
+        text(&peers.stdout)
+    );
+
+    let unknown = hydromesh(&["query", "meter", "77", "--peer", &node.addr]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(text(&unknown.stderr).contains("meter 77"));
+}
+
+#[test]
+fn a_dead_address_is_a_clear_error_with_exit_2() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let started = Instant::now();
+    let out = hydromesh(&[
+        "query",
+        "--peer",
+        &format!("/ip4/127.0.0.1/tcp/{port}"),
+        "stats",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("cannot connect to /ip4/127.0.0.1/tcp/"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "gave up within the dial timeout"
+    );
+    let out = hydromesh(&["query", "stats"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--peer"));
+    let out = hydromesh(&["query", "--bogus", "stats"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = hydromesh(&["ingest", "--peer", "not-an-address", "x.csv"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn garbage_and_oversized_bytes_leave_the_node_serving() {
+    use std::net::TcpStream;
+    let node = NodeProcess::start();
+    let port: u16 = node
+        .addr
+        .split('/')
+        .nth(4)
+        .and_then(|p| p.parse().ok())
+        .expect("tcp port in the address");
+    let mut state = 0x9E37_79B9_u64;
+    let garbage: Vec<u8> = (0..256 * 1024)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    for payload in [
+        garbage.clone(),
+        [b"\x13/multistream/1.0.0\n".as_slice(), &garbage].concat(),
+        vec![0xff; 8 * 1024 * 1024],
+    ] {
+        if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) {
+            stream
+                .set_write_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            // The node may close the connection before taking everything: that is the point.
+            let _ = stream.write_all(&payload);
+        }
+    }
+    let out = hydromesh(&["query", "--peer", &node.addr, "stats", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+#[test]
+fn sigterm_stops_the_node_cleanly_and_acknowledged_readings_survive() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let start = |data: &Path| {
+        Command::new(BIN)
+            .args(["node", "--listen", "/ip4/127.0.0.1/tcp/0", "--data-dir"])
+            .arg(data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("node starts")
+    };
+    let addr_of = |data: &Path| {
+        let file = data.join("addrs");
+        wait_for("the addrs file", Duration::from_secs(20), || {
+            std::fs::read_to_string(&file)
+                .ok()?
+                .lines()
+                .next()
+                .map(str::to_owned)
+        })
+    };
+    let mut child = start(&data);
+    let addr = addr_of(&data);
+    let t = now_ms() - 60_000;
+    let out = hydromesh_with_stdin(
+        &["ingest", "--peer", &addr, "-"],
+        &format!("meter,ts,litres\n42,{t},7\n"),
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let exit = wait_for("the node to exit", Duration::from_secs(20), || {
+        child.try_wait().expect("wait")
+    });
+    assert_eq!(exit.code(), Some(0));
+
+    std::fs::remove_file(data.join("addrs")).expect("remove old addrs");
+    let mut again = start(&data);
+    let addr = addr_of(&data);
+    let out = hydromesh(&["query", "--peer", &addr, "meter", "42", "--json"]);
+    let _ = again.kill();
+    let _ = again.wait();
+    let meter: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(meter["readings"][0]["litres"], 7);
+}
