@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::reading::{MeterId, Reading};
+use crate::reading::{format_rfc3339, MeterId, Reading};
 
 /// A batch of readings from a meter or a gateway (at most
 /// [`MAX_BATCH_READINGS`](crate::limits::MAX_BATCH_READINGS)).
@@ -89,11 +89,13 @@ impl fmt::Display for Rejection {
         match self {
             Rejection::RegisterDecreased { earlier_ts_ms, earlier_litres } => write!(
                 f,
-                "register decreased: an earlier reading (ts {earlier_ts_ms} ms) has {earlier_litres} L"
+                "register decreased: the reading of {} has {earlier_litres} L",
+                format_rfc3339(*earlier_ts_ms)
             ),
             Rejection::RegisterAboveLater { later_ts_ms, later_litres } => write!(
                 f,
-                "register decreased: a later reading (ts {later_ts_ms} ms) has only {later_litres} L"
+                "register decreased: the later reading of {} has only {later_litres} L",
+                format_rfc3339(*later_ts_ms)
             ),
             Rejection::FutureTimestamp { ahead_ms, max_ahead_ms } => write!(
                 f,

@@ -21,7 +21,7 @@ pub mod reading;
 pub mod summary;
 pub mod wire;
 
-pub use reading::{Alarms, MeterId, Reading};
+pub use reading::{format_rfc3339, Alarms, MeterId, Reading};
 pub use wire::{decode, encode, WireError, WIRE_VERSION};
 
 /// Names of the libp2p protocols and gossipsub topics hydromesh speaks.

@@ -116,9 +116,60 @@ impl fmt::Display for Alarms {
     }
 }
 
+/// Formats ms since the Unix epoch as RFC 3339 UTC (`2026-11-23T10:00:00Z`, with milliseconds
+/// only when they are not zero); after the year 9999, as the plain number of ms.
+pub fn format_rfc3339(ms: u64) -> String {
+    const MAX_MS: u64 = 253_402_300_799_999; // 9999-12-31T23:59:59.999Z
+    if ms > MAX_MS {
+        return ms.to_string();
+    }
+    let (days, ms_of_day) = (ms / 86_400_000, ms % 86_400_000);
+    let (year, month, day) = civil_from_days(days);
+    let (hour, minute) = (ms_of_day / 3_600_000, ms_of_day / 60_000 % 60);
+    let (second, milli) = (ms_of_day / 1000 % 60, ms_of_day % 1000);
+    let fraction = if milli == 0 {
+        String::new()
+    } else {
+        format!(".{milli:03}")
+    };
+    format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}{fraction}Z")
+}
+
+/// The proleptic Gregorian date of a day number counted from 1970-01-01.
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    // Shift the epoch to 0000-03-01 so leap days fall at the end of a 400-year era.
+    let shifted = days + 719_468;
+    let era = shifted / 146_097;
+    let day_of_era = shifted % 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_from_march = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
+    let month = if month_from_march < 10 {
+        month_from_march + 3
+    } else {
+        month_from_march - 9
+    };
+    let year = year_of_era + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3339_formatting() {
+        assert_eq!(format_rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_rfc3339(951_782_400_000), "2000-02-29T00:00:00Z");
+        assert_eq!(
+            format_rfc3339(1_795_431_600_250),
+            "2026-11-23T11:00:00.250Z"
+        );
+        assert_eq!(format_rfc3339(4_107_542_399_000), "2100-02-28T23:59:59Z");
+        assert_eq!(format_rfc3339(253_402_300_800_000), "253402300800000");
+    }
 
     #[test]
     fn alarm_names_round_trip() {

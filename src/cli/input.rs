@@ -7,7 +7,7 @@ use std::iter::FusedIterator;
 use std::marker::PhantomData;
 use std::path::Path;
 
-use chrono::{DateTime, SecondsFormat};
+use chrono::DateTime;
 use hydromesh_proto::{Alarms, Reading};
 use serde::de::{Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
@@ -15,6 +15,7 @@ use serde::Deserialize;
 /// Longest accepted line in bytes; a longer line is an error for that line and is skipped.
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
 /// 9999-12-31T23:59:59.999Z, the last instant RFC 3339 can write.
+#[cfg(test)]
 const MAX_RFC3339_MS: u64 = 253_402_300_799_999;
 const NOT_METER: &str = "is not a meter number (an unsigned integer)";
 const NOT_TIME: &str = "is neither RFC 3339 nor Unix milliseconds";
@@ -258,16 +259,7 @@ pub fn parse_timestamp(text: &str) -> Result<u64, InputError> {
 /// Writes UTC milliseconds as RFC 3339 with `Z`, with milliseconds only when not zero; after
 /// year 9999 it writes the integer milliseconds ([`parse_timestamp`] reads both back).
 pub fn format_timestamp(ms: u64) -> String {
-    let secs = if ms.is_multiple_of(1000) {
-        SecondsFormat::Secs
-    } else {
-        SecondsFormat::Millis
-    };
-    let time = i64::try_from(ms).ok().filter(|_| ms <= MAX_RFC3339_MS);
-    match time.and_then(DateTime::from_timestamp_millis) {
-        Some(time) => time.to_rfc3339_opts(secs, true),
-        None => ms.to_string(),
-    }
+    hydromesh_proto::format_rfc3339(ms)
 }
 
 fn timestamp_ms(text: &str) -> Result<u64, &'static str> {
