@@ -3,7 +3,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use libp2p::identity::ed25519;
 use libp2p::Multiaddr;
+
+use crate::domain::rules::Tariff;
 
 /// Everything a fog node needs to run.
 #[derive(Clone, Debug)]
@@ -38,6 +41,14 @@ pub struct Config {
     pub max_pending_requests: usize,
     /// Close connections idle for this long.
     pub idle_connection_timeout: Duration,
+    /// Admin public keys whose signed commands this node applies.
+    pub admin_keys: Vec<ed25519::PublicKey>,
+    /// The increasing-block tariff bills are computed with.
+    pub tariff: Tariff,
+    /// Flow above this, in litres per hour, for 30 minutes or more is a burst.
+    pub burst_flow_lph: u32,
+    /// A closed period's bill unpaid this long after the period ended cuts the meter (debt).
+    pub debt_grace: Duration,
 }
 
 impl Default for Config {
@@ -64,6 +75,10 @@ impl Default for Config {
             ingest_queue_batches: 64,
             max_pending_requests: 256,
             idle_connection_timeout: Duration::from_secs(3600),
+            admin_keys: Vec::new(),
+            tariff: Tariff::default(),
+            burst_flow_lph: 1200,
+            debt_grace: Duration::from_secs(10 * 86_400),
         }
     }
 }

@@ -12,7 +12,9 @@
 //!   shared transport and codec.
 //! - [`store`]: the sled-backed store, behind one type.
 //! - [`mesh`]: the merged view of node summaries (a CRDT) and the global answers.
-//! - [`domain`]: water rules: reading validation, consumption over windows, ranking.
+//! - [`domain`]: water rules: reading validation, consumption over windows, ranking, leak and
+//!   burst alerts, tariffs, rationing.
+//! - [`control`]: signed admin commands and the replicated control state.
 //! - [`client`]: a client of one node, used by the CLI, tests and embedders.
 //! - [`sim`]: simulated hydrometers.
 //! - [`cli`]: the `hydromesh` command line, one module per subcommand.
@@ -22,6 +24,7 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod control;
 pub mod domain;
 pub mod mesh;
 pub mod node;

@@ -10,11 +10,13 @@
 //! - [`reading`]: meters, readings, alarm flags.
 //! - [`ingest`]: `/hydromesh/ingest/1`, a batch of readings and the per-reading outcome.
 //! - [`query`]: `/hydromesh/query/1`, questions from clients and peers and their answers.
+//! - [`control`]: signed admin commands (policy, blocks, payments) on `hydromesh/control/1`.
 //! - [`summary`]: the node summary gossiped on `hydromesh/summary/1` and exchanged by
 //!   `/hydromesh/sync/1`.
 //! - [`wire`]: envelope, version, codec and its errors.
 //! - [`limits`] and [`protocols`]: the constants every side agrees on.
 
+pub mod control;
 pub mod ingest;
 pub mod query;
 pub mod reading;
@@ -38,6 +40,8 @@ pub mod protocols {
     pub const IDENTIFY: &str = "/hydromesh/id/1";
     /// Gossipsub topic of node summaries.
     pub const SUMMARY_TOPIC: &str = "hydromesh/summary/1";
+    /// Gossipsub topic of signed admin commands.
+    pub const CONTROL_TOPIC: &str = "hydromesh/control/1";
 }
 
 /// Size limits every side enforces. A message over its limit is refused before it is decoded.
@@ -49,7 +53,7 @@ pub mod limits {
     /// Largest encoded response (query answers with a meter's history), in bytes.
     pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
     /// Largest encoded signed summary (gossip message), in bytes.
-    pub const MAX_SUMMARY_BYTES: usize = 512 * 1024;
+    pub const MAX_SUMMARY_BYTES: usize = 1024 * 1024;
     /// Largest encoded sync message (a whole summary map), in bytes.
     pub const MAX_SYNC_BYTES: usize = 16 * 1024 * 1024;
     /// Most readings returned by one history query; a longer window is cut and says so.
@@ -58,6 +62,12 @@ pub mod limits {
     pub const MAX_TOP_N: u32 = 10_000;
     /// Longest node name, in bytes.
     pub const MAX_NAME_BYTES: usize = 64;
+    /// Most blocked meters, and most alerts, one summary carries.
+    pub const MAX_SUMMARY_ENTRIES: usize = 2_000;
+    /// Largest encoded signed admin command, in bytes.
+    pub const MAX_COMMAND_BYTES: usize = 4 * 1024;
+    /// Longest reason text of a manual block, in bytes.
+    pub const MAX_REASON_BYTES: usize = 200;
     /// Largest message any decoder accepts, whatever the protocol.
     pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 }

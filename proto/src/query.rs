@@ -6,8 +6,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::control::{Policy, SignedCommand};
 use crate::reading::{MeterId, Reading};
-use crate::summary::MeterSpan;
+use crate::summary::{Alert, AlertKind, Blocked, MeterSpan};
 
 /// A question.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,12 +33,55 @@ pub enum Request {
         /// Window end, ms (exclusive); `None` for no end.
         to_ms: Option<u64>,
     },
+    /// Meters whose supply is cut, mesh-wide.
+    Blocked,
+    /// Active alerts mesh-wide, of one kind or all.
+    Alerts {
+        /// Only this kind.
+        kind: Option<AlertKind>,
+    },
+    /// A meter's bill for the period holding `period_start_ms` (default: the current one),
+    /// from its home.
+    Bill {
+        /// The meter.
+        meter: MeterId,
+        /// Any time in the period.
+        period_start_ms: Option<u64>,
+    },
+    /// The meter's readings stored after `after_ts_ms`, as soon as there is one (long poll,
+    /// answered empty after a while so the client asks again).
+    Follow {
+        /// The meter.
+        meter: MeterId,
+        /// Device time of the last reading the client has; `None` to start with the meter's
+        /// latest reading.
+        after_ts_ms: Option<u64>,
+    },
+    /// The rationing policy in force.
+    Policy,
+    /// An admin command, signed; applied and spread only if this node trusts the key.
+    Admin(SignedCommand),
     /// Peer to peer: this node's own `n` highest consumers in `[from_ms, now)`.
     LocalTop {
         /// How many entries.
         n: u32,
         /// Window start, ms.
         from_ms: u64,
+    },
+    /// Peer to peer: this node's own bill of a meter.
+    LocalBill {
+        /// The meter.
+        meter: MeterId,
+        /// Any time in the period.
+        period_start_ms: Option<u64>,
+    },
+    /// Peer to peer: a long poll on this node's own readings of a meter.
+    LocalFollow {
+        /// The meter.
+        meter: MeterId,
+        /// Device time of the last reading the client has; `None` to start with the meter's
+        /// latest reading.
+        after_ts_ms: Option<u64>,
     },
     /// Peer to peer: this node's own readings of a meter (never routed further).
     LocalMeter {
@@ -64,7 +108,26 @@ pub enum Response {
     /// Answer to [`Request::LocalTop`]: spans of this node's top meters in the window.
     LocalTop(Vec<MeterSpan>),
     /// Answer to [`Request::LocalMeter`]: `None` when this node holds no reading of the meter.
-    LocalMeter(Option<MeterHistory>),
+    LocalMeter(Option<LocalMeter>),
+    /// Answer to [`Request::Blocked`].
+    Blocked(BlockedAnswer),
+    /// Answer to [`Request::Alerts`].
+    Alerts(AlertsAnswer),
+    /// Answer to [`Request::Bill`] and [`Request::LocalBill`] (`None`: meter not held here).
+    Bill(Option<Bill>),
+    /// Answer to [`Request::Follow`] and [`Request::LocalFollow`]: new readings, by time
+    /// (empty when none came in time). `home` is the node that stores them.
+    Readings {
+        /// Peer id of the meter's home.
+        home: String,
+        /// The readings after the client's last.
+        readings: Vec<Reading>,
+    },
+    /// Answer to [`Request::Policy`]: the policy in force and who set it when (`None`: the
+    /// default policy, never set by an admin).
+    Policy(Policy, Option<PolicyOrigin>),
+    /// Answer to [`Request::Admin`]: applied and spread to the mesh.
+    Applied(String),
     /// Nothing is known of what was asked.
     NotFound(String),
     /// The node is overloaded; ask again later.
@@ -171,6 +234,92 @@ pub struct MeterHistory {
     pub truncated: bool,
 }
 
+/// One node's part of a meter answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalMeter {
+    /// The readings.
+    pub history: MeterHistory,
+    /// Blocked state, alerts and the current bill, as its home sees them.
+    pub status: MeterStatus,
+}
+
+/// A meter's state at its home.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeterStatus {
+    /// Why its supply is cut, if it is.
+    pub blocked: Option<Blocked>,
+    /// Its active alerts.
+    pub alerts: Vec<Alert>,
+    /// Its bill for the current period so far.
+    pub bill: Option<Bill>,
+}
+
+/// A meter's bill for one period.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bill {
+    /// The meter.
+    pub meter: MeterId,
+    /// Period start, ms (inclusive).
+    pub period_start_ms: u64,
+    /// Period end, ms (exclusive).
+    pub period_end_ms: u64,
+    /// Consumption in the period, litres.
+    pub consumption_l: u64,
+    /// Amount due, in hundredths of the currency unit.
+    pub amount_cents: u64,
+    /// ISO 4217 code.
+    pub currency: String,
+    /// Whether it has been paid.
+    pub paid: bool,
+    /// Peer id of the home that computed it.
+    pub home: String,
+}
+
+/// Who set the policy, and when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyOrigin {
+    /// The admin's public key, hex.
+    pub admin: String,
+    /// When, ms.
+    pub issued_at_ms: u64,
+}
+
+/// A blocked meter and its home.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockedEntry {
+    /// The block.
+    pub blocked: Blocked,
+    /// Peer id of the meter's home ("" when no node holds the meter yet).
+    pub home: String,
+}
+
+/// Meters whose supply is cut, mesh-wide.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockedAnswer {
+    /// By meter.
+    pub blocked: Vec<BlockedEntry>,
+    /// Which nodes it includes.
+    pub coverage: Coverage,
+}
+
+/// An alert and its home.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertEntry {
+    /// The alert.
+    pub alert: Alert,
+    /// Peer id of the meter's home.
+    pub home: String,
+}
+
+/// Active alerts, mesh-wide.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertsAnswer {
+    /// By meter, then kind.
+    pub alerts: Vec<AlertEntry>,
+    /// Which nodes it includes.
+    pub coverage: Coverage,
+}
+
 /// A meter's history and consumption, answered by (or through) its home.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MeterAnswer {
@@ -182,4 +331,6 @@ pub struct MeterAnswer {
     pub consumption_l: u64,
     /// Its readings in the window, and the baseline.
     pub history: MeterHistory,
+    /// Blocked state, alerts and current bill, from its home.
+    pub status: MeterStatus,
 }

@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::control::{BlockReason, SignedCommand};
 use crate::reading::MeterId;
 
 /// A register value at a time.
@@ -48,6 +49,86 @@ pub struct NodeSummary {
     pub top: Vec<MeterSpan>,
     /// Which meters the node holds (may say yes wrongly, never no wrongly).
     pub filter: MeterFilter,
+    /// The rationing period the period figures are for (start, ms).
+    pub period_start_ms: u64,
+    /// Total consumption of the node's meters in that period, litres.
+    pub period_consumption_l: u64,
+    /// Meters with a reading in that period.
+    pub period_meters: u64,
+    /// The node's meters whose supply is cut, and why.
+    pub blocked: Vec<Blocked>,
+    /// Active alerts of the node's meters.
+    pub alerts: Vec<Alert>,
+    /// Whether more blocks or alerts exist than the summary carries.
+    pub truncated: bool,
+}
+
+/// A meter whose supply is cut.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Blocked {
+    /// The meter.
+    pub meter: MeterId,
+    /// Why.
+    pub reason: BlockReason,
+    /// Since when, ms.
+    pub since_ms: u64,
+    /// The admin's words for a manual block, or the figures behind an automatic one.
+    pub detail: String,
+}
+
+/// What an alert is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum AlertKind {
+    /// Continuous flow: no full hour without consumption within 24 h (or the meter says so).
+    Leak,
+    /// Flow above the burst limit for 30 minutes or more (or the meter says so).
+    Burst,
+    /// The meter reports tampering.
+    Tamper,
+    /// The meter reports water flowing backwards.
+    Backflow,
+    /// The meter reports an empty pipe.
+    Dry,
+}
+
+impl AlertKind {
+    /// Every kind, in a stable order.
+    pub const ALL: [AlertKind; 5] = [
+        AlertKind::Leak,
+        AlertKind::Burst,
+        AlertKind::Tamper,
+        AlertKind::Backflow,
+        AlertKind::Dry,
+    ];
+
+    /// `leak`, `burst`, `tamper`, `backflow` or `dry`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::Leak => "leak",
+            AlertKind::Burst => "burst",
+            AlertKind::Tamper => "tamper",
+            AlertKind::Backflow => "backflow",
+            AlertKind::Dry => "dry",
+        }
+    }
+
+    /// The kind named `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|kind| kind.as_str().eq_ignore_ascii_case(name))
+    }
+}
+
+/// An active alert.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Alert {
+    /// The meter.
+    pub meter: MeterId,
+    /// What.
+    pub kind: AlertKind,
+    /// Device time of the reading that raised it, ms.
+    pub since_ms: u64,
 }
 
 /// A summary with its origin's signature.
@@ -66,6 +147,8 @@ pub struct SignedSummary {
 pub struct SyncRequest {
     /// Every summary the asking node holds, its own included.
     pub summaries: Vec<SignedSummary>,
+    /// The admin commands in force (policy, blocks, payments).
+    pub commands: Vec<SignedCommand>,
 }
 
 /// `/hydromesh/sync/1` response: the answering node's whole map.
@@ -73,6 +156,8 @@ pub struct SyncRequest {
 pub struct SyncResponse {
     /// Every summary the answering node holds, its own included.
     pub summaries: Vec<SignedSummary>,
+    /// The admin commands in force (policy, blocks, payments).
+    pub commands: Vec<SignedCommand>,
 }
 
 /// A Bloom filter of meter ids: a compact "which meters does this node hold".

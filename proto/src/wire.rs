@@ -95,9 +95,13 @@ mod tests {
     use serde::Deserialize;
 
     use super::*;
+    use crate::control::BlockReason;
     use crate::ingest::{self, MeterCommand, Outcome, Rejection, Valve};
     use crate::query::{self, Coverage, TopAnswer, TopEntry};
-    use crate::summary::{MeterFilter, MeterSpan, NodeSummary, Point, SignedSummary, SyncRequest};
+    use crate::summary::{
+        Alert, AlertKind, Blocked, MeterFilter, MeterSpan, NodeSummary, Point, SignedSummary,
+        SyncRequest,
+    };
     use crate::{Alarms, Reading};
 
     fn reading() -> Reading {
@@ -133,6 +137,21 @@ mod tests {
                 },
             }],
             filter,
+            period_start_ms: 1_794_960_000_000,
+            period_consumption_l: 34,
+            period_meters: 1,
+            blocked: vec![Blocked {
+                meter: 7,
+                reason: BlockReason::Cap,
+                since_ms: 1_795_000_000_000,
+                detail: "cap".into(),
+            }],
+            alerts: vec![Alert {
+                meter: 7,
+                kind: AlertKind::Leak,
+                since_ms: 1_795_000_000_000,
+            }],
+            truncated: false,
         }
     }
 
@@ -206,14 +225,14 @@ mod tests {
                     oldest_data_age_ms: 5,
                 },
             }),
-            "01000001072208313244334b6f6f570108313244334b6f6f570005",
+            "01000001072208313244334b6f6f570108313244334b6f6f57000005",
         );
     }
 
     #[test]
     fn golden_summary_and_sync() {
         let payload = encode(&summary()).expect("encode");
-        golden(summary(), "010008313244334b6f6f57056e6f72746803fd005e56eea101000001172f6970342f3132372e302e302e312f7463702f3430303101220107fdc01b47eea1010000fbb004fd005e56eea1010000fbd20401fd000080104208210007");
+        golden(summary(), "010008313244334b6f6f57056e6f72746803fd005e56eea101000001172f6970342f3132372e302e302e312f7463702f3430303101220107fdc01b47eea1010000fbb004fd005e56eea1010000fbd20401fd000080104208210007fd0004f4eba10100002201010701fd005e56eea101000003636170010700fd005e56eea101000000");
         golden(
             SyncRequest {
                 summaries: vec![SignedSummary {
@@ -221,8 +240,9 @@ mod tests {
                     public_key: vec![1, 2],
                     signature: vec![3],
                 }],
+                commands: vec![],
             },
-            "0100015b010008313244334b6f6f57056e6f72746803fd005e56eea101000001172f6970342f3132372e302e302e312f7463702f3430303101220107fdc01b47eea1010000fbb004fd005e56eea1010000fbd20401fd0000801042082100070201020103",
+            "01000183010008313244334b6f6f57056e6f72746803fd005e56eea101000001172f6970342f3132372e302e302e312f7463702f3430303101220107fdc01b47eea1010000fbb004fd005e56eea1010000fbd20401fd000080104208210007fd0004f4eba10100002201010701fd005e56eea101000003636170010700fd005e56eea101000000020102010300",
         );
     }
 

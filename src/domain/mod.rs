@@ -6,6 +6,8 @@
 //! before). A window's (first, last) pair merges with another by taking the earlier first and
 //! the later last, a join-semilattice: duplicates, reordering and re-delivery never double count.
 
+pub mod rules;
+
 use hydromesh_proto::ingest::Rejection;
 use hydromesh_proto::query::MeterHistory;
 use hydromesh_proto::summary::{MeterSpan, Point};

@@ -258,6 +258,29 @@ impl View {
         homes.into_iter().map(|(origin, _)| *origin).collect()
     }
 
+    /// Every summary held, with whether its origin is stale.
+    pub fn summaries(&self, now: Instant) -> impl Iterator<Item = (&NodeSummary, bool)> {
+        self.entries
+            .iter()
+            .map(move |(origin, entry)| (&entry.summary, self.is_stale(origin, entry, now)))
+    }
+
+    /// The exact mesh-wide average consumption in the period starting at `period_start_ms`:
+    /// Σ consumption ÷ Σ meters that reported, over every summary for that period.
+    pub fn period_average(&self, period_start_ms: u64) -> Option<f64> {
+        let (total, meters) = self
+            .entries
+            .values()
+            .filter(|entry| entry.summary.period_start_ms == period_start_ms)
+            .fold((0u64, 0u64), |(total, meters), entry| {
+                (
+                    total.saturating_add(entry.summary.period_consumption_l),
+                    meters + entry.summary.period_meters,
+                )
+            });
+        (meters > 0).then(|| total as f64 / meters as f64)
+    }
+
     /// Remote nodes heard from within `stale_after`.
     pub fn live_remotes(&self, now: Instant) -> Vec<PeerId> {
         self.entries
@@ -311,6 +334,12 @@ mod tests {
             total_consumption_l: top.iter().map(domain::span_consumption).sum(),
             top,
             filter,
+            period_start_ms: 0,
+            period_consumption_l: 0,
+            period_meters: 0,
+            blocked: vec![],
+            alerts: vec![],
+            truncated: false,
         };
         sign(key, &summary).expect("sign")
     }

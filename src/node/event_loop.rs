@@ -13,39 +13,52 @@ use std::time::{Duration, Instant};
 use futures::future::{join_all, BoxFuture};
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
+use hydromesh_proto::control::SignedCommand;
 use hydromesh_proto::query::{self, Coverage, MeterAnswer, TopAnswer, TopEntry};
 use hydromesh_proto::summary::{
     MeterFilter, MeterSpan, NodeSummary, SignedSummary, SyncRequest, SyncResponse,
 };
-use hydromesh_proto::{ingest, limits, protocols, MeterId};
+use hydromesh_proto::{ingest, limits, protocols, MeterId, Reading};
 use libp2p::core::transport::ListenerId;
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, InboundFailure, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{gossipsub, identify, mdns, Multiaddr, PeerId, Swarm};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::behaviour::{Behaviour, BehaviourEvent};
-use super::ingest_pipeline::{Job, Pipeline};
+use super::ingest_pipeline::{Channels, Job, LocalState, Pipeline};
 use super::NodeError;
 use crate::clock::now_ms;
 use crate::config::Config;
+use crate::control::ControlState;
 use crate::domain;
+use crate::domain::rules::RationingInputs;
 use crate::mesh::{Merged, View};
 use crate::protocol::{self, summary};
 use crate::store::{Store, StoreError};
 
 /// How long a node waits for a peer's part of a routed or fanned-out answer.
 const PEER_ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
+mod rules;
+
 /// How long shutdown waits for in-flight requests.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// A request answered later, once its future completes.
 enum Finished {
     Ingest(ResponseChannel<ingest::Response>, ingest::Response),
-    Query(ResponseChannel<query::Response>, query::Response),
+    Query(ResponseChannel<query::Response>, Box<query::Response>),
+}
+
+/// Work that futures hand back to the event loop.
+enum Internal {
+    /// Ask a peer a question.
+    Ask(Ask),
+    /// Apply a verified admin command (after its meter was found) and answer with the outcome.
+    Apply(rules::Apply),
 }
 
 /// A question for a peer, from a routed query.
@@ -58,7 +71,7 @@ struct Ask {
 
 /// Sends questions to peers through the event loop.
 #[derive(Clone)]
-struct Asker(mpsc::Sender<Ask>);
+struct Asker(mpsc::Sender<Internal>);
 
 impl Asker {
     async fn ask(
@@ -67,17 +80,29 @@ impl Asker {
         addrs: Vec<Multiaddr>,
         request: query::Request,
     ) -> Result<query::Response, String> {
+        self.ask_within(peer, addrs, request, PEER_ANSWER_TIMEOUT)
+            .await
+    }
+
+    async fn ask_within(
+        &self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        request: query::Request,
+        timeout: Duration,
+    ) -> Result<query::Response, String> {
         let (reply, answer) = oneshot::channel();
+        let ask = Ask {
+            peer,
+            addrs,
+            request,
+            reply,
+        };
         self.0
-            .send(Ask {
-                peer,
-                addrs,
-                request,
-                reply,
-            })
+            .send(Internal::Ask(ask))
             .await
             .map_err(|_| "node is stopping".to_owned())?;
-        match tokio::time::timeout(PEER_ANSWER_TIMEOUT, answer).await {
+        match tokio::time::timeout(timeout, answer).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err("node is stopping".to_owned()),
             Err(_) => Err("no answer in time".to_owned()),
@@ -93,11 +118,14 @@ pub struct EventLoop {
     store: Arc<Store>,
     view: View,
     pipeline: Pipeline,
-    store_changed: watch::Receiver<u64>,
+    local_state: watch::Receiver<Arc<LocalState>>,
+    inputs: watch::Sender<Arc<RationingInputs>>,
+    accepted: broadcast::Sender<Arc<Vec<Reading>>>,
+    control: ControlState,
     pending: FuturesUnordered<BoxFuture<'static, Finished>>,
     asks: HashMap<OutboundRequestId, oneshot::Sender<Result<query::Response, String>>>,
-    ask_tx: mpsc::Sender<Ask>,
-    ask_rx: mpsc::Receiver<Ask>,
+    ask_tx: mpsc::Sender<Internal>,
+    ask_rx: mpsc::Receiver<Internal>,
     listeners: Vec<ListenerId>,
     listen_addrs: Vec<Multiaddr>,
     addrs_tx: watch::Sender<Vec<Multiaddr>>,
@@ -158,8 +186,24 @@ impl EventLoop {
                 tracing::warn!(%error, "dropping an unreadable saved summary");
             }
         }
-        let (changed_tx, store_changed) = watch::channel(0);
-        let pipeline = Pipeline::start(store.clone(), config.ingest_queue_batches, changed_tx)
+        swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(&rules::control_topic())
+            .map_err(|e| {
+                NodeError::Network(format!("cannot subscribe to the control topic: {e}"))
+            })?;
+        let control = rules::restore_control(&store, &config.admin_keys)?;
+        let (inputs, inputs_rx) =
+            watch::channel(Arc::new(rules::rationing_inputs(&config, &control, None)));
+        let (state_tx, local_state) = watch::channel(Arc::new(LocalState::default()));
+        let (accepted, _) = broadcast::channel(1024);
+        let channels = Channels {
+            inputs: inputs_rx,
+            state: state_tx,
+            accepted: accepted.clone(),
+        };
+        let pipeline = Pipeline::start(store.clone(), config.ingest_queue_batches, channels)
             .map_err(|e| NodeError::Network(format!("cannot start the ingest thread: {e}")))?;
         let (ask_tx, ask_rx) = mpsc::channel(config.max_pending_requests.max(1));
         Ok(EventLoop {
@@ -170,7 +214,10 @@ impl EventLoop {
             store,
             view,
             pipeline,
-            store_changed,
+            local_state,
+            inputs,
+            accepted,
+            control,
             pending: FuturesUnordered::new(),
             asks: HashMap::new(),
             ask_tx,
@@ -196,14 +243,16 @@ impl EventLoop {
                 () = self.cancel.cancelled() => break,
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 Some(finished) = self.pending.next(), if !self.pending.is_empty() => self.on_finished(finished),
-                Some(ask) = self.ask_rx.recv() => self.on_ask(ask),
-                Ok(()) = self.store_changed.changed() => {
+                Some(internal) = self.ask_rx.recv() => self.on_internal(internal),
+                Ok(()) = self.local_state.changed() => {
                     if self.publish_at.is_none() {
                         self.publish_at = Some(tokio::time::Instant::now() + self.config.publish_debounce);
                     }
                 }
                 () = sleep_until(publish_at), if publish_at.is_some() => self.publish_summary(),
                 _ = republish.tick() => {
+                    // Time passes: debt grace times end and periods roll over.
+                    self.reevaluate();
                     self.publish_summary();
                     for origin in self.view.forget_older_than(self.config.forget_after, Instant::now()) {
                         tracing::info!(%origin, "forgetting a fog node not heard from for too long");
@@ -235,7 +284,7 @@ impl EventLoop {
                 }
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 Some(finished) = self.pending.next(), if !self.pending.is_empty() => self.on_finished(finished),
-                Some(ask) = self.ask_rx.recv() => self.on_ask(ask),
+                Some(internal) = self.ask_rx.recv() => self.on_internal(internal),
             }
         }
         self.pipeline.stop().await;
@@ -365,17 +414,16 @@ impl EventLoop {
                     );
                 }
                 let (reply, outcomes) = oneshot::channel();
-                match self.pipeline.jobs.try_send(Job {
+                match self.pipeline.jobs.try_send(Job::Ingest {
                     readings: request.readings,
                     reply,
                 }) {
                     Ok(()) => self.pending.push(
                         async move {
                             let response = match outcomes.await {
-                                Ok(Ok(outcomes)) => ingest::Response::Done {
-                                    outcomes,
-                                    commands: Vec::new(),
-                                },
+                                Ok(Ok((outcomes, commands))) => {
+                                    ingest::Response::Done { outcomes, commands }
+                                }
                                 Ok(Err(error)) => ingest::Response::Refused {
                                     reason: format!("storage failure: {error}"),
                                 },
@@ -456,7 +504,14 @@ impl EventLoop {
     fn on_finished(&mut self, finished: Finished) {
         match finished {
             Finished::Ingest(channel, response) => self.respond_ingest(channel, response),
-            Finished::Query(channel, response) => self.respond_query(channel, response),
+            Finished::Query(channel, response) => self.respond_query(channel, *response),
+        }
+    }
+
+    fn on_internal(&mut self, internal: Internal) {
+        match internal {
+            Internal::Ask(ask) => self.on_ask(ask),
+            Internal::Apply(apply) => self.on_apply(apply),
         }
     }
 
@@ -560,19 +615,54 @@ impl EventLoop {
                 from_ms,
                 to_ms,
             } => {
-                let store = self.store.clone();
-                blocking(move || {
-                    store.meter_history(meter, from_ms, to_ms, limits::MAX_HISTORY_READINGS)
-                })
-                .map(|history| {
-                    history.map_or_else(query::Response::Error, query::Response::LocalMeter)
-                })
-                .boxed()
+                let local_view = self.local_view();
+                blocking(move || local_view.meter(meter, from_ms, to_ms))
+                    .map(|local| {
+                        local.map_or_else(query::Response::Error, query::Response::LocalMeter)
+                    })
+                    .boxed()
+            }
+            query::Request::Blocked => {
+                return self.respond_query(
+                    channel,
+                    query::Response::Blocked(self.blocked_answer(now, now_ms)),
+                );
+            }
+            query::Request::Alerts { kind } => {
+                let answer = self.alerts_answer(kind, now, now_ms);
+                return self.respond_query(channel, query::Response::Alerts(answer));
+            }
+            query::Request::Policy => {
+                let (policy, origin) = self.control.policy();
+                return self.respond_query(channel, query::Response::Policy(policy, origin));
+            }
+            query::Request::Admin(signed) => match self.admin(signed) {
+                Ok(answer) => answer,
+                Err(error) => return self.respond_query(channel, query::Response::Error(error)),
+            },
+            query::Request::Bill {
+                meter,
+                period_start_ms,
+            } => self.bill_from_home(meter, period_start_ms),
+            query::Request::LocalBill {
+                meter,
+                period_start_ms,
+            } => {
+                let local_view = self.local_view();
+                blocking(move || local_view.bill(meter, period_start_ms))
+                    .map(|bill| bill.map_or_else(query::Response::Error, query::Response::Bill))
+                    .boxed()
+            }
+            query::Request::Follow { meter, after_ts_ms } => {
+                self.follow_from_home(meter, after_ts_ms)
+            }
+            query::Request::LocalFollow { meter, after_ts_ms } => {
+                self.local_follow(meter, after_ts_ms)
             }
         };
         self.pending.push(
             answer
-                .map(|response| Finished::Query(channel, response))
+                .map(|response| Finished::Query(channel, Box::new(response)))
                 .boxed(),
         );
     }
@@ -685,7 +775,7 @@ impl EventLoop {
         from_ms: Option<u64>,
         to_ms: Option<u64>,
     ) -> BoxFuture<'static, query::Response> {
-        let store = self.store.clone();
+        let local_view = self.local_view();
         let asker = self.asker();
         let homes: Vec<_> = self
             .view
@@ -695,9 +785,7 @@ impl EventLoop {
             .collect();
         let local = self.peer_id;
         async move {
-            let mine = blocking(move || {
-                store.meter_history(meter, from_ms, to_ms, limits::MAX_HISTORY_READINGS)
-            });
+            let mine = blocking(move || local_view.meter(meter, from_ms, to_ms));
             let theirs = join_all(homes.iter().map(|(peer, addrs)| {
                 asker.ask(
                     *peer,
@@ -725,11 +813,11 @@ impl EventLoop {
                 }
             }
             let latest =
-                |history: &query::MeterHistory| history.readings.last().map_or(0, |r| r.ts_ms);
-            let Some(home) = found
+                |local: &query::LocalMeter| local.history.readings.last().map_or(0, |r| r.ts_ms);
+            let Some((home, status)) = found
                 .iter()
-                .max_by_key(|(_, history)| latest(history))
-                .map(|(peer, _)| *peer)
+                .max_by_key(|(_, local)| latest(local))
+                .map(|(peer, local)| (*peer, local.status.clone()))
             else {
                 let hint = if unreachable > 0 {
                     format!(" ({unreachable} possible home(s) did not answer)")
@@ -740,12 +828,14 @@ impl EventLoop {
                     "meter {meter} is not held by any known fog node{hint}"
                 ));
             };
-            let history = domain::merge_histories(found.into_iter().map(|(_, history)| history));
+            let history =
+                domain::merge_histories(found.into_iter().map(|(_, local)| local.history));
             query::Response::Meter(MeterAnswer {
                 meter,
                 home: home.to_string(),
                 consumption_l: domain::history_consumption(meter, &history),
                 history,
+                status,
             })
         }
         .boxed()
@@ -758,8 +848,10 @@ impl EventLoop {
                     request, channel, ..
                 } => {
                     self.merge_all(peer, request.summaries);
+                    self.merge_commands(peer, request.commands);
                     let response = SyncResponse {
                         summaries: self.view.signed(),
+                        commands: self.control.signed(),
                     };
                     if self
                         .swarm
@@ -772,7 +864,8 @@ impl EventLoop {
                     }
                 }
                 request_response::Message::Response { response, .. } => {
-                    self.merge_all(peer, response.summaries)
+                    self.merge_all(peer, response.summaries);
+                    self.merge_commands(peer, response.commands);
                 }
             },
             request_response::Event::InboundFailure { peer, error, .. } => {
@@ -810,6 +903,8 @@ impl EventLoop {
             if let Err(error) = saved {
                 tracing::warn!(%error, "cannot save a merged summary");
             }
+            // The mesh-wide average may have moved.
+            self.update_inputs();
         }
         Ok(merged)
     }
@@ -823,6 +918,14 @@ impl EventLoop {
         else {
             return;
         };
+        if message.topic == rules::control_topic().hash() {
+            let acceptance = self.on_control_message(propagation_source, &message.data);
+            self.swarm
+                .behaviour_mut()
+                .gossipsub
+                .report_message_validation_result(&message_id, &propagation_source, acceptance);
+            return;
+        }
         let acceptance = match hydromesh_proto::decode::<SignedSummary>(
             &message.data,
             limits::MAX_SUMMARY_BYTES,
@@ -858,6 +961,7 @@ impl EventLoop {
             // for the next publish.
             let request = SyncRequest {
                 summaries: self.view.signed(),
+                commands: self.control.signed(),
             };
             self.swarm.behaviour_mut().sync.send_request(&peer, request);
         }
@@ -899,6 +1003,20 @@ impl EventLoop {
 
     fn build_summary(&self) -> Result<NodeSummary, crate::store::StoreError> {
         let version = self.store.next_summary_version()?;
+        let local = self.local_state.borrow().clone();
+        let mut alerts = self.store.all_alerts();
+        let truncated = alerts.len() > limits::MAX_SUMMARY_ENTRIES
+            || local.blocked.len() > limits::MAX_SUMMARY_ENTRIES;
+        alerts.truncate(limits::MAX_SUMMARY_ENTRIES);
+        let blocked = local
+            .blocked
+            .values()
+            .take(limits::MAX_SUMMARY_ENTRIES)
+            .map(|b| hydromesh_proto::summary::Blocked {
+                detail: truncate(&b.detail, 64),
+                ..b.clone()
+            })
+            .collect();
         let top_k = self.config.top_k.min(summary::MAX_TOP_K);
         let (meter_count, total_consumption_l, top, filter) = self.store.with_meters(|meters| {
             let mut filter = MeterFilter::with_capacity(meters.len());
@@ -925,6 +1043,12 @@ impl EventLoop {
             total_consumption_l,
             top,
             filter,
+            period_start_ms: local.period_start_ms,
+            period_consumption_l: local.period_consumption_l,
+            period_meters: local.period_meters,
+            blocked,
+            alerts,
+            truncated,
         })
     }
 }

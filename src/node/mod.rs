@@ -66,8 +66,9 @@ impl Node {
         let keypair = identity::load_or_create(&config.data_dir)?;
         let peer_id = keypair.public().to_peer_id();
         let db_dir = config.data_dir.join("db");
+        let burst_flow_lph = config.burst_flow_lph;
         let store = Arc::new(
-            tokio::task::spawn_blocking(move || Store::open(&db_dir))
+            tokio::task::spawn_blocking(move || Store::open(&db_dir, burst_flow_lph))
                 .await
                 .map_err(|e| NodeError::Network(e.to_string()))??,
         );

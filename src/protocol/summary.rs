@@ -151,6 +151,12 @@ mod tests {
             total_consumption_l: 0,
             top: vec![],
             filter: MeterFilter::with_capacity(0),
+            period_start_ms: 0,
+            period_consumption_l: 0,
+            period_meters: 0,
+            blocked: vec![],
+            alerts: vec![],
+            truncated: false,
         }
     }
 

@@ -14,10 +14,13 @@ use hydromesh_proto::ingest::{Outcome, Rejection};
 use hydromesh_proto::query::MeterHistory;
 use std::ops::Bound;
 
-use hydromesh_proto::summary::{MeterSpan, Point};
+use hydromesh_proto::summary::{Alert, MeterSpan, Point};
 use hydromesh_proto::{Alarms, MeterId, Reading};
 
-use crate::domain;
+use crate::domain::{
+    self,
+    rules::{self, Consumption, Tracker},
+};
 
 /// How many summary versions are reserved on disk at a time (see [`Store::next_summary_version`]).
 const VERSION_BLOCK: u64 = 1024;
@@ -50,13 +53,18 @@ pub struct Store {
     views: sled::Tree,
     /// Each meter's first and last reading over all data held.
     meters: Mutex<HashMap<MeterId, MeterSpan>>,
+    /// Each meter's rule state (alerts) and period figures. Locked after `meters`.
+    rules: Mutex<HashMap<MeterId, MeterRules>>,
+    /// Flow above this is a burst when it lasts.
+    burst_flow_lph: u32,
+    control: sled::Tree,
     /// Next summary version to hand out, and the first one not yet reserved on disk.
     versions: Mutex<(u64, u64)>,
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir`.
-    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+    /// Opens (or creates) the store in `dir`; flows above `burst_flow_lph` count toward bursts.
+    pub fn open(dir: &Path, burst_flow_lph: u32) -> Result<Self, StoreError> {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(128 * 1024 * 1024)
@@ -69,7 +77,20 @@ impl Store {
         let readings = db.open_tree("readings")?;
         let meta = db.open_tree("meta")?;
         let views = db.open_tree("views")?;
-        let meters = Mutex::new(index_meters(&readings)?);
+        let control = db.open_tree("control")?;
+        let index = index_meters(&readings)?;
+        let mut rules = HashMap::with_capacity(index.len());
+        for span in index.values() {
+            let tracker = replay_tracker(&readings, span, burst_flow_lph)?;
+            rules.insert(
+                span.meter,
+                MeterRules {
+                    tracker,
+                    period: None,
+                },
+            );
+        }
+        let meters = Mutex::new(index);
         let reserved = match meta.get(KEY_VERSION_RESERVED)? {
             Some(bytes) => u64_at(&bytes, 0)?,
             None => 1,
@@ -80,6 +101,9 @@ impl Store {
             meta,
             views,
             meters,
+            rules: Mutex::new(rules),
+            burst_flow_lph,
+            control,
             versions: Mutex::new((reserved, reserved)),
         };
         Ok(store)
@@ -89,12 +113,172 @@ impl Store {
     /// readings are durable only after [`Store::flush`].
     pub fn append(&self, readings: &[Reading], now_ms: u64) -> Result<Vec<Outcome>, StoreError> {
         let mut meters = lock(&self.meters);
-        readings
+        let mut rules = lock(&self.rules);
+        let mut replay = Vec::new();
+        let mut outcomes = Vec::with_capacity(readings.len());
+        for reading in readings {
+            let outcome = match domain::check_fields(reading, now_ms) {
+                Err(rejection) => Outcome::Rejected(rejection),
+                Ok(()) => self.place(&mut meters, reading)?,
+            };
+            if outcome == Outcome::Accepted {
+                let state = rules.entry(reading.meter).or_default();
+                if state
+                    .period
+                    .is_some_and(|p| reading.ts_ms < p.period_start_ms)
+                {
+                    state.period = None;
+                }
+                if state
+                    .tracker
+                    .last_ts_ms()
+                    .is_none_or(|last| reading.ts_ms > last)
+                {
+                    state.tracker.observe(reading, self.burst_flow_lph);
+                } else {
+                    // A late reading: the rules are judged again over the stored history.
+                    replay.push(reading.meter);
+                }
+            }
+            outcomes.push(outcome);
+        }
+        replay.sort_unstable();
+        replay.dedup();
+        for meter in replay {
+            if let Some(span) = meters.get(&meter) {
+                let tracker = replay_tracker(&self.readings, span, self.burst_flow_lph)?;
+                rules.insert(
+                    meter,
+                    MeterRules {
+                        tracker,
+                        period: None,
+                    },
+                );
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// The meter's consumption in the period holding `now_ms` and in the one before (periods of
+    /// `period_ms` from the Unix epoch). Cached per meter until the period changes or a late
+    /// reading arrives.
+    pub fn consumption(
+        &self,
+        meter: MeterId,
+        period_ms: u64,
+        now_ms: u64,
+    ) -> Result<Consumption, StoreError> {
+        let period_start_ms = now_ms - now_ms % period_ms.max(1);
+        let Some(span) = lock(&self.meters).get(&meter).copied() else {
+            return Ok(Consumption::default());
+        };
+        let cached = lock(&self.rules).get(&meter).and_then(|r| r.period);
+        let figures = match cached
+            .filter(|p| p.period_start_ms == period_start_ms && p.period_ms == period_ms)
+        {
+            Some(figures) => figures,
+            None => {
+                let previous_start = period_start_ms.saturating_sub(period_ms);
+                let figures = PeriodFigures {
+                    period_start_ms,
+                    period_ms,
+                    current_base: self.window_base(meter, period_start_ms)?,
+                    previous_l: self.window_consumption(meter, previous_start, period_start_ms)?,
+                };
+                if let Some(state) = lock(&self.rules).get_mut(&meter) {
+                    state.period = Some(figures);
+                }
+                figures
+            }
+        };
+        let current_l = match figures.current_base {
+            Some(base) if span.last.ts_ms >= period_start_ms => {
+                span.last.litres.saturating_sub(base.litres)
+            }
+            _ => 0,
+        };
+        let reported = span.last.ts_ms >= period_start_ms;
+        Ok(Consumption {
+            current_l,
+            previous_l: figures.previous_l,
+            reported,
+        })
+    }
+
+    /// Consumption over `[from_ms, to_ms)` by the one definition.
+    pub fn window_consumption(
+        &self,
+        meter: MeterId,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> Result<u64, StoreError> {
+        if to_ms <= from_ms {
+            return Ok(0);
+        }
+        let last = point_of(
+            self.readings
+                .range(reading_key(meter, from_ms)..reading_key(meter, to_ms))
+                .next_back(),
+        )?;
+        let base = self.window_base(meter, from_ms)?;
+        Ok(match (base, last) {
+            (Some(base), Some(last)) => last.litres.saturating_sub(base.litres),
+            _ => 0,
+        })
+    }
+
+    /// The reading a window starting at `from_ms` counts from: the last at or before it, else
+    /// the first after it.
+    fn window_base(&self, meter: MeterId, from_ms: u64) -> Result<Option<Point>, StoreError> {
+        let mut before = self
+            .readings
+            .range(reading_key(meter, 0)..=reading_key(meter, from_ms));
+        match point_of(before.next_back())? {
+            Some(point) => Ok(Some(point)),
+            None => point_of(
+                self.readings
+                    .range(reading_key(meter, from_ms)..=reading_key(meter, u64::MAX))
+                    .next(),
+            ),
+        }
+    }
+
+    /// The meter's active alerts.
+    pub fn alerts(&self, meter: MeterId) -> Vec<Alert> {
+        lock(&self.rules)
+            .get(&meter)
+            .map(|r| r.tracker.alerts(meter).collect())
+            .unwrap_or_default()
+    }
+
+    /// Every active alert of this node's meters, by meter.
+    pub fn all_alerts(&self) -> Vec<Alert> {
+        let rules = lock(&self.rules);
+        let mut alerts: Vec<Alert> = rules
             .iter()
-            .map(|reading| match domain::check_fields(reading, now_ms) {
-                Err(rejection) => Ok(Outcome::Rejected(rejection)),
-                Ok(()) => self.place(&mut meters, reading),
-            })
+            .flat_map(|(meter, r)| r.tracker.alerts(*meter))
+            .collect();
+        alerts.sort_by_key(|a| (a.meter, a.kind));
+        alerts
+    }
+
+    /// Every meter this node holds.
+    pub fn meter_ids(&self) -> Vec<MeterId> {
+        lock(&self.meters).keys().copied().collect()
+    }
+
+    /// Saves an admin command under its subject.
+    pub fn save_command(&self, subject: &str, signed: &[u8]) -> Result<(), StoreError> {
+        self.control.insert(subject.as_bytes(), signed)?;
+        Ok(())
+    }
+
+    /// Every saved admin command.
+    pub fn commands(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.control
+            .iter()
+            .values()
+            .map(|v| Ok(v?.to_vec()))
             .collect()
     }
 
@@ -314,6 +498,55 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// One meter's rule state and cached period figures.
+#[derive(Default)]
+struct MeterRules {
+    tracker: Tracker,
+    period: Option<PeriodFigures>,
+}
+
+#[derive(Clone, Copy)]
+struct PeriodFigures {
+    period_start_ms: u64,
+    period_ms: u64,
+    current_base: Option<Point>,
+    previous_l: u64,
+}
+
+/// Most readings replayed to rebuild one meter's rule state (about a day at one reading every
+/// 4.5 s); a denser meter's rules start from the latest of them.
+const MAX_REPLAY_READINGS: usize = 20_000;
+
+/// Rebuilds a meter's rule state from its readings of the last leak window (and the one before
+/// it, where a standstill may have started).
+fn replay_tracker(
+    readings: &sled::Tree,
+    span: &MeterSpan,
+    burst_flow_lph: u32,
+) -> Result<Tracker, StoreError> {
+    let meter = span.meter;
+    let from = span
+        .last
+        .ts_ms
+        .saturating_sub(rules::LEAK_WINDOW_MS + rules::STANDSTILL_MS);
+    let mut recent = Vec::new();
+    for entry in readings
+        .range(reading_key(meter, 0)..=reading_key(meter, u64::MAX))
+        .rev()
+    {
+        let reading = decode_reading(meter, entry)?;
+        let before_window = reading.ts_ms < from;
+        recent.push(reading);
+        if before_window || recent.len() == MAX_REPLAY_READINGS {
+            break;
+        }
+    }
+    recent.reverse();
+    let mut tracker = Tracker::replay(&recent, burst_flow_lph);
+    tracker.set_first_ts(span.first.ts_ms);
+    Ok(tracker)
+}
+
 fn index_meters(readings: &sled::Tree) -> Result<HashMap<MeterId, MeterSpan>, StoreError> {
     let mut meters = HashMap::new();
     let mut next = readings.first()?;
@@ -419,7 +652,7 @@ mod tests {
 
     fn open() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path()).expect("open");
+        let store = Store::open(dir.path(), 1_000_000).expect("open");
         (dir, store)
     }
 
@@ -569,7 +802,7 @@ mod tests {
     fn index_versions_and_views_survive_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
         let first_version = {
-            let store = Store::open(dir.path()).expect("open");
+            let store = Store::open(dir.path(), 1_000_000).expect("open");
             store
                 .append(
                     &[
@@ -584,7 +817,7 @@ mod tests {
             store.flush().expect("flush");
             store.next_summary_version().expect("version")
         };
-        let store = Store::open(dir.path()).expect("reopen");
+        let store = Store::open(dir.path(), 1_000_000).expect("reopen");
         assert!(store.next_summary_version().expect("version") > first_version);
         assert_eq!(store.with_meters(|m| m.len()), 2);
         assert_eq!(store.with_meters(|m| m[&u64::MAX].last.litres), 9);

@@ -1,0 +1,332 @@
+//! Admin control: keys, signatures, and the replicated control state.
+//!
+//! Admins sign commands with an ed25519 key; nodes apply only commands signed by a key in their
+//! configuration. The state is one last-writer-wins register per subject (the policy; each
+//! meter's manual block; each meter's payments), ordered by the admin's timestamp and then the
+//! signature bytes, so every node that has seen the same commands holds the same state,
+//! whatever the order they arrived in (by the asked node, by gossip, or by sync).
+
+use std::collections::BTreeMap;
+
+use hydromesh_proto::control::{Action, Command, Policy, SignedCommand, SIGNING_CONTEXT};
+use hydromesh_proto::query::PolicyOrigin;
+use hydromesh_proto::{limits, MeterId};
+use libp2p::identity::ed25519;
+
+/// Why a command was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ControlError {
+    /// The command does not decode.
+    #[error("malformed command: {0}")]
+    Malformed(String),
+    /// The signature does not match the key.
+    #[error("the command's signature does not verify")]
+    Signature,
+    /// The key is not one this node trusts.
+    #[error("the command is signed by admin key {0}, which this node does not trust (start nodes with --admin-pubkey)")]
+    Untrusted(String),
+    /// The command asks for something impossible.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Hex of bytes, lower case.
+pub fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Bytes of a hex string.
+pub fn from_hex(text: &str) -> Option<Vec<u8>> {
+    let text = text.trim();
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// An admin public key from its 64 hex digits.
+pub fn parse_public_key(text: &str) -> Result<ed25519::PublicKey, String> {
+    let bytes = from_hex(text).filter(|b| b.len() == 32).ok_or_else(|| {
+        format!("`{text}` is not an admin public key (64 hex digits, as `hydromesh keygen` prints)")
+    })?;
+    ed25519::PublicKey::try_from_bytes(&bytes)
+        .map_err(|e| format!("`{text}` is not an ed25519 public key: {e}"))
+}
+
+/// Signs a command with an admin key.
+pub fn sign(key: &ed25519::Keypair, command: &Command) -> Result<SignedCommand, ControlError> {
+    let payload =
+        hydromesh_proto::encode(command).map_err(|e| ControlError::Malformed(e.to_string()))?;
+    let signature = key.sign(&[SIGNING_CONTEXT, &payload].concat());
+    Ok(SignedCommand {
+        payload,
+        admin_key: key.public().to_bytes().to_vec(),
+        signature,
+    })
+}
+
+/// Checks a signed command against the trusted keys, and that it makes sense.
+pub fn verify(
+    signed: &SignedCommand,
+    trusted: &[ed25519::PublicKey],
+) -> Result<Command, ControlError> {
+    let key = ed25519::PublicKey::try_from_bytes(&signed.admin_key)
+        .map_err(|_| ControlError::Malformed("invalid admin key".into()))?;
+    if !key.verify(
+        &[SIGNING_CONTEXT, &signed.payload].concat(),
+        &signed.signature,
+    ) {
+        return Err(ControlError::Signature);
+    }
+    if !trusted.contains(&key) {
+        return Err(ControlError::Untrusted(to_hex(&signed.admin_key)));
+    }
+    let command: Command = hydromesh_proto::decode(&signed.payload, limits::MAX_COMMAND_BYTES)
+        .map_err(|e| ControlError::Malformed(e.to_string()))?;
+    match &command.action {
+        Action::Policy(policy) => {
+            if let Some(problem) = policy.problem() {
+                return Err(ControlError::Invalid(problem));
+            }
+        }
+        Action::Block { reason, .. } if reason.len() > limits::MAX_REASON_BYTES => {
+            return Err(ControlError::Invalid(format!(
+                "reason longer than {} bytes",
+                limits::MAX_REASON_BYTES
+            )));
+        }
+        _ => {}
+    }
+    Ok(command)
+}
+
+/// The subject a command writes: commands on the same subject replace each other.
+pub fn subject(action: &Action) -> String {
+    match action {
+        Action::Policy(_) => "policy".into(),
+        Action::Block { meter, .. } | Action::Unblock { meter } => format!("block/{meter}"),
+        Action::Paid { meter } => format!("paid/{meter}"),
+    }
+}
+
+/// The meter a command is about, if any.
+pub fn meter_of(action: &Action) -> Option<MeterId> {
+    match action {
+        Action::Policy(_) => None,
+        Action::Block { meter, .. } | Action::Unblock { meter } | Action::Paid { meter } => {
+            Some(*meter)
+        }
+    }
+}
+
+/// What applying a command did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// It is now in force.
+    Newer,
+    /// A later command on the same subject is in force (or this very one already was).
+    Superseded,
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    command: Command,
+    signed: SignedCommand,
+}
+
+impl Entry {
+    fn order(&self) -> (u64, &[u8]) {
+        (self.command.issued_at_ms, &self.signed.signature)
+    }
+}
+
+/// The commands in force, one per subject.
+#[derive(Clone, Debug, Default)]
+pub struct ControlState {
+    entries: BTreeMap<String, Entry>,
+}
+
+impl ControlState {
+    /// Applies a verified command, last writer wins.
+    pub fn apply(&mut self, command: Command, signed: SignedCommand) -> Applied {
+        let new = Entry { command, signed };
+        let subject = subject(&new.command.action);
+        match self.entries.get(&subject) {
+            Some(current) if current.order() >= new.order() => Applied::Superseded,
+            _ => {
+                self.entries.insert(subject, new);
+                Applied::Newer
+            }
+        }
+    }
+
+    /// Every command in force, for sync.
+    pub fn signed(&self) -> Vec<SignedCommand> {
+        self.entries
+            .values()
+            .map(|entry| entry.signed.clone())
+            .collect()
+    }
+
+    /// The policy in force and who set it (the default policy when none was set).
+    pub fn policy(&self) -> (Policy, Option<PolicyOrigin>) {
+        match self.entries.get("policy") {
+            Some(Entry {
+                command:
+                    Command {
+                        issued_at_ms,
+                        action: Action::Policy(policy),
+                    },
+                signed,
+            }) => (
+                *policy,
+                Some(PolicyOrigin {
+                    admin: to_hex(&signed.admin_key),
+                    issued_at_ms: *issued_at_ms,
+                }),
+            ),
+            _ => (Policy::default(), None),
+        }
+    }
+
+    /// Manual blocks in force: meter → (reason, since).
+    pub fn manual_blocks(&self) -> BTreeMap<MeterId, (String, u64)> {
+        self.entries
+            .values()
+            .filter_map(|entry| match &entry.command.action {
+                Action::Block { meter, reason } => {
+                    Some((*meter, (reason.clone(), entry.command.issued_at_ms)))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Per meter, the time through which its bills are paid.
+    pub fn paid_through(&self) -> BTreeMap<MeterId, u64> {
+        self.entries
+            .values()
+            .filter_map(|entry| match entry.command.action {
+                Action::Paid { meter } => Some((meter, entry.command.issued_at_ms)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn command(issued_at_ms: u64, action: Action) -> Command {
+        Command {
+            issued_at_ms,
+            action,
+        }
+    }
+
+    #[test]
+    fn only_trusted_valid_signatures_pass() {
+        let admin = ed25519::Keypair::generate();
+        let stranger = ed25519::Keypair::generate();
+        let trusted = [admin.public()];
+        let block = command(
+            5,
+            Action::Block {
+                meter: 7,
+                reason: "unpaid".into(),
+            },
+        );
+        let signed = sign(&admin, &block).expect("sign");
+        assert_eq!(verify(&signed, &trusted), Ok(block.clone()));
+        let foreign = sign(&stranger, &block).expect("sign");
+        assert!(matches!(
+            verify(&foreign, &trusted),
+            Err(ControlError::Untrusted(_))
+        ));
+        let mut forged = signed.clone();
+        forged.admin_key = stranger.public().to_bytes().to_vec();
+        assert_eq!(
+            verify(&forged, &[stranger.public()]),
+            Err(ControlError::Signature)
+        );
+        let absurd = command(
+            5,
+            Action::Policy(Policy {
+                period_ms: 1,
+                ..Policy::default()
+            }),
+        );
+        let signed = sign(&admin, &absurd).expect("sign");
+        assert!(matches!(
+            verify(&signed, &trusted),
+            Err(ControlError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn last_writer_wins_in_any_order() {
+        let admin = ed25519::Keypair::generate();
+        let commands: Vec<Command> = vec![
+            command(
+                10,
+                Action::Block {
+                    meter: 7,
+                    reason: "a".into(),
+                },
+            ),
+            command(20, Action::Unblock { meter: 7 }),
+            command(
+                15,
+                Action::Block {
+                    meter: 7,
+                    reason: "b".into(),
+                },
+            ),
+            command(
+                30,
+                Action::Policy(Policy {
+                    cap_l: Some(9),
+                    ..Policy::default()
+                }),
+            ),
+            command(25, Action::Policy(Policy::default())),
+        ];
+        let signed: Vec<_> = commands
+            .iter()
+            .map(|c| sign(&admin, c).expect("sign"))
+            .collect();
+        for order in [[0, 1, 2, 3, 4], [4, 3, 2, 1, 0], [2, 0, 4, 1, 3]] {
+            let mut state = ControlState::default();
+            for i in order {
+                state.apply(commands[i].clone(), signed[i].clone());
+            }
+            assert!(state.manual_blocks().is_empty(), "the unblock at 20 wins");
+            assert_eq!(state.policy().0.cap_l, Some(9));
+            assert_eq!(state.signed().len(), 2);
+        }
+        let mut state = ControlState::default();
+        assert_eq!(
+            state.apply(commands[0].clone(), signed[0].clone()),
+            Applied::Newer
+        );
+        assert_eq!(
+            state.apply(commands[0].clone(), signed[0].clone()),
+            Applied::Superseded
+        );
+    }
+
+    #[test]
+    fn hex_and_keys() {
+        assert_eq!(to_hex(&[0, 255, 16]), "00ff10");
+        assert_eq!(from_hex("00ff10"), Some(vec![0, 255, 16]));
+        assert_eq!(from_hex("0g"), None);
+        assert_eq!(from_hex("abc"), None);
+        let key = ed25519::Keypair::generate().public();
+        assert_eq!(parse_public_key(&to_hex(&key.to_bytes())), Ok(key));
+        assert!(parse_public_key("abcd").is_err());
+    }
+}
