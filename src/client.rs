@@ -104,12 +104,20 @@ impl Client {
 
     /// Asks the node a question.
     pub async fn query(&mut self, request: query::Request) -> Result<query::Response, ClientError> {
+        self.query_within(request, self.timeout).await
+    }
+
+    /// Asks the node a question that may take up to `timeout` (a follow long poll).
+    pub async fn query_within(
+        &mut self,
+        request: query::Request,
+        timeout: Duration,
+    ) -> Result<query::Response, ClientError> {
         let id = self
             .swarm
             .behaviour_mut()
             .query
             .send_request(&self.peer, request);
-        let timeout = self.timeout;
         let wait = async {
             loop {
                 match self.swarm.select_next_some().await {

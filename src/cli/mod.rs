@@ -1,8 +1,10 @@
 //! The `hydromesh` command line: one module per subcommand, and what they share (connecting to
 //! a node, exit codes, output formatting).
 
+pub mod admin;
 pub mod ingest;
 pub mod input;
+pub mod keygen;
 pub mod node;
 pub mod output;
 pub mod query;
@@ -40,6 +42,10 @@ enum Command {
     Query(query::Args),
     /// Run simulated hydrometers against a node.
     Simulate(simulate::Args),
+    /// Signed admin commands: block, unblock, policy, paid.
+    Admin(admin::Args),
+    /// Create an admin key (secret to a file, public key printed).
+    Keygen(keygen::Args),
 }
 
 impl Cli {
@@ -50,6 +56,8 @@ impl Cli {
             Command::Ingest(args) => ingest::run(args).await,
             Command::Query(args) => query::run(args).await,
             Command::Simulate(args) => simulate::run(args).await,
+            Command::Admin(args) => admin::run(args).await,
+            Command::Keygen(args) => keygen::run(args).await,
         };
         match result {
             Ok(code) => ExitCode::from(code),

@@ -3,7 +3,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use libp2p::identity::ed25519;
 use libp2p::Multiaddr;
+
+use crate::domain::rules::Tariff;
 
 use crate::config::Config;
 use crate::node::Node;
@@ -37,9 +40,32 @@ pub struct Args {
     /// Report a node stale when not heard from within this long (default: 3.5 × republish).
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     stale_after: Option<Duration>,
+    /// Trust admin commands signed by this public key (repeatable; from `hydromesh keygen`).
+    #[arg(long = "admin-pubkey", env = "HYDROMESH_ADMIN_PUBKEYS", value_delimiter = ',', value_name = "KEY", value_parser = parse_admin_key)]
+    admin_pubkeys: Vec<ed25519::PublicKey>,
+    /// Increasing-block tariff: LITRES:PRICE per m³ for each block, the last one `*`.
+    #[arg(
+        long,
+        default_value = "10000:4.50,20000:7.00,50000:11.00,*:14.00",
+        value_name = "BLOCKS"
+    )]
+    tariff: String,
+    /// Currency of the tariff (ISO 4217).
+    #[arg(long, default_value = "BRL")]
+    currency: String,
+    /// Flow above this (L/h) for 30 minutes or more raises a burst alert.
+    #[arg(long, default_value_t = 1200)]
+    burst_flow_lph: u32,
+    /// Cut a meter whose closed-period bill is still unpaid this long after the period ended.
+    #[arg(long, default_value = "10days", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    debt_grace: Duration,
     /// Top meters carried in each summary: global top-N is answered locally for N up to this.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1000))]
     top_k: u64,
+}
+
+fn parse_admin_key(text: &str) -> Result<ed25519::PublicKey, String> {
+    crate::control::parse_public_key(text)
 }
 
 /// Runs `hydromesh node`.
@@ -68,6 +94,11 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         republish_interval: args.republish,
         stale_after: args.stale_after.unwrap_or(args.republish * 7 / 2),
         top_k: args.top_k as usize,
+        admin_keys: args.admin_pubkeys,
+        tariff: Tariff::parse(&args.currency, &args.tariff)
+            .map_err(|e| anyhow::anyhow!("--tariff: {e}"))?,
+        burst_flow_lph: args.burst_flow_lph,
+        debt_grace: args.debt_grace,
         ..defaults
     };
     let data_dir = config.data_dir.clone();

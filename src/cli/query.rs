@@ -1,10 +1,18 @@
 //! `hydromesh query`: global questions answered by any node, and one meter's history routed to
 //! its home.
 
+use std::io::Write;
 use std::time::Duration;
 
 use clap::Subcommand;
-use hydromesh_proto::query::{self, Coverage, MeterAnswer, PeersAnswer, StatsAnswer, TopAnswer};
+use hydromesh_proto::query::{
+    self, AlertsAnswer, Bill, BlockedAnswer, Coverage, MeterAnswer, MeterStatus, PeersAnswer,
+    StatsAnswer, TopAnswer,
+};
+use hydromesh_proto::summary::AlertKind;
+use hydromesh_proto::Reading;
+
+use crate::client::Client;
 use serde_json::{json, Value};
 
 use super::input::{format_timestamp, parse_timestamp};
@@ -38,10 +46,29 @@ enum What {
     Stats,
     /// Every fog node known: peer id, name, addresses, meters, last heard, stale or not.
     Peers,
-    /// One meter's readings and consumption, from its home node.
+    /// Meters whose supply is cut, across the mesh.
+    Blocked,
+    /// Active alerts across the mesh.
+    Alerts {
+        /// Only this kind: leak, burst, tamper, backflow or dry.
+        #[arg(long, value_parser = parse_kind)]
+        kind: Option<AlertKind>,
+    },
+    /// A meter's bill for a period (default: the current one), from its home node.
+    Bill {
+        /// The meter id.
+        id: u64,
+        /// Any time in the period (RFC 3339 or Unix ms).
+        #[arg(long, value_parser = parse_time, value_name = "TIME")]
+        period_start: Option<u64>,
+    },
+    /// One meter's readings, consumption, state and bill, from its home node.
     Meter {
         /// The meter id.
         id: u64,
+        /// Keep printing each new reading as its home stores it (Ctrl-C to stop).
+        #[arg(long, conflicts_with_all = ["from", "to"])]
+        follow: bool,
         /// Window start (RFC 3339 or Unix ms), inclusive.
         #[arg(long, value_parser = parse_time, value_name = "TIME")]
         from: Option<u64>,
@@ -49,6 +76,12 @@ enum What {
         #[arg(long, value_parser = parse_time, value_name = "TIME")]
         to: Option<u64>,
     },
+}
+
+fn parse_kind(text: &str) -> Result<AlertKind, String> {
+    AlertKind::from_name(text).ok_or_else(|| {
+        format!("unknown alert kind `{text}` (expected leak, burst, tamper, backflow or dry)")
+    })
 }
 
 fn parse_time(text: &str) -> Result<u64, String> {
@@ -64,7 +97,19 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         },
         What::Stats => query::Request::Stats,
         What::Peers => query::Request::Peers,
-        What::Meter { id, from, to } => {
+        What::Blocked => query::Request::Blocked,
+        What::Alerts { kind } => query::Request::Alerts { kind: *kind },
+        What::Bill { id, period_start } => query::Request::Bill {
+            meter: *id,
+            period_start_ms: *period_start,
+        },
+        What::Meter {
+            id, follow: true, ..
+        } => {
+            let mut client = args.peer.connect().await?;
+            return follow(&mut client, *id, args.json).await;
+        }
+        What::Meter { id, from, to, .. } => {
             if let (Some(from), Some(to)) = (from, to) {
                 anyhow::ensure!(from < to, "--from must be before --to");
             }
@@ -82,6 +127,9 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         query::Response::Stats(answer) => (stats_json(&answer), stats_text(&answer)),
         query::Response::Peers(answer) => (peers_json(&answer), peers_text(&answer)),
         query::Response::Meter(answer) => (meter_json(&answer), meter_text(&answer)),
+        query::Response::Blocked(answer) => (blocked_json(&answer), blocked_text(&answer)),
+        query::Response::Alerts(answer) => (alerts_json(&answer), alerts_text(&answer)),
+        query::Response::Bill(Some(bill)) => (bill_json(&bill), bill_text(&bill)),
         query::Response::NotFound(what) => {
             eprintln!("not found: {what}");
             return Ok(EXIT_REFUSED);
@@ -219,28 +267,236 @@ fn peers_text(answer: &PeersAnswer) -> String {
 
 /// `query meter --json`.
 pub fn meter_json(answer: &MeterAnswer) -> Value {
-    let readings: Vec<Value> = answer
-        .history
-        .readings
-        .iter()
-        .map(|r| {
-            let mut reading = json!({"ts": format_timestamp(r.ts_ms), "litres": r.litres});
-            if let Some(flow) = r.flow_lph {
-                reading["flow_lph"] = json!(flow);
-            }
-            if !r.alarms.is_empty() {
-                reading["alarms"] = json!(r.alarms.names().collect::<Vec<_>>());
-            }
-            reading
-        })
-        .collect();
+    let readings: Vec<Value> = answer.history.readings.iter().map(reading_json).collect();
     json!({
         "meter": answer.meter,
         "home": answer.home,
         "consumption_l": answer.consumption_l,
         "readings": readings,
         "truncated": answer.history.truncated,
+        "blocked": answer.status.blocked.as_ref().map(|b| json!({
+            "reason": b.reason.as_str(), "since": format_timestamp(b.since_ms), "detail": b.detail,
+        })),
+        "alerts": answer.status.alerts.iter().map(|a| json!({"kind": a.kind.as_str(), "since": format_timestamp(a.since_ms)})).collect::<Vec<_>>(),
+        "bill": answer.status.bill.as_ref().map(bill_json),
     })
+}
+
+fn reading_json(r: &Reading) -> Value {
+    let mut reading = json!({"ts": format_timestamp(r.ts_ms), "litres": r.litres});
+    if let Some(flow) = r.flow_lph {
+        reading["flow_lph"] = json!(flow);
+    }
+    if !r.alarms.is_empty() {
+        reading["alarms"] = json!(r.alarms.names().collect::<Vec<_>>());
+    }
+    reading
+}
+
+/// Money in cents as units with two decimals.
+fn money(cents: u64) -> String {
+    format!("{}.{:02}", cents / 100, cents % 100)
+}
+
+/// `query bill --json`.
+pub fn bill_json(bill: &Bill) -> Value {
+    json!({
+        "meter": bill.meter,
+        "period_start": format_timestamp(bill.period_start_ms),
+        "period_end": format_timestamp(bill.period_end_ms),
+        "consumption_l": bill.consumption_l,
+        "amount": bill.amount_cents as f64 / 100.0,
+        "currency": bill.currency,
+        "paid": bill.paid,
+        "home": bill.home,
+    })
+}
+
+fn bill_text(bill: &Bill) -> String {
+    format!(
+        "meter {}  home {}\nperiod {} – {}\nconsumption {} m³\namount {} {} ({})",
+        bill.meter,
+        bill.home,
+        format_timestamp(bill.period_start_ms),
+        format_timestamp(bill.period_end_ms),
+        cubic_metres(bill.consumption_l),
+        money(bill.amount_cents),
+        bill.currency,
+        if bill.paid { "paid" } else { "not paid" }
+    )
+}
+
+/// `query blocked --json`.
+pub fn blocked_json(answer: &BlockedAnswer) -> Value {
+    let blocked: Vec<Value> = answer
+        .blocked
+        .iter()
+        .map(|e| {
+            json!({
+                "meter": e.blocked.meter, "reason": e.blocked.reason.as_str(),
+                "since": format_timestamp(e.blocked.since_ms), "detail": e.blocked.detail, "home": e.home,
+            })
+        })
+        .collect();
+    with_coverage(json!({ "blocked": blocked }), &answer.coverage)
+}
+
+fn blocked_text(answer: &BlockedAnswer) -> String {
+    let mut table = Table::new(&[
+        ("METER", true),
+        ("REASON", false),
+        ("SINCE", false),
+        ("DETAIL", false),
+        ("HOME", false),
+    ]);
+    for e in &answer.blocked {
+        table.row(vec![
+            e.blocked.meter.to_string(),
+            e.blocked.reason.as_str().into(),
+            format_timestamp(e.blocked.since_ms),
+            e.blocked.detail.clone(),
+            e.home.clone(),
+        ]);
+    }
+    let none = if answer.blocked.is_empty() {
+        "(no meter is blocked)\n"
+    } else {
+        ""
+    };
+    format!(
+        "{}\n{none}{}",
+        table.render(),
+        coverage_line(&answer.coverage)
+    )
+}
+
+/// `query alerts --json`.
+pub fn alerts_json(answer: &AlertsAnswer) -> Value {
+    let alerts: Vec<Value> = answer
+        .alerts
+        .iter()
+        .map(|e| json!({"meter": e.alert.meter, "kind": e.alert.kind.as_str(), "since": format_timestamp(e.alert.since_ms), "home": e.home}))
+        .collect();
+    with_coverage(json!({ "alerts": alerts }), &answer.coverage)
+}
+
+fn alerts_text(answer: &AlertsAnswer) -> String {
+    let mut table = Table::new(&[
+        ("METER", true),
+        ("KIND", false),
+        ("SINCE", false),
+        ("HOME", false),
+    ]);
+    for e in &answer.alerts {
+        table.row(vec![
+            e.alert.meter.to_string(),
+            e.alert.kind.as_str().into(),
+            format_timestamp(e.alert.since_ms),
+            e.home.clone(),
+        ]);
+    }
+    let none = if answer.alerts.is_empty() {
+        "(no active alert)\n"
+    } else {
+        ""
+    };
+    format!(
+        "{}\n{none}{}",
+        table.render(),
+        coverage_line(&answer.coverage)
+    )
+}
+
+fn status_text(status: &MeterStatus) -> String {
+    let mut lines = Vec::new();
+    lines.push(match &status.blocked {
+        Some(b) => format!(
+            "supply CUT ({}) since {}: {}",
+            b.reason,
+            format_timestamp(b.since_ms),
+            b.detail
+        ),
+        None => "supply open".to_owned(),
+    });
+    if !status.alerts.is_empty() {
+        let alerts: Vec<String> = status
+            .alerts
+            .iter()
+            .map(|a| format!("{} since {}", a.kind.as_str(), format_timestamp(a.since_ms)))
+            .collect();
+        lines.push(format!("alerts: {}", alerts.join(", ")));
+    }
+    if let Some(bill) = &status.bill {
+        lines.push(format!(
+            "current period from {}: {} m³, {} {} so far",
+            format_timestamp(bill.period_start_ms),
+            cubic_metres(bill.consumption_l),
+            money(bill.amount_cents),
+            bill.currency
+        ));
+    }
+    lines.join("\n")
+}
+
+/// `query meter ID --follow`: long polls through the asked node, printing each new reading.
+async fn follow(client: &mut Client, meter: u64, json: bool) -> anyhow::Result<u8> {
+    let mut after_ts_ms = None;
+    let mut stdout = std::io::stdout();
+    loop {
+        let request = query::Request::Follow { meter, after_ts_ms };
+        let response = tokio::select! {
+            response = client.query_within(request, Duration::from_secs(15)) => response?,
+            _ = tokio::signal::ctrl_c() => return Ok(0),
+        };
+        match response {
+            query::Response::Readings { home, readings } => {
+                for reading in &readings {
+                    let line = if json {
+                        let mut line = reading_json(reading);
+                        line["meter"] = json!(meter);
+                        line["home"] = json!(home);
+                        line.to_string()
+                    } else {
+                        format!(
+                            "{}  meter {meter}  {} m³{}{}",
+                            format_timestamp(reading.ts_ms),
+                            cubic_metres(reading.litres),
+                            reading
+                                .flow_lph
+                                .map_or_else(String::new, |f| format!("  {f} L/h")),
+                            if reading.alarms.is_empty() {
+                                String::new()
+                            } else {
+                                format!("  alarms {}", reading.alarms)
+                            }
+                        )
+                    };
+                    // A closed pipe (`| head`) ends the follow quietly.
+                    if writeln!(stdout, "{line}")
+                        .and_then(|()| stdout.flush())
+                        .is_err()
+                    {
+                        return Ok(0);
+                    }
+                }
+                if let Some(last) = readings.last() {
+                    after_ts_ms = Some(last.ts_ms);
+                } else if after_ts_ms.is_none() {
+                    after_ts_ms = Some(0);
+                }
+            }
+            query::Response::NotFound(what) => {
+                eprintln!("not found: {what}");
+                return Ok(EXIT_REFUSED);
+            }
+            query::Response::Busy => tokio::time::sleep(Duration::from_millis(200)).await,
+            query::Response::Error(error) => {
+                eprintln!("error: {error}");
+                return Ok(EXIT_ERROR);
+            }
+            other => anyhow::bail!("unexpected answer: {other:?}"),
+        }
+    }
 }
 
 fn meter_text(answer: &MeterAnswer) -> String {
@@ -259,9 +515,10 @@ fn meter_text(answer: &MeterAnswer) -> String {
         ]);
     }
     let mut text = format!(
-        "meter {}  home {}\nconsumption {} m³ over {} reading(s){}\n{}",
+        "meter {}  home {}\n{}\nconsumption {} m³ over {} reading(s){}\n{}",
         answer.meter,
         answer.home,
+        status_text(&answer.status),
         cubic_metres(answer.consumption_l),
         answer.history.readings.len(),
         if answer.history.truncated {

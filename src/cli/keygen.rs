@@ -1,0 +1,79 @@
+//! `hydromesh keygen`: create an admin key. The secret goes to a file only its owner can read;
+//! the public key, which nodes are told to trust, is printed.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use libp2p::identity::ed25519;
+
+use crate::control::{from_hex, to_hex};
+
+/// `hydromesh keygen` arguments.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Where to write the secret key (created with mode 0600; never overwritten).
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+}
+
+/// Runs `hydromesh keygen`.
+pub async fn run(args: Args) -> anyhow::Result<u8> {
+    let key = ed25519::Keypair::generate();
+    write_secret(&args.out, &key)?;
+    println!("{}", to_hex(&key.public().to_bytes()));
+    eprintln!(
+        "secret key written to {}; start nodes with --admin-pubkey {}",
+        args.out.display(),
+        to_hex(&key.public().to_bytes())
+    );
+    Ok(0)
+}
+
+fn write_secret(path: &Path, key: &ed25519::Keypair) -> anyhow::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => {
+            anyhow::anyhow!(
+                "{} already exists: refusing to overwrite a key",
+                path.display()
+            )
+        }
+        _ => anyhow::anyhow!("cannot create {}: {e}", path.display()),
+    })?;
+    writeln!(file, "{}", to_hex(key.secret().as_ref()))?;
+    file.sync_all()?;
+    Ok(())
+}
+
+/// Reads an admin key written by `hydromesh keygen`, refusing one others can read.
+pub fn read_secret(path: &Path) -> anyhow::Result<ed25519::Keypair> {
+    let metadata = std::fs::metadata(path)
+        .map_err(|e| anyhow::anyhow!("cannot read key file {}: {e}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = metadata.permissions().mode() & 0o777;
+        anyhow::ensure!(
+            mode & 0o077 == 0,
+            "key file {} is readable by others (mode {mode:04o}); run: chmod 600 {}",
+            path.display(),
+            path.display()
+        );
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read key file {}: {e}", path.display()))?;
+    let mut bytes = from_hex(text.trim())
+        .filter(|bytes| bytes.len() == 32)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "{} is not an admin key (64 hex digits, as `hydromesh keygen` writes)",
+                path.display()
+            )
+        })?;
+    let secret = ed25519::SecretKey::try_from_bytes(&mut bytes)
+        .map_err(|e| anyhow::anyhow!("{} is not an ed25519 key: {e}", path.display()))?;
+    Ok(ed25519::Keypair::from(secret))
+}
