@@ -22,6 +22,10 @@ struct NodeProcess {
 
 impl NodeProcess {
     fn start() -> NodeProcess {
+        NodeProcess::start_with(&[])
+    }
+
+    fn start_with(extra: &[&str]) -> NodeProcess {
         let dir = tempfile::tempdir().expect("tempdir");
         let child = Command::new(BIN)
             .args([
@@ -33,6 +37,7 @@ impl NodeProcess {
                 "--data-dir",
             ])
             .arg(dir.path().join("data"))
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -390,4 +395,154 @@ fn sigterm_stops_the_node_cleanly_and_acknowledged_readings_survive() {
     let _ = again.wait();
     let meter: Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(meter["readings"][0]["litres"], 7);
+}
+
+#[test]
+fn admin_commands_are_signed_checked_and_enforced() {
+    let keys = tempfile::tempdir().expect("tempdir");
+    let key = keys.path().join("admin.key");
+    let key_path = key.to_str().expect("path");
+    let out = hydromesh(&["keygen", "--out", key_path]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let public = text(&out.stdout).trim().to_owned();
+    assert_eq!(public.len(), 64, "{public}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key)
+            .expect("key file")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    let again = hydromesh(&["keygen", "--out", key_path]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(text(&again.stderr).contains("already exists"));
+
+    let node = NodeProcess::start_with(&["--admin-pubkey", &public]);
+    let admin = |args: &[&str]| {
+        let mut all = vec!["admin", "--peer", node.addr.as_str()];
+        all.extend_from_slice(args);
+        hydromesh(&all)
+    };
+    let out = admin(&["--key", key_path, "policy", "--cap-l", "100"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let policy = |admin: &dyn Fn(&[&str]) -> Output| -> Value {
+        serde_json::from_slice(&admin(&["policy", "--json"]).stdout).expect("policy JSON")
+    };
+    assert_eq!(policy(&admin)["cap_l"], 100);
+
+    // Absurd values, bad key files, missing keys: usage errors, nothing applied.
+    for (args, message) in [
+        (
+            vec!["--key", key_path, "policy", "--above-average", "0.5"],
+            "between 1 and 1000",
+        ),
+        (
+            vec!["--key", key_path, "policy", "--period", "10s"],
+            "period must be between",
+        ),
+        (vec!["--key", key_path, "policy", "--cap-l", "-5"], "-5"),
+        (vec!["block", "1"], "--key"),
+    ] {
+        let out = admin(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stderr).contains(message),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    let garbage = write(keys.path(), "garbage.key", "not a key\n");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&garbage, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let loose = write(
+            keys.path(),
+            "loose.key",
+            &std::fs::read_to_string(&key).expect("key"),
+        );
+        std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let out = admin(&["--key", loose.to_str().expect("path"), "block", "1"]);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(
+            text(&out.stderr).contains("readable by others"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    let out = admin(&["--key", garbage.to_str().expect("path"), "block", "1"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("is not an admin key"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(policy(&admin)["cap_l"], 100, "nothing applied");
+
+    // Another admin's key: refused by the node, with the reason.
+    let stranger = keys.path().join("stranger.key");
+    assert_eq!(
+        hydromesh(&["keygen", "--out", stranger.to_str().expect("path")])
+            .status
+            .code(),
+        Some(0)
+    );
+    let out = admin(&[
+        "--key",
+        stranger.to_str().expect("path"),
+        "policy",
+        "--cap-l",
+        "1",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("does not trust"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = admin(&["--key", key_path, "block", "404"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("meter 404 is unknown"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A reading over the cap: the acknowledgement closes the valve, and the mesh lists it.
+    let t = now_ms() - 60_000;
+    let csv = format!("meter,ts,litres\n3,{t},1000\n3,{},1101\n", t + 1000);
+    let out = hydromesh_with_stdin(&["ingest", "--peer", &node.addr, "--json", "-"], &csv);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(
+        report["commands"],
+        serde_json::json!([{"meter": 3, "valve": "closed"}])
+    );
+    let blocked = wait_for(
+        "the block in the node's summary",
+        Duration::from_secs(10),
+        || {
+            let out = hydromesh(&["query", "blocked", "--json", "--peer", &node.addr]);
+            let answer: Value = serde_json::from_slice(&out.stdout).ok()?;
+            (answer["blocked"].as_array()?.len() == 1).then_some(answer)
+        },
+    );
+    assert_eq!(blocked["blocked"][0]["meter"], 3);
+    assert_eq!(blocked["blocked"][0]["reason"], "cap");
+    let out = admin(&["--key", key_path, "block", "3", "--reason", "inspection"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let bill = hydromesh(&["query", "bill", "3", "--json", "--peer", &node.addr]);
+    let bill: Value = serde_json::from_slice(&bill.stdout).expect("bill JSON");
+    assert_eq!(bill["consumption_l"], 101);
+    assert_eq!(bill["currency"], "BRL");
+    assert_eq!(bill["amount"], 0.45);
+    assert_eq!(bill["paid"], false);
 }
