@@ -5,7 +5,7 @@
 //! first. Work that may block (sled reads) runs on the blocking pool and comes back as a
 //! finished future; nothing a peer sends can stall the loop.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -131,6 +131,9 @@ pub struct EventLoop {
     addrs_tx: watch::Sender<Vec<Multiaddr>>,
     publish_at: Option<tokio::time::Instant>,
     unsent_responses: usize,
+    /// Connected peers that speak sync (fog nodes), for periodic anti-entropy.
+    fog_peers: HashSet<PeerId>,
+    sync_round: usize,
     closing: bool,
     cancel: CancellationToken,
 }
@@ -227,6 +230,8 @@ impl EventLoop {
             addrs_tx,
             publish_at: None,
             unsent_responses: 0,
+            fog_peers: HashSet::new(),
+            sync_round: 0,
             closing: false,
             cancel,
         })
@@ -254,6 +259,7 @@ impl EventLoop {
                     // Time passes: debt grace times end and periods roll over.
                     self.reevaluate();
                     self.publish_summary();
+                    self.sync_with_next_peer();
                     for origin in self.view.forget_older_than(self.config.forget_after, Instant::now()) {
                         tracing::info!(%origin, "forgetting a fog node not heard from for too long");
                         if let Err(error) = self.store.forget_view(&origin.to_string()) {
@@ -336,8 +342,16 @@ impl EventLoop {
             } => {
                 tracing::debug!(%peer_id, addr = %endpoint.get_remote_address(), "connected");
             }
-            SwarmEvent::ConnectionClosed { peer_id, cause, .. } => {
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                cause,
+                num_established,
+                ..
+            } => {
                 tracing::debug!(%peer_id, ?cause, "connection closed");
+                if num_established == 0 {
+                    self.fog_peers.remove(&peer_id);
+                }
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 tracing::debug!(?peer_id, %error, "outgoing connection failed");
@@ -956,14 +970,28 @@ impl EventLoop {
                     .add_address(&peer, addr.clone());
             }
         }
-        if speaks(protocols::SYNC) {
+        if speaks(protocols::SYNC) && self.fog_peers.insert(peer) {
             // Anti-entropy on every new connection: a late joiner converges without waiting
             // for the next publish.
-            let request = SyncRequest {
-                summaries: self.view.signed(),
-                commands: self.control.signed(),
-            };
-            self.swarm.behaviour_mut().sync.send_request(&peer, request);
+            self.sync_with(peer);
+        }
+    }
+
+    fn sync_with(&mut self, peer: PeerId) {
+        let request = SyncRequest {
+            summaries: self.view.signed(),
+            commands: self.control.signed(),
+        };
+        self.swarm.behaviour_mut().sync.send_request(&peer, request);
+    }
+
+    /// Periodic anti-entropy with one connected fog node, in turn: whatever gossip lost (a
+    /// command published before the mesh formed, a partition) is repaired within a few rounds.
+    fn sync_with_next_peer(&mut self) {
+        self.sync_round = self.sync_round.wrapping_add(1);
+        let peers: Vec<PeerId> = self.fog_peers.iter().copied().collect();
+        if !peers.is_empty() {
+            self.sync_with(peers[self.sync_round % peers.len()]);
         }
     }
 
