@@ -59,18 +59,10 @@ impl Client {
             ingest: ingest_protocol::behaviour(ProtocolSupport::Outbound),
             query: query_protocol::behaviour(ProtocolSupport::Outbound),
         };
-        let mut swarm = protocol::build_swarm(
-            Keypair::generate_ed25519(),
-            Duration::from_secs(60),
-            behaviour,
-        )?;
-        let connect_error = |reason: String| ClientError::Connect {
-            addr: addr.clone(),
-            reason,
-        };
-        swarm
-            .dial(addr.clone())
-            .map_err(|e| connect_error(e.to_string()))?;
+        let mut swarm =
+            protocol::build_swarm(Keypair::generate_ed25519(), Duration::from_secs(60), behaviour)?;
+        let connect_error = |reason: String| ClientError::Connect { addr: addr.clone(), reason };
+        swarm.dial(addr.clone()).map_err(|e| connect_error(e.to_string()))?;
         let connected = async {
             loop {
                 match swarm.select_next_some().await {
@@ -82,19 +74,10 @@ impl Client {
                 }
             }
         };
-        let peer = tokio::time::timeout(timeout, connected)
-            .await
-            .map_err(|_| {
-                connect_error(format!(
-                    "no answer within {}",
-                    humantime::format_duration(timeout)
-                ))
-            })??;
-        Ok(Client {
-            swarm,
-            peer,
-            timeout,
-        })
+        let peer = tokio::time::timeout(timeout, connected).await.map_err(|_| {
+            connect_error(format!("no answer within {}", humantime::format_duration(timeout)))
+        })??;
+        Ok(Client { swarm, peer, timeout })
     }
 
     /// The node's peer id.
@@ -113,36 +96,24 @@ impl Client {
         request: query::Request,
         timeout: Duration,
     ) -> Result<query::Response, ClientError> {
-        let id = self
-            .swarm
-            .behaviour_mut()
-            .query
-            .send_request(&self.peer, request);
+        let id = self.swarm.behaviour_mut().query.send_request(&self.peer, request);
         let wait = async {
             loop {
                 match self.swarm.select_next_some().await {
                     SwarmEvent::Behaviour(ClientBehaviourEvent::Query(event)) => match event {
                         request_response::Event::Message {
-                            message:
-                                request_response::Message::Response {
-                                    request_id,
-                                    response,
-                                },
+                            message: request_response::Message::Response { request_id, response },
                             ..
                         } if request_id == id => return Ok(response),
-                        request_response::Event::OutboundFailure {
-                            request_id, error, ..
-                        } if request_id == id => {
+                        request_response::Event::OutboundFailure { request_id, error, .. }
+                            if request_id == id =>
+                        {
                             return Err(ClientError::Request(error.to_string()))
                         }
                         _ => {}
                     },
-                    SwarmEvent::ConnectionClosed {
-                        num_established: 0, ..
-                    } => {
-                        return Err(ClientError::Request(
-                            "the node closed the connection".into(),
-                        ))
+                    SwarmEvent::ConnectionClosed { num_established: 0, .. } => {
+                        return Err(ClientError::Request("the node closed the connection".into()))
                     }
                     _ => {}
                 }
@@ -150,20 +121,13 @@ impl Client {
         };
         tokio::time::timeout(timeout, wait)
             .await
-            .map_err(|_| ClientError::Timeout {
-                what: "query",
-                after: timeout,
-            })?
+            .map_err(|_| ClientError::Timeout { what: "query", after: timeout })?
     }
 
     /// Sends a single batch and waits for its acknowledgement.
-    pub async fn ingest(
-        &mut self,
-        readings: Vec<Reading>,
-    ) -> Result<ingest::Response, ClientError> {
+    pub async fn ingest(&mut self, readings: Vec<Reading>) -> Result<ingest::Response, ClientError> {
         let mut response = None;
-        self.ingest_batches(std::iter::once(readings), 1, |_, r| response = Some(r))
-            .await?;
+        self.ingest_batches(std::iter::once(readings), 1, |_, r| response = Some(r)).await?;
         response.ok_or_else(|| ClientError::Request("no acknowledgement".into()))
     }
 
@@ -195,12 +159,11 @@ impl Client {
                     None => None,
                 };
                 let Some((index, readings)) = next else { break };
-                let id = self.swarm.behaviour_mut().ingest.send_request(
-                    &self.peer,
-                    ingest::Request {
-                        readings: readings.clone(),
-                    },
-                );
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .ingest
+                    .send_request(&self.peer, ingest::Request { readings: readings.clone() });
                 in_flight.insert(id, (index, readings));
             }
             if in_flight.is_empty() && retry.is_empty() && exhausted {
@@ -216,11 +179,7 @@ impl Client {
             match event {
                 SwarmEvent::Behaviour(ClientBehaviourEvent::Ingest(event)) => match event {
                     request_response::Event::Message {
-                        message:
-                            request_response::Message::Response {
-                                request_id,
-                                response,
-                            },
+                        message: request_response::Message::Response { request_id, response },
                         ..
                     } => {
                         let Some((index, readings)) = in_flight.remove(&request_id) else {
@@ -240,12 +199,8 @@ impl Client {
                     }
                     _ => {}
                 },
-                SwarmEvent::ConnectionClosed {
-                    num_established: 0, ..
-                } => {
-                    return Err(ClientError::Request(
-                        "the node closed the connection".into(),
-                    ));
+                SwarmEvent::ConnectionClosed { num_established: 0, .. } => {
+                    return Err(ClientError::Request("the node closed the connection".into()));
                 }
                 _ => {}
             }

@@ -56,12 +56,8 @@ impl Default for Config {
         Config {
             data_dir: PathBuf::from("hydromesh-data"),
             listen: vec![
-                "/ip4/0.0.0.0/tcp/4001"
-                    .parse()
-                    .unwrap_or_else(|_| Multiaddr::empty()),
-                "/ip4/0.0.0.0/udp/4001/quic-v1"
-                    .parse()
-                    .unwrap_or_else(|_| Multiaddr::empty()),
+                "/ip4/0.0.0.0/tcp/4001".parse().unwrap_or_else(|_| Multiaddr::empty()),
+                "/ip4/0.0.0.0/udp/4001/quic-v1".parse().unwrap_or_else(|_| Multiaddr::empty()),
             ],
             bootstrap: Vec::new(),
             name: default_name(),

@@ -41,10 +41,7 @@ pub fn from_hex(text: &str) -> Option<Vec<u8>> {
     if !text.len().is_multiple_of(2) {
         return None;
     }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
 }
 
 /// An admin public key from its 64 hex digits.
@@ -58,27 +55,16 @@ pub fn parse_public_key(text: &str) -> Result<ed25519::PublicKey, String> {
 
 /// Signs a command with an admin key.
 pub fn sign(key: &ed25519::Keypair, command: &Command) -> Result<SignedCommand, ControlError> {
-    let payload =
-        hydromesh_proto::encode(command).map_err(|e| ControlError::Malformed(e.to_string()))?;
+    let payload = hydromesh_proto::encode(command).map_err(|e| ControlError::Malformed(e.to_string()))?;
     let signature = key.sign(&[SIGNING_CONTEXT, &payload].concat());
-    Ok(SignedCommand {
-        payload,
-        admin_key: key.public().to_bytes().to_vec(),
-        signature,
-    })
+    Ok(SignedCommand { payload, admin_key: key.public().to_bytes().to_vec(), signature })
 }
 
 /// Checks a signed command against the trusted keys, and that it makes sense.
-pub fn verify(
-    signed: &SignedCommand,
-    trusted: &[ed25519::PublicKey],
-) -> Result<Command, ControlError> {
+pub fn verify(signed: &SignedCommand, trusted: &[ed25519::PublicKey]) -> Result<Command, ControlError> {
     let key = ed25519::PublicKey::try_from_bytes(&signed.admin_key)
         .map_err(|_| ControlError::Malformed("invalid admin key".into()))?;
-    if !key.verify(
-        &[SIGNING_CONTEXT, &signed.payload].concat(),
-        &signed.signature,
-    ) {
+    if !key.verify(&[SIGNING_CONTEXT, &signed.payload].concat(), &signed.signature) {
         return Err(ControlError::Signature);
     }
     if !trusted.contains(&key) {
@@ -116,9 +102,7 @@ pub fn subject(action: &Action) -> String {
 pub fn meter_of(action: &Action) -> Option<MeterId> {
     match action {
         Action::Policy(_) => None,
-        Action::Block { meter, .. } | Action::Unblock { meter } | Action::Paid { meter } => {
-            Some(*meter)
-        }
+        Action::Block { meter, .. } | Action::Unblock { meter } | Action::Paid { meter } => Some(*meter),
     }
 }
 
@@ -165,28 +149,15 @@ impl ControlState {
 
     /// Every command in force, for sync.
     pub fn signed(&self) -> Vec<SignedCommand> {
-        self.entries
-            .values()
-            .map(|entry| entry.signed.clone())
-            .collect()
+        self.entries.values().map(|entry| entry.signed.clone()).collect()
     }
 
     /// The policy in force and who set it (the default policy when none was set).
     pub fn policy(&self) -> (Policy, Option<PolicyOrigin>) {
         match self.entries.get("policy") {
-            Some(Entry {
-                command:
-                    Command {
-                        issued_at_ms,
-                        action: Action::Policy(policy),
-                    },
-                signed,
-            }) => (
+            Some(Entry { command: Command { issued_at_ms, action: Action::Policy(policy) }, signed }) => (
                 *policy,
-                Some(PolicyOrigin {
-                    admin: to_hex(&signed.admin_key),
-                    issued_at_ms: *issued_at_ms,
-                }),
+                Some(PolicyOrigin { admin: to_hex(&signed.admin_key), issued_at_ms: *issued_at_ms }),
             ),
             _ => (Policy::default(), None),
         }
@@ -222,10 +193,7 @@ mod tests {
     use super::*;
 
     fn command(issued_at_ms: u64, action: Action) -> Command {
-        Command {
-            issued_at_ms,
-            action,
-        }
+        Command { issued_at_ms, action }
     }
 
     #[test]
@@ -233,72 +201,30 @@ mod tests {
         let admin = ed25519::Keypair::generate();
         let stranger = ed25519::Keypair::generate();
         let trusted = [admin.public()];
-        let block = command(
-            5,
-            Action::Block {
-                meter: 7,
-                reason: "unpaid".into(),
-            },
-        );
+        let block = command(5, Action::Block { meter: 7, reason: "unpaid".into() });
         let signed = sign(&admin, &block).expect("sign");
         assert_eq!(verify(&signed, &trusted), Ok(block.clone()));
         let foreign = sign(&stranger, &block).expect("sign");
-        assert!(matches!(
-            verify(&foreign, &trusted),
-            Err(ControlError::Untrusted(_))
-        ));
+        assert!(matches!(verify(&foreign, &trusted), Err(ControlError::Untrusted(_))));
         let mut forged = signed.clone();
         forged.admin_key = stranger.public().to_bytes().to_vec();
-        assert_eq!(
-            verify(&forged, &[stranger.public()]),
-            Err(ControlError::Signature)
-        );
-        let absurd = command(
-            5,
-            Action::Policy(Policy {
-                period_ms: 1,
-                ..Policy::default()
-            }),
-        );
+        assert_eq!(verify(&forged, &[stranger.public()]), Err(ControlError::Signature));
+        let absurd = command(5, Action::Policy(Policy { period_ms: 1, ..Policy::default() }));
         let signed = sign(&admin, &absurd).expect("sign");
-        assert!(matches!(
-            verify(&signed, &trusted),
-            Err(ControlError::Invalid(_))
-        ));
+        assert!(matches!(verify(&signed, &trusted), Err(ControlError::Invalid(_))));
     }
 
     #[test]
     fn last_writer_wins_in_any_order() {
         let admin = ed25519::Keypair::generate();
         let commands: Vec<Command> = vec![
-            command(
-                10,
-                Action::Block {
-                    meter: 7,
-                    reason: "a".into(),
-                },
-            ),
+            command(10, Action::Block { meter: 7, reason: "a".into() }),
             command(20, Action::Unblock { meter: 7 }),
-            command(
-                15,
-                Action::Block {
-                    meter: 7,
-                    reason: "b".into(),
-                },
-            ),
-            command(
-                30,
-                Action::Policy(Policy {
-                    cap_l: Some(9),
-                    ..Policy::default()
-                }),
-            ),
+            command(15, Action::Block { meter: 7, reason: "b".into() }),
+            command(30, Action::Policy(Policy { cap_l: Some(9), ..Policy::default() })),
             command(25, Action::Policy(Policy::default())),
         ];
-        let signed: Vec<_> = commands
-            .iter()
-            .map(|c| sign(&admin, c).expect("sign"))
-            .collect();
+        let signed: Vec<_> = commands.iter().map(|c| sign(&admin, c).expect("sign")).collect();
         for order in [[0, 1, 2, 3, 4], [4, 3, 2, 1, 0], [2, 0, 4, 1, 3]] {
             let mut state = ControlState::default();
             for i in order {
@@ -309,14 +235,8 @@ mod tests {
             assert_eq!(state.signed().len(), 2);
         }
         let mut state = ControlState::default();
-        assert_eq!(
-            state.apply(commands[0].clone(), signed[0].clone()),
-            Applied::Newer
-        );
-        assert_eq!(
-            state.apply(commands[0].clone(), signed[0].clone()),
-            Applied::Superseded
-        );
+        assert_eq!(state.apply(commands[0].clone(), signed[0].clone()), Applied::Newer);
+        assert_eq!(state.apply(commands[0].clone(), signed[0].clone()), Applied::Superseded);
     }
 
     #[test]

@@ -158,15 +158,7 @@ impl Meter {
             Profile::Leaky => (rng.range(15.0, 40.0), rng.range(2.0, 10.0)),
             _ => (rng.range(15.0, 40.0), 0.0),
         };
-        Meter {
-            id,
-            key,
-            profile,
-            base_lph,
-            leak_lph,
-            litres,
-            closed: false,
-        }
+        Meter { id, key, profile, base_lph, leak_lph, litres, closed: false }
     }
 
     /// Flow during the minute of device time holding `t_ms`, L/h; 0 while the valve is closed.
@@ -252,14 +244,8 @@ impl Fleet {
     pub fn new(first_meter: u64, count: u64, profile: Profile, seed: u64) -> Fleet {
         let room = (u64::MAX - first_meter).saturating_add(1);
         let count = count.min(room).min(MAX_METERS);
-        let meters = (0..count)
-            .map(|i| Meter::new(first_meter + i, profile, seed))
-            .collect();
-        Fleet {
-            first_meter,
-            meters,
-            now_ms: None,
-        }
+        let meters = (0..count).map(|i| Meter::new(first_meter + i, profile, seed)).collect();
+        Fleet { first_meter, meters, now_ms: None }
     }
 
     /// Advances every meter to device time `now_ms` (ms since the Unix epoch) and returns one
@@ -283,10 +269,7 @@ impl Fleet {
     /// an open command arrives. Commands for meters outside the fleet are ignored.
     pub fn apply_commands(&mut self, commands: &[MeterCommand]) {
         for command in commands {
-            let index = command
-                .meter
-                .checked_sub(self.first_meter)
-                .and_then(|i| usize::try_from(i).ok());
+            let index = command.meter.checked_sub(self.first_meter).and_then(|i| usize::try_from(i).ok());
             if let Some(meter) = index.and_then(|i| self.meters.get_mut(i)) {
                 meter.closed = command.valve == Valve::Closed;
             }
@@ -357,9 +340,7 @@ mod tests {
         assert_ne!(a, go(8));
         assert!(a[0].iter().all(|r| r.ts_ms == T0 && r.litres <= 500_000));
         let flat = a.iter().flatten();
-        assert!(flat
-            .clone()
-            .all(|r| r.alarms.is_empty() && r.flow_lph.is_some()));
+        assert!(flat.clone().all(|r| r.alarms.is_empty() && r.flow_lph.is_some()));
     }
 
     #[test]
@@ -385,10 +366,7 @@ mod tests {
             let week = run(Fleet::new(0, 10, profile, 3), 7 * DAY, 1);
             for (start, end) in week[0].iter().zip(&week[1]) {
                 let avg = (end.litres - start.litres) / (7 * 24);
-                assert!(
-                    (lo * 9 / 10..=hi * 11 / 10).contains(&avg),
-                    "{profile}: {avg}"
-                );
+                assert!((lo * 9 / 10..=hi * 11 / 10).contains(&avg), "{profile}: {avg}");
             }
         }
     }

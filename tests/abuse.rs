@@ -19,18 +19,10 @@ type Rogue = request_response::Behaviour<Codec<ingest::Request, ingest::Response
 fn rogue() -> libp2p::Swarm<Rogue> {
     let behaviour = request_response::Behaviour::with_codec(
         Codec::new(64 << 20, 64 << 20),
-        [(
-            StreamProtocol::new(protocols::INGEST),
-            ProtocolSupport::Outbound,
-        )],
+        [(StreamProtocol::new(protocols::INGEST), ProtocolSupport::Outbound)],
         request_response::Config::default().with_request_timeout(Duration::from_secs(20)),
     );
-    build_swarm(
-        Keypair::generate_ed25519(),
-        Duration::from_secs(30),
-        behaviour,
-    )
-    .expect("swarm")
+    build_swarm(Keypair::generate_ed25519(), Duration::from_secs(30), behaviour).expect("swarm")
 }
 
 async fn send(
@@ -77,21 +69,14 @@ async fn oversized_and_overlong_requests_are_refused_and_the_node_keeps_serving(
     // Over the byte limit: the codec refuses it before decoding, and the node drops the peer.
     let huge = readings(0..200_000, 1);
     let response = send(&mut rogue(), &addr, ingest::Request { readings: huge }).await;
-    assert!(
-        response.is_err(),
-        "an oversized request got an answer: {response:?}"
-    );
+    assert!(response.is_err(), "an oversized request got an answer: {response:?}");
 
     // Everyone else is still served, and nothing of the refused batches was stored.
     let mut client = mesh.client(0).await;
-    let query::Response::Stats(stats) = client.query(query::Request::Stats).await.expect("stats")
-    else {
+    let query::Response::Stats(stats) = client.query(query::Request::Stats).await.expect("stats") else {
         panic!("stats")
     };
     assert_eq!(stats.meters, 0);
     let ok = client.ingest(readings(0..3, 2)).await.expect("ingest");
-    assert!(
-        matches!(ok, ingest::Response::Done { ref outcomes, .. } if outcomes.len() == 6),
-        "{ok:?}"
-    );
+    assert!(matches!(ok, ingest::Response::Done { ref outcomes, .. } if outcomes.len() == 6), "{ok:?}");
 }

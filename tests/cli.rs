@@ -28,14 +28,7 @@ impl NodeProcess {
     fn start_with(extra: &[&str]) -> NodeProcess {
         let dir = tempfile::tempdir().expect("tempdir");
         let child = Command::new(BIN)
-            .args([
-                "node",
-                "--listen",
-                "/ip4/127.0.0.1/tcp/0",
-                "--name",
-                "cli-test",
-                "--data-dir",
-            ])
+            .args(["node", "--listen", "/ip4/127.0.0.1/tcp/0", "--name", "cli-test", "--data-dir"])
             .arg(dir.path().join("data"))
             .args(extra)
             .stdout(Stdio::null())
@@ -44,17 +37,9 @@ impl NodeProcess {
             .expect("node starts");
         let addrs = dir.path().join("data").join("addrs");
         let addr = wait_for("the node's addrs file", Duration::from_secs(20), || {
-            std::fs::read_to_string(&addrs)
-                .ok()?
-                .lines()
-                .next()
-                .map(str::to_owned)
+            std::fs::read_to_string(&addrs).ok()?.lines().next().map(str::to_owned)
         });
-        NodeProcess {
-            child,
-            addr,
-            _dir: dir,
-        }
+        NodeProcess { child, addr, _dir: dir }
     }
 }
 
@@ -77,10 +62,7 @@ fn wait_for<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Option
 }
 
 fn hydromesh(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .output()
-        .expect("hydromesh runs")
+    Command::new(BIN).args(args).output().expect("hydromesh runs")
 }
 
 fn hydromesh_with_stdin(args: &[&str], stdin: &str) -> Output {
@@ -91,12 +73,7 @@ fn hydromesh_with_stdin(args: &[&str], stdin: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("hydromesh runs");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("write stdin");
+    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
     child.wait_with_output().expect("hydromesh ends")
 }
 
@@ -118,24 +95,15 @@ fn ingest_reports_each_rejected_line_and_keeps_the_rest() {
     let good = write(
         files.path(),
         "good.csv",
-        &format!(
-            "meter,ts,litres\n1,{t},100\n1,{},150\n2,2026-01-01T00:00:00Z,7\n",
-            t + 60_000
-        ),
+        &format!("meter,ts,litres\n1,{t},100\n1,{},150\n2,2026-01-01T00:00:00Z,7\n", t + 60_000),
     );
     let path = good.to_str().expect("path");
     let first = hydromesh(&["ingest", "--peer", &node.addr, path]);
     assert_eq!(first.status.code(), Some(0), "{}", text(&first.stderr));
-    assert_eq!(
-        text(&first.stdout).trim(),
-        "accepted 3, duplicates 0, rejected 0"
-    );
+    assert_eq!(text(&first.stdout).trim(), "accepted 3, duplicates 0, rejected 0");
     let again = hydromesh(&["ingest", "--peer", &node.addr, path]);
     assert_eq!(again.status.code(), Some(0));
-    assert_eq!(
-        text(&again.stdout).trim(),
-        "accepted 0, duplicates 3, rejected 0"
-    );
+    assert_eq!(text(&again.stdout).trim(), "accepted 0, duplicates 3, rejected 0");
 
     let future = now_ms() + 3_600_000;
     let bad = write(
@@ -154,13 +122,7 @@ fn ingest_reports_each_rejected_line_and_keeps_the_rest() {
             t + 180_000
         ),
     );
-    let out = hydromesh(&[
-        "ingest",
-        "--peer",
-        &node.addr,
-        "--json",
-        bad.to_str().expect("path"),
-    ]);
+    let out = hydromesh(&["ingest", "--peer", &node.addr, "--json", bad.to_str().expect("path")]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
     assert_eq!(report["accepted"], 1);
@@ -169,41 +131,23 @@ fn ingest_reports_each_rejected_line_and_keeps_the_rest() {
         .as_array()
         .expect("rejected")
         .iter()
-        .map(|r| {
-            (
-                r["line"].as_u64().expect("line"),
-                r["error"].as_str().expect("error").to_owned(),
-            )
-        })
+        .map(|r| (r["line"].as_u64().expect("line"), r["error"].as_str().expect("error").to_owned()))
         .collect();
     let lines: Vec<u64> = rejected.iter().map(|(line, _)| *line).collect();
     assert_eq!(lines, vec![3, 4, 5, 6, 8]);
     assert!(rejected[0].1.contains("register decreased"), "{rejected:?}");
     assert!(rejected[1].1.contains("meter"), "{rejected:?}");
-    assert!(
-        rejected[2].1.contains("conflicting duplicate"),
-        "{rejected:?}"
-    );
-    assert!(
-        rejected[3].1.contains("timestamp in the future"),
-        "{rejected:?}"
-    );
+    assert!(rejected[2].1.contains("conflicting duplicate"), "{rejected:?}");
+    assert!(rejected[3].1.contains("timestamp in the future"), "{rejected:?}");
     assert!(rejected[4].1.contains("litres"), "{rejected:?}");
 
     let human = hydromesh(&["ingest", "--peer", &node.addr, bad.to_str().expect("path")]);
     assert_eq!(human.status.code(), Some(1));
-    assert!(
-        text(&human.stderr).contains("line 5: conflicting duplicate"),
-        "{}",
-        text(&human.stderr)
-    );
+    assert!(text(&human.stderr).contains("line 5: conflicting duplicate"), "{}", text(&human.stderr));
 
     // JSON lines on stdin; the stored readings are what `query meter` shows.
     let jsonl = format!("{{\"meter\":9,\"ts\":{t},\"litres\":5}}\n\n{{\"meter\":9,\"ts\":{},\"litres\":8,\"alarms\":[\"leak\"]}}\n", t + 1000);
-    let out = hydromesh_with_stdin(
-        &["ingest", "--peer", &node.addr, "--format", "jsonl", "-"],
-        &jsonl,
-    );
+    let out = hydromesh_with_stdin(&["ingest", "--peer", &node.addr, "--format", "jsonl", "-"], &jsonl);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let out = hydromesh(&["query", "meter", "9", "--peer", &node.addr, "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
@@ -216,40 +160,24 @@ fn ingest_reports_each_rejected_line_and_keeps_the_rest() {
     assert_eq!(missing.status.code(), Some(2));
     assert!(text(&missing.stderr).contains("cannot read /nonexistent/readings.csv"));
     let header = write(files.path(), "header.csv", "meter,when,litres\n1,2,3\n");
-    let out = hydromesh(&[
-        "ingest",
-        "--peer",
-        &node.addr,
-        header.to_str().expect("path"),
-    ]);
+    let out = hydromesh(&["ingest", "--peer", &node.addr, header.to_str().expect("path")]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out.stderr).contains("line 1"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(text(&out.stderr).contains("line 1"), "{}", text(&out.stderr));
 }
 
 #[test]
 fn query_answers_with_tables_and_json_flags_anywhere() {
     let node = NodeProcess::start();
     let t = now_ms() - 3_600_000;
-    let csv = format!(
-        "meter,ts,litres\n5,{t},1000\n5,{},3500\n6,{t},10\n6,{},20\n",
-        t + 1000,
-        t + 1000
-    );
+    let csv = format!("meter,ts,litres\n5,{t},1000\n5,{},3500\n6,{t},10\n6,{},20\n", t + 1000, t + 1000);
     let out = hydromesh_with_stdin(&["ingest", "--peer", &node.addr, "-"], &csv);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let stats: Value = wait_for(
-        "the node's own summary to count both meters",
-        Duration::from_secs(10),
-        || {
+    let stats: Value =
+        wait_for("the node's own summary to count both meters", Duration::from_secs(10), || {
             let out = hydromesh(&["query", "--json", "stats", "--peer", &node.addr]);
             let stats: Value = serde_json::from_slice(&out.stdout).ok()?;
             (stats["meters"] == 2).then_some(stats)
-        },
-    );
+        });
     assert_eq!(stats["total_consumption_l"], 2510);
     assert_eq!(stats["average_consumption_l"], 1255.0);
     assert_eq!(stats["nodes"], 1);
@@ -266,11 +194,7 @@ fn query_answers_with_tables_and_json_flags_anywhere() {
     assert!(human.contains("2.500"), "{human}");
     assert!(human.contains("1 fog node, 0 stale"), "{human}");
     let peers = hydromesh(&["query", "peers", "--peer", &node.addr]);
-    assert!(
-        text(&peers.stdout).contains("cli-test"),
-        "{}",
-        text(&peers.stdout)
-    );
+    assert!(text(&peers.stdout).contains("cli-test"), "{}", text(&peers.stdout));
 
     let unknown = hydromesh(&["query", "meter", "77", "--peer", &node.addr]);
     assert_eq!(unknown.status.code(), Some(1));
@@ -279,28 +203,12 @@ fn query_answers_with_tables_and_json_flags_anywhere() {
 
 #[test]
 fn a_dead_address_is_a_clear_error_with_exit_2() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
     let started = Instant::now();
-    let out = hydromesh(&[
-        "query",
-        "--peer",
-        &format!("/ip4/127.0.0.1/tcp/{port}"),
-        "stats",
-    ]);
+    let out = hydromesh(&["query", "--peer", &format!("/ip4/127.0.0.1/tcp/{port}"), "stats"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out.stderr).contains("cannot connect to /ip4/127.0.0.1/tcp/"),
-        "{}",
-        text(&out.stderr)
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(30),
-        "gave up within the dial timeout"
-    );
+    assert!(text(&out.stderr).contains("cannot connect to /ip4/127.0.0.1/tcp/"), "{}", text(&out.stderr));
+    assert!(started.elapsed() < Duration::from_secs(30), "gave up within the dial timeout");
     let out = hydromesh(&["query", "stats"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("--peer"));
@@ -314,12 +222,8 @@ fn a_dead_address_is_a_clear_error_with_exit_2() {
 fn garbage_and_oversized_bytes_leave_the_node_serving() {
     use std::net::TcpStream;
     let node = NodeProcess::start();
-    let port: u16 = node
-        .addr
-        .split('/')
-        .nth(4)
-        .and_then(|p| p.parse().ok())
-        .expect("tcp port in the address");
+    let port: u16 =
+        node.addr.split('/').nth(4).and_then(|p| p.parse().ok()).expect("tcp port in the address");
     let mut state = 0x9E37_79B9_u64;
     let garbage: Vec<u8> = (0..256 * 1024)
         .map(|_| {
@@ -335,9 +239,7 @@ fn garbage_and_oversized_bytes_leave_the_node_serving() {
         vec![0xff; 8 * 1024 * 1024],
     ] {
         if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) {
-            stream
-                .set_write_timeout(Some(Duration::from_secs(5)))
-                .expect("timeout");
+            stream.set_write_timeout(Some(Duration::from_secs(5))).expect("timeout");
             // The node may close the connection before taking everything: that is the point.
             let _ = stream.write_all(&payload);
         }
@@ -362,29 +264,18 @@ fn sigterm_stops_the_node_cleanly_and_acknowledged_readings_survive() {
     let addr_of = |data: &Path| {
         let file = data.join("addrs");
         wait_for("the addrs file", Duration::from_secs(20), || {
-            std::fs::read_to_string(&file)
-                .ok()?
-                .lines()
-                .next()
-                .map(str::to_owned)
+            std::fs::read_to_string(&file).ok()?.lines().next().map(str::to_owned)
         })
     };
     let mut child = start(&data);
     let addr = addr_of(&data);
     let t = now_ms() - 60_000;
-    let out = hydromesh_with_stdin(
-        &["ingest", "--peer", &addr, "-"],
-        &format!("meter,ts,litres\n42,{t},7\n"),
-    );
+    let out =
+        hydromesh_with_stdin(&["ingest", "--peer", &addr, "-"], &format!("meter,ts,litres\n42,{t},7\n"));
     assert_eq!(out.status.code(), Some(0));
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
     assert!(status.success());
-    let exit = wait_for("the node to exit", Duration::from_secs(20), || {
-        child.try_wait().expect("wait")
-    });
+    let exit = wait_for("the node to exit", Duration::from_secs(20), || child.try_wait().expect("wait"));
     assert_eq!(exit.code(), Some(0));
 
     std::fs::remove_file(data.join("addrs")).expect("remove old addrs");
@@ -409,11 +300,7 @@ fn admin_commands_are_signed_checked_and_enforced() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&key)
-            .expect("key file")
-            .permissions()
-            .mode()
-            & 0o777;
+        let mode = std::fs::metadata(&key).expect("key file").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
     }
     let again = hydromesh(&["keygen", "--out", key_path]);
@@ -435,86 +322,40 @@ fn admin_commands_are_signed_checked_and_enforced() {
 
     // Absurd values, bad key files, missing keys: usage errors, nothing applied.
     for (args, message) in [
-        (
-            vec!["--key", key_path, "policy", "--above-average", "0.5"],
-            "between 1 and 1000",
-        ),
-        (
-            vec!["--key", key_path, "policy", "--period", "10s"],
-            "period must be between",
-        ),
+        (vec!["--key", key_path, "policy", "--above-average", "0.5"], "between 1 and 1000"),
+        (vec!["--key", key_path, "policy", "--period", "10s"], "period must be between"),
         (vec!["--key", key_path, "policy", "--cap-l", "-5"], "-5"),
         (vec!["block", "1"], "--key"),
     ] {
         let out = admin(&args);
-        assert_eq!(
-            out.status.code(),
-            Some(2),
-            "{args:?}: {}",
-            text(&out.stderr)
-        );
-        assert!(
-            text(&out.stderr).contains(message),
-            "{args:?}: {}",
-            text(&out.stderr)
-        );
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out.stderr));
+        assert!(text(&out.stderr).contains(message), "{args:?}: {}", text(&out.stderr));
     }
     let garbage = write(keys.path(), "garbage.key", "not a key\n");
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&garbage, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-        let loose = write(
-            keys.path(),
-            "loose.key",
-            &std::fs::read_to_string(&key).expect("key"),
-        );
+        let loose = write(keys.path(), "loose.key", &std::fs::read_to_string(&key).expect("key"));
         std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).expect("chmod");
         let out = admin(&["--key", loose.to_str().expect("path"), "block", "1"]);
         assert_eq!(out.status.code(), Some(2));
-        assert!(
-            text(&out.stderr).contains("readable by others"),
-            "{}",
-            text(&out.stderr)
-        );
+        assert!(text(&out.stderr).contains("readable by others"), "{}", text(&out.stderr));
     }
     let out = admin(&["--key", garbage.to_str().expect("path"), "block", "1"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out.stderr).contains("is not an admin key"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(text(&out.stderr).contains("is not an admin key"), "{}", text(&out.stderr));
     assert_eq!(policy(&admin)["cap_l"], 100, "nothing applied");
 
     // Another admin's key: refused by the node, with the reason.
     let stranger = keys.path().join("stranger.key");
-    assert_eq!(
-        hydromesh(&["keygen", "--out", stranger.to_str().expect("path")])
-            .status
-            .code(),
-        Some(0)
-    );
-    let out = admin(&[
-        "--key",
-        stranger.to_str().expect("path"),
-        "policy",
-        "--cap-l",
-        "1",
-    ]);
+    assert_eq!(hydromesh(&["keygen", "--out", stranger.to_str().expect("path")]).status.code(), Some(0));
+    let out = admin(&["--key", stranger.to_str().expect("path"), "policy", "--cap-l", "1"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("does not trust"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(text(&out.stderr).contains("does not trust"), "{}", text(&out.stderr));
     let out = admin(&["--key", key_path, "block", "404"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("meter 404 is unknown"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(text(&out.stderr).contains("meter 404 is unknown"), "{}", text(&out.stderr));
 
     // A reading over the cap: the acknowledgement closes the valve, and the mesh lists it.
     let t = now_ms() - 60_000;
@@ -522,19 +363,12 @@ fn admin_commands_are_signed_checked_and_enforced() {
     let out = hydromesh_with_stdin(&["ingest", "--peer", &node.addr, "--json", "-"], &csv);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let report: Value = serde_json::from_slice(&out.stdout).expect("JSON");
-    assert_eq!(
-        report["commands"],
-        serde_json::json!([{"meter": 3, "valve": "closed"}])
-    );
-    let blocked = wait_for(
-        "the block in the node's summary",
-        Duration::from_secs(10),
-        || {
-            let out = hydromesh(&["query", "blocked", "--json", "--peer", &node.addr]);
-            let answer: Value = serde_json::from_slice(&out.stdout).ok()?;
-            (answer["blocked"].as_array()?.len() == 1).then_some(answer)
-        },
-    );
+    assert_eq!(report["commands"], serde_json::json!([{"meter": 3, "valve": "closed"}]));
+    let blocked = wait_for("the block in the node's summary", Duration::from_secs(10), || {
+        let out = hydromesh(&["query", "blocked", "--json", "--peer", &node.addr]);
+        let answer: Value = serde_json::from_slice(&out.stdout).ok()?;
+        (answer["blocked"].as_array()?.len() == 1).then_some(answer)
+    });
     assert_eq!(blocked["blocked"][0]["meter"], 3);
     assert_eq!(blocked["blocked"][0]["reason"], "cap");
     let out = admin(&["--key", key_path, "block", "3", "--reason", "inspection"]);

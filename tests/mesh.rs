@@ -23,13 +23,7 @@ fn meters_of(node: usize) -> impl Iterator<Item = u64> {
 async fn ingest_all(mesh: &Mesh, data: &[Vec<Reading>]) -> Vec<Vec<Outcome>> {
     let mut all = Vec::new();
     for (i, readings) in data.iter().enumerate() {
-        match mesh
-            .client(i)
-            .await
-            .ingest(readings.clone())
-            .await
-            .expect("ingest")
-        {
+        match mesh.client(i).await.ingest(readings.clone()).await.expect("ingest") {
             ingest::Response::Done { outcomes, .. } => all.push(outcomes),
             other => panic!("node {i} did not take the batch: {other:?}"),
         }
@@ -43,12 +37,7 @@ async fn ask(mesh: &Mesh, node: usize, request: Request) -> Response {
 
 fn entries(response: &Response) -> Option<Vec<(u64, u64)>> {
     match response {
-        Response::Top(top) => Some(
-            top.entries
-                .iter()
-                .map(|e| (e.meter, e.consumption_l))
-                .collect(),
-        ),
+        Response::Top(top) => Some(top.entries.iter().map(|e| (e.meter, e.consumption_l)).collect()),
         _ => None,
     }
 }
@@ -56,9 +45,7 @@ fn entries(response: &Response) -> Option<Vec<(u64, u64)>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_answers_exact_global_questions() {
     let mesh = Mesh::chain(NODES).await;
-    let data: Vec<Vec<Reading>> = (0..NODES)
-        .map(|i| readings(meters_of(i), READINGS_PER_METER))
-        .collect();
+    let data: Vec<Vec<Reading>> = (0..NODES).map(|i| readings(meters_of(i), READINGS_PER_METER)).collect();
     let outcomes = ingest_all(&mesh, &data).await;
     assert!(outcomes.iter().flatten().all(|o| *o == Outcome::Accepted));
 
@@ -68,81 +55,40 @@ async fn every_node_answers_exact_global_questions() {
     let truth_total: u64 = truth.values().sum();
 
     for node in 0..NODES {
-        eventually(
-            &format!("node {node} to see the exact top-10 and totals"),
-            CONVERGE,
-            || async {
-                let top = ask(
-                    &mesh,
-                    node,
-                    Request::Top {
-                        n: 10,
-                        since_ms: None,
-                    },
-                )
-                .await;
-                let Response::Stats(stats) = ask(&mesh, node, Request::Stats).await else {
-                    return None;
-                };
-                let exact = entries(&top)? == truth_top
-                    && stats.meters == NODES as u64 * METERS_PER_NODE
-                    && stats.total_consumption_l == truth_total
-                    && stats.coverage.included.len() == NODES
-                    && stats.coverage.stale.is_empty();
-                exact.then_some(())
-            },
-        )
+        eventually(&format!("node {node} to see the exact top-10 and totals"), CONVERGE, || async {
+            let top = ask(&mesh, node, Request::Top { n: 10, since_ms: None }).await;
+            let Response::Stats(stats) = ask(&mesh, node, Request::Stats).await else {
+                return None;
+            };
+            let exact = entries(&top)? == truth_top
+                && stats.meters == NODES as u64 * METERS_PER_NODE
+                && stats.total_consumption_l == truth_total
+                && stats.coverage.included.len() == NODES
+                && stats.coverage.stale.is_empty();
+            exact.then_some(())
+        })
         .await;
     }
 
     // The homes are right, and the weighted average is exact.
-    let Response::Top(top) = ask(
-        &mesh,
-        2,
-        Request::Top {
-            n: 3,
-            since_ms: None,
-        },
-    )
-    .await
-    else {
+    let Response::Top(top) = ask(&mesh, 2, Request::Top { n: 3, since_ms: None }).await else {
         panic!("top")
     };
     for entry in &top.entries {
         let home = (entry.meter / 1000 - 1) as usize;
-        assert_eq!(
-            entry.home,
-            mesh.nodes[home].peer.to_string(),
-            "home of meter {}",
-            entry.meter
-        );
+        assert_eq!(entry.home, mesh.nodes[home].peer.to_string(), "home of meter {}", entry.meter);
     }
-    let Response::Stats(stats) = ask(&mesh, 4, Request::Stats).await else {
-        panic!("stats")
-    };
-    assert_eq!(
-        stats.average_consumption_l(),
-        truth_total as f64 / (NODES as u64 * METERS_PER_NODE) as f64
-    );
+    let Response::Stats(stats) = ask(&mesh, 4, Request::Stats).await else { panic!("stats") };
+    assert_eq!(stats.average_consumption_l(), truth_total as f64 / (NODES as u64 * METERS_PER_NODE) as f64);
 
     // A window answered by asking every node: exact too, and says who answered.
     let window_start =
         everything.iter().map(|r| r.ts_ms).max().expect("readings") - 4 * HOUR_MS - HOUR_MS / 2;
     let since = now_ms() - window_start;
     let windowed = consumption_since(&everything, window_start);
-    let response = ask(
-        &mesh,
-        0,
-        Request::Top {
-            n: 7,
-            since_ms: Some(since),
-        },
-    )
-    .await;
+    let response = ask(&mesh, 0, Request::Top { n: 7, since_ms: Some(since) }).await;
     assert_eq!(entries(&response).expect("top"), top_n(&windowed, 7));
-    let Response::Top(windowed_top) = response else {
-        panic!("top")
-    };
+    let Response::Top(windowed_top) = response else { panic!("top") };
     assert_eq!(windowed_top.coverage.included.len(), NODES);
     assert!(windowed_top.coverage.missing.is_empty());
 
@@ -151,57 +97,23 @@ async fn every_node_answers_exact_global_questions() {
     assert!(again.iter().flatten().all(|o| *o == Outcome::Duplicate));
     for node in 0..NODES {
         assert_eq!(
-            entries(
-                &ask(
-                    &mesh,
-                    node,
-                    Request::Top {
-                        n: 10,
-                        since_ms: None
-                    }
-                )
-                .await
-            )
-            .expect("top"),
+            entries(&ask(&mesh, node, Request::Top { n: 10, since_ms: None }).await).expect("top"),
             truth_top
         );
-        let Response::Stats(stats) = ask(&mesh, node, Request::Stats).await else {
-            panic!("stats")
-        };
-        assert_eq!(
-            (stats.meters, stats.total_consumption_l),
-            (NODES as u64 * METERS_PER_NODE, truth_total)
-        );
+        let Response::Stats(stats) = ask(&mesh, node, Request::Stats).await else { panic!("stats") };
+        assert_eq!((stats.meters, stats.total_consumption_l), (NODES as u64 * METERS_PER_NODE, truth_total));
     }
 
     // One meter's history, asked of a node that does not hold it: routed to its home.
     let meter = meters_of(NODES - 1).next().expect("meter");
-    let Response::Meter(answer) = ask(
-        &mesh,
-        0,
-        Request::Meter {
-            meter,
-            from_ms: None,
-            to_ms: None,
-        },
-    )
-    .await
+    let Response::Meter(answer) = ask(&mesh, 0, Request::Meter { meter, from_ms: None, to_ms: None }).await
     else {
         panic!("meter answer")
     };
     assert_eq!(answer.home, mesh.nodes[NODES - 1].peer.to_string());
     assert_eq!(answer.history.readings.len() as u64, READINGS_PER_METER);
     assert_eq!(answer.consumption_l, truth[&meter]);
-    let unknown = ask(
-        &mesh,
-        0,
-        Request::Meter {
-            meter: 999_999,
-            from_ms: None,
-            to_ms: None,
-        },
-    )
-    .await;
+    let unknown = ask(&mesh, 0, Request::Meter { meter: 999_999, from_ms: None, to_ms: None }).await;
     assert!(matches!(unknown, Response::NotFound(_)), "{unknown:?}");
 }
 
@@ -209,16 +121,8 @@ async fn every_node_answers_exact_global_questions() {
 async fn a_node_started_later_converges_through_sync() {
     let mut mesh = Mesh::new();
     for i in 0..3 {
-        let bootstrap = if i == 0 {
-            vec![]
-        } else {
-            vec![mesh.nodes[i - 1].addr.clone()]
-        };
-        let mut config = common::config(
-            mesh.root.path().join(format!("n{i}")),
-            &format!("n{i}"),
-            bootstrap,
-        );
+        let bootstrap = if i == 0 { vec![] } else { vec![mesh.nodes[i - 1].addr.clone()] };
+        let mut config = common::config(mesh.root.path().join(format!("n{i}")), &format!("n{i}"), bootstrap);
         // No periodic republish: once the data is published, only sync can tell a newcomer.
         config.republish_interval = Duration::from_secs(3600);
         mesh.start(config).await;
@@ -237,36 +141,20 @@ async fn a_node_started_later_converges_through_sync() {
     // learn the others' summaries only by sync.
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
-    let mut config = common::config(
-        mesh.root.path().join("late"),
-        "late",
-        vec![mesh.nodes[2].addr.clone()],
-    );
+    let mut config = common::config(mesh.root.path().join("late"), "late", vec![mesh.nodes[2].addr.clone()]);
     config.republish_interval = Duration::from_secs(3600);
     let late = mesh.start(config).await;
-    eventually(
-        "the late node to know every node's meters",
-        CONVERGE,
-        || async {
-            let Response::Stats(stats) = ask(&mesh, late, Request::Stats).await else {
-                return None;
-            };
-            let top = ask(
-                &mesh,
-                late,
-                Request::Top {
-                    n: 10,
-                    since_ms: None,
-                },
-            )
-            .await;
-            (stats.meters == 3 * METERS_PER_NODE
-                && stats.total_consumption_l == truth.values().sum::<u64>()
-                && stats.coverage.included.len() == 4
-                && entries(&top)? == top_n(&truth, 10))
-            .then_some(())
-        },
-    )
+    eventually("the late node to know every node's meters", CONVERGE, || async {
+        let Response::Stats(stats) = ask(&mesh, late, Request::Stats).await else {
+            return None;
+        };
+        let top = ask(&mesh, late, Request::Top { n: 10, since_ms: None }).await;
+        (stats.meters == 3 * METERS_PER_NODE
+            && stats.total_consumption_l == truth.values().sum::<u64>()
+            && stats.coverage.included.len() == 4
+            && entries(&top)? == top_n(&truth, 10))
+        .then_some(())
+    })
     .await;
 }
 
@@ -289,13 +177,8 @@ async fn a_restarted_node_keeps_its_identity_data_and_view() {
     // Alone, with no peer to refresh it, the restarted node answers at once from its saved
     // view, and says which node is stale.
     let restarted = mesh.start(common::config(dir, "n1", vec![])).await;
-    assert_eq!(
-        mesh.nodes[restarted].peer, peer,
-        "same identity after restart"
-    );
-    let Response::Stats(stats) = ask(&mesh, restarted, Request::Stats).await else {
-        panic!("stats")
-    };
+    assert_eq!(mesh.nodes[restarted].peer, peer, "same identity after restart");
+    let Response::Stats(stats) = ask(&mesh, restarted, Request::Stats).await else { panic!("stats") };
     assert_eq!(stats.meters, 2 * METERS_PER_NODE);
     assert_eq!(stats.coverage.stale, vec![mesh.nodes[0].peer.to_string()]);
     let mut client = mesh.client(restarted).await;
@@ -303,10 +186,7 @@ async fn a_restarted_node_keeps_its_identity_data_and_view() {
         ingest::Response::Done { outcomes, .. } => outcomes,
         other => panic!("{other:?}"),
     };
-    assert!(
-        outcomes.iter().all(|o| *o == Outcome::Duplicate),
-        "acknowledged readings survived the restart"
-    );
+    assert!(outcomes.iter().all(|o| *o == Outcome::Duplicate), "acknowledged readings survived the restart");
     let Response::Peers(peers) = client.query(query::Request::Peers).await.expect("peers") else {
         panic!("peers")
     };

@@ -22,13 +22,8 @@ const CONVERGE: Duration = Duration::from_secs(30);
 async fn mesh(n: usize, admin: &ed25519::Keypair) -> Mesh {
     let mut mesh = Mesh::new();
     for i in 0..n {
-        let bootstrap = if i == 0 {
-            vec![]
-        } else {
-            vec![mesh.nodes[i - 1].addr.clone()]
-        };
-        mesh.start(trusting(&mesh, &format!("n{i}"), bootstrap, admin))
-            .await;
+        let bootstrap = if i == 0 { vec![] } else { vec![mesh.nodes[i - 1].addr.clone()] };
+        mesh.start(trusting(&mesh, &format!("n{i}"), bootstrap, admin)).await;
     }
     mesh
 }
@@ -45,15 +40,9 @@ fn trusting(
 }
 
 async fn admin(client: &mut Client, key: &ed25519::Keypair, action: Action) -> Response {
-    let command = Command {
-        issued_at_ms: now_ms(),
-        action,
-    };
+    let command = Command { issued_at_ms: now_ms(), action };
     let signed = hydromesh::control::sign(key, &command).expect("sign");
-    client
-        .query(Request::Admin(signed))
-        .await
-        .expect("admin answer")
+    client.query(Request::Admin(signed)).await.expect("admin answer")
 }
 
 async fn ingest(client: &mut Client, readings: Vec<Reading>) -> (Vec<Outcome>, Vec<MeterCommand>) {
@@ -64,23 +53,11 @@ async fn ingest(client: &mut Client, readings: Vec<Reading>) -> (Vec<Outcome>, V
 }
 
 fn reading(meter: u64, ts_ms: u64, litres: u64) -> Reading {
-    Reading {
-        meter,
-        ts_ms,
-        litres,
-        flow_lph: None,
-        alarms: Alarms::empty(),
-    }
+    Reading { meter, ts_ms, litres, flow_lph: None, alarms: Alarms::empty() }
 }
 
 async fn policy_of(mesh: &Mesh, node: usize) -> Policy {
-    match mesh
-        .client(node)
-        .await
-        .query(Request::Policy)
-        .await
-        .expect("policy")
-    {
+    match mesh.client(node).await.query(Request::Policy).await.expect("policy") {
         Response::Policy(policy, _) => policy,
         other => panic!("{other:?}"),
     }
@@ -106,10 +83,7 @@ async fn a_policy_set_through_one_node_cuts_a_meter_homed_on_another() {
     let answer = admin(
         &mut mesh.client(a).await,
         &key,
-        Action::Policy(Policy {
-            cap_l: Some(cap_l),
-            ..Policy::default()
-        }),
+        Action::Policy(Policy { cap_l: Some(cap_l), ..Policy::default() }),
     )
     .await;
     assert!(matches!(answer, Response::Applied(_)), "{answer:?}");
@@ -127,10 +101,7 @@ async fn a_policy_set_through_one_node_cuts_a_meter_homed_on_another() {
         let readings = send(&mut fleet, tick);
         let (_, commands) = ingest(&mut on_c, readings.clone()).await;
         fleet.apply_commands(&commands);
-        if commands.contains(&MeterCommand {
-            meter: 7,
-            valve: Valve::Closed,
-        }) {
+        if commands.contains(&MeterCommand { meter: 7, valve: Valve::Closed }) {
             closed_at = Some(readings[0].litres);
         }
     }
@@ -139,31 +110,18 @@ async fn a_policy_set_through_one_node_cuts_a_meter_homed_on_another() {
         let readings = send(&mut fleet, tick);
         assert_eq!(Some(readings[0].litres), closed_at, "the register stopped");
         let (_, commands) = ingest(&mut on_c, readings).await;
-        assert_eq!(
-            commands,
-            vec![MeterCommand {
-                meter: 7,
-                valve: Valve::Closed
-            }]
-        );
+        assert_eq!(commands, vec![MeterCommand { meter: 7, valve: Valve::Closed }]);
     }
 
     // Every node reports the block, with its reason and home.
-    eventually(
-        "A to list meter 7 as blocked for the cap",
-        CONVERGE,
-        || async {
-            let Response::Blocked(blocked) =
-                mesh.client(a).await.query(Request::Blocked).await.ok()?
-            else {
-                return None;
-            };
-            let entry = blocked.blocked.iter().find(|e| e.blocked.meter == 7)?;
-            (entry.blocked.reason == BlockReason::Cap
-                && entry.home == mesh.nodes[c].peer.to_string())
+    eventually("A to list meter 7 as blocked for the cap", CONVERGE, || async {
+        let Response::Blocked(blocked) = mesh.client(a).await.query(Request::Blocked).await.ok()? else {
+            return None;
+        };
+        let entry = blocked.blocked.iter().find(|e| e.blocked.meter == 7)?;
+        (entry.blocked.reason == BlockReason::Cap && entry.home == mesh.nodes[c].peer.to_string())
             .then_some(())
-        },
-    )
+    })
     .await;
 
     // A node started after the policy learns it by sync and enforces it.
@@ -175,42 +133,19 @@ async fn a_policy_set_through_one_node_cuts_a_meter_homed_on_another() {
     .await;
     let mut on_late = mesh.client(late).await;
     let t = now_ms() - HOUR_MS;
-    let (_, under) = ingest(
-        &mut on_late,
-        vec![reading(900, t, 1000), reading(900, t + 1000, 1000 + cap_l)],
-    )
-    .await;
+    let (_, under) =
+        ingest(&mut on_late, vec![reading(900, t, 1000), reading(900, t + 1000, 1000 + cap_l)]).await;
     assert!(under.is_empty(), "exactly the cap is allowed: {under:?}");
     let (_, over) = ingest(&mut on_late, vec![reading(900, t + 2000, 1001 + cap_l)]).await;
-    assert_eq!(
-        over,
-        vec![MeterCommand {
-            meter: 900,
-            valve: Valve::Closed
-        }]
-    );
+    assert_eq!(over, vec![MeterCommand { meter: 900, valve: Valve::Closed }]);
 
     // Lifting the cap reopens the valves at their next acknowledgement.
-    let answer = admin(
-        &mut mesh.client(a).await,
-        &key,
-        Action::Policy(Policy::default()),
-    )
-    .await;
+    let answer = admin(&mut mesh.client(a).await, &key, Action::Policy(Policy::default())).await;
     assert!(matches!(answer, Response::Applied(_)), "{answer:?}");
     eventually("the late node to reopen meter 900", CONVERGE, || async {
         let ts = now_ms() - HOUR_MS / 2;
-        let (_, commands) = ingest(
-            &mut mesh.client(late).await,
-            vec![reading(900, ts, 1001 + cap_l)],
-        )
-        .await;
-        (commands
-            == vec![MeterCommand {
-                meter: 900,
-                valve: Valve::Open,
-            }])
-        .then_some(())
+        let (_, commands) = ingest(&mut mesh.client(late).await, vec![reading(900, ts, 1001 + cap_l)]).await;
+        (commands == vec![MeterCommand { meter: 900, valve: Valve::Open }]).then_some(())
     })
     .await;
 }
@@ -233,53 +168,24 @@ async fn untrusted_keys_and_unknown_meters_are_refused_everywhere() {
     let untrusted = admin(
         &mut mesh.client(0).await,
         &stranger,
-        Action::Policy(Policy {
-            cap_l: Some(1),
-            ..Policy::default()
-        }),
+        Action::Policy(Policy { cap_l: Some(1), ..Policy::default() }),
     )
     .await;
     match untrusted {
         Response::Error(reason) => assert!(reason.contains("does not trust"), "{reason}"),
         other => panic!("an untrusted command was not refused: {other:?}"),
     }
-    let unknown = admin(
-        &mut mesh.client(0).await,
-        &key,
-        Action::Block {
-            meter: 404,
-            reason: "x".into(),
-        },
-    )
-    .await;
-    assert!(
-        matches!(&unknown, Response::Error(reason) if reason.contains("unknown")),
-        "{unknown:?}"
-    );
+    let unknown =
+        admin(&mut mesh.client(0).await, &key, Action::Block { meter: 404, reason: "x".into() }).await;
+    assert!(matches!(&unknown, Response::Error(reason) if reason.contains("unknown")), "{unknown:?}");
 
     // A trusted block of a meter homed on the other node: found, applied, enforced there.
-    let blocked = admin(
-        &mut mesh.client(0).await,
-        &key,
-        Action::Block {
-            meter: 5,
-            reason: "unpaid".into(),
-        },
-    )
-    .await;
+    let blocked =
+        admin(&mut mesh.client(0).await, &key, Action::Block { meter: 5, reason: "unpaid".into() }).await;
     assert!(matches!(blocked, Response::Applied(_)), "{blocked:?}");
     eventually("node 1 to cut meter 5 by hand", CONVERGE, || async {
-        let (_, commands) = ingest(
-            &mut mesh.client(1).await,
-            vec![reading(5, now_ms() - 1000, 10)],
-        )
-        .await;
-        (commands
-            == vec![MeterCommand {
-                meter: 5,
-                valve: Valve::Closed,
-            }])
-        .then_some(())
+        let (_, commands) = ingest(&mut mesh.client(1).await, vec![reading(5, now_ms() - 1000, 10)]).await;
+        (commands == vec![MeterCommand { meter: 5, valve: Valve::Closed }]).then_some(())
     })
     .await;
     for node in 0..2 {
@@ -299,39 +205,22 @@ async fn alerts_bills_and_follow_are_answered_through_any_node() {
 
     // A leak: water never stands still for an hour over more than a day (readings every 30 min).
     let start = now_ms() - 30 * HOUR_MS;
-    let leaking: Vec<Reading> = (0..=50)
-        .map(|k| reading(11, start + k * HOUR_MS / 2, 100 + k * 3))
-        .collect();
+    let leaking: Vec<Reading> = (0..=50).map(|k| reading(11, start + k * HOUR_MS / 2, 100 + k * 3)).collect();
     // A meter that stood still for an hour every night: no leak.
-    let fine: Vec<Reading> = (0..=50)
-        .map(|k| reading(12, start + k * HOUR_MS / 2, 100 + (k / 3) * 3))
-        .collect();
-    let tampered = Reading {
-        alarms: Alarms::TAMPER,
-        ..reading(13, start, 5)
-    };
+    let fine: Vec<Reading> =
+        (0..=50).map(|k| reading(12, start + k * HOUR_MS / 2, 100 + (k / 3) * 3)).collect();
+    let tampered = Reading { alarms: Alarms::TAMPER, ..reading(13, start, 5) };
     ingest(&mut home, [leaking.clone(), fine, vec![tampered]].concat()).await;
-    let alerts = eventually(
-        "node 0 to list the leak and the tamper alarm",
-        CONVERGE,
-        || async {
-            let Response::Alerts(answer) = mesh
-                .client(0)
-                .await
-                .query(Request::Alerts { kind: None })
-                .await
-                .ok()?
-            else {
-                return None;
-            };
-            let found: Vec<(u64, AlertKind)> = answer
-                .alerts
-                .iter()
-                .map(|e| (e.alert.meter, e.alert.kind))
-                .collect();
-            (found.len() == 2).then_some(found)
-        },
-    )
+    let alerts = eventually("node 0 to list the leak and the tamper alarm", CONVERGE, || async {
+        let Response::Alerts(answer) =
+            mesh.client(0).await.query(Request::Alerts { kind: None }).await.ok()?
+        else {
+            return None;
+        };
+        let found: Vec<(u64, AlertKind)> =
+            answer.alerts.iter().map(|e| (e.alert.meter, e.alert.kind)).collect();
+        (found.len() == 2).then_some(found)
+    })
     .await;
     assert_eq!(alerts, vec![(11, AlertKind::Leak), (13, AlertKind::Tamper)]);
 
@@ -339,16 +228,9 @@ async fn alerts_bills_and_follow_are_answered_through_any_node() {
     let (outcomes, _) = ingest(&mut home, leaking[10..20].to_vec()).await;
     assert!(outcomes.iter().all(|o| *o == Outcome::Duplicate));
     let late = reading(11, start + 5 * HOUR_MS / 2 + 60_000, 100 + 5 * 3 + 1);
-    assert_eq!(
-        ingest(&mut home, vec![late]).await.0,
-        vec![Outcome::Accepted]
-    );
-    let Response::Alerts(leaks) = home
-        .query(Request::Alerts {
-            kind: Some(AlertKind::Leak),
-        })
-        .await
-        .expect("alerts")
+    assert_eq!(ingest(&mut home, vec![late]).await.0, vec![Outcome::Accepted]);
+    let Response::Alerts(leaks) =
+        home.query(Request::Alerts { kind: Some(AlertKind::Leak) }).await.expect("alerts")
     else {
         panic!("alerts")
     };
@@ -359,10 +241,7 @@ async fn alerts_bills_and_follow_are_answered_through_any_node() {
     let Response::Bill(Some(bill)) = mesh
         .client(0)
         .await
-        .query(Request::Bill {
-            meter: 11,
-            period_start_ms: Some(start + 50 * HOUR_MS / 2),
-        })
+        .query(Request::Bill { meter: 11, period_start_ms: Some(start + 50 * HOUR_MS / 2) })
         .await
         .expect("bill")
     else {
@@ -381,13 +260,7 @@ async fn alerts_bills_and_follow_are_answered_through_any_node() {
     let mut follower = mesh.client(0).await;
     let followed = tokio::spawn(async move {
         follower
-            .query_within(
-                Request::Follow {
-                    meter: 11,
-                    after_ts_ms: Some(last),
-                },
-                Duration::from_secs(20),
-            )
+            .query_within(Request::Follow { meter: 11, after_ts_ms: Some(last) }, Duration::from_secs(20))
             .await
     });
     let next = reading(11, last + 60_000, 100 + 50 * 3 + 2);

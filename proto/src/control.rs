@@ -57,10 +57,7 @@ impl Policy {
     /// Why the policy is unacceptable, if it is.
     pub fn problem(&self) -> Option<String> {
         if !(Self::MIN_PERIOD_MS..=Self::MAX_PERIOD_MS).contains(&self.period_ms) {
-            return Some(format!(
-                "period must be between 1 minute and 10 years, not {} ms",
-                self.period_ms
-            ));
+            return Some(format!("period must be between 1 minute and 10 years, not {} ms", self.period_ms));
         }
         if self.cap_l == Some(0) {
             return Some("cap must be at least 1 litre".into());
@@ -86,11 +83,7 @@ impl Policy {
 impl Default for Policy {
     /// Monthly-ish periods of 30 days, no cap, no above-average rule.
     fn default() -> Self {
-        Policy {
-            period_ms: 30 * 86_400_000,
-            cap_l: None,
-            above_average_permille: None,
-        }
+        Policy { period_ms: 30 * 86_400_000, cap_l: None, above_average_permille: None }
     }
 }
 

@@ -87,18 +87,12 @@ impl Alarms {
 
     /// The flag named `name` (`leak`, `burst`, `tamper`, `backflow`, `dry`).
     pub fn from_name(name: &str) -> Option<Self> {
-        Self::NAMED
-            .iter()
-            .find(|(_, n)| n.eq_ignore_ascii_case(name))
-            .map(|(flag, _)| *flag)
+        Self::NAMED.iter().find(|(_, n)| n.eq_ignore_ascii_case(name)).map(|(flag, _)| *flag)
     }
 
     /// Names of the flags set, in a stable order.
     pub fn names(self) -> impl Iterator<Item = &'static str> {
-        Self::NAMED
-            .into_iter()
-            .filter(move |(flag, _)| self.contains(*flag))
-            .map(|(_, name)| name)
+        Self::NAMED.into_iter().filter(move |(flag, _)| self.contains(*flag)).map(|(_, name)| name)
     }
 }
 
@@ -127,11 +121,7 @@ pub fn format_rfc3339(ms: u64) -> String {
     let (year, month, day) = civil_from_days(days);
     let (hour, minute) = (ms_of_day / 3_600_000, ms_of_day / 60_000 % 60);
     let (second, milli) = (ms_of_day / 1000 % 60, ms_of_day % 1000);
-    let fraction = if milli == 0 {
-        String::new()
-    } else {
-        format!(".{milli:03}")
-    };
+    let fraction = if milli == 0 { String::new() } else { format!(".{milli:03}") };
     format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}{fraction}Z")
 }
 
@@ -141,16 +131,11 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     let shifted = days + 719_468;
     let era = shifted / 146_097;
     let day_of_era = shifted % 146_097;
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let month_from_march = (5 * day_of_year + 2) / 153;
     let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
-    let month = if month_from_march < 10 {
-        month_from_march + 3
-    } else {
-        month_from_march - 9
-    };
+    let month = if month_from_march < 10 { month_from_march + 3 } else { month_from_march - 9 };
     let year = year_of_era + era * 400 + u64::from(month <= 2);
     (year, month, day)
 }
@@ -163,10 +148,7 @@ mod tests {
     fn rfc3339_formatting() {
         assert_eq!(format_rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(format_rfc3339(951_782_400_000), "2000-02-29T00:00:00Z");
-        assert_eq!(
-            format_rfc3339(1_795_431_600_250),
-            "2026-11-23T11:00:00.250Z"
-        );
+        assert_eq!(format_rfc3339(1_795_431_600_250), "2026-11-23T11:00:00.250Z");
         assert_eq!(format_rfc3339(4_107_542_399_000), "2100-02-28T23:59:59Z");
         assert_eq!(format_rfc3339(253_402_300_800_000), "253402300800000");
     }
@@ -182,10 +164,7 @@ mod tests {
 
     #[test]
     fn unknown_alarm_bits_are_refused() {
-        assert_eq!(
-            Alarms::from_bits(0b1_0001),
-            Some(Alarms::LEAK.union(Alarms::DRY))
-        );
+        assert_eq!(Alarms::from_bits(0b1_0001), Some(Alarms::LEAK.union(Alarms::DRY)));
         assert_eq!(Alarms::from_bits(0b10_0000), None);
     }
 }

@@ -93,13 +93,8 @@ pub enum AlertKind {
 
 impl AlertKind {
     /// Every kind, in a stable order.
-    pub const ALL: [AlertKind; 5] = [
-        AlertKind::Leak,
-        AlertKind::Burst,
-        AlertKind::Tamper,
-        AlertKind::Backflow,
-        AlertKind::Dry,
-    ];
+    pub const ALL: [AlertKind; 5] =
+        [AlertKind::Leak, AlertKind::Burst, AlertKind::Tamper, AlertKind::Backflow, AlertKind::Dry];
 
     /// `leak`, `burst`, `tamper`, `backflow` or `dry`.
     pub fn as_str(self) -> &'static str {
@@ -114,9 +109,7 @@ impl AlertKind {
 
     /// The kind named `name`.
     pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|kind| kind.as_str().eq_ignore_ascii_case(name))
+        Self::ALL.into_iter().find(|kind| kind.as_str().eq_ignore_ascii_case(name))
     }
 }
 
@@ -182,13 +175,8 @@ impl MeterFilter {
 
     /// An empty filter sized for `meters` entries.
     pub fn with_capacity(meters: usize) -> Self {
-        let words = (meters * Self::BITS_PER_METER)
-            .div_ceil(64)
-            .clamp(1, Self::MAX_WORDS);
-        MeterFilter {
-            bits: vec![0; words],
-            hashes: Self::HASHES,
-        }
+        let words = (meters * Self::BITS_PER_METER).div_ceil(64).clamp(1, Self::MAX_WORDS);
+        MeterFilter { bits: vec![0; words], hashes: Self::HASHES }
     }
 
     /// Adds a meter.
@@ -203,8 +191,7 @@ impl MeterFilter {
         if self.bits.is_empty() {
             return false;
         }
-        self.positions(meter)
-            .all(|bit| self.bits[bit / 64] & (1 << (bit % 64)) != 0)
+        self.positions(meter).all(|bit| self.bits[bit / 64] & (1 << (bit % 64)) != 0)
     }
 
     /// Whether a received filter is well formed.
@@ -219,8 +206,7 @@ impl MeterFilter {
         let len = (self.bits.len() * 64) as u64;
         let h1 = splitmix64(meter);
         let h2 = splitmix64(h1) | 1;
-        (0..u64::from(self.hashes))
-            .map(move |i| (h1.wrapping_add(i.wrapping_mul(h2)) % len.max(1)) as usize)
+        (0..u64::from(self.hashes)).map(move |i| (h1.wrapping_add(i.wrapping_mul(h2)) % len.max(1)) as usize)
     }
 }
 
@@ -243,28 +229,16 @@ mod tests {
             filter.insert(meter * 3);
         }
         assert!((0..10_000).all(|m| filter.may_contain(m * 3)));
-        let false_positives = (0..10_000)
-            .filter(|m| filter.may_contain(m * 3 + 1))
-            .count();
-        assert!(
-            false_positives < 300,
-            "{false_positives} false positives in 10000"
-        );
+        let false_positives = (0..10_000).filter(|m| filter.may_contain(m * 3 + 1)).count();
+        assert!(false_positives < 300, "{false_positives} false positives in 10000");
     }
 
     #[test]
     fn empty_or_malformed_filters_hold_nothing() {
-        let filter = MeterFilter {
-            bits: vec![],
-            hashes: 3,
-        };
+        let filter = MeterFilter { bits: vec![], hashes: 3 };
         assert!(!filter.is_valid());
         assert!(!filter.may_contain(1));
-        assert!(!MeterFilter {
-            bits: vec![u64::MAX],
-            hashes: 0
-        }
-        .is_valid());
+        assert!(!MeterFilter { bits: vec![u64::MAX], hashes: 0 }.is_valid());
         assert!(MeterFilter::with_capacity(0).is_valid());
     }
 }

@@ -53,10 +53,7 @@ pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, WireError> {
     bincode::serde::encode_into_std_write(message, &mut bytes, config())
         .map_err(|e| WireError::Encode(e.to_string()))?;
     if bytes.len() > MAX_MESSAGE_BYTES {
-        return Err(WireError::TooLarge {
-            size: bytes.len(),
-            limit: MAX_MESSAGE_BYTES,
-        });
+        return Err(WireError::TooLarge { size: bytes.len(), limit: MAX_MESSAGE_BYTES });
     }
     Ok(bytes)
 }
@@ -65,23 +62,17 @@ pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, WireError> {
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], max_bytes: usize) -> Result<T, WireError> {
     let limit = max_bytes.min(MAX_MESSAGE_BYTES);
     if bytes.len() > limit {
-        return Err(WireError::TooLarge {
-            size: bytes.len(),
-            limit,
-        });
+        return Err(WireError::TooLarge { size: bytes.len(), limit });
     }
     let (version, body) = match bytes {
         [lo, hi, body @ ..] => (u16::from_le_bytes([*lo, *hi]), body),
         _ => return Err(WireError::Malformed("shorter than its version".into())),
     };
     if version != WIRE_VERSION {
-        return Err(WireError::Version {
-            found: version,
-            expected: WIRE_VERSION,
-        });
+        return Err(WireError::Version { found: version, expected: WIRE_VERSION });
     }
-    let (message, read) = bincode::serde::decode_from_slice(body, config())
-        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    let (message, read) =
+        bincode::serde::decode_from_slice(body, config()).map_err(|e| WireError::Malformed(e.to_string()))?;
     if read != body.len() {
         return Err(WireError::TrailingBytes(body.len() - read));
     }
@@ -99,19 +90,12 @@ mod tests {
     use crate::ingest::{self, MeterCommand, Outcome, Rejection, Valve};
     use crate::query::{self, Coverage, TopAnswer, TopEntry};
     use crate::summary::{
-        Alert, AlertKind, Blocked, MeterFilter, MeterSpan, NodeSummary, Point, SignedSummary,
-        SyncRequest,
+        Alert, AlertKind, Blocked, MeterFilter, MeterSpan, NodeSummary, Point, SignedSummary, SyncRequest,
     };
     use crate::{Alarms, Reading};
 
     fn reading() -> Reading {
-        Reading {
-            meter: 7,
-            ts_ms: 1_795_000_000_000,
-            litres: 1234,
-            flow_lph: Some(60),
-            alarms: Alarms::LEAK,
-        }
+        Reading { meter: 7, ts_ms: 1_795_000_000_000, litres: 1234, flow_lph: Some(60), alarms: Alarms::LEAK }
     }
 
     fn summary() -> NodeSummary {
@@ -127,14 +111,8 @@ mod tests {
             total_consumption_l: 34,
             top: vec![MeterSpan {
                 meter: 7,
-                first: Point {
-                    ts_ms: 1_794_999_000_000,
-                    litres: 1200,
-                },
-                last: Point {
-                    ts_ms: 1_795_000_000_000,
-                    litres: 1234,
-                },
+                first: Point { ts_ms: 1_794_999_000_000, litres: 1200 },
+                last: Point { ts_ms: 1_795_000_000_000, litres: 1234 },
             }],
             filter,
             period_start_ms: 1_794_960_000_000,
@@ -146,11 +124,7 @@ mod tests {
                 since_ms: 1_795_000_000_000,
                 detail: "cap".into(),
             }],
-            alerts: vec![Alert {
-                meter: 7,
-                kind: AlertKind::Leak,
-                since_ms: 1_795_000_000_000,
-            }],
+            alerts: vec![Alert { meter: 7, kind: AlertKind::Leak, since_ms: 1_795_000_000_000 }],
             truncated: false,
         }
     }
@@ -165,23 +139,14 @@ mod tests {
         T: Serialize + for<'de> Deserialize<'de> + PartialEq + Debug,
     {
         let bytes = encode(&message).expect("encode");
-        assert_eq!(
-            hex(&bytes),
-            expected_hex,
-            "wire format of {message:?} changed"
-        );
+        assert_eq!(hex(&bytes), expected_hex, "wire format of {message:?} changed");
         let back: T = decode(&bytes, bytes.len()).expect("decode");
         assert_eq!(back, message);
     }
 
     #[test]
     fn golden_ingest_request() {
-        golden(
-            ingest::Request {
-                readings: vec![reading()],
-            },
-            "01000107fd005e56eea1010000fbd204013c01",
-        );
+        golden(ingest::Request { readings: vec![reading()] }, "01000107fd005e56eea1010000fbd204013c01");
     }
 
     #[test]
@@ -193,10 +158,7 @@ mod tests {
                     Outcome::Duplicate,
                     Outcome::Rejected(Rejection::ConflictingDuplicate { stored_litres: 5 }),
                 ],
-                commands: vec![MeterCommand {
-                    meter: 7,
-                    valve: Valve::Closed,
-                }],
+                commands: vec![MeterCommand { meter: 7, valve: Valve::Closed }],
             },
             "010000030001020305010701",
         );
@@ -204,20 +166,10 @@ mod tests {
 
     #[test]
     fn golden_query_request_and_response() {
-        golden(
-            query::Request::Top {
-                n: 10,
-                since_ms: Some(3_600_000),
-            },
-            "0100000a01fc80ee3600",
-        );
+        golden(query::Request::Top { n: 10, since_ms: Some(3_600_000) }, "0100000a01fc80ee3600");
         golden(
             query::Response::Top(TopAnswer {
-                entries: vec![TopEntry {
-                    meter: 7,
-                    consumption_l: 34,
-                    home: "12D3KooW".into(),
-                }],
+                entries: vec![TopEntry { meter: 7, consumption_l: 34, home: "12D3KooW".into() }],
                 coverage: Coverage {
                     included: vec!["12D3KooW".into()],
                     stale: vec![],
@@ -248,41 +200,20 @@ mod tests {
 
     #[test]
     fn oversized_messages_are_refused_before_decoding() {
-        let bytes = encode(&ingest::Request {
-            readings: vec![reading(); 100],
-        })
-        .expect("encode");
+        let bytes = encode(&ingest::Request { readings: vec![reading(); 100] }).expect("encode");
         let err = decode::<ingest::Request>(&bytes, 100).expect_err("over the limit");
-        assert_eq!(
-            err,
-            WireError::TooLarge {
-                size: bytes.len(),
-                limit: 100
-            }
-        );
+        assert_eq!(err, WireError::TooLarge { size: bytes.len(), limit: 100 });
     }
 
     #[test]
     fn other_versions_truncation_and_trailing_bytes_are_refused() {
         let mut bytes = encode(&query::Request::Stats).expect("encode");
         bytes.push(0);
-        assert_eq!(
-            decode::<query::Request>(&bytes, 1024),
-            Err(WireError::TrailingBytes(1))
-        );
+        assert_eq!(decode::<query::Request>(&bytes, 1024), Err(WireError::TrailingBytes(1)));
         bytes[0] = 9;
-        assert!(matches!(
-            decode::<query::Request>(&bytes, 1024),
-            Err(WireError::Version { found: 9, .. })
-        ));
-        assert!(matches!(
-            decode::<query::Request>(&[1], 1024),
-            Err(WireError::Malformed(_))
-        ));
-        let full = encode(&ingest::Request {
-            readings: vec![reading()],
-        })
-        .expect("encode");
+        assert!(matches!(decode::<query::Request>(&bytes, 1024), Err(WireError::Version { found: 9, .. })));
+        assert!(matches!(decode::<query::Request>(&[1], 1024), Err(WireError::Malformed(_))));
+        let full = encode(&ingest::Request { readings: vec![reading()] }).expect("encode");
         assert!(matches!(
             decode::<ingest::Request>(&full[..full.len() - 1], 1024),
             Err(WireError::Malformed(_))
@@ -295,10 +226,7 @@ mod tests {
         let mut bytes = WIRE_VERSION.to_le_bytes().to_vec();
         bytes.push(253);
         bytes.extend_from_slice(&u64::MAX.to_le_bytes());
-        assert!(matches!(
-            decode::<ingest::Request>(&bytes, 1024),
-            Err(WireError::Malformed(_))
-        ));
+        assert!(matches!(decode::<ingest::Request>(&bytes, 1024), Err(WireError::Malformed(_))));
     }
 
     #[test]

@@ -65,11 +65,7 @@ enum AdminCommand {
 /// What the command line asks for.
 enum Plan {
     ShowPolicy,
-    ChangePolicy {
-        period: Option<Duration>,
-        cap_l: Option<u64>,
-        above_average: Option<Option<u32>>,
-    },
+    ChangePolicy { period: Option<Duration>, cap_l: Option<u64>, above_average: Option<Option<u32>> },
     Send(Action),
 }
 
@@ -86,20 +82,10 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         }
         AdminCommand::Unblock { meter } => Plan::Send(Action::Unblock { meter }),
         AdminCommand::Paid { meter } => Plan::Send(Action::Paid { meter }),
-        AdminCommand::Policy {
-            period: None,
-            cap_l: None,
-            above_average: None,
-        } => Plan::ShowPolicy,
-        AdminCommand::Policy {
-            period,
-            cap_l,
-            above_average,
-        } => Plan::ChangePolicy {
-            period,
-            cap_l,
-            above_average: above_average.map(permille).transpose()?,
-        },
+        AdminCommand::Policy { period: None, cap_l: None, above_average: None } => Plan::ShowPolicy,
+        AdminCommand::Policy { period, cap_l, above_average } => {
+            Plan::ChangePolicy { period, cap_l, above_average: above_average.map(permille).transpose()? }
+        }
     };
     // Check the key before touching the network: a bad key file is a usage error.
     let key = match (&args.key, &plan) {
@@ -113,24 +99,16 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     let action = match plan {
         Plan::Send(action) => action,
         Plan::ShowPolicy | Plan::ChangePolicy { .. } => {
-            let query::Response::Policy(current, origin) =
-                client.query(query::Request::Policy).await?
-            else {
+            let query::Response::Policy(current, origin) = client.query(query::Request::Policy).await? else {
                 anyhow::bail!("the node did not answer with its policy");
             };
-            let Plan::ChangePolicy {
-                period,
-                cap_l,
-                above_average,
-            } = plan
-            else {
+            let Plan::ChangePolicy { period, cap_l, above_average } = plan else {
                 print_policy(&current, origin.as_ref(), args.json);
                 return Ok(0);
             };
             let policy = Policy {
-                period_ms: period.map_or(current.period_ms, |p| {
-                    p.as_millis().min(u128::from(u64::MAX)) as u64
-                }),
+                period_ms: period
+                    .map_or(current.period_ms, |p| p.as_millis().min(u128::from(u64::MAX)) as u64),
                 cap_l: cap_l.map_or(current.cap_l, |cap| (cap > 0).then_some(cap)),
                 above_average_permille: above_average.unwrap_or(current.above_average_permille),
             };
@@ -141,10 +119,7 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         }
     };
     let key = key.ok_or_else(|| anyhow::anyhow!("admin commands are signed: give --key FILE"))?;
-    let command = Command {
-        issued_at_ms: now_ms(),
-        action,
-    };
+    let command = Command { issued_at_ms: now_ms(), action };
     let signed = crate::control::sign(&key, &command)?;
     match client.query(query::Request::Admin(signed)).await? {
         query::Response::Applied(message) => {
@@ -202,16 +177,8 @@ fn print_policy(policy: &Policy, origin: Option<&query::PolicyOrigin>, json: boo
         );
         return;
     }
-    println!(
-        "period         {}",
-        humantime::format_duration(Duration::from_millis(policy.period_ms))
-    );
-    println!(
-        "cap            {}",
-        policy
-            .cap_l
-            .map_or_else(|| "none".into(), |c| format!("{c} L"))
-    );
+    println!("period         {}", humantime::format_duration(Duration::from_millis(policy.period_ms)));
+    println!("cap            {}", policy.cap_l.map_or_else(|| "none".into(), |c| format!("{c} L")));
     println!(
         "above average  {}",
         factor.map_or_else(|| "none".into(), |f| format!("{f} × the mesh-wide average"))

@@ -79,26 +79,17 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     };
     client
         .ingest_batches(batches, args.window as usize, |index, response| {
-            let lines = lines_of_batch
-                .borrow_mut()
-                .remove(&index)
-                .unwrap_or_default();
+            let lines = lines_of_batch.borrow_mut().remove(&index).unwrap_or_default();
             report.borrow_mut().record(&lines, response);
         })
         .await?;
     let mut report = report.into_inner();
     report.rejected.sort();
     if args.json {
-        let rejected: Vec<_> = report
-            .rejected
-            .iter()
-            .map(|(line, error)| json!({"line": line, "error": error}))
-            .collect();
-        let commands: Vec<_> = report
-            .commands
-            .iter()
-            .map(|c| json!({"meter": c.meter, "valve": c.valve.as_str()}))
-            .collect();
+        let rejected: Vec<_> =
+            report.rejected.iter().map(|(line, error)| json!({"line": line, "error": error})).collect();
+        let commands: Vec<_> =
+            report.commands.iter().map(|c| json!({"meter": c.meter, "valve": c.valve.as_str()})).collect();
         let out = json!({
             "accepted": report.accepted,
             "duplicates": report.duplicates,
@@ -120,11 +111,7 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
             report.rejected.len()
         );
     }
-    Ok(if report.rejected.is_empty() {
-        0
-    } else {
-        EXIT_REFUSED
-    })
+    Ok(if report.rejected.is_empty() { 0 } else { EXIT_REFUSED })
 }
 
 impl Report {
@@ -141,11 +128,8 @@ impl Report {
                 self.commands.extend(commands);
             }
             ingest::Response::Refused { reason } => {
-                self.rejected.extend(
-                    lines
-                        .iter()
-                        .map(|line| (*line, format!("batch refused by the node: {reason}"))),
-                );
+                self.rejected
+                    .extend(lines.iter().map(|line| (*line, format!("batch refused by the node: {reason}"))));
             }
             ingest::Response::Busy { .. } => {
                 // The client sends busy batches again; it never reports them.
@@ -182,20 +166,14 @@ impl<R: BufRead> Iterator for Batches<'_, R> {
                         break;
                     }
                 }
-                Err(error) => self
-                    .report
-                    .borrow_mut()
-                    .rejected
-                    .push((error.line, error.error.to_string())),
+                Err(error) => self.report.borrow_mut().rejected.push((error.line, error.error.to_string())),
             }
         }
         if batch.is_empty() {
             self.done = true;
             return None;
         }
-        self.lines_of_batch
-            .borrow_mut()
-            .insert(self.next_index, lines);
+        self.lines_of_batch.borrow_mut().insert(self.next_index, lines);
         self.next_index += 1;
         Some(batch)
     }

@@ -35,11 +35,7 @@ pub enum Format {
 impl Format {
     /// The format a file name implies: `.jsonl`, `.ndjson`, `.json` are JSON lines, others CSV.
     pub fn from_path(path: &Path) -> Format {
-        match path
-            .extension()
-            .and_then(|e| e.to_str())
-            .map(str::to_ascii_lowercase)
-        {
+        match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase) {
             Some(ext) if ["jsonl", "ndjson", "json"].contains(&ext.as_str()) => Format::JsonLines,
             _ => Format::Csv,
         }
@@ -151,23 +147,14 @@ impl<R: BufRead> Readings<R> {
     /// Starts parsing `reader` as `format`. For CSV it reads the header (skipping blank lines
     /// before it) and fails on a missing or bad one.
     pub fn new(reader: R, format: Format) -> Result<Self, LineError> {
-        let mut lines = Lines {
-            reader,
-            buf: Vec::new(),
-            line: 0,
-            done: false,
-        };
+        let mut lines = Lines { reader, buf: Vec::new(), line: 0, done: false };
         let mut columns = Vec::new();
         if format == Format::Csv {
             let missing = at(1, InputError::MissingHeader);
             let header = lines.next_text().unwrap_or(Err(missing))?;
             columns = parse_header(header).map_err(|error| at(lines.line, error))?;
         }
-        Ok(Readings {
-            lines,
-            format,
-            columns,
-        })
+        Ok(Readings { lines, format, columns })
     }
 }
 
@@ -184,11 +171,7 @@ impl<R: BufRead> Iterator for Readings<R> {
             Format::JsonLines => parse_json_line(text),
         };
         let line = self.lines.line;
-        Some(
-            parsed
-                .map(|reading| ParsedLine { line, reading })
-                .map_err(|e| at(line, e)),
-        )
+        Some(parsed.map(|reading| ParsedLine { line, reading }).map_err(|e| at(line, e)))
     }
 }
 
@@ -272,10 +255,7 @@ fn timestamp_ms(text: &str) -> Result<u64, &'static str> {
 
 /// A non-empty run of ASCII digits as a `u64`.
 fn digits(text: &str) -> Option<u64> {
-    text.bytes()
-        .all(|b| b.is_ascii_digit())
-        .then(|| text.parse().ok())
-        .flatten()
+    text.bytes().all(|b| b.is_ascii_digit()).then(|| text.parse().ok()).flatten()
 }
 
 /// At most 64 characters of `text`, for error messages.
@@ -287,11 +267,7 @@ fn shown(text: &str) -> String {
 }
 
 fn value_error(field: &'static str, value: &str, rule: &'static str) -> InputError {
-    InputError::Value {
-        field,
-        value: shown(value),
-        rule,
-    }
+    InputError::Value { field, value: shown(value), rule }
 }
 
 fn parse_header(text: &str) -> Result<Vec<Column>, InputError> {
@@ -299,9 +275,7 @@ fn parse_header(text: &str) -> Result<Vec<Column>, InputError> {
     let mut unknown = Vec::new();
     for name in text.split(',').map(unquote) {
         match COLUMNS.iter().find(|(_, n)| n.eq_ignore_ascii_case(name)) {
-            Some((column, n)) if columns.contains(column) => {
-                return Err(InputError::DuplicateColumn(n))
-            }
+            Some((column, n)) if columns.contains(column) => return Err(InputError::DuplicateColumn(n)),
             Some((column, _)) => columns.push(*column),
             None => unknown.push(format!("`{}`", shown(name))),
         }
@@ -340,16 +314,8 @@ fn parse_csv_row(columns: &[Column], line: &str) -> Result<Reading, InputError> 
 }
 
 /// A reading from its cells; the required ones are all there.
-fn reading_from<'a>(
-    cells: impl Iterator<Item = (Column, Cell<'a>)>,
-) -> Result<Reading, InputError> {
-    let mut reading = Reading {
-        meter: 0,
-        ts_ms: 0,
-        litres: 0,
-        flow_lph: None,
-        alarms: Alarms::empty(),
-    };
+fn reading_from<'a>(cells: impl Iterator<Item = (Column, Cell<'a>)>) -> Result<Reading, InputError> {
+    let mut reading = Reading { meter: 0, ts_ms: 0, litres: 0, flow_lph: None, alarms: Alarms::empty() };
     for (column, cell) in cells {
         match column {
             Column::Meter => reading.meter = cell_u64("meter", &cell, whole(NOT_METER))?,
@@ -358,8 +324,8 @@ fn reading_from<'a>(
             Column::Flow if cell.is_blank() => {}
             Column::Flow => {
                 let flow = cell_u64("flow_lph", &cell, whole(NOT_FLOW))?;
-                let flow = u32::try_from(flow)
-                    .map_err(|_| value_error("flow_lph", &flow.to_string(), NOT_FLOW))?;
+                let flow =
+                    u32::try_from(flow).map_err(|_| value_error("flow_lph", &flow.to_string(), NOT_FLOW))?;
                 reading.flow_lph = Some(flow);
             }
             Column::Alarms => reading.alarms = parse_alarms(&cell.text())?,
@@ -392,12 +358,10 @@ fn whole(rule: &'static str) -> impl Fn(&str) -> Result<u64, &'static str> {
 /// Alarm names separated by `|`, `;` or white space, any case; empty is no alarm.
 fn parse_alarms(text: &str) -> Result<Alarms, InputError> {
     let names = text.split(|c: char| c == '|' || c == ';' || c.is_whitespace());
-    names
-        .filter(|name| !name.is_empty())
-        .try_fold(Alarms::empty(), |set, name| {
-            let flag = Alarms::from_name(name).ok_or_else(|| InputError::UnknownAlarm(shown(name)));
-            Ok(set.union(flag?))
-        })
+    names.filter(|name| !name.is_empty()).try_fold(Alarms::empty(), |set, name| {
+        let flag = Alarms::from_name(name).ok_or_else(|| InputError::UnknownAlarm(shown(name)));
+        Ok(set.union(flag?))
+    })
 }
 
 /// The value of a field: text (a CSV cell, a JSON string, or another JSON number written
@@ -482,9 +446,8 @@ fn parse_json_line(line: &str) -> Result<Reading, InputError> {
     if !line.trim_start().starts_with('{') {
         return Err(InputError::Json("expected an object".to_owned()));
     }
-    let json: JsonLine<'_> = serde_json::from_str(line).map_err(|e| {
-        InputError::Json(e.to_string().replace(" at line 1 column ", " at column "))
-    })?;
+    let json: JsonLine<'_> = serde_json::from_str(line)
+        .map_err(|e| InputError::Json(e.to_string().replace(" at line 1 column ", " at column ")))?;
     let cells = [json.meter, json.ts, json.litres, json.flow_lph, json.alarms];
     let cells = cells.map(|cell| cell.unwrap_or(Cell::Text(Cow::Borrowed(""))));
     reading_from(COLUMNS.iter().map(|(column, _)| *column).zip(cells))
@@ -502,9 +465,9 @@ mod tests {
 
     fn parse(format: Format, input: impl BufRead) -> Vec<Item> {
         match Readings::new(input, format) {
-            Ok(readings) => readings
-                .map(|r| r.map(|p| (p.line, p.reading)).map_err(|e| e.to_string()))
-                .collect(),
+            Ok(readings) => {
+                readings.map(|r| r.map(|p| (p.line, p.reading)).map_err(|e| e.to_string())).collect()
+            }
             Err(e) => vec![Err(e.to_string())],
         }
     }
@@ -515,13 +478,7 @@ mod tests {
 
     fn ok(line: usize, (meter, ts_ms, litres, flow_lph, alarms): Row) -> Item {
         let alarms = parse_alarms(alarms).map_err(|e| e.to_string())?;
-        let reading = Reading {
-            meter,
-            ts_ms,
-            litres,
-            flow_lph,
-            alarms,
-        };
+        let reading = Reading { meter, ts_ms, litres, flow_lph, alarms };
         Ok((line, reading))
     }
 
@@ -538,10 +495,7 @@ mod tests {
         assert_eq!(full, [ok(2, (1, 0, 5, None, "")), second]);
         let known = "(expected meter, ts, litres, flow_lph, alarms)";
         let unknown = format!("unknown column(s) `temp`, `Foo` in header {known}");
-        assert_eq!(
-            csv("meter,temp,ts,litres,Foo\n1,2,3,4,5"),
-            [error(1, &unknown)]
-        );
+        assert_eq!(csv("meter,temp,ts,litres,Foo\n1,2,3,4,5"), [error(1, &unknown)]);
         let missing = "missing required column `litres` in header";
         assert_eq!(csv("meter,ts\n1,0\n"), [error(1, missing)]);
         let twice = "column `ts` appears twice in header";
@@ -567,9 +521,7 @@ mod tests {
         ];
         for (row, message) in rows.iter().filter_map(|r| r.split_once(" => ")) {
             let got = csv(&format!("meter,ts,litres,flow_lph,alarms\n{row}\n"));
-            let [Err(e)] = &got[..] else {
-                panic!("{got:?}")
-            };
+            let [Err(e)] = &got[..] else { panic!("{got:?}") };
             assert!(e.starts_with("line 2: ") && e.ends_with(message), "{e}");
         }
         let found = csv("meter,ts,litres\n1,0,5,6\n");
@@ -582,29 +534,19 @@ mod tests {
                      \"1\" , \" 2026-11-23T10:00:00Z\",\"5\",\"leak dry\"\r\n\n\
                      2,0,6, \"\"\n\"3,0,7,\n";
         let quoted = "field `meter`: `\"3` is not a meter number (an unsigned integer)";
-        let expected = [
-            ok(4, (1, T0, 5, None, "leak|dry")),
-            ok(6, (2, 0, 6, None, "")),
-            error(7, quoted),
-        ];
+        let expected = [ok(4, (1, T0, 5, None, "leak|dry")), ok(6, (2, 0, 6, None, "")), error(7, quoted)];
         assert_eq!(csv(input), expected);
     }
 
     #[test]
     fn timestamps() {
-        let parsed = [
-            "2026-11-23T12:00:00.250+02:00",
-            "2026-11-23T09:00:00.250999-01:00",
-        ];
+        let parsed = ["2026-11-23T12:00:00.250+02:00", "2026-11-23T09:00:00.250999-01:00"];
         for text in parsed {
             assert_eq!(parse_timestamp(text).ok(), Some(T0 + 250));
         }
         assert_eq!(parse_timestamp(" 1795428000000 ").ok(), Some(T0));
         let bad = parse_timestamp("yesterday").map_err(|e| e.to_string());
-        assert_eq!(
-            bad,
-            Err("`yesterday` is neither RFC 3339 nor Unix milliseconds".into())
-        );
+        assert_eq!(bad, Err("`yesterday` is neither RFC 3339 nor Unix milliseconds".into()));
         assert_eq!(format_timestamp(T0), "2026-11-23T10:00:00Z");
         assert_eq!(format_timestamp(T0 + 250), "2026-11-23T10:00:00.250Z");
         assert_eq!(format_timestamp(u64::MAX), u64::MAX.to_string());
@@ -630,15 +572,9 @@ mod tests {
             ok(3, (2, T0, 6, None, "leak|dry")),
             ok(4, (3, 0, 7, Some(120), "tamper|backflow")),
             error(5, "field `litres`: `5.0` is not a whole number of litres"),
-            error(
-                6,
-                "field `meter`: `[4]` is not a meter number (an unsigned integer)",
-            ),
+            error(6, "field `meter`: `[4]` is not a meter number (an unsigned integer)"),
             error(7, "field `ts` is missing or empty"),
-            error(
-                8,
-                "unknown alarm `5` (expected leak, burst, tamper, backflow, dry)",
-            ),
+            error(8, "unknown alarm `5` (expected leak, burst, tamper, backflow, dry)"),
             error(9, "invalid JSON: expected an object"),
             error(10, "invalid JSON: EOF while parsing an object at column 29"),
         ];
@@ -649,26 +585,16 @@ mod tests {
     fn invalid_utf8_line_does_not_stop_the_stream() {
         let input = b"meter,ts,litres\n1,0,5\n  1,0,\xff\xfe\n2,0,6\n";
         let bad = "line is not valid UTF-8 (bad byte at column 7)";
-        let expected = [
-            ok(2, (1, 0, 5, None, "")),
-            error(3, bad),
-            ok(4, (2, 0, 6, None, "")),
-        ];
+        let expected = [ok(2, (1, 0, 5, None, "")), error(3, bad), ok(4, (2, 0, 6, None, ""))];
         assert_eq!(parse(Format::Csv, &input[..]), expected);
         let json = b"{\"meter\":\xc3}\n{\"meter\":1,\"ts\":0,\"litres\":2}";
         let bad = "line is not valid UTF-8 (bad byte at column 10)";
-        assert_eq!(
-            parse(Format::JsonLines, &json[..]),
-            [error(1, bad), ok(2, (1, 0, 2, None, ""))]
-        );
+        assert_eq!(parse(Format::JsonLines, &json[..]), [error(1, bad), ok(2, (1, 0, 2, None, ""))]);
     }
 
     #[test]
     fn long_line_is_skipped_and_io_error_ends_the_stream() {
-        let input = format!(
-            "meter,ts,litres\n1,0,{}\n2,0,6\n",
-            "9".repeat(MAX_LINE_BYTES)
-        );
+        let input = format!("meter,ts,litres\n1,0,{}\n2,0,6\n", "9".repeat(MAX_LINE_BYTES));
         let long = format!("line is longer than {MAX_LINE_BYTES} bytes");
         assert_eq!(csv(&input), [error(2, &long), ok(3, (2, 0, 6, None, ""))]);
 

@@ -36,10 +36,7 @@ fn write_secret(path: &Path, key: &ed25519::Keypair) -> anyhow::Result<()> {
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options.open(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::AlreadyExists => {
-            anyhow::anyhow!(
-                "{} already exists: refusing to overwrite a key",
-                path.display()
-            )
+            anyhow::anyhow!("{} already exists: refusing to overwrite a key", path.display())
         }
         _ => anyhow::anyhow!("cannot create {}: {e}", path.display()),
     })?;
@@ -65,14 +62,12 @@ pub fn read_secret(path: &Path) -> anyhow::Result<ed25519::Keypair> {
     }
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("cannot read key file {}: {e}", path.display()))?;
-    let mut bytes = from_hex(text.trim())
-        .filter(|bytes| bytes.len() == 32)
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "{} is not an admin key (64 hex digits, as `hydromesh keygen` writes)",
-                path.display()
-            )
-        })?;
+    let mut bytes = from_hex(text.trim()).filter(|bytes| bytes.len() == 32).ok_or_else(|| {
+        anyhow::anyhow!(
+            "{} is not an admin key (64 hex digits, as `hydromesh keygen` writes)",
+            path.display()
+        )
+    })?;
     let secret = ed25519::SecretKey::try_from_bytes(&mut bytes)
         .map_err(|e| anyhow::anyhow!("{} is not an ed25519 key: {e}", path.display()))?;
     Ok(ed25519::Keypair::from(secret))

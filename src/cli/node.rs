@@ -15,12 +15,7 @@ use crate::node::Node;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Folder of the node's identity key and database (created if missing).
-    #[arg(
-        long,
-        env = "HYDROMESH_DATA_DIR",
-        default_value = "hydromesh-data",
-        value_name = "DIR"
-    )]
+    #[arg(long, env = "HYDROMESH_DATA_DIR", default_value = "hydromesh-data", value_name = "DIR")]
     data_dir: PathBuf,
     /// Address to listen on (repeatable). Default: TCP and QUIC on port 4001, all interfaces.
     #[arg(long, value_name = "MULTIADDR")]
@@ -44,11 +39,7 @@ pub struct Args {
     #[arg(long = "admin-pubkey", env = "HYDROMESH_ADMIN_PUBKEYS", value_delimiter = ',', value_name = "KEY", value_parser = parse_admin_key)]
     admin_pubkeys: Vec<ed25519::PublicKey>,
     /// Increasing-block tariff: LITRES:PRICE per m³ for each block, the last one `*`.
-    #[arg(
-        long,
-        default_value = "10000:4.50,20000:7.00,50000:11.00,*:14.00",
-        value_name = "BLOCKS"
-    )]
+    #[arg(long, default_value = "10000:4.50,20000:7.00,50000:11.00,*:14.00", value_name = "BLOCKS")]
     tariff: String,
     /// Currency of the tariff (ISO 4217).
     #[arg(long, default_value = "BRL")]
@@ -71,10 +62,7 @@ fn parse_admin_key(text: &str) -> Result<ed25519::PublicKey, String> {
 /// Runs `hydromesh node`.
 pub async fn run(args: Args) -> anyhow::Result<u8> {
     let defaults = Config::default();
-    anyhow::ensure!(
-        !args.republish.is_zero(),
-        "--republish must be longer than 0"
-    );
+    anyhow::ensure!(!args.republish.is_zero(), "--republish must be longer than 0");
     let name = args.name.unwrap_or(defaults.name.clone());
     anyhow::ensure!(
         name.len() <= hydromesh_proto::limits::MAX_NAME_BYTES,
@@ -83,11 +71,7 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     );
     let config = Config {
         data_dir: args.data_dir,
-        listen: if args.listen.is_empty() {
-            defaults.listen.clone()
-        } else {
-            args.listen
-        },
+        listen: if args.listen.is_empty() { defaults.listen.clone() } else { args.listen },
         bootstrap: args.bootstrap,
         name,
         mdns: args.mdns,
@@ -95,8 +79,7 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         stale_after: args.stale_after.unwrap_or(args.republish * 7 / 2),
         top_k: args.top_k as usize,
         admin_keys: args.admin_pubkeys,
-        tariff: Tariff::parse(&args.currency, &args.tariff)
-            .map_err(|e| anyhow::anyhow!("--tariff: {e}"))?,
+        tariff: Tariff::parse(&args.currency, &args.tariff).map_err(|e| anyhow::anyhow!("--tariff: {e}"))?,
         burst_flow_lph: args.burst_flow_lph,
         debt_grace: args.debt_grace,
         ..defaults

@@ -30,10 +30,7 @@ pub fn coverage_line(coverage: &Coverage) -> String {
         line += &format!("\nstale: {}", coverage.stale.join(", "));
     }
     if !coverage.missing.is_empty() {
-        line += &format!(
-            "\nnot included (did not answer): {}",
-            coverage.missing.join(", ")
-        );
+        line += &format!("\nnot included (did not answer): {}", coverage.missing.join(", "));
     }
     line
 }
@@ -47,10 +44,7 @@ pub struct Table {
 impl Table {
     /// A table with these `(header, numeric)` columns.
     pub fn new(headers: &[(&'static str, bool)]) -> Self {
-        Table {
-            headers: headers.to_vec(),
-            rows: Vec::new(),
-        }
+        Table { headers: headers.to_vec(), rows: Vec::new() }
     }
 
     /// Adds a row (one cell per column).
@@ -90,11 +84,7 @@ impl Table {
             padded.join("  ").trim_end().to_owned()
         };
         let mut out = vec![line(self.headers.iter().map(|(h, _)| *h).collect())];
-        out.extend(
-            self.rows
-                .iter()
-                .map(|row| line(row.iter().map(String::as_str).collect())),
-        );
+        out.extend(self.rows.iter().map(|row| line(row.iter().map(String::as_str).collect())));
         out.join("\n")
     }
 }

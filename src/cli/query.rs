@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use clap::Subcommand;
 use hydromesh_proto::query::{
-    self, AlertsAnswer, Bill, BlockedAnswer, Coverage, MeterAnswer, MeterStatus, PeersAnswer,
-    StatsAnswer, TopAnswer,
+    self, AlertsAnswer, Bill, BlockedAnswer, Coverage, MeterAnswer, MeterStatus, PeersAnswer, StatsAnswer,
+    TopAnswer,
 };
 use hydromesh_proto::summary::AlertKind;
 use hydromesh_proto::Reading;
@@ -79,9 +79,8 @@ enum What {
 }
 
 fn parse_kind(text: &str) -> Result<AlertKind, String> {
-    AlertKind::from_name(text).ok_or_else(|| {
-        format!("unknown alert kind `{text}` (expected leak, burst, tamper, backflow or dry)")
-    })
+    AlertKind::from_name(text)
+        .ok_or_else(|| format!("unknown alert kind `{text}` (expected leak, burst, tamper, backflow or dry)"))
 }
 
 fn parse_time(text: &str) -> Result<u64, String> {
@@ -91,21 +90,17 @@ fn parse_time(text: &str) -> Result<u64, String> {
 /// Runs `hydromesh query`.
 pub async fn run(args: Args) -> anyhow::Result<u8> {
     let request = match &args.what {
-        What::Top { n, since } => query::Request::Top {
-            n: *n,
-            since_ms: since.map(|s| s.as_millis() as u64),
-        },
+        What::Top { n, since } => {
+            query::Request::Top { n: *n, since_ms: since.map(|s| s.as_millis() as u64) }
+        }
         What::Stats => query::Request::Stats,
         What::Peers => query::Request::Peers,
         What::Blocked => query::Request::Blocked,
         What::Alerts { kind } => query::Request::Alerts { kind: *kind },
-        What::Bill { id, period_start } => query::Request::Bill {
-            meter: *id,
-            period_start_ms: *period_start,
-        },
-        What::Meter {
-            id, follow: true, ..
-        } => {
+        What::Bill { id, period_start } => {
+            query::Request::Bill { meter: *id, period_start_ms: *period_start }
+        }
+        What::Meter { id, follow: true, .. } => {
             let mut client = args.peer.connect().await?;
             return follow(&mut client, *id, args.json).await;
         }
@@ -113,11 +108,7 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
             if let (Some(from), Some(to)) = (from, to) {
                 anyhow::ensure!(from < to, "--from must be before --to");
             }
-            query::Request::Meter {
-                meter: *id,
-                from_ms: *from,
-                to_ms: *to,
-            }
+            query::Request::Meter { meter: *id, from_ms: *from, to_ms: *to }
         }
     };
     let mut client = args.peer.connect().await?;
@@ -176,12 +167,7 @@ pub fn top_json(answer: &TopAnswer) -> Value {
 }
 
 fn top_text(answer: &TopAnswer) -> String {
-    let mut table = Table::new(&[
-        ("RANK", true),
-        ("METER", true),
-        ("CONSUMPTION m³", true),
-        ("HOME", false),
-    ]);
+    let mut table = Table::new(&[("RANK", true), ("METER", true), ("CONSUMPTION m³", true), ("HOME", false)]);
     for (rank, entry) in answer.entries.iter().enumerate() {
         table.row(vec![
             (rank + 1).to_string(),
@@ -208,14 +194,8 @@ pub fn stats_json(answer: &StatsAnswer) -> Value {
 fn stats_text(answer: &StatsAnswer) -> String {
     let mut table = Table::new(&[("", false), ("", true)]);
     table.row(vec!["meters".into(), answer.meters.to_string()]);
-    table.row(vec![
-        "total consumption m³".into(),
-        cubic_metres(answer.total_consumption_l),
-    ]);
-    table.row(vec![
-        "average per meter m³".into(),
-        format!("{:.3}", answer.average_consumption_l() / 1000.0),
-    ]);
+    table.row(vec!["total consumption m³".into(), cubic_metres(answer.total_consumption_l)]);
+    table.row(vec!["average per meter m³".into(), format!("{:.3}", answer.average_consumption_l() / 1000.0)]);
     let rendered = table.render();
     let body = rendered.lines().skip(1).collect::<Vec<_>>().join("\n");
     format!("{body}\n{}", coverage_line(&answer.coverage))
@@ -256,8 +236,7 @@ fn peers_text(answer: &PeersAnswer) -> String {
             peer.name.clone(),
             peer.peer.clone(),
             peer.meters.to_string(),
-            peer.last_heard_ms_ago
-                .map_or_else(|| "never".into(), |ms| format!("{} ago", age(ms))),
+            peer.last_heard_ms_ago.map_or_else(|| "never".into(), |ms| format!("{} ago", age(ms))),
             state.into(),
             peer.addrs.first().cloned().unwrap_or_default(),
         ]);
@@ -358,16 +337,8 @@ fn blocked_text(answer: &BlockedAnswer) -> String {
             e.home.clone(),
         ]);
     }
-    let none = if answer.blocked.is_empty() {
-        "(no meter is blocked)\n"
-    } else {
-        ""
-    };
-    format!(
-        "{}\n{none}{}",
-        table.render(),
-        coverage_line(&answer.coverage)
-    )
+    let none = if answer.blocked.is_empty() { "(no meter is blocked)\n" } else { "" };
+    format!("{}\n{none}{}", table.render(), coverage_line(&answer.coverage))
 }
 
 /// `query alerts --json`.
@@ -381,12 +352,7 @@ pub fn alerts_json(answer: &AlertsAnswer) -> Value {
 }
 
 fn alerts_text(answer: &AlertsAnswer) -> String {
-    let mut table = Table::new(&[
-        ("METER", true),
-        ("KIND", false),
-        ("SINCE", false),
-        ("HOME", false),
-    ]);
+    let mut table = Table::new(&[("METER", true), ("KIND", false), ("SINCE", false), ("HOME", false)]);
     for e in &answer.alerts {
         table.row(vec![
             e.alert.meter.to_string(),
@@ -395,27 +361,14 @@ fn alerts_text(answer: &AlertsAnswer) -> String {
             e.home.clone(),
         ]);
     }
-    let none = if answer.alerts.is_empty() {
-        "(no active alert)\n"
-    } else {
-        ""
-    };
-    format!(
-        "{}\n{none}{}",
-        table.render(),
-        coverage_line(&answer.coverage)
-    )
+    let none = if answer.alerts.is_empty() { "(no active alert)\n" } else { "" };
+    format!("{}\n{none}{}", table.render(), coverage_line(&answer.coverage))
 }
 
 fn status_text(status: &MeterStatus) -> String {
     let mut lines = Vec::new();
     lines.push(match &status.blocked {
-        Some(b) => format!(
-            "supply CUT ({}) since {}: {}",
-            b.reason,
-            format_timestamp(b.since_ms),
-            b.detail
-        ),
+        Some(b) => format!("supply CUT ({}) since {}: {}", b.reason, format_timestamp(b.since_ms), b.detail),
         None => "supply open".to_owned(),
     });
     if !status.alerts.is_empty() {
@@ -461,9 +414,7 @@ async fn follow(client: &mut Client, meter: u64, json: bool) -> anyhow::Result<u
                             "{}  meter {meter}  {} m³{}{}",
                             format_timestamp(reading.ts_ms),
                             cubic_metres(reading.litres),
-                            reading
-                                .flow_lph
-                                .map_or_else(String::new, |f| format!("  {f} L/h")),
+                            reading.flow_lph.map_or_else(String::new, |f| format!("  {f} L/h")),
                             if reading.alarms.is_empty() {
                                 String::new()
                             } else {
@@ -472,10 +423,7 @@ async fn follow(client: &mut Client, meter: u64, json: bool) -> anyhow::Result<u
                         )
                     };
                     // A closed pipe (`| head`) ends the follow quietly.
-                    if writeln!(stdout, "{line}")
-                        .and_then(|()| stdout.flush())
-                        .is_err()
-                    {
+                    if writeln!(stdout, "{line}").and_then(|()| stdout.flush()).is_err() {
                         return Ok(0);
                     }
                 }
@@ -500,12 +448,8 @@ async fn follow(client: &mut Client, meter: u64, json: bool) -> anyhow::Result<u
 }
 
 fn meter_text(answer: &MeterAnswer) -> String {
-    let mut table = Table::new(&[
-        ("TIME", false),
-        ("REGISTER m³", true),
-        ("FLOW L/h", true),
-        ("ALARMS", false),
-    ]);
+    let mut table =
+        Table::new(&[("TIME", false), ("REGISTER m³", true), ("FLOW L/h", true), ("ALARMS", false)]);
     for r in &answer.history.readings {
         table.row(vec![
             format_timestamp(r.ts_ms),
@@ -521,11 +465,7 @@ fn meter_text(answer: &MeterAnswer) -> String {
         status_text(&answer.status),
         cubic_metres(answer.consumption_l),
         answer.history.readings.len(),
-        if answer.history.truncated {
-            " (only the latest are shown)"
-        } else {
-            ""
-        },
+        if answer.history.truncated { " (only the latest are shown)" } else { "" },
         table.render()
     );
     if answer.history.readings.is_empty() {

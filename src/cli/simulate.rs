@@ -55,11 +55,8 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     let real_start = tokio::time::Instant::now();
     let start_ms = now_ms();
     // With a time scale, device time covers the whole run's span ending now.
-    let span_ms = args
-        .duration
-        .unwrap_or(Duration::from_secs(3600))
-        .as_millis() as f64
-        * (args.time_scale - 1.0);
+    let span_ms =
+        args.duration.unwrap_or(Duration::from_secs(3600)).as_millis() as f64 * (args.time_scale - 1.0);
     let device_start = start_ms.saturating_sub(span_ms as u64);
     tracing::info!(meters = fleet.len(), profile = %args.profile, peer = %client.peer_id(), "simulating");
     let mut ticker = tokio::time::interval(args.interval);
@@ -71,25 +68,15 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         if args.duration.is_some_and(|d| elapsed > d) {
             break;
         }
-        let device_now =
-            (device_start + (elapsed.as_millis() as f64 * args.time_scale) as u64).min(now_ms());
+        let device_now = (device_start + (elapsed.as_millis() as f64 * args.time_scale) as u64).min(now_ms());
         let readings = fleet.tick(device_now);
-        let batches: Vec<_> = readings
-            .chunks(MAX_BATCH_READINGS)
-            .map(<[_]>::to_vec)
-            .collect();
+        let batches: Vec<_> = readings.chunks(MAX_BATCH_READINGS).map(<[_]>::to_vec).collect();
         let mut commands = Vec::new();
         let mut rejected = 0usize;
         client
             .ingest_batches(batches, 4, |_, response| match response {
-                ingest::Response::Done {
-                    outcomes,
-                    commands: received,
-                } => {
-                    rejected += outcomes
-                        .iter()
-                        .filter(|o| matches!(o, ingest::Outcome::Rejected(_)))
-                        .count();
+                ingest::Response::Done { outcomes, commands: received } => {
+                    rejected += outcomes.iter().filter(|o| matches!(o, ingest::Outcome::Rejected(_))).count();
                     commands.extend(received);
                 }
                 ingest::Response::Refused { reason } => {

@@ -43,20 +43,14 @@ pub fn check_fields(reading: &Reading, now_ms: u64) -> Result<(), Rejection> {
         return out_of_range(format!("flow_lph {flow} exceeds {MAX_FLOW_LPH}"));
     }
     if Alarms::from_bits(reading.alarms.bits()).is_none() {
-        return out_of_range(format!(
-            "alarms has unknown bits {:#04x}",
-            reading.alarms.bits()
-        ));
+        return out_of_range(format!("alarms has unknown bits {:#04x}", reading.alarms.bits()));
     }
     Ok(())
 }
 
 /// A reading's register as a point.
 pub fn point(reading: &Reading) -> Point {
-    Point {
-        ts_ms: reading.ts_ms,
-        litres: reading.litres,
-    }
+    Point { ts_ms: reading.ts_ms, litres: reading.litres }
 }
 
 /// Consumption of a span: last register minus first.
@@ -68,16 +62,8 @@ pub fn span_consumption(span: &MeterSpan) -> u64 {
 pub fn join_spans(a: MeterSpan, b: MeterSpan) -> MeterSpan {
     MeterSpan {
         meter: a.meter,
-        first: if b.first.ts_ms < a.first.ts_ms {
-            b.first
-        } else {
-            a.first
-        },
-        last: if b.last.ts_ms > a.last.ts_ms {
-            b.last
-        } else {
-            a.last
-        },
+        first: if b.first.ts_ms < a.first.ts_ms { b.first } else { a.first },
+        last: if b.last.ts_ms > a.last.ts_ms { b.last } else { a.last },
     }
 }
 
@@ -85,11 +71,7 @@ pub fn join_spans(a: MeterSpan, b: MeterSpan) -> MeterSpan {
 pub fn history_span(meter: u64, history: &MeterHistory) -> Option<MeterSpan> {
     let last = history.readings.last()?;
     let first = history.baseline.as_ref().or(history.readings.first())?;
-    Some(MeterSpan {
-        meter,
-        first: point(first),
-        last: point(last),
-    })
+    Some(MeterSpan { meter, first: point(first), last: point(last) })
 }
 
 /// Consumption over a window's history (0 with no reading in the window).
@@ -100,9 +82,7 @@ pub fn history_consumption(meter: u64, history: &MeterHistory) -> u64 {
 /// Ranks spans by consumption descending, then meter ascending, and keeps the first `n`.
 pub fn rank(mut spans: Vec<MeterSpan>, n: usize) -> Vec<MeterSpan> {
     let order = |a: &MeterSpan, b: &MeterSpan| {
-        span_consumption(b)
-            .cmp(&span_consumption(a))
-            .then(a.meter.cmp(&b.meter))
+        span_consumption(b).cmp(&span_consumption(a)).then(a.meter.cmp(&b.meter))
     };
     if spans.len() > n {
         spans.select_nth_unstable_by(n, order);
@@ -115,11 +95,7 @@ pub fn rank(mut spans: Vec<MeterSpan>, n: usize) -> Vec<MeterSpan> {
 /// Merges histories of one meter held by several nodes (a meter that moved): readings are
 /// de-duplicated by time, and the latest baseline wins.
 pub fn merge_histories(histories: impl IntoIterator<Item = MeterHistory>) -> MeterHistory {
-    let mut merged = MeterHistory {
-        baseline: None,
-        readings: Vec::new(),
-        truncated: false,
-    };
+    let mut merged = MeterHistory { baseline: None, readings: Vec::new(), truncated: false };
     for history in histories {
         merged.truncated |= history.truncated;
         merged.baseline = match (merged.baseline, history.baseline) {
@@ -140,26 +116,14 @@ mod tests {
     const T0: u64 = 1_795_000_000_000;
 
     fn reading(ts_ms: u64, litres: u64) -> Reading {
-        Reading {
-            meter: 1,
-            ts_ms,
-            litres,
-            flow_lph: None,
-            alarms: Alarms::empty(),
-        }
+        Reading { meter: 1, ts_ms, litres, flow_lph: None, alarms: Alarms::empty() }
     }
 
     fn span(first: (u64, u64), last: (u64, u64)) -> MeterSpan {
         MeterSpan {
             meter: 1,
-            first: Point {
-                ts_ms: first.0,
-                litres: first.1,
-            },
-            last: Point {
-                ts_ms: last.0,
-                litres: last.1,
-            },
+            first: Point { ts_ms: first.0, litres: first.1 },
+            last: Point { ts_ms: last.0, litres: last.1 },
         }
     }
 
@@ -169,10 +133,7 @@ mod tests {
         let b = span((5, 90), (15, 120));
         let c = span((12, 110), (30, 200));
         assert_eq!(join_spans(a, b), join_spans(b, a));
-        assert_eq!(
-            join_spans(join_spans(a, b), c),
-            join_spans(a, join_spans(b, c))
-        );
+        assert_eq!(join_spans(join_spans(a, b), c), join_spans(a, join_spans(b, c)));
         assert_eq!(join_spans(a, a), a);
         assert_eq!(span_consumption(&join_spans(join_spans(a, b), c)), 110);
     }
@@ -185,16 +146,9 @@ mod tests {
             truncated: false,
         };
         assert_eq!(history_consumption(1, &history), 12);
-        let no_baseline = MeterHistory {
-            baseline: None,
-            ..history.clone()
-        };
+        let no_baseline = MeterHistory { baseline: None, ..history.clone() };
         assert_eq!(history_consumption(1, &no_baseline), 7);
-        let empty = MeterHistory {
-            baseline: Some(reading(T0, 1)),
-            readings: vec![],
-            truncated: false,
-        };
+        let empty = MeterHistory { baseline: Some(reading(T0, 1)), readings: vec![], truncated: false };
         assert_eq!(history_consumption(1, &empty), 0);
     }
 
@@ -224,21 +178,12 @@ mod tests {
             check_fields(&reading(now + MAX_FUTURE_MS + 1, 1), now),
             Err(Rejection::FutureTimestamp { .. })
         ));
-        assert!(matches!(
-            check_fields(&reading(5, 1), now),
-            Err(Rejection::OutOfRange { .. })
-        ));
+        assert!(matches!(check_fields(&reading(5, 1), now), Err(Rejection::OutOfRange { .. })));
         assert!(matches!(
             check_fields(&reading(now, MAX_LITRES + 1), now),
             Err(Rejection::OutOfRange { .. })
         ));
-        let fast = Reading {
-            flow_lph: Some(MAX_FLOW_LPH + 1),
-            ..reading(now, 1)
-        };
-        assert!(matches!(
-            check_fields(&fast, now),
-            Err(Rejection::OutOfRange { .. })
-        ));
+        let fast = Reading { flow_lph: Some(MAX_FLOW_LPH + 1), ..reading(now, 1) };
+        assert!(matches!(check_fields(&fast, now), Err(Rejection::OutOfRange { .. })));
     }
 }

@@ -35,10 +35,7 @@ pub struct Tracker {
 
 impl Tracker {
     /// A tracker fed `readings` (in time order).
-    pub fn replay<'a>(
-        readings: impl IntoIterator<Item = &'a Reading>,
-        burst_flow_lph: u32,
-    ) -> Self {
+    pub fn replay<'a>(readings: impl IntoIterator<Item = &'a Reading>, burst_flow_lph: u32) -> Self {
         let mut tracker = Tracker::default();
         for reading in readings {
             tracker.observe(reading, burst_flow_lph);
@@ -79,11 +76,7 @@ impl Tracker {
                 );
                 self.high_flow_since_ms = if flow > u64::from(burst_flow_lph) {
                     // A reported flow is instantaneous; a derived one held since the last reading.
-                    let start = if reading.flow_lph.is_some() {
-                        ts
-                    } else {
-                        last.ts_ms
-                    };
+                    let start = if reading.flow_lph.is_some() { ts } else { last.ts_ms };
                     Some(self.high_flow_since_ms.unwrap_or(start))
                 } else {
                     None
@@ -92,8 +85,7 @@ impl Tracker {
             None => {
                 self.first_ts_ms = Some(ts);
                 self.run_start_ts_ms = ts;
-                self.high_flow_since_ms =
-                    reading.flow_lph.filter(|f| *f > burst_flow_lph).map(|_| ts);
+                self.high_flow_since_ms = reading.flow_lph.filter(|f| *f > burst_flow_lph).map(|_| ts);
             }
         }
         self.last = Some(*reading);
@@ -107,25 +99,14 @@ impl Tracker {
         let stood_still =
             |(start, end): (u64, u64)| end.saturating_sub(start.max(window_start)) >= STANDSTILL_MS;
         let still_now = (self.run_start_ts_ms, ts);
-        let standstill_in_window =
-            stood_still(still_now) || self.last_standstill.is_some_and(stood_still);
+        let standstill_in_window = stood_still(still_now) || self.last_standstill.is_some_and(stood_still);
         let leak = covers_window && !standstill_in_window || reading.alarms.contains(Alarms::LEAK);
-        let burst = self
-            .high_flow_since_ms
-            .is_some_and(|since| ts - since >= BURST_MIN_MS)
+        let burst = self.high_flow_since_ms.is_some_and(|since| ts - since >= BURST_MIN_MS)
             || reading.alarms.contains(Alarms::BURST);
         self.set(AlertKind::Leak, leak, ts);
         self.set(AlertKind::Burst, burst, ts);
-        self.set(
-            AlertKind::Tamper,
-            reading.alarms.contains(Alarms::TAMPER),
-            ts,
-        );
-        self.set(
-            AlertKind::Backflow,
-            reading.alarms.contains(Alarms::BACKFLOW),
-            ts,
-        );
+        self.set(AlertKind::Tamper, reading.alarms.contains(Alarms::TAMPER), ts);
+        self.set(AlertKind::Backflow, reading.alarms.contains(Alarms::BACKFLOW), ts);
         self.set(AlertKind::Dry, reading.alarms.contains(Alarms::DRY), ts);
     }
 
@@ -139,11 +120,7 @@ impl Tracker {
 
     /// The meter's active alerts.
     pub fn alerts(&self, meter: MeterId) -> impl Iterator<Item = Alert> + '_ {
-        self.active.iter().map(move |(kind, since)| Alert {
-            meter,
-            kind: *kind,
-            since_ms: *since,
-        })
+        self.active.iter().map(move |(kind, since)| Alert { meter, kind: *kind, since_ms: *since })
     }
 }
 
@@ -162,12 +139,7 @@ impl Default for Tariff {
     fn default() -> Self {
         Tariff {
             currency: "BRL".into(),
-            blocks: vec![
-                (Some(10_000), 450),
-                (Some(20_000), 700),
-                (Some(50_000), 1100),
-                (None, 1400),
-            ],
+            blocks: vec![(Some(10_000), 450), (Some(20_000), 700), (Some(50_000), 1100), (None, 1400)],
         }
     }
 }
@@ -178,17 +150,14 @@ impl Tariff {
         let mut blocks = Vec::new();
         let mut previous = 0u64;
         for part in text.split(',').map(str::trim) {
-            let (upto, price) = part
-                .split_once(':')
-                .ok_or_else(|| format!("`{part}` is not LITRES:PRICE"))?;
-            let cents = parse_cents(price)
-                .ok_or_else(|| format!("`{price}` is not a price (like 4.50)"))?;
+            let (upto, price) =
+                part.split_once(':').ok_or_else(|| format!("`{part}` is not LITRES:PRICE"))?;
+            let cents = parse_cents(price).ok_or_else(|| format!("`{price}` is not a price (like 4.50)"))?;
             let upto = match upto.trim() {
                 "*" => None,
                 litres => {
-                    let litres: u64 = litres
-                        .parse()
-                        .map_err(|_| format!("`{litres}` is not a number of litres"))?;
+                    let litres: u64 =
+                        litres.parse().map_err(|_| format!("`{litres}` is not a number of litres"))?;
                     if litres <= previous {
                         return Err(format!("blocks must grow: {litres} L after {previous} L"));
                     }
@@ -196,10 +165,7 @@ impl Tariff {
                     Some(litres)
                 }
             };
-            if blocks
-                .last()
-                .is_some_and(|(upto, _): &(Option<u64>, u64)| upto.is_none())
-            {
+            if blocks.last().is_some_and(|(upto, _): &(Option<u64>, u64)| upto.is_none()) {
                 return Err("`*` must be the last block".into());
             }
             blocks.push((upto, cents));
@@ -238,19 +204,12 @@ fn parse_cents(price: &str) -> Option<u64> {
     let (units, fraction) = price.split_once('.').unwrap_or((price, ""));
     if units.is_empty()
         || fraction.len() > 2
-        || !units
-            .bytes()
-            .chain(fraction.bytes())
-            .all(|b| b.is_ascii_digit())
+        || !units.bytes().chain(fraction.bytes()).all(|b| b.is_ascii_digit())
     {
         return None;
     }
     let fraction: u64 = format!("{fraction:0<2}").parse().ok()?;
-    units
-        .parse::<u64>()
-        .ok()?
-        .checked_mul(100)?
-        .checked_add(fraction)
+    units.parse::<u64>().ok()?.checked_mul(100)?.checked_add(fraction)
 }
 
 /// Everything rationing needs besides the meter's own consumption, the same for every meter of
@@ -307,9 +266,7 @@ impl RationingInputs {
                 BlockReason::Debt,
                 format!(
                     "bill of {} unpaid ({} cents)",
-                    hydromesh_proto::format_rfc3339(
-                        previous_end - self.policy.period_ms.min(previous_end)
-                    ),
+                    hydromesh_proto::format_rfc3339(previous_end - self.policy.period_ms.min(previous_end)),
                     due
                 ),
             ));
@@ -320,14 +277,17 @@ impl RationingInputs {
                 format!("{} L in the period, cap {cap} L", consumption.current_l),
             ));
         }
-        if let (Some(permille), Some(average)) =
-            (self.policy.above_average_permille, self.average_l)
-        {
+        if let (Some(permille), Some(average)) = (self.policy.above_average_permille, self.average_l) {
             let limit = average * f64::from(permille) / 1000.0;
             if average > 0.0 && consumption.current_l as f64 > limit {
                 return Some((
                     BlockReason::AboveAverage,
-                    format!("{} L in the period, limit {limit:.0} L ({}.{:03} × average {average:.1} L)", consumption.current_l, permille / 1000, permille % 1000),
+                    format!(
+                        "{} L in the period, limit {limit:.0} L ({}.{:03} × average {average:.1} L)",
+                        consumption.current_l,
+                        permille / 1000,
+                        permille % 1000
+                    ),
                 ));
             }
         }
@@ -337,12 +297,7 @@ impl RationingInputs {
 
 /// A block as gossiped, with the time it started.
 pub fn blocked(meter: MeterId, reason: BlockReason, detail: String, since_ms: u64) -> Blocked {
-    Blocked {
-        meter,
-        reason,
-        since_ms,
-        detail,
-    }
+    Blocked { meter, reason, since_ms, detail }
 }
 
 #[cfg(test)]
@@ -354,13 +309,7 @@ mod tests {
     const NO_BURST: u32 = 1_000_000;
 
     fn r(ts_ms: u64, litres: u64) -> Reading {
-        Reading {
-            meter: 1,
-            ts_ms,
-            litres,
-            flow_lph: None,
-            alarms: Alarms::empty(),
-        }
+        Reading { meter: 1, ts_ms, litres, flow_lph: None, alarms: Alarms::empty() }
     }
 
     fn kinds(tracker: &Tracker) -> Vec<AlertKind> {
@@ -380,14 +329,13 @@ mod tests {
                 litres += 2;
             }
             out.push(r(ts, litres));
-            ts += if standstill.contains(&ts)
-                && ts + 5 * 60_000 > *standstill.end()
-                && ts != *standstill.end()
-            {
-                *standstill.end() - ts
-            } else {
-                5 * 60_000
-            };
+            ts +=
+                if standstill.contains(&ts) && ts + 5 * 60_000 > *standstill.end() && ts != *standstill.end()
+                {
+                    *standstill.end() - ts
+                } else {
+                    5 * 60_000
+                };
         }
         out
     }
@@ -406,10 +354,7 @@ mod tests {
         for k in 0..=24 * 12 {
             tracker.observe(&r(T0 + k * 5 * 60_000, k), NO_BURST);
             if k < 24 * 12 {
-                assert!(
-                    kinds(&tracker).is_empty(),
-                    "raised before a day of data, at step {k}"
-                );
+                assert!(kinds(&tracker).is_empty(), "raised before a day of data, at step {k}");
             }
         }
         assert_eq!(kinds(&tracker), vec![AlertKind::Leak]);
@@ -417,10 +362,7 @@ mod tests {
         assert_eq!(since, Some(T0 + 24 * H));
         let last = 24 * 12;
         tracker.observe(&r(T0 + 25 * H, last), NO_BURST);
-        assert!(
-            kinds(&tracker).is_empty(),
-            "a full hour standing still clears the leak"
-        );
+        assert!(kinds(&tracker).is_empty(), "a full hour standing still clears the leak");
     }
 
     #[test]
@@ -445,45 +387,20 @@ mod tests {
             assert_eq!(burst, k == 6, "after {} minutes", k * 5);
         }
         tracker.observe(&r(T0 + 35 * 60_000, litres - 125 + 10), 1200);
-        assert!(
-            !kinds(&tracker).contains(&AlertKind::Burst),
-            "cleared when the flow drops"
-        );
-        let reported = Reading {
-            flow_lph: Some(5000),
-            ..r(T0 + 40 * 60_000, litres)
-        };
+        assert!(!kinds(&tracker).contains(&AlertKind::Burst), "cleared when the flow drops");
+        let reported = Reading { flow_lph: Some(5000), ..r(T0 + 40 * 60_000, litres) };
         tracker.observe(&reported, 1200);
-        assert!(
-            !kinds(&tracker).contains(&AlertKind::Burst),
-            "one high reading is not a burst"
-        );
+        assert!(!kinds(&tracker).contains(&AlertKind::Burst), "one high reading is not a burst");
     }
 
     #[test]
     fn the_meters_own_flags_raise_and_clear_alerts() {
         let mut tracker = Tracker::default();
-        tracker.observe(
-            &Reading {
-                alarms: Alarms::TAMPER.union(Alarms::DRY),
-                ..r(T0, 1)
-            },
-            NO_BURST,
-        );
+        tracker.observe(&Reading { alarms: Alarms::TAMPER.union(Alarms::DRY), ..r(T0, 1) }, NO_BURST);
         assert_eq!(kinds(&tracker), vec![AlertKind::Tamper, AlertKind::Dry]);
-        tracker.observe(
-            &Reading {
-                alarms: Alarms::DRY,
-                ..r(T0 + 1, 1)
-            },
-            NO_BURST,
-        );
+        tracker.observe(&Reading { alarms: Alarms::DRY, ..r(T0 + 1, 1) }, NO_BURST);
         assert_eq!(kinds(&tracker), vec![AlertKind::Dry]);
-        assert_eq!(
-            tracker.alerts(1).next().map(|a| a.since_ms),
-            Some(T0),
-            "since the first reading with it"
-        );
+        assert_eq!(tracker.alerts(1).next().map(|a| a.since_ms), Some(T0), "since the first reading with it");
     }
 
     #[test]
@@ -506,69 +423,30 @@ mod tests {
     #[test]
     fn rationing_cap_edges_and_order_of_reasons() {
         let mut inputs = RationingInputs {
-            policy: Policy {
-                cap_l: Some(1000),
-                above_average_permille: Some(1500),
-                ..Policy::default()
-            },
+            policy: Policy { cap_l: Some(1000), above_average_permille: Some(1500), ..Policy::default() },
             average_l: Some(800.0),
             ..RationingInputs::default()
         };
         let now = T0;
-        let at = |current_l| Consumption {
-            current_l,
-            previous_l: 0,
-            reported: true,
-        };
-        assert_eq!(
-            inputs.judge(1, at(1000), now),
-            None,
-            "exactly the cap is allowed"
-        );
-        assert_eq!(
-            inputs.judge(1, at(1001), now).map(|b| b.0),
-            Some(BlockReason::Cap)
-        );
+        let at = |current_l| Consumption { current_l, previous_l: 0, reported: true };
+        assert_eq!(inputs.judge(1, at(1000), now), None, "exactly the cap is allowed");
+        assert_eq!(inputs.judge(1, at(1001), now).map(|b| b.0), Some(BlockReason::Cap));
         inputs.policy.cap_l = None;
-        assert_eq!(
-            inputs.judge(1, at(1200), now),
-            None,
-            "exactly 1.5 × average is allowed"
-        );
-        assert_eq!(
-            inputs.judge(1, at(1201), now).map(|b| b.0),
-            Some(BlockReason::AboveAverage)
-        );
+        assert_eq!(inputs.judge(1, at(1200), now), None, "exactly 1.5 × average is allowed");
+        assert_eq!(inputs.judge(1, at(1201), now).map(|b| b.0), Some(BlockReason::AboveAverage));
         inputs.manual.insert(1, ("unpaid".into(), now));
-        assert_eq!(
-            inputs.judge(1, at(0), now).map(|b| b.0),
-            Some(BlockReason::Manual)
-        );
+        assert_eq!(inputs.judge(1, at(0), now).map(|b| b.0), Some(BlockReason::Manual));
     }
 
     #[test]
     fn debt_blocks_after_the_grace_time_until_paid() {
-        let mut inputs = RationingInputs {
-            debt_grace_ms: 10 * 86_400_000,
-            ..RationingInputs::default()
-        };
+        let mut inputs = RationingInputs { debt_grace_ms: 10 * 86_400_000, ..RationingInputs::default() };
         let period = inputs.policy.period_ms;
         let start = inputs.policy.period_start(T0);
-        let owes = Consumption {
-            current_l: 0,
-            previous_l: 5_000,
-            reported: false,
-        };
-        assert_eq!(
-            inputs.judge(1, owes, start + 86_400_000),
-            None,
-            "within the grace time"
-        );
+        let owes = Consumption { current_l: 0, previous_l: 5_000, reported: false };
+        assert_eq!(inputs.judge(1, owes, start + 86_400_000), None, "within the grace time");
         let late = start + 11 * 86_400_000;
-        assert_eq!(
-            inputs.judge(1, owes, late).map(|b| b.0),
-            Some(BlockReason::Debt)
-        );
+        assert_eq!(inputs.judge(1, owes, late).map(|b| b.0), Some(BlockReason::Debt));
         inputs.paid_through_ms.insert(1, start);
         assert_eq!(inputs.judge(1, owes, late), None, "paid");
         assert!(period > 11 * 86_400_000);

@@ -47,11 +47,7 @@ pub struct View {
 impl View {
     /// An empty view for the node `local`.
     pub fn new(local: PeerId, stale_after: Duration) -> Self {
-        View {
-            local,
-            entries: HashMap::new(),
-            stale_after,
-        }
+        View { local, entries: HashMap::new(), stale_after }
     }
 
     /// Merges a signed summary heard at `now`, or restored from disk at `now` when `restored`.
@@ -75,12 +71,7 @@ impl View {
             _ => {
                 self.entries.insert(
                     origin,
-                    Entry {
-                        summary,
-                        signed,
-                        heard_at: (!restored).then_some(now),
-                        known_since: now,
-                    },
+                    Entry { summary, signed, heard_at: (!restored).then_some(now), known_since: now },
                 );
                 Ok(Merged::Newer(origin))
             }
@@ -89,23 +80,12 @@ impl View {
 
     /// Puts this node's own latest summary in the view.
     pub fn set_local(&mut self, summary: NodeSummary, signed: SignedSummary, now: Instant) {
-        self.entries.insert(
-            self.local,
-            Entry {
-                summary,
-                signed,
-                heard_at: Some(now),
-                known_since: now,
-            },
-        );
+        self.entries.insert(self.local, Entry { summary, signed, heard_at: Some(now), known_since: now });
     }
 
     /// Every signed summary held, for sync.
     pub fn signed(&self) -> Vec<SignedSummary> {
-        self.entries
-            .values()
-            .map(|entry| entry.signed.clone())
-            .collect()
+        self.entries.values().map(|entry| entry.signed.clone()).collect()
     }
 
     /// Forgets origins not heard from within `forget_after`; returns them.
@@ -116,8 +96,7 @@ impl View {
             .iter()
             .filter(|(origin, entry)| {
                 **origin != local
-                    && now.duration_since(entry.heard_at.unwrap_or(entry.known_since))
-                        > forget_after
+                    && now.duration_since(entry.heard_at.unwrap_or(entry.known_since)) > forget_after
             })
             .map(|(origin, _)| *origin)
             .collect();
@@ -128,19 +107,12 @@ impl View {
     }
 
     fn is_stale(&self, origin: &PeerId, entry: &Entry, now: Instant) -> bool {
-        *origin != self.local
-            && entry
-                .heard_at
-                .is_none_or(|at| now.duration_since(at) > self.stale_after)
+        *origin != self.local && entry.heard_at.is_none_or(|at| now.duration_since(at) > self.stale_after)
     }
 
     /// Which nodes the view includes, which are stale, and the age of the oldest data.
     pub fn coverage(&self, now: Instant, now_ms: u64) -> Coverage {
-        let mut included: Vec<String> = self
-            .entries
-            .values()
-            .map(|e| e.summary.origin.clone())
-            .collect();
+        let mut included: Vec<String> = self.entries.values().map(|e| e.summary.origin.clone()).collect();
         included.sort();
         let mut stale: Vec<String> = self
             .entries
@@ -158,12 +130,7 @@ impl View {
             })
             .max()
             .unwrap_or(0);
-        Coverage {
-            included,
-            stale,
-            missing: Vec::new(),
-            oldest_data_age_ms,
-        }
+        Coverage { included, stale, missing: Vec::new(), oldest_data_age_ms }
     }
 
     /// The `n` highest consumers over all data held, merged from every node's top meters.
@@ -185,10 +152,7 @@ impl View {
                     .or_insert((*span, &entry.summary.origin));
             }
         }
-        let homes: HashMap<MeterId, &str> = merged
-            .iter()
-            .map(|(meter, (_, home))| (*meter, *home))
-            .collect();
+        let homes: HashMap<MeterId, &str> = merged.iter().map(|(meter, (_, home))| (*meter, *home)).collect();
         let spans = domain::rank(merged.into_values().map(|(span, _)| span).collect(), n);
         TopAnswer {
             entries: spans
@@ -196,11 +160,7 @@ impl View {
                 .map(|span| TopEntry {
                     meter: span.meter,
                     consumption_l: domain::span_consumption(span),
-                    home: homes
-                        .get(&span.meter)
-                        .copied()
-                        .unwrap_or_default()
-                        .to_owned(),
+                    home: homes.get(&span.meter).copied().unwrap_or_default().to_owned(),
                 })
                 .collect(),
             coverage: self.coverage(now, now_ms),
@@ -211,11 +171,7 @@ impl View {
     pub fn stats(&self, now: Instant, now_ms: u64) -> StatsAnswer {
         StatsAnswer {
             meters: self.entries.values().map(|e| e.summary.meter_count).sum(),
-            total_consumption_l: self
-                .entries
-                .values()
-                .map(|e| e.summary.total_consumption_l)
-                .sum(),
+            total_consumption_l: self.entries.values().map(|e| e.summary.total_consumption_l).sum(),
             coverage: self.coverage(now, now_ms),
         }
     }
@@ -231,18 +187,13 @@ impl View {
                 addrs: entry.summary.addrs.clone(),
                 meters: entry.summary.meter_count,
                 version: entry.summary.version,
-                last_heard_ms_ago: entry
-                    .heard_at
-                    .map(|at| now.duration_since(at).as_millis() as u64),
+                last_heard_ms_ago: entry.heard_at.map(|at| now.duration_since(at).as_millis() as u64),
                 stale: self.is_stale(origin, entry, now),
                 is_self: *origin == self.local,
             })
             .collect();
         peers.sort_by(|a, b| (&a.name, &a.peer).cmp(&(&b.name, &b.peer)));
-        PeersAnswer {
-            peers,
-            coverage: self.coverage(now, now_ms),
-        }
+        PeersAnswer { peers, coverage: self.coverage(now, now_ms) }
     }
 
     /// Remote nodes that may hold `meter`, freshest first.
@@ -250,9 +201,7 @@ impl View {
         let mut homes: Vec<(&PeerId, &Entry)> = self
             .entries
             .iter()
-            .filter(|(origin, entry)| {
-                **origin != self.local && entry.summary.filter.may_contain(meter)
-            })
+            .filter(|(origin, entry)| **origin != self.local && entry.summary.filter.may_contain(meter))
             .collect();
         homes.sort_by_key(|(_, entry)| std::cmp::Reverse(entry.heard_at));
         homes.into_iter().map(|(origin, _)| *origin).collect()
@@ -260,9 +209,7 @@ impl View {
 
     /// Every summary held, with whether its origin is stale.
     pub fn summaries(&self, now: Instant) -> impl Iterator<Item = (&NodeSummary, bool)> {
-        self.entries
-            .iter()
-            .map(move |(origin, entry)| (&entry.summary, self.is_stale(origin, entry, now)))
+        self.entries.iter().map(move |(origin, entry)| (&entry.summary, self.is_stale(origin, entry, now)))
     }
 
     /// The exact mesh-wide average consumption in the period starting at `period_start_ms`:
@@ -292,10 +239,7 @@ impl View {
 
     /// The addresses a node announced in its summary.
     pub fn addrs_of(&self, origin: &PeerId) -> Vec<String> {
-        self.entries
-            .get(origin)
-            .map(|e| e.summary.addrs.clone())
-            .unwrap_or_default()
+        self.entries.get(origin).map(|e| e.summary.addrs.clone()).unwrap_or_default()
     }
 }
 
@@ -310,14 +254,8 @@ mod tests {
     fn span(meter: MeterId, first: (u64, u64), last: (u64, u64)) -> MeterSpan {
         MeterSpan {
             meter,
-            first: Point {
-                ts_ms: first.0,
-                litres: first.1,
-            },
-            last: Point {
-                ts_ms: last.0,
-                litres: last.1,
-            },
+            first: Point { ts_ms: first.0, litres: first.1 },
+            last: Point { ts_ms: last.0, litres: last.1 },
         }
     }
 
@@ -362,39 +300,16 @@ mod tests {
 
     #[test]
     fn top_joins_a_meter_held_by_two_nodes_and_stats_are_weighted() {
-        let (a, b, local) = (
-            Keypair::generate_ed25519(),
-            Keypair::generate_ed25519(),
-            Keypair::generate_ed25519(),
-        );
+        let (a, b, local) =
+            (Keypair::generate_ed25519(), Keypair::generate_ed25519(), Keypair::generate_ed25519());
         let now = Instant::now();
         let mut view = View::new(local.public().to_peer_id(), Duration::from_secs(30));
-        view.merge(
-            signed(
-                &a,
-                1,
-                vec![span(1, (0, 0), (10, 100)), span(2, (0, 0), (10, 50))],
-            ),
-            now,
-            false,
-        )
-        .expect("a");
-        view.merge(
-            signed(
-                &b,
-                1,
-                vec![span(1, (10, 100), (20, 130)), span(3, (0, 0), (1, 60))],
-            ),
-            now,
-            false,
-        )
-        .expect("b");
+        view.merge(signed(&a, 1, vec![span(1, (0, 0), (10, 100)), span(2, (0, 0), (10, 50))]), now, false)
+            .expect("a");
+        view.merge(signed(&b, 1, vec![span(1, (10, 100), (20, 130)), span(3, (0, 0), (1, 60))]), now, false)
+            .expect("b");
         let top = view.top(2, now, 0);
-        let got: Vec<_> = top
-            .entries
-            .iter()
-            .map(|e| (e.meter, e.consumption_l))
-            .collect();
+        let got: Vec<_> = top.entries.iter().map(|e| (e.meter, e.consumption_l)).collect();
         assert_eq!(got, vec![(1, 130), (3, 60)]);
         assert_eq!(top.entries[0].home, b.public().to_peer_id().to_string());
         assert_eq!(top.coverage.included.len(), 2);
@@ -409,22 +324,14 @@ mod tests {
         let (a, local) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
         let start = Instant::now();
         let mut view = View::new(local.public().to_peer_id(), Duration::from_secs(30));
-        view.merge(signed(&a, 1, vec![]), start, true)
-            .expect("restore");
+        view.merge(signed(&a, 1, vec![]), start, true).expect("restore");
         assert_eq!(view.coverage(start, 0).stale.len(), 1);
-        view.merge(signed(&a, 2, vec![]), start, false)
-            .expect("fresh");
+        view.merge(signed(&a, 2, vec![]), start, false).expect("fresh");
         assert!(view.coverage(start, 0).stale.is_empty());
         let later = start + Duration::from_secs(31);
         assert_eq!(view.coverage(later, 0).stale.len(), 1);
         assert!(view.live_remotes(later).is_empty());
-        assert_eq!(
-            view.forget_older_than(Duration::from_secs(60), later).len(),
-            0
-        );
-        assert_eq!(
-            view.forget_older_than(Duration::from_secs(20), later).len(),
-            1
-        );
+        assert_eq!(view.forget_older_than(Duration::from_secs(60), later).len(), 0);
+        assert_eq!(view.forget_older_than(Duration::from_secs(20), later).len(), 1);
     }
 }

@@ -28,8 +28,7 @@ impl Behaviour {
         let peer_id = keypair.public().to_peer_id();
         let mut kad_config = kad::Config::new(StreamProtocol::new(protocols::KAD));
         kad_config.set_periodic_bootstrap_interval(Some(Duration::from_secs(60)));
-        let mut kad =
-            kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
+        let mut kad = kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
         // Fog nodes are servers: without this, a node on loopback or behind no confirmed
         // external address would stay a DHT client and never be found.
         kad.set_mode(Some(kad::Mode::Server));

@@ -80,8 +80,7 @@ impl Asker {
         addrs: Vec<Multiaddr>,
         request: query::Request,
     ) -> Result<query::Response, String> {
-        self.ask_within(peer, addrs, request, PEER_ANSWER_TIMEOUT)
-            .await
+        self.ask_within(peer, addrs, request, PEER_ANSWER_TIMEOUT).await
     }
 
     async fn ask_within(
@@ -92,16 +91,8 @@ impl Asker {
         timeout: Duration,
     ) -> Result<query::Response, String> {
         let (reply, answer) = oneshot::channel();
-        let ask = Ask {
-            peer,
-            addrs,
-            request,
-            reply,
-        };
-        self.0
-            .send(Internal::Ask(ask))
-            .await
-            .map_err(|_| "node is stopping".to_owned())?;
+        let ask = Ask { peer, addrs, request, reply };
+        self.0.send(Internal::Ask(ask)).await.map_err(|_| "node is stopping".to_owned())?;
         match tokio::time::timeout(timeout, answer).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err("node is stopping".to_owned()),
@@ -148,24 +139,18 @@ impl EventLoop {
     ) -> Result<Self, NodeError> {
         let peer_id = keypair.public().to_peer_id();
         let behaviour = Behaviour::new(&keypair, &config).map_err(NodeError::Network)?;
-        let mut swarm =
-            protocol::build_swarm(keypair.clone(), config.idle_connection_timeout, behaviour)
-                .map_err(|e| NodeError::Network(e.to_string()))?;
+        let mut swarm = protocol::build_swarm(keypair.clone(), config.idle_connection_timeout, behaviour)
+            .map_err(|e| NodeError::Network(e.to_string()))?;
         swarm
             .behaviour_mut()
             .gossipsub
             .subscribe(&summary::topic())
-            .map_err(|e| {
-                NodeError::Network(format!("cannot subscribe to the summary topic: {e}"))
-            })?;
+            .map_err(|e| NodeError::Network(format!("cannot subscribe to the summary topic: {e}")))?;
         let mut listeners = Vec::new();
         for addr in &config.listen {
             let listener = swarm
                 .listen_on(addr.clone())
-                .map_err(|e| NodeError::Listen {
-                    addr: addr.clone(),
-                    reason: e.to_string(),
-                })?;
+                .map_err(|e| NodeError::Listen { addr: addr.clone(), reason: e.to_string() })?;
             listeners.push(listener);
         }
         for addr in &config.bootstrap {
@@ -178,13 +163,9 @@ impl EventLoop {
         }
         let mut view = View::new(peer_id, config.stale_after);
         for bytes in store.views()? {
-            let restored =
-                hydromesh_proto::decode::<SignedSummary>(&bytes, limits::MAX_SUMMARY_BYTES)
-                    .map_err(|e| e.to_string())
-                    .and_then(|signed| {
-                        view.merge(signed, Instant::now(), true)
-                            .map_err(|e| e.to_string())
-                    });
+            let restored = hydromesh_proto::decode::<SignedSummary>(&bytes, limits::MAX_SUMMARY_BYTES)
+                .map_err(|e| e.to_string())
+                .and_then(|signed| view.merge(signed, Instant::now(), true).map_err(|e| e.to_string()));
             if let Err(error) = restored {
                 tracing::warn!(%error, "dropping an unreadable saved summary");
             }
@@ -193,19 +174,12 @@ impl EventLoop {
             .behaviour_mut()
             .gossipsub
             .subscribe(&rules::control_topic())
-            .map_err(|e| {
-                NodeError::Network(format!("cannot subscribe to the control topic: {e}"))
-            })?;
+            .map_err(|e| NodeError::Network(format!("cannot subscribe to the control topic: {e}")))?;
         let control = rules::restore_control(&store, &config.admin_keys)?;
-        let (inputs, inputs_rx) =
-            watch::channel(Arc::new(rules::rationing_inputs(&config, &control, None)));
+        let (inputs, inputs_rx) = watch::channel(Arc::new(rules::rationing_inputs(&config, &control, None)));
         let (state_tx, local_state) = watch::channel(Arc::new(LocalState::default()));
         let (accepted, _) = broadcast::channel(1024);
-        let channels = Channels {
-            inputs: inputs_rx,
-            state: state_tx,
-            accepted: accepted.clone(),
-        };
+        let channels = Channels { inputs: inputs_rx, state: state_tx, accepted: accepted.clone() };
         let pipeline = Pipeline::start(store.clone(), config.ingest_queue_batches, channels)
             .map_err(|e| NodeError::Network(format!("cannot start the ingest thread: {e}")))?;
         let (ask_tx, ask_rx) = mpsc::channel(config.max_pending_requests.max(1));
@@ -316,10 +290,7 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                 for (peer, addr) in found {
                     tracing::debug!(%peer, %addr, "mDNS discovered a peer");
-                    self.swarm
-                        .behaviour_mut()
-                        .kad
-                        .add_address(&peer, addr.clone());
+                    self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
                     if !self.swarm.is_connected(&peer) {
                         let _ = self.swarm.dial(addr);
                     }
@@ -337,17 +308,10 @@ impl EventLoop {
                 self.on_addrs_changed();
             }
             SwarmEvent::ListenerError { error, .. } => tracing::warn!(%error, "listener error"),
-            SwarmEvent::ConnectionEstablished {
-                peer_id, endpoint, ..
-            } => {
+            SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
                 tracing::debug!(%peer_id, addr = %endpoint.get_remote_address(), "connected");
             }
-            SwarmEvent::ConnectionClosed {
-                peer_id,
-                cause,
-                num_established,
-                ..
-            } => {
+            SwarmEvent::ConnectionClosed { peer_id, cause, num_established, .. } => {
                 tracing::debug!(%peer_id, ?cause, "connection closed");
                 if num_established == 0 {
                     self.fog_peers.remove(&peer_id);
@@ -356,11 +320,7 @@ impl EventLoop {
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 tracing::debug!(?peer_id, %error, "outgoing connection failed");
             }
-            SwarmEvent::IncomingConnectionError {
-                error,
-                send_back_addr,
-                ..
-            } => {
+            SwarmEvent::IncomingConnectionError { error, send_back_addr, .. } => {
                 tracing::debug!(%send_back_addr, %error, "incoming connection failed");
             }
             _ => {}
@@ -369,15 +329,10 @@ impl EventLoop {
 
     fn on_addrs_changed(&mut self) {
         let _ = self.addrs_tx.send(self.listen_addrs.clone());
-        let lines: String = self
-            .listen_addrs
-            .iter()
-            .map(|addr| format!("{addr}\n"))
-            .collect();
+        let lines: String = self.listen_addrs.iter().map(|addr| format!("{addr}\n")).collect();
         let path = self.config.data_dir.join("addrs");
         let tmp = self.config.data_dir.join("addrs.tmp");
-        if let Err(error) = std::fs::write(&tmp, lines).and_then(|()| std::fs::rename(&tmp, &path))
-        {
+        if let Err(error) = std::fs::write(&tmp, lines).and_then(|()| std::fs::rename(&tmp, &path)) {
             tracing::warn!(path = %path.display(), %error, "cannot write the addresses file");
         }
         self.schedule_publish();
@@ -393,17 +348,11 @@ impl EventLoop {
         self.pending.len() >= self.config.max_pending_requests
     }
 
-    fn on_ingest_event(
-        &mut self,
-        event: request_response::Event<ingest::Request, ingest::Response>,
-    ) {
+    fn on_ingest_event(&mut self, event: request_response::Event<ingest::Request, ingest::Response>) {
         match event {
             request_response::Event::Message {
                 peer,
-                message:
-                    request_response::Message::Request {
-                        request, channel, ..
-                    },
+                message: request_response::Message::Request { request, channel, .. },
                 ..
             } => {
                 let count = request.readings.len();
@@ -413,48 +362,33 @@ impl EventLoop {
                     return self.respond_ingest(channel, ingest::Response::Refused { reason });
                 }
                 if count > limits::MAX_BATCH_READINGS {
-                    let reason = format!(
-                        "{count} readings in one batch (at most {})",
-                        limits::MAX_BATCH_READINGS
-                    );
+                    let reason =
+                        format!("{count} readings in one batch (at most {})", limits::MAX_BATCH_READINGS);
                     return self.respond_ingest(channel, ingest::Response::Refused { reason });
                 }
                 if self.is_busy() {
-                    return self.respond_ingest(
-                        channel,
-                        ingest::Response::Busy {
-                            retry_after_ms: 100,
-                        },
-                    );
+                    return self.respond_ingest(channel, ingest::Response::Busy { retry_after_ms: 100 });
                 }
                 let (reply, outcomes) = oneshot::channel();
-                match self.pipeline.jobs.try_send(Job::Ingest {
-                    readings: request.readings,
-                    reply,
-                }) {
+                match self.pipeline.jobs.try_send(Job::Ingest { readings: request.readings, reply }) {
                     Ok(()) => self.pending.push(
                         async move {
                             let response = match outcomes.await {
-                                Ok(Ok((outcomes, commands))) => {
-                                    ingest::Response::Done { outcomes, commands }
+                                Ok(Ok((outcomes, commands))) => ingest::Response::Done { outcomes, commands },
+                                Ok(Err(error)) => {
+                                    ingest::Response::Refused { reason: format!("storage failure: {error}") }
                                 }
-                                Ok(Err(error)) => ingest::Response::Refused {
-                                    reason: format!("storage failure: {error}"),
-                                },
-                                Err(_) => ingest::Response::Refused {
-                                    reason: "node is shutting down".into(),
-                                },
+                                Err(_) => {
+                                    ingest::Response::Refused { reason: "node is shutting down".into() }
+                                }
                             };
                             Finished::Ingest(channel, response)
                         }
                         .boxed(),
                     ),
-                    Err(mpsc::error::TrySendError::Full(_)) => self.respond_ingest(
-                        channel,
-                        ingest::Response::Busy {
-                            retry_after_ms: 100,
-                        },
-                    ),
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        self.respond_ingest(channel, ingest::Response::Busy { retry_after_ms: 100 })
+                    }
                     Err(mpsc::error::TrySendError::Closed(_)) => {
                         let reason = "node is shutting down".to_owned();
                         self.respond_ingest(channel, ingest::Response::Refused { reason })
@@ -483,34 +417,14 @@ impl EventLoop {
         }
     }
 
-    fn respond_ingest(
-        &mut self,
-        channel: ResponseChannel<ingest::Response>,
-        response: ingest::Response,
-    ) {
-        if self
-            .swarm
-            .behaviour_mut()
-            .ingest
-            .send_response(channel, response)
-            .is_ok()
-        {
+    fn respond_ingest(&mut self, channel: ResponseChannel<ingest::Response>, response: ingest::Response) {
+        if self.swarm.behaviour_mut().ingest.send_response(channel, response).is_ok() {
             self.unsent_responses += 1;
         }
     }
 
-    fn respond_query(
-        &mut self,
-        channel: ResponseChannel<query::Response>,
-        response: query::Response,
-    ) {
-        if self
-            .swarm
-            .behaviour_mut()
-            .query
-            .send_response(channel, response)
-            .is_ok()
-        {
+    fn respond_query(&mut self, channel: ResponseChannel<query::Response>, response: query::Response) {
+        if self.swarm.behaviour_mut().query.send_response(channel, response).is_ok() {
             self.unsent_responses += 1;
         }
     }
@@ -530,35 +444,24 @@ impl EventLoop {
     }
 
     fn on_ask(&mut self, ask: Ask) {
-        let id = self
-            .swarm
-            .behaviour_mut()
-            .query
-            .send_request_with_addresses(&ask.peer, ask.request, ask.addrs);
+        let id =
+            self.swarm.behaviour_mut().query.send_request_with_addresses(&ask.peer, ask.request, ask.addrs);
         self.asks.insert(id, ask.reply);
     }
 
     fn on_query_event(&mut self, event: request_response::Event<query::Request, query::Response>) {
         match event {
             request_response::Event::Message { message, .. } => match message {
-                request_response::Message::Request {
-                    request, channel, ..
-                } => self.on_query(request, channel),
-                request_response::Message::Response {
-                    request_id,
-                    response,
-                } => {
+                request_response::Message::Request { request, channel, .. } => {
+                    self.on_query(request, channel)
+                }
+                request_response::Message::Response { request_id, response } => {
                     if let Some(reply) = self.asks.remove(&request_id) {
                         let _ = reply.send(Ok(response));
                     }
                 }
             },
-            request_response::Event::OutboundFailure {
-                request_id,
-                error,
-                peer,
-                ..
-            } => {
+            request_response::Event::OutboundFailure { request_id, error, peer, .. } => {
                 tracing::debug!(%peer, %error, "question to a peer failed");
                 if let Some(reply) = self.asks.remove(&request_id) {
                     let _ = reply.send(Err(error.to_string()));
@@ -575,19 +478,14 @@ impl EventLoop {
 
     fn on_query(&mut self, request: query::Request, channel: ResponseChannel<query::Response>) {
         if self.closing {
-            return self.respond_query(
-                channel,
-                query::Response::Error("node is shutting down".into()),
-            );
+            return self.respond_query(channel, query::Response::Error("node is shutting down".into()));
         }
         if self.is_busy() {
             return self.respond_query(channel, query::Response::Busy);
         }
         let (now, now_ms) = (Instant::now(), now_ms());
         let answer: BoxFuture<'static, query::Response> = match request {
-            query::Request::Top { n, .. } | query::Request::LocalTop { n, .. }
-                if n > limits::MAX_TOP_N =>
-            {
+            query::Request::Top { n, .. } | query::Request::LocalTop { n, .. } if n > limits::MAX_TOP_N => {
                 let error = format!("n = {n} is too large (at most {})", limits::MAX_TOP_N);
                 return self.respond_query(channel, query::Response::Error(error));
             }
@@ -600,47 +498,29 @@ impl EventLoop {
                 self.top_from_every_node(n, from_ms, now, now_ms)
             }
             query::Request::Stats => {
-                return self.respond_query(
-                    channel,
-                    query::Response::Stats(self.view.stats(now, now_ms)),
-                );
+                return self.respond_query(channel, query::Response::Stats(self.view.stats(now, now_ms)));
             }
             query::Request::Peers => {
-                return self.respond_query(
-                    channel,
-                    query::Response::Peers(self.view.peers(now, now_ms)),
-                );
+                return self.respond_query(channel, query::Response::Peers(self.view.peers(now, now_ms)));
             }
-            query::Request::Meter {
-                meter,
-                from_ms,
-                to_ms,
-            } => self.meter_from_its_homes(meter, from_ms, to_ms),
+            query::Request::Meter { meter, from_ms, to_ms } => {
+                self.meter_from_its_homes(meter, from_ms, to_ms)
+            }
             query::Request::LocalTop { n, from_ms } => {
                 let store = self.store.clone();
                 blocking(move || store.top_since(n as usize, from_ms))
-                    .map(|spans| {
-                        spans.map_or_else(query::Response::Error, query::Response::LocalTop)
-                    })
+                    .map(|spans| spans.map_or_else(query::Response::Error, query::Response::LocalTop))
                     .boxed()
             }
-            query::Request::LocalMeter {
-                meter,
-                from_ms,
-                to_ms,
-            } => {
+            query::Request::LocalMeter { meter, from_ms, to_ms } => {
                 let local_view = self.local_view();
                 blocking(move || local_view.meter(meter, from_ms, to_ms))
-                    .map(|local| {
-                        local.map_or_else(query::Response::Error, query::Response::LocalMeter)
-                    })
+                    .map(|local| local.map_or_else(query::Response::Error, query::Response::LocalMeter))
                     .boxed()
             }
             query::Request::Blocked => {
-                return self.respond_query(
-                    channel,
-                    query::Response::Blocked(self.blocked_answer(now, now_ms)),
-                );
+                return self
+                    .respond_query(channel, query::Response::Blocked(self.blocked_answer(now, now_ms)));
             }
             query::Request::Alerts { kind } => {
                 let answer = self.alerts_answer(kind, now, now_ms);
@@ -654,31 +534,17 @@ impl EventLoop {
                 Ok(answer) => answer,
                 Err(error) => return self.respond_query(channel, query::Response::Error(error)),
             },
-            query::Request::Bill {
-                meter,
-                period_start_ms,
-            } => self.bill_from_home(meter, period_start_ms),
-            query::Request::LocalBill {
-                meter,
-                period_start_ms,
-            } => {
+            query::Request::Bill { meter, period_start_ms } => self.bill_from_home(meter, period_start_ms),
+            query::Request::LocalBill { meter, period_start_ms } => {
                 let local_view = self.local_view();
                 blocking(move || local_view.bill(meter, period_start_ms))
                     .map(|bill| bill.map_or_else(query::Response::Error, query::Response::Bill))
                     .boxed()
             }
-            query::Request::Follow { meter, after_ts_ms } => {
-                self.follow_from_home(meter, after_ts_ms)
-            }
-            query::Request::LocalFollow { meter, after_ts_ms } => {
-                self.local_follow(meter, after_ts_ms)
-            }
+            query::Request::Follow { meter, after_ts_ms } => self.follow_from_home(meter, after_ts_ms),
+            query::Request::LocalFollow { meter, after_ts_ms } => self.local_follow(meter, after_ts_ms),
         };
-        self.pending.push(
-            answer
-                .map(|response| Finished::Query(channel, Box::new(response)))
-                .boxed(),
-        );
+        self.pending.push(answer.map(|response| Finished::Query(channel, Box::new(response))).boxed());
     }
 
     fn asker(&self) -> Asker {
@@ -686,11 +552,7 @@ impl EventLoop {
     }
 
     fn addrs_of(&self, peer: &PeerId) -> Vec<Multiaddr> {
-        self.view
-            .addrs_of(peer)
-            .iter()
-            .filter_map(|addr| addr.parse().ok())
-            .collect()
+        self.view.addrs_of(peer).iter().filter_map(|addr| addr.parse().ok()).collect()
     }
 
     /// An exact top-N over any window: every live node ranks its own meters, and the answers are
@@ -704,21 +566,13 @@ impl EventLoop {
     ) -> BoxFuture<'static, query::Response> {
         let store = self.store.clone();
         let asker = self.asker();
-        let remotes: Vec<_> = self
-            .view
-            .live_remotes(now)
-            .into_iter()
-            .map(|peer| (peer, self.addrs_of(&peer)))
-            .collect();
+        let remotes: Vec<_> =
+            self.view.live_remotes(now).into_iter().map(|peer| (peer, self.addrs_of(&peer))).collect();
         let local = self.peer_id;
         async move {
             let mine = blocking(move || store.top_since(n as usize, from_ms));
             let theirs = join_all(remotes.iter().map(|(peer, addrs)| {
-                asker.ask(
-                    *peer,
-                    addrs.clone(),
-                    query::Request::LocalTop { n, from_ms },
-                )
+                asker.ask(*peer, addrs.clone(), query::Request::LocalTop { n, from_ms })
             }));
             let (mine, theirs) = futures::join!(mine, theirs);
             let mut parts: Vec<(PeerId, Vec<MeterSpan>)> = Vec::new();
@@ -747,14 +601,9 @@ impl EventLoop {
                         .or_insert((*span, *peer));
                 }
             }
-            let homes: HashMap<MeterId, PeerId> =
-                joined.iter().map(|(m, (_, home))| (*m, *home)).collect();
-            let ranked = domain::rank(
-                joined.into_values().map(|(span, _)| span).collect(),
-                n as usize,
-            );
-            let mut included: Vec<String> =
-                parts.iter().map(|(peer, _)| peer.to_string()).collect();
+            let homes: HashMap<MeterId, PeerId> = joined.iter().map(|(m, (_, home))| (*m, *home)).collect();
+            let ranked = domain::rank(joined.into_values().map(|(span, _)| span).collect(), n as usize);
+            let mut included: Vec<String> = parts.iter().map(|(peer, _)| peer.to_string()).collect();
             included.sort();
             missing.sort();
             let _ = now_ms;
@@ -764,18 +613,10 @@ impl EventLoop {
                     .map(|span| TopEntry {
                         meter: span.meter,
                         consumption_l: domain::span_consumption(span),
-                        home: homes
-                            .get(&span.meter)
-                            .map(ToString::to_string)
-                            .unwrap_or_default(),
+                        home: homes.get(&span.meter).map(ToString::to_string).unwrap_or_default(),
                     })
                     .collect(),
-                coverage: Coverage {
-                    included,
-                    stale: Vec::new(),
-                    missing,
-                    oldest_data_age_ms: 0,
-                },
+                coverage: Coverage { included, stale: Vec::new(), missing, oldest_data_age_ms: 0 },
             })
         }
         .boxed()
@@ -791,25 +632,13 @@ impl EventLoop {
     ) -> BoxFuture<'static, query::Response> {
         let local_view = self.local_view();
         let asker = self.asker();
-        let homes: Vec<_> = self
-            .view
-            .homes_of(meter)
-            .into_iter()
-            .map(|peer| (peer, self.addrs_of(&peer)))
-            .collect();
+        let homes: Vec<_> =
+            self.view.homes_of(meter).into_iter().map(|peer| (peer, self.addrs_of(&peer))).collect();
         let local = self.peer_id;
         async move {
             let mine = blocking(move || local_view.meter(meter, from_ms, to_ms));
             let theirs = join_all(homes.iter().map(|(peer, addrs)| {
-                asker.ask(
-                    *peer,
-                    addrs.clone(),
-                    query::Request::LocalMeter {
-                        meter,
-                        from_ms,
-                        to_ms,
-                    },
-                )
+                asker.ask(*peer, addrs.clone(), query::Request::LocalMeter { meter, from_ms, to_ms })
             }));
             let (mine, theirs) = futures::join!(mine, theirs);
             let mut found = Vec::new();
@@ -826,8 +655,7 @@ impl EventLoop {
                     _ => unreachable += 1,
                 }
             }
-            let latest =
-                |local: &query::LocalMeter| local.history.readings.last().map_or(0, |r| r.ts_ms);
+            let latest = |local: &query::LocalMeter| local.history.readings.last().map_or(0, |r| r.ts_ms);
             let Some((home, status)) = found
                 .iter()
                 .max_by_key(|(_, local)| latest(local))
@@ -842,8 +670,7 @@ impl EventLoop {
                     "meter {meter} is not held by any known fog node{hint}"
                 ));
             };
-            let history =
-                domain::merge_histories(found.into_iter().map(|(_, local)| local.history));
+            let history = domain::merge_histories(found.into_iter().map(|(_, local)| local.history));
             query::Response::Meter(MeterAnswer {
                 meter,
                 home: home.to_string(),
@@ -858,22 +685,12 @@ impl EventLoop {
     fn on_sync_event(&mut self, event: request_response::Event<SyncRequest, SyncResponse>) {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
-                request_response::Message::Request {
-                    request, channel, ..
-                } => {
+                request_response::Message::Request { request, channel, .. } => {
                     self.merge_all(peer, request.summaries);
                     self.merge_commands(peer, request.commands);
-                    let response = SyncResponse {
-                        summaries: self.view.signed(),
-                        commands: self.control.signed(),
-                    };
-                    if self
-                        .swarm
-                        .behaviour_mut()
-                        .sync
-                        .send_response(channel, response)
-                        .is_ok()
-                    {
+                    let response =
+                        SyncResponse { summaries: self.view.signed(), commands: self.control.signed() };
+                    if self.swarm.behaviour_mut().sync.send_response(channel, response).is_ok() {
                         self.unsent_responses += 1;
                     }
                 }
@@ -907,13 +724,9 @@ impl EventLoop {
         let merged = self.view.merge(signed.clone(), Instant::now(), false)?;
         if let Merged::Newer(origin) = merged {
             tracing::debug!(%origin, "merged a newer summary");
-            let saved = hydromesh_proto::encode(&signed)
-                .map_err(|e| e.to_string())
-                .and_then(|bytes| {
-                    self.store
-                        .save_view(&origin.to_string(), &bytes)
-                        .map_err(|e| e.to_string())
-                });
+            let saved = hydromesh_proto::encode(&signed).map_err(|e| e.to_string()).and_then(|bytes| {
+                self.store.save_view(&origin.to_string(), &bytes).map_err(|e| e.to_string())
+            });
             if let Err(error) = saved {
                 tracing::warn!(%error, "cannot save a merged summary");
             }
@@ -924,50 +737,42 @@ impl EventLoop {
     }
 
     fn on_gossip_event(&mut self, event: gossipsub::Event) {
-        let gossipsub::Event::Message {
-            propagation_source,
-            message_id,
-            message,
-        } = event
-        else {
+        let gossipsub::Event::Message { propagation_source, message_id, message } = event else {
             return;
         };
         if message.topic == rules::control_topic().hash() {
             let acceptance = self.on_control_message(propagation_source, &message.data);
-            self.swarm
-                .behaviour_mut()
-                .gossipsub
-                .report_message_validation_result(&message_id, &propagation_source, acceptance);
+            self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
+                &message_id,
+                &propagation_source,
+                acceptance,
+            );
             return;
         }
-        let acceptance = match hydromesh_proto::decode::<SignedSummary>(
-            &message.data,
-            limits::MAX_SUMMARY_BYTES,
-        )
-        .map_err(summary::SummaryError::from)
-        .and_then(|signed| self.merge(signed))
-        {
-            Ok(Merged::Newer(_)) => gossipsub::MessageAcceptance::Accept,
-            Ok(Merged::Known) => gossipsub::MessageAcceptance::Ignore,
-            Err(error) => {
-                tracing::warn!(peer = %propagation_source, %error, "refused a gossiped summary");
-                gossipsub::MessageAcceptance::Reject
-            }
-        };
-        self.swarm
-            .behaviour_mut()
-            .gossipsub
-            .report_message_validation_result(&message_id, &propagation_source, acceptance);
+        let acceptance =
+            match hydromesh_proto::decode::<SignedSummary>(&message.data, limits::MAX_SUMMARY_BYTES)
+                .map_err(summary::SummaryError::from)
+                .and_then(|signed| self.merge(signed))
+            {
+                Ok(Merged::Newer(_)) => gossipsub::MessageAcceptance::Accept,
+                Ok(Merged::Known) => gossipsub::MessageAcceptance::Ignore,
+                Err(error) => {
+                    tracing::warn!(peer = %propagation_source, %error, "refused a gossiped summary");
+                    gossipsub::MessageAcceptance::Reject
+                }
+            };
+        self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
+            &message_id,
+            &propagation_source,
+            acceptance,
+        );
     }
 
     fn on_identified(&mut self, peer: PeerId, info: identify::Info) {
         let speaks = |name: &str| info.protocols.iter().any(|p| p.as_ref() == name);
         if speaks(protocols::KAD) {
             for addr in &info.listen_addrs {
-                self.swarm
-                    .behaviour_mut()
-                    .kad
-                    .add_address(&peer, addr.clone());
+                self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
             }
         }
         if speaks(protocols::SYNC) && self.fog_peers.insert(peer) {
@@ -978,10 +783,7 @@ impl EventLoop {
     }
 
     fn sync_with(&mut self, peer: PeerId) {
-        let request = SyncRequest {
-            summaries: self.view.signed(),
-            commands: self.control.signed(),
-        };
+        let request = SyncRequest { summaries: self.view.signed(), commands: self.control.signed() };
         self.swarm.behaviour_mut().sync.send_request(&peer, request);
     }
 
@@ -1012,18 +814,9 @@ impl EventLoop {
         if let Err(error) = self.store.save_view(&summary.origin, &bytes) {
             tracing::warn!(%error, "cannot save the own summary");
         }
-        tracing::debug!(
-            version = summary.version,
-            meters = summary.meter_count,
-            "publishing summary"
-        );
+        tracing::debug!(version = summary.version, meters = summary.meter_count, "publishing summary");
         self.view.set_local(summary, signed, Instant::now());
-        match self
-            .swarm
-            .behaviour_mut()
-            .gossipsub
-            .publish(summary::topic(), bytes)
-        {
+        match self.swarm.behaviour_mut().gossipsub.publish(summary::topic(), bytes) {
             Ok(_) | Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
             Err(error) => tracing::warn!(%error, "cannot publish the summary"),
         }
@@ -1033,17 +826,14 @@ impl EventLoop {
         let version = self.store.next_summary_version()?;
         let local = self.local_state.borrow().clone();
         let mut alerts = self.store.all_alerts();
-        let truncated = alerts.len() > limits::MAX_SUMMARY_ENTRIES
-            || local.blocked.len() > limits::MAX_SUMMARY_ENTRIES;
+        let truncated =
+            alerts.len() > limits::MAX_SUMMARY_ENTRIES || local.blocked.len() > limits::MAX_SUMMARY_ENTRIES;
         alerts.truncate(limits::MAX_SUMMARY_ENTRIES);
         let blocked = local
             .blocked
             .values()
             .take(limits::MAX_SUMMARY_ENTRIES)
-            .map(|b| hydromesh_proto::summary::Blocked {
-                detail: truncate(&b.detail, 64),
-                ..b.clone()
-            })
+            .map(|b| hydromesh_proto::summary::Blocked { detail: truncate(&b.detail, 64), ..b.clone() })
             .collect();
         let top_k = self.config.top_k.min(summary::MAX_TOP_K);
         let (meter_count, total_consumption_l, top, filter) = self.store.with_meters(|meters| {
@@ -1061,12 +851,7 @@ impl EventLoop {
             name: truncate(&self.config.name, limits::MAX_NAME_BYTES),
             version,
             generated_at_ms: now_ms(),
-            addrs: self
-                .listen_addrs
-                .iter()
-                .map(ToString::to_string)
-                .take(16)
-                .collect(),
+            addrs: self.listen_addrs.iter().map(ToString::to_string).take(16).collect(),
             meter_count,
             total_consumption_l,
             top,

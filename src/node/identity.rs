@@ -14,18 +14,13 @@ const FILE: &str = "identity.key";
 pub fn load_or_create(data_dir: &Path) -> Result<Keypair, NodeError> {
     let path = data_dir.join(FILE);
     match std::fs::read(&path) {
-        Ok(bytes) => Keypair::from_protobuf_encoding(&bytes).map_err(|e| NodeError::Identity {
-            path,
-            reason: e.to_string(),
-        }),
+        Ok(bytes) => Keypair::from_protobuf_encoding(&bytes)
+            .map_err(|e| NodeError::Identity { path, reason: e.to_string() }),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             let keypair = Keypair::generate_ed25519();
             let bytes = keypair
                 .to_protobuf_encoding()
-                .map_err(|e| NodeError::Identity {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                })?;
+                .map_err(|e| NodeError::Identity { path: path.clone(), reason: e.to_string() })?;
             write_private(&path, &bytes).map_err(|source| NodeError::DataDir { path, source })?;
             Ok(keypair)
         }

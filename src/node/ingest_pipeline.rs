@@ -24,10 +24,7 @@ pub type Ack = Result<(Vec<Outcome>, Vec<MeterCommand>), String>;
 /// Work for the pipeline thread.
 pub enum Job {
     /// Store a batch and acknowledge it with its outcomes and the valve commands of its meters.
-    Ingest {
-        readings: Vec<Reading>,
-        reply: oneshot::Sender<Ack>,
-    },
+    Ingest { readings: Vec<Reading>, reply: oneshot::Sender<Ack> },
     /// The rationing inputs changed (or time passed): judge every meter again.
     Reevaluate,
 }
@@ -65,16 +62,10 @@ impl Pipeline {
     /// Starts the thread.
     pub fn start(store: Arc<Store>, capacity: usize, channels: Channels) -> std::io::Result<Self> {
         let (jobs, receiver) = mpsc::channel(capacity.max(1));
-        let thread = std::thread::Builder::new()
-            .name("hydromesh-ingest".into())
-            .spawn(move || {
-                let mut worker = Worker {
-                    store,
-                    channels,
-                    rationing: Rationing::default(),
-                };
-                worker.run(receiver);
-            })?;
+        let thread = std::thread::Builder::new().name("hydromesh-ingest".into()).spawn(move || {
+            let mut worker = Worker { store, channels, rationing: Rationing::default() };
+            worker.run(receiver);
+        })?;
         Ok(Pipeline { jobs, thread })
     }
 
@@ -82,10 +73,7 @@ impl Pipeline {
     pub async fn stop(self) {
         drop(self.jobs);
         let thread = self.thread;
-        if tokio::task::spawn_blocking(move || thread.join())
-            .await
-            .is_err()
-        {
+        if tokio::task::spawn_blocking(move || thread.join()).await.is_err() {
             tracing::error!("ingest thread panicked");
         }
     }
@@ -108,10 +96,7 @@ struct Worker {
     rationing: Rationing,
 }
 
-type Group = Vec<(
-    Vec<Reading>,
-    oneshot::Sender<Result<(Vec<Outcome>, Vec<MeterCommand>), String>>,
-)>;
+type Group = Vec<(Vec<Reading>, oneshot::Sender<Result<(Vec<Outcome>, Vec<MeterCommand>), String>>)>;
 
 impl Worker {
     fn run(&mut self, mut receiver: mpsc::Receiver<Job>) {
@@ -123,10 +108,7 @@ impl Worker {
             let mut next = Some(first);
             while let Some(job) = next.take() {
                 match job {
-                    Job::Ingest {
-                        readings: batch,
-                        reply,
-                    } => {
+                    Job::Ingest { readings: batch, reply } => {
                         readings += batch.len();
                         group.push((batch, reply));
                     }
@@ -137,10 +119,7 @@ impl Worker {
                 }
             }
             let inputs_changed = self.channels.inputs.has_changed().unwrap_or(false);
-            if reevaluate
-                || inputs_changed
-                || self.period_start() != self.rationing.state.period_start_ms
-            {
+            if reevaluate || inputs_changed || self.period_start() != self.rationing.state.period_start_ms {
                 self.reevaluate();
             }
             if !group.is_empty() {
@@ -162,10 +141,7 @@ impl Worker {
 
     fn ingest(&mut self, group: Group) {
         let now_ms = crate::clock::now_ms();
-        let results: Vec<_> = group
-            .iter()
-            .map(|(readings, _)| self.store.append(readings, now_ms))
-            .collect();
+        let results: Vec<_> = group.iter().map(|(readings, _)| self.store.append(readings, now_ms)).collect();
         let flushed = self.store.flush();
         let inputs = self.inputs();
         let mut accepted = Vec::new();
@@ -214,58 +190,33 @@ impl Worker {
                 tracing::error!(meter, %error, "cannot judge a meter");
             }
             if self.rationing.state.blocked.contains_key(&meter) {
-                commands.push(MeterCommand {
-                    meter,
-                    valve: Valve::Closed,
-                });
+                commands.push(MeterCommand { meter, valve: Valve::Closed });
             } else if self.rationing.released.remove(&meter) {
-                commands.push(MeterCommand {
-                    meter,
-                    valve: Valve::Open,
-                });
+                commands.push(MeterCommand { meter, valve: Valve::Open });
             }
         }
         commands
     }
 
     /// Judges one meter: updates its period consumption and its block.
-    fn judge(
-        &mut self,
-        meter: MeterId,
-        inputs: &RationingInputs,
-        now_ms: u64,
-    ) -> Result<(), StoreError> {
-        let consumption = self
-            .store
-            .consumption(meter, inputs.policy.period_ms, now_ms)?;
+    fn judge(&mut self, meter: MeterId, inputs: &RationingInputs, now_ms: u64) -> Result<(), StoreError> {
+        let consumption = self.store.consumption(meter, inputs.policy.period_ms, now_ms)?;
         let rationing = &mut self.rationing;
         let now = (consumption.current_l, consumption.reported);
         let (old_l, old_reported) = rationing.current.insert(meter, now).unwrap_or((0, false));
         let state = &mut rationing.state;
         state.period_consumption_l = state.period_consumption_l - old_l + consumption.current_l;
-        state.period_meters =
-            state.period_meters + u64::from(consumption.reported) - u64::from(old_reported);
+        state.period_meters = state.period_meters + u64::from(consumption.reported) - u64::from(old_reported);
         match inputs.judge(meter, consumption, now_ms) {
             Some((reason, detail)) => {
                 let since_ms = match state.blocked.get(&meter) {
                     Some(current) if current.reason == reason => current.since_ms,
-                    _ => inputs
-                        .manual
-                        .get(&meter)
-                        .map_or(now_ms, |(_, since)| *since),
+                    _ => inputs.manual.get(&meter).map_or(now_ms, |(_, since)| *since),
                 };
                 if !state.blocked.contains_key(&meter) {
                     tracing::info!(meter, reason = reason.as_str(), %detail, "cutting supply");
                 }
-                state.blocked.insert(
-                    meter,
-                    Blocked {
-                        meter,
-                        reason,
-                        since_ms,
-                        detail,
-                    },
-                );
+                state.blocked.insert(meter, Blocked { meter, reason, since_ms, detail });
                 rationing.released.remove(&meter);
             }
             None => {
@@ -299,8 +250,6 @@ impl Worker {
     }
 
     fn publish(&self) {
-        self.channels
-            .state
-            .send_replace(Arc::new(self.rationing.state.clone()));
+        self.channels.state.send_replace(Arc::new(self.rationing.state.clone()));
     }
 }

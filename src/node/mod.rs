@@ -59,10 +59,8 @@ impl Node {
     /// Starts a node: opens its store, listens, dials the bootstrap peers, and runs until
     /// [`NodeHandle::shutdown`].
     pub async fn spawn(config: Config) -> Result<NodeHandle, NodeError> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| NodeError::DataDir {
-            path: config.data_dir.clone(),
-            source,
-        })?;
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|source| NodeError::DataDir { path: config.data_dir.clone(), source })?;
         let keypair = identity::load_or_create(&config.data_dir)?;
         let peer_id = keypair.public().to_peer_id();
         let db_dir = config.data_dir.join("db");
@@ -74,15 +72,9 @@ impl Node {
         );
         let (addrs_tx, addrs_rx) = watch::channel(Vec::new());
         let cancel = CancellationToken::new();
-        let event_loop =
-            event_loop::EventLoop::new(config, keypair, store, addrs_tx, cancel.clone())?;
+        let event_loop = event_loop::EventLoop::new(config, keypair, store, addrs_tx, cancel.clone())?;
         let task = tokio::spawn(event_loop.run());
-        Ok(NodeHandle {
-            peer_id,
-            addrs: addrs_rx,
-            cancel,
-            task,
-        })
+        Ok(NodeHandle { peer_id, addrs: addrs_rx, cancel, task })
     }
 }
 
@@ -103,10 +95,7 @@ impl NodeHandle {
     /// The node's dialable addresses with `/p2p/`, once it listens on at least one.
     pub async fn listen_addrs(&self) -> Vec<Multiaddr> {
         let mut addrs = self.addrs.clone();
-        let addrs = addrs
-            .wait_for(|addrs| !addrs.is_empty())
-            .await
-            .map(|addrs| addrs.clone());
+        let addrs = addrs.wait_for(|addrs| !addrs.is_empty()).await.map(|addrs| addrs.clone());
         addrs.unwrap_or_default()
     }
 

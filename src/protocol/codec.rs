@@ -18,11 +18,7 @@ pub struct Codec<Req, Resp> {
 impl<Req, Resp> Codec<Req, Resp> {
     /// A codec refusing requests over `request_limit` and responses over `response_limit` bytes.
     pub fn new(request_limit: usize, response_limit: usize) -> Self {
-        Codec {
-            request_limit,
-            response_limit,
-            types: PhantomData,
-        }
+        Codec { request_limit, response_limit, types: PhantomData }
     }
 }
 
@@ -40,8 +36,7 @@ where
     let mut bytes = Vec::new();
     // One byte more than the limit tells an oversized message from one exactly at the limit.
     io.take(limit as u64 + 1).read_to_end(&mut bytes).await?;
-    hydromesh_proto::decode(&bytes, limit)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    hydromesh_proto::decode(&bytes, limit).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 async fn write_message<T, Io>(io: &mut Io, message: &T, limit: usize) -> io::Result<()>
@@ -49,13 +44,10 @@ where
     T: Serialize,
     Io: AsyncWrite + Unpin + Send,
 {
-    let bytes = hydromesh_proto::encode(message)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let bytes =
+        hydromesh_proto::encode(message).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     if bytes.len() > limit {
-        let error = hydromesh_proto::WireError::TooLarge {
-            size: bytes.len(),
-            limit,
-        };
+        let error = hydromesh_proto::WireError::TooLarge { size: bytes.len(), limit };
         return Err(io::Error::new(io::ErrorKind::InvalidInput, error));
     }
     io.write_all(&bytes).await?;
@@ -85,24 +77,14 @@ where
         read_message(io, self.response_limit).await
     }
 
-    async fn write_request<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        request: Req,
-    ) -> io::Result<()>
+    async fn write_request<T>(&mut self, _: &StreamProtocol, io: &mut T, request: Req) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
         write_message(io, &request, self.request_limit).await
     }
 
-    async fn write_response<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        response: Resp,
-    ) -> io::Result<()>
+    async fn write_response<T>(&mut self, _: &StreamProtocol, io: &mut T, response: Resp) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
@@ -123,35 +105,18 @@ mod tests {
         let mut codec: Codec<query::Request, query::Response> = Codec::new(64, 64);
         let protocol = StreamProtocol::new("/test/1");
         let mut buffer = Cursor::new(Vec::new());
-        codec
-            .write_request(&protocol, &mut buffer, query::Request::Stats)
-            .await
-            .expect("write");
+        codec.write_request(&protocol, &mut buffer, query::Request::Stats).await.expect("write");
         let mut reader = Cursor::new(buffer.into_inner());
-        assert_eq!(
-            codec
-                .read_request(&protocol, &mut reader)
-                .await
-                .expect("read"),
-            query::Request::Stats
-        );
+        assert_eq!(codec.read_request(&protocol, &mut reader).await.expect("read"), query::Request::Stats);
 
         let mut huge = Cursor::new(vec![1u8; 1000]);
-        let error = codec
-            .read_request(&protocol, &mut huge)
-            .await
-            .expect_err("too large");
+        let error = codec.read_request(&protocol, &mut huge).await.expect_err("too large");
         assert_eq!(error.kind(), io::ErrorKind::InvalidData);
-        assert!(
-            error.to_string().contains("exceeds the limit of 64 bytes"),
-            "{error}"
-        );
+        assert!(error.to_string().contains("exceeds the limit of 64 bytes"), "{error}");
 
         let big = query::Response::Error("x".repeat(100));
-        let error = codec
-            .write_response(&protocol, &mut Cursor::new(Vec::new()), big)
-            .await
-            .expect_err("too large");
+        let error =
+            codec.write_response(&protocol, &mut Cursor::new(Vec::new()), big).await.expect_err("too large");
         assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
     }
 }

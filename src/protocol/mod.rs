@@ -10,9 +10,7 @@ pub mod summary;
 use std::time::Duration;
 
 use libp2p::request_response::{self, ProtocolSupport};
-use libp2p::{
-    identity::Keypair, noise, swarm::NetworkBehaviour, tcp, yamux, StreamProtocol, Swarm,
-};
+use libp2p::{identity::Keypair, noise, swarm::NetworkBehaviour, tcp, yamux, StreamProtocol, Swarm};
 
 /// Declares a request-response protocol module: its behaviour type and constructor.
 macro_rules! request_response_protocol {
@@ -73,11 +71,7 @@ pub fn build_swarm<B: NetworkBehaviour>(
 ) -> Result<Swarm<B>, TransportError> {
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
         .map_err(|e| TransportError(e.to_string()))?
         .with_quic()
         .with_dns()

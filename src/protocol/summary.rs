@@ -66,37 +66,27 @@ pub fn gossipsub(keypair: &Keypair, heartbeat: Duration) -> Result<gossipsub::Be
         .max_transmit_size(limits::MAX_SUMMARY_BYTES + 1024)
         .build()
         .map_err(|e| e.to_string())?;
-    gossipsub::Behaviour::new(MessageAuthenticity::Signed(keypair.clone()), config)
-        .map_err(str::to_owned)
+    gossipsub::Behaviour::new(MessageAuthenticity::Signed(keypair.clone()), config).map_err(str::to_owned)
 }
 
 /// Signs a summary with the node's key.
 pub fn sign(keypair: &Keypair, summary: &NodeSummary) -> Result<SignedSummary, SummaryError> {
     let payload = hydromesh_proto::encode(summary)?;
-    let signature = keypair
-        .sign(&signed_bytes(&payload))
-        .map_err(|e| SummaryError::Signing(e.to_string()))?;
-    Ok(SignedSummary {
-        payload,
-        public_key: keypair.public().encode_protobuf(),
-        signature,
-    })
+    let signature =
+        keypair.sign(&signed_bytes(&payload)).map_err(|e| SummaryError::Signing(e.to_string()))?;
+    Ok(SignedSummary { payload, public_key: keypair.public().encode_protobuf(), signature })
 }
 
 /// Checks a signed summary and returns it with its origin.
 pub fn verify(signed: &SignedSummary) -> Result<(NodeSummary, PeerId), SummaryError> {
-    let key =
-        PublicKey::try_decode_protobuf(&signed.public_key).map_err(|_| SummaryError::PublicKey)?;
+    let key = PublicKey::try_decode_protobuf(&signed.public_key).map_err(|_| SummaryError::PublicKey)?;
     if !key.verify(&signed_bytes(&signed.payload), &signed.signature) {
         return Err(SummaryError::Signature);
     }
     let summary: NodeSummary = hydromesh_proto::decode(&signed.payload, limits::MAX_SUMMARY_BYTES)?;
     let signer = key.to_peer_id();
     if summary.origin != signer.to_string() {
-        return Err(SummaryError::Origin {
-            claimed: summary.origin,
-            signer,
-        });
+        return Err(SummaryError::Origin { claimed: summary.origin, signer });
     }
     check(&summary)?;
     Ok((summary, signer))
@@ -111,17 +101,9 @@ fn check(summary: &NodeSummary) -> Result<(), SummaryError> {
         return invalid("too many or too long addresses".into());
     }
     if summary.top.len() > MAX_TOP_K || summary.top.len() as u64 > summary.meter_count {
-        return invalid(format!(
-            "{} top meters for {} meters",
-            summary.top.len(),
-            summary.meter_count
-        ));
+        return invalid(format!("{} top meters for {} meters", summary.top.len(), summary.meter_count));
     }
-    if summary
-        .top
-        .iter()
-        .any(|s| s.first.ts_ms > s.last.ts_ms || s.first.litres > s.last.litres)
-    {
+    if summary.top.iter().any(|s| s.first.ts_ms > s.last.ts_ms || s.first.litres > s.last.litres) {
         return invalid("a top meter's span runs backwards".into());
     }
     if !summary.filter.is_valid() {
@@ -176,17 +158,11 @@ mod tests {
     #[test]
     fn a_summary_for_another_origin_is_refused() {
         let key = Keypair::generate_ed25519();
-        let other = Keypair::generate_ed25519()
-            .public()
-            .to_peer_id()
-            .to_string();
+        let other = Keypair::generate_ed25519().public().to_peer_id().to_string();
         let signed = sign(&key, &summary(other)).expect("sign");
         assert!(matches!(verify(&signed), Err(SummaryError::Origin { .. })));
         let mut bad = summary(key.public().to_peer_id().to_string());
         bad.name = "x".repeat(100);
-        assert!(matches!(
-            verify(&sign(&key, &bad).expect("sign")),
-            Err(SummaryError::Invalid(_))
-        ));
+        assert!(matches!(verify(&sign(&key, &bad).expect("sign")), Err(SummaryError::Invalid(_))));
     }
 }

@@ -70,10 +70,7 @@ impl Store {
             .cache_capacity(128 * 1024 * 1024)
             .mode(sled::Mode::HighThroughput)
             .open()
-            .map_err(|source| StoreError::Open {
-                path: dir.to_path_buf(),
-                source,
-            })?;
+            .map_err(|source| StoreError::Open { path: dir.to_path_buf(), source })?;
         let readings = db.open_tree("readings")?;
         let meta = db.open_tree("meta")?;
         let views = db.open_tree("views")?;
@@ -82,13 +79,7 @@ impl Store {
         let mut rules = HashMap::with_capacity(index.len());
         for span in index.values() {
             let tracker = replay_tracker(&readings, span, burst_flow_lph)?;
-            rules.insert(
-                span.meter,
-                MeterRules {
-                    tracker,
-                    period: None,
-                },
-            );
+            rules.insert(span.meter, MeterRules { tracker, period: None });
         }
         let meters = Mutex::new(index);
         let reserved = match meta.get(KEY_VERSION_RESERVED)? {
@@ -123,17 +114,10 @@ impl Store {
             };
             if outcome == Outcome::Accepted {
                 let state = rules.entry(reading.meter).or_default();
-                if state
-                    .period
-                    .is_some_and(|p| reading.ts_ms < p.period_start_ms)
-                {
+                if state.period.is_some_and(|p| reading.ts_ms < p.period_start_ms) {
                     state.period = None;
                 }
-                if state
-                    .tracker
-                    .last_ts_ms()
-                    .is_none_or(|last| reading.ts_ms > last)
-                {
+                if state.tracker.last_ts_ms().is_none_or(|last| reading.ts_ms > last) {
                     state.tracker.observe(reading, self.burst_flow_lph);
                 } else {
                     // A late reading: the rules are judged again over the stored history.
@@ -147,13 +131,7 @@ impl Store {
         for meter in replay {
             if let Some(span) = meters.get(&meter) {
                 let tracker = replay_tracker(&self.readings, span, self.burst_flow_lph)?;
-                rules.insert(
-                    meter,
-                    MeterRules {
-                        tracker,
-                        period: None,
-                    },
-                );
+                rules.insert(meter, MeterRules { tracker, period: None });
             }
         }
         Ok(outcomes)
@@ -173,52 +151,38 @@ impl Store {
             return Ok(Consumption::default());
         };
         let cached = lock(&self.rules).get(&meter).and_then(|r| r.period);
-        let figures = match cached
-            .filter(|p| p.period_start_ms == period_start_ms && p.period_ms == period_ms)
-        {
-            Some(figures) => figures,
-            None => {
-                let previous_start = period_start_ms.saturating_sub(period_ms);
-                let figures = PeriodFigures {
-                    period_start_ms,
-                    period_ms,
-                    current_base: self.window_base(meter, period_start_ms)?,
-                    previous_l: self.window_consumption(meter, previous_start, period_start_ms)?,
-                };
-                if let Some(state) = lock(&self.rules).get_mut(&meter) {
-                    state.period = Some(figures);
+        let figures =
+            match cached.filter(|p| p.period_start_ms == period_start_ms && p.period_ms == period_ms) {
+                Some(figures) => figures,
+                None => {
+                    let previous_start = period_start_ms.saturating_sub(period_ms);
+                    let figures = PeriodFigures {
+                        period_start_ms,
+                        period_ms,
+                        current_base: self.window_base(meter, period_start_ms)?,
+                        previous_l: self.window_consumption(meter, previous_start, period_start_ms)?,
+                    };
+                    if let Some(state) = lock(&self.rules).get_mut(&meter) {
+                        state.period = Some(figures);
+                    }
+                    figures
                 }
-                figures
-            }
-        };
+            };
         let current_l = match figures.current_base {
-            Some(base) if span.last.ts_ms >= period_start_ms => {
-                span.last.litres.saturating_sub(base.litres)
-            }
+            Some(base) if span.last.ts_ms >= period_start_ms => span.last.litres.saturating_sub(base.litres),
             _ => 0,
         };
         let reported = span.last.ts_ms >= period_start_ms;
-        Ok(Consumption {
-            current_l,
-            previous_l: figures.previous_l,
-            reported,
-        })
+        Ok(Consumption { current_l, previous_l: figures.previous_l, reported })
     }
 
     /// Consumption over `[from_ms, to_ms)` by the one definition.
-    pub fn window_consumption(
-        &self,
-        meter: MeterId,
-        from_ms: u64,
-        to_ms: u64,
-    ) -> Result<u64, StoreError> {
+    pub fn window_consumption(&self, meter: MeterId, from_ms: u64, to_ms: u64) -> Result<u64, StoreError> {
         if to_ms <= from_ms {
             return Ok(0);
         }
         let last = point_of(
-            self.readings
-                .range(reading_key(meter, from_ms)..reading_key(meter, to_ms))
-                .next_back(),
+            self.readings.range(reading_key(meter, from_ms)..reading_key(meter, to_ms)).next_back(),
         )?;
         let base = self.window_base(meter, from_ms)?;
         Ok(match (base, last) {
@@ -230,34 +194,24 @@ impl Store {
     /// The reading a window starting at `from_ms` counts from: the last at or before it, else
     /// the first after it.
     fn window_base(&self, meter: MeterId, from_ms: u64) -> Result<Option<Point>, StoreError> {
-        let mut before = self
-            .readings
-            .range(reading_key(meter, 0)..=reading_key(meter, from_ms));
+        let mut before = self.readings.range(reading_key(meter, 0)..=reading_key(meter, from_ms));
         match point_of(before.next_back())? {
             Some(point) => Ok(Some(point)),
             None => point_of(
-                self.readings
-                    .range(reading_key(meter, from_ms)..=reading_key(meter, u64::MAX))
-                    .next(),
+                self.readings.range(reading_key(meter, from_ms)..=reading_key(meter, u64::MAX)).next(),
             ),
         }
     }
 
     /// The meter's active alerts.
     pub fn alerts(&self, meter: MeterId) -> Vec<Alert> {
-        lock(&self.rules)
-            .get(&meter)
-            .map(|r| r.tracker.alerts(meter).collect())
-            .unwrap_or_default()
+        lock(&self.rules).get(&meter).map(|r| r.tracker.alerts(meter).collect()).unwrap_or_default()
     }
 
     /// Every active alert of this node's meters, by meter.
     pub fn all_alerts(&self) -> Vec<Alert> {
         let rules = lock(&self.rules);
-        let mut alerts: Vec<Alert> = rules
-            .iter()
-            .flat_map(|(meter, r)| r.tracker.alerts(*meter))
-            .collect();
+        let mut alerts: Vec<Alert> = rules.iter().flat_map(|(meter, r)| r.tracker.alerts(*meter)).collect();
         alerts.sort_by_key(|a| (a.meter, a.kind));
         alerts
     }
@@ -275,11 +229,7 @@ impl Store {
 
     /// Every saved admin command.
     pub fn commands(&self) -> Result<Vec<Vec<u8>>, StoreError> {
-        self.control
-            .iter()
-            .values()
-            .map(|v| Ok(v?.to_vec()))
-            .collect()
+        self.control.iter().values().map(|v| Ok(v?.to_vec())).collect()
     }
 
     fn place(
@@ -303,14 +253,8 @@ impl Store {
                         })
                     });
                 }
-                let before = self
-                    .readings
-                    .range(reading_key(reading.meter, 0)..key)
-                    .next_back();
-                let after = self
-                    .readings
-                    .range(key..=reading_key(reading.meter, u64::MAX))
-                    .next();
+                let before = self.readings.range(reading_key(reading.meter, 0)..key).next_back();
+                let after = self.readings.range(key..=reading_key(reading.meter, u64::MAX)).next();
                 (point_of(before)?, point_of(after)?)
             }
         };
@@ -326,18 +270,10 @@ impl Store {
                 later_litres: later.litres,
             }));
         }
-        self.readings
-            .insert(key, encode_value(reading).as_slice())?;
+        self.readings.insert(key, encode_value(reading).as_slice())?;
         let point = domain::point(reading);
-        let new = MeterSpan {
-            meter: reading.meter,
-            first: point,
-            last: point,
-        };
-        meters.insert(
-            reading.meter,
-            span.map_or(new, |span| domain::join_spans(span, new)),
-        );
+        let new = MeterSpan { meter: reading.meter, first: point, last: point };
+        meters.insert(reading.meter, span.map_or(new, |span| domain::join_spans(span, new)));
         Ok(Outcome::Accepted)
     }
 
@@ -378,15 +314,12 @@ impl Store {
             },
         );
         let before = match from_ms {
-            Some(from_ms) => self
-                .readings
-                .range(reading_key(meter, 0)..=reading_key(meter, from_ms))
-                .next_back(),
+            Some(from_ms) => {
+                self.readings.range(reading_key(meter, 0)..=reading_key(meter, from_ms)).next_back()
+            }
             None => None,
         };
-        let mut baseline = before
-            .map(|entry| decode_reading(meter, entry))
-            .transpose()?;
+        let mut baseline = before.map(|entry| decode_reading(meter, entry)).transpose()?;
         let mut readings = Vec::new();
         let mut truncated = false;
         if to_ms.is_none_or(|to| to > from_ms.unwrap_or(0)) {
@@ -402,45 +335,28 @@ impl Store {
         if truncated && baseline.is_none() {
             // The window's first reading is cut off, but consumption still counts from it.
             let first = self.readings.range(window).next();
-            baseline = first
-                .map(|entry| decode_reading(meter, entry))
-                .transpose()?;
+            baseline = first.map(|entry| decode_reading(meter, entry)).transpose()?;
         }
-        Ok(Some(MeterHistory {
-            baseline,
-            readings,
-            truncated,
-        }))
+        Ok(Some(MeterHistory { baseline, readings, truncated }))
     }
 
     /// Spans of the `n` meters that consumed most in `[from_ms, now)`, consumption descending then
     /// meter ascending.
     pub fn top_since(&self, n: usize, from_ms: u64) -> Result<Vec<MeterSpan>, StoreError> {
-        let candidates: Vec<MeterSpan> = lock(&self.meters)
-            .values()
-            .filter(|span| span.last.ts_ms >= from_ms)
-            .copied()
-            .collect();
+        let candidates: Vec<MeterSpan> =
+            lock(&self.meters).values().filter(|span| span.last.ts_ms >= from_ms).copied().collect();
         let mut spans = Vec::with_capacity(candidates.len());
         for span in candidates {
             let meter = span.meter;
-            let mut at_or_before = self
-                .readings
-                .range(reading_key(meter, 0)..=reading_key(meter, from_ms));
+            let mut at_or_before = self.readings.range(reading_key(meter, 0)..=reading_key(meter, from_ms));
             let base = match point_of(at_or_before.next_back())? {
                 Some(point) => Some(point),
                 None => point_of(
-                    self.readings
-                        .range(reading_key(meter, from_ms)..=reading_key(meter, u64::MAX))
-                        .next(),
+                    self.readings.range(reading_key(meter, from_ms)..=reading_key(meter, u64::MAX)).next(),
                 )?,
             };
             if let Some(first) = base {
-                spans.push(MeterSpan {
-                    meter,
-                    first,
-                    last: span.last,
-                });
+                spans.push(MeterSpan { meter, first, last: span.last });
             }
         }
         Ok(domain::rank(spans, n))
@@ -454,8 +370,7 @@ impl Store {
         let (next, reserved) = *versions;
         if next >= reserved {
             let new_reserved = next + VERSION_BLOCK;
-            self.meta
-                .insert(KEY_VERSION_RESERVED, &new_reserved.to_be_bytes())?;
+            self.meta.insert(KEY_VERSION_RESERVED, &new_reserved.to_be_bytes())?;
             self.db.flush()?;
             versions.1 = new_reserved;
         }
@@ -477,11 +392,7 @@ impl Store {
 
     /// Every saved signed summary.
     pub fn views(&self) -> Result<Vec<Vec<u8>>, StoreError> {
-        self.views
-            .iter()
-            .values()
-            .map(|v| Ok(v?.to_vec()))
-            .collect()
+        self.views.iter().values().map(|v| Ok(v?.to_vec())).collect()
     }
 
     /// Bytes the database takes on disk.
@@ -493,9 +404,7 @@ impl Store {
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding the lock cannot leave the index half-updated (every update is one
     // insert), so a poisoned lock is still safe to use.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// One meter's rule state and cached period figures.
@@ -525,15 +434,9 @@ fn replay_tracker(
     burst_flow_lph: u32,
 ) -> Result<Tracker, StoreError> {
     let meter = span.meter;
-    let from = span
-        .last
-        .ts_ms
-        .saturating_sub(rules::LEAK_WINDOW_MS + rules::STANDSTILL_MS);
+    let from = span.last.ts_ms.saturating_sub(rules::LEAK_WINDOW_MS + rules::STANDSTILL_MS);
     let mut recent = Vec::new();
-    for entry in readings
-        .range(reading_key(meter, 0)..=reading_key(meter, u64::MAX))
-        .rev()
-    {
+    for entry in readings.range(reading_key(meter, 0)..=reading_key(meter, u64::MAX)).rev() {
         let reading = decode_reading(meter, entry)?;
         let before_window = reading.ts_ms < from;
         recent.push(reading);
@@ -557,10 +460,7 @@ fn index_meters(readings: &sled::Tree) -> Result<HashMap<MeterId, MeterSpan>, St
             .ok_or_else(|| StoreError::Corrupt(format!("meter {meter} has no last reading")))?;
         meters.insert(meter, MeterSpan { meter, first, last });
         next = match meter.checked_add(1) {
-            Some(following) => readings
-                .range(reading_key(following, 0)..)
-                .next()
-                .transpose()?,
+            Some(following) => readings.range(reading_key(following, 0)..).next().transpose()?,
             None => None,
         };
     }
@@ -590,26 +490,18 @@ fn u64_at(bytes: &[u8], at: usize) -> Result<u64, StoreError> {
         .get(at..at + 8)
         .and_then(|b| b.try_into().ok())
         .map(u64::from_be_bytes)
-        .ok_or_else(|| {
-            StoreError::Corrupt(format!("expected 8 bytes at {at}, found {}", bytes.len()))
-        })
+        .ok_or_else(|| StoreError::Corrupt(format!("expected 8 bytes at {at}, found {}", bytes.len())))
 }
 
 type Entry = sled::Result<(sled::IVec, sled::IVec)>;
 
 fn decode_point(key: &[u8], value: &[u8]) -> Result<Point, StoreError> {
-    Ok(Point {
-        ts_ms: u64_at(key, 8)?,
-        litres: u64_at(value, 0)?,
-    })
+    Ok(Point { ts_ms: u64_at(key, 8)?, litres: u64_at(value, 0)? })
 }
 
 /// The point of an optional entry from a range scan.
 fn point_of(entry: Option<Entry>) -> Result<Option<Point>, StoreError> {
-    entry
-        .transpose()?
-        .map(|(key, value)| decode_point(&key, &value))
-        .transpose()
+    entry.transpose()?.map(|(key, value)| decode_point(&key, &value)).transpose()
 }
 
 fn decode_reading(meter: MeterId, entry: Entry) -> Result<Reading, StoreError> {
@@ -617,20 +509,9 @@ fn decode_reading(meter: MeterId, entry: Entry) -> Result<Reading, StoreError> {
     let alarms = value
         .get(8)
         .and_then(|bits| Alarms::from_bits(*bits))
-        .ok_or_else(|| {
-            StoreError::Corrupt(format!("reading of meter {meter} has no valid alarm bits"))
-        })?;
-    let flow_lph = value
-        .get(9..13)
-        .and_then(|b| b.try_into().ok())
-        .map(u32::from_be_bytes);
-    Ok(Reading {
-        meter,
-        ts_ms: u64_at(&key, 8)?,
-        litres: u64_at(&value, 0)?,
-        flow_lph,
-        alarms,
-    })
+        .ok_or_else(|| StoreError::Corrupt(format!("reading of meter {meter} has no valid alarm bits")))?;
+    let flow_lph = value.get(9..13).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes);
+    Ok(Reading { meter, ts_ms: u64_at(&key, 8)?, litres: u64_at(&value, 0)?, flow_lph, alarms })
 }
 
 #[cfg(test)]
@@ -641,13 +522,7 @@ mod tests {
     const NOW: u64 = T0 + 86_400_000;
 
     fn reading(meter: MeterId, ts_ms: u64, litres: u64) -> Reading {
-        Reading {
-            meter,
-            ts_ms,
-            litres,
-            flow_lph: None,
-            alarms: Alarms::empty(),
-        }
+        Reading { meter, ts_ms, litres, flow_lph: None, alarms: Alarms::empty() }
     }
 
     fn open() -> (tempfile::TempDir, Store) {
@@ -660,30 +535,18 @@ mod tests {
     fn duplicates_are_counted_once_and_conflicts_refused() {
         let (_dir, store) = open();
         let batch = [reading(1, T0, 100), reading(1, T0 + 10, 110)];
-        assert_eq!(
-            store.append(&batch, NOW).expect("append"),
-            vec![Outcome::Accepted; 2]
-        );
-        let again = [
-            reading(1, T0, 100),
-            reading(1, T0 + 10, 111),
-            reading(1, T0 + 10, 110),
-        ];
+        assert_eq!(store.append(&batch, NOW).expect("append"), vec![Outcome::Accepted; 2]);
+        let again = [reading(1, T0, 100), reading(1, T0 + 10, 111), reading(1, T0 + 10, 110)];
         let outcomes = store.append(&again, NOW).expect("append");
         assert_eq!(outcomes[0], Outcome::Duplicate);
-        assert_eq!(
-            outcomes[1],
-            Outcome::Rejected(Rejection::ConflictingDuplicate { stored_litres: 110 })
-        );
+        assert_eq!(outcomes[1], Outcome::Rejected(Rejection::ConflictingDuplicate { stored_litres: 110 }));
         assert_eq!(outcomes[2], Outcome::Duplicate);
     }
 
     #[test]
     fn the_register_never_decreases_in_either_direction() {
         let (_dir, store) = open();
-        store
-            .append(&[reading(1, T0, 100), reading(1, T0 + 100, 200)], NOW)
-            .expect("append");
+        store.append(&[reading(1, T0, 100), reading(1, T0 + 100, 200)], NOW).expect("append");
         let outcomes = store
             .append(
                 &[
@@ -699,31 +562,19 @@ mod tests {
             .expect("append");
         assert!(matches!(
             outcomes[0],
-            Outcome::Rejected(Rejection::RegisterDecreased {
-                earlier_litres: 200,
-                ..
-            })
+            Outcome::Rejected(Rejection::RegisterDecreased { earlier_litres: 200, .. })
         ));
         assert!(matches!(
             outcomes[1],
-            Outcome::Rejected(Rejection::RegisterAboveLater {
-                later_litres: 100,
-                ..
-            })
+            Outcome::Rejected(Rejection::RegisterAboveLater { later_litres: 100, .. })
         ));
         assert!(matches!(
             outcomes[2],
-            Outcome::Rejected(Rejection::RegisterDecreased {
-                earlier_litres: 100,
-                ..
-            })
+            Outcome::Rejected(Rejection::RegisterDecreased { earlier_litres: 100, .. })
         ));
         assert!(matches!(
             outcomes[3],
-            Outcome::Rejected(Rejection::RegisterAboveLater {
-                later_litres: 200,
-                ..
-            })
+            Outcome::Rejected(Rejection::RegisterAboveLater { later_litres: 200, .. })
         ));
         assert_eq!(outcomes[4..], [Outcome::Accepted, Outcome::Accepted]);
         let span = store.with_meters(|m| m[&1]);
@@ -733,39 +584,18 @@ mod tests {
     #[test]
     fn history_windows_and_baseline() {
         let (_dir, store) = open();
-        let batch: Vec<_> = (0..10)
-            .map(|i| reading(7, T0 + i * 1000, 100 + i * i))
-            .collect();
+        let batch: Vec<_> = (0..10).map(|i| reading(7, T0 + i * 1000, 100 + i * i)).collect();
         store.append(&batch, NOW).expect("append");
-        let history = store
-            .meter_history(7, Some(T0 + 2500), Some(T0 + 6000), 100)
-            .expect("read")
-            .expect("held");
+        let history =
+            store.meter_history(7, Some(T0 + 2500), Some(T0 + 6000), 100).expect("read").expect("held");
         assert_eq!(history.baseline.map(|r| r.litres), Some(104));
-        assert_eq!(
-            history
-                .readings
-                .iter()
-                .map(|r| r.litres)
-                .collect::<Vec<_>>(),
-            vec![109, 116, 125]
-        );
+        assert_eq!(history.readings.iter().map(|r| r.litres).collect::<Vec<_>>(), vec![109, 116, 125]);
         assert_eq!(domain::history_consumption(7, &history), 21);
-        let cut = store
-            .meter_history(7, None, None, 3)
-            .expect("read")
-            .expect("held");
+        let cut = store.meter_history(7, None, None, 3).expect("read").expect("held");
         assert!(cut.truncated);
         assert_eq!(cut.readings.len(), 3);
-        assert_eq!(
-            domain::history_consumption(7, &cut),
-            81,
-            "consumption survives truncation"
-        );
-        assert!(store
-            .meter_history(8, None, None, 3)
-            .expect("read")
-            .is_none());
+        assert_eq!(domain::history_consumption(7, &cut), 81, "consumption survives truncation");
+        assert!(store.meter_history(8, None, None, 3).expect("read").is_none());
     }
 
     #[test]
@@ -786,16 +616,10 @@ mod tests {
             )
             .expect("append");
         let top = store.top_since(2, T0 + 10).expect("top");
-        let got: Vec<_> = top
-            .iter()
-            .map(|s| (s.meter, domain::span_consumption(s)))
-            .collect();
+        let got: Vec<_> = top.iter().map(|s| (s.meter, domain::span_consumption(s))).collect();
         assert_eq!(got, vec![(2, 100), (3, 100)]);
         let all = store.top_since(5, 0).expect("top");
-        assert_eq!(
-            all.iter().map(|s| s.meter).collect::<Vec<_>>(),
-            vec![1, 2, 3]
-        );
+        assert_eq!(all.iter().map(|s| s.meter).collect::<Vec<_>>(), vec![1, 2, 3]);
     }
 
     #[test]
@@ -804,14 +628,7 @@ mod tests {
         let first_version = {
             let store = Store::open(dir.path(), 1_000_000).expect("open");
             store
-                .append(
-                    &[
-                        reading(u64::MAX, T0, 5),
-                        reading(u64::MAX, T0 + 1, 9),
-                        reading(3, T0, 1),
-                    ],
-                    NOW,
-                )
+                .append(&[reading(u64::MAX, T0, 5), reading(u64::MAX, T0 + 1, 9), reading(3, T0, 1)], NOW)
                 .expect("append");
             store.save_view("peer", b"signed").expect("save");
             store.flush().expect("flush");

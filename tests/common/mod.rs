@@ -46,27 +46,15 @@ pub fn config(dir: PathBuf, name: &str, bootstrap: Vec<Multiaddr>) -> Config {
 
 impl Mesh {
     pub fn new() -> Mesh {
-        Mesh {
-            root: tempfile::tempdir().expect("tempdir"),
-            nodes: Vec::new(),
-        }
+        Mesh { root: tempfile::tempdir().expect("tempdir"), nodes: Vec::new() }
     }
 
     /// `n` nodes in a chain: each bootstraps only to the previous one.
     pub async fn chain(n: usize) -> Mesh {
         let mut mesh = Mesh::new();
         for i in 0..n {
-            let bootstrap = if i == 0 {
-                vec![]
-            } else {
-                vec![mesh.nodes[i - 1].addr.clone()]
-            };
-            mesh.start(config(
-                mesh.root.path().join(format!("n{i}")),
-                &format!("n{i}"),
-                bootstrap,
-            ))
-            .await;
+            let bootstrap = if i == 0 { vec![] } else { vec![mesh.nodes[i - 1].addr.clone()] };
+            mesh.start(config(mesh.root.path().join(format!("n{i}")), &format!("n{i}"), bootstrap)).await;
         }
         mesh
     }
@@ -75,25 +63,13 @@ impl Mesh {
     pub async fn start(&mut self, config: Config) -> usize {
         let dir = config.data_dir.clone();
         let handle = Node::spawn(config).await.expect("node starts");
-        let addr = handle
-            .listen_addrs()
-            .await
-            .into_iter()
-            .next()
-            .expect("a listen address");
-        self.nodes.push(TestNode {
-            peer: handle.peer_id(),
-            handle: Some(handle),
-            addr,
-            dir,
-        });
+        let addr = handle.listen_addrs().await.into_iter().next().expect("a listen address");
+        self.nodes.push(TestNode { peer: handle.peer_id(), handle: Some(handle), addr, dir });
         self.nodes.len() - 1
     }
 
     pub async fn client(&self, i: usize) -> Client {
-        Client::connect(&self.nodes[i].addr, Duration::from_secs(5))
-            .await
-            .expect("client connects")
+        Client::connect(&self.nodes[i].addr, Duration::from_secs(5)).await.expect("client connects")
     }
 
     /// Stops node `i` in order.
@@ -115,10 +91,7 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(
-            start.elapsed() < deadline,
-            "timed out after {deadline:?} waiting for {what}"
-        );
+        assert!(start.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

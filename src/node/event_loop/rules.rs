@@ -26,20 +26,12 @@ pub fn control_topic() -> IdentTopic {
 }
 
 /// The control state saved on disk, keeping only commands of keys still trusted.
-pub fn restore_control(
-    store: &Store,
-    trusted: &[ed25519::PublicKey],
-) -> Result<ControlState, NodeError> {
+pub fn restore_control(store: &Store, trusted: &[ed25519::PublicKey]) -> Result<ControlState, NodeError> {
     let mut state = ControlState::default();
     for bytes in store.commands()? {
         let restored = hydromesh_proto::decode::<SignedCommand>(&bytes, limits::MAX_COMMAND_BYTES)
             .map_err(|e| e.to_string())
-            .and_then(|signed| {
-                Ok((
-                    control::verify(&signed, trusted).map_err(|e| e.to_string())?,
-                    signed,
-                ))
-            });
+            .and_then(|signed| Ok((control::verify(&signed, trusted).map_err(|e| e.to_string())?, signed)));
         match restored {
             Ok((command, signed)) => {
                 state.apply(command, signed);
@@ -51,11 +43,7 @@ pub fn restore_control(
 }
 
 /// The rationing inputs for the control state and the mesh-wide average.
-pub fn rationing_inputs(
-    config: &Config,
-    control: &ControlState,
-    average_l: Option<f64>,
-) -> RationingInputs {
+pub fn rationing_inputs(config: &Config, control: &ControlState, average_l: Option<f64>) -> RationingInputs {
     RationingInputs {
         policy: control.policy().0,
         average_l,
@@ -89,9 +77,7 @@ impl LocalView {
         from_ms: Option<u64>,
         to_ms: Option<u64>,
     ) -> Result<Option<LocalMeter>, StoreError> {
-        let Some(history) =
-            self.store
-                .meter_history(meter, from_ms, to_ms, limits::MAX_HISTORY_READINGS)?
+        let Some(history) = self.store.meter_history(meter, from_ms, to_ms, limits::MAX_HISTORY_READINGS)?
         else {
             return Ok(None);
         };
@@ -111,9 +97,7 @@ impl LocalView {
         let policy = self.inputs.policy;
         let period_start_ms = policy.period_start(at_ms.unwrap_or_else(now_ms));
         let period_end_ms = period_start_ms.saturating_add(policy.period_ms);
-        let consumption_l = self
-            .store
-            .window_consumption(meter, period_start_ms, period_end_ms)?;
+        let consumption_l = self.store.window_consumption(meter, period_start_ms, period_end_ms)?;
         Ok(Some(Bill {
             meter,
             period_start_ms,
@@ -121,11 +105,7 @@ impl LocalView {
             consumption_l,
             amount_cents: self.inputs.tariff.amount_cents(consumption_l),
             currency: self.inputs.tariff.currency.clone(),
-            paid: self
-                .inputs
-                .paid_through_ms
-                .get(&meter)
-                .is_some_and(|through| *through >= period_end_ms),
+            paid: self.inputs.paid_through_ms.get(&meter).is_some_and(|through| *through >= period_end_ms),
             home: self.home.clone(),
         }))
     }
@@ -169,26 +149,18 @@ impl EventLoop {
             .view
             .summaries(now)
             .flat_map(|(summary, _)| {
-                summary.blocked.iter().map(|b| BlockedEntry {
-                    blocked: b.clone(),
-                    home: summary.origin.clone(),
-                })
+                summary
+                    .blocked
+                    .iter()
+                    .map(|b| BlockedEntry { blocked: b.clone(), home: summary.origin.clone() })
             })
             .collect();
         blocked.sort_by(|a, b| (a.blocked.meter, &a.home).cmp(&(b.blocked.meter, &b.home)));
         blocked.dedup_by_key(|entry| entry.blocked.meter);
-        BlockedAnswer {
-            blocked,
-            coverage: self.view.coverage(now, now_ms),
-        }
+        BlockedAnswer { blocked, coverage: self.view.coverage(now, now_ms) }
     }
 
-    pub(super) fn alerts_answer(
-        &self,
-        kind: Option<AlertKind>,
-        now: Instant,
-        now_ms: u64,
-    ) -> AlertsAnswer {
+    pub(super) fn alerts_answer(&self, kind: Option<AlertKind>, now: Instant, now_ms: u64) -> AlertsAnswer {
         let mut alerts: Vec<AlertEntry> = self
             .view
             .summaries(now)
@@ -197,18 +169,12 @@ impl EventLoop {
                     .alerts
                     .iter()
                     .filter(|alert| kind.is_none_or(|kind| alert.kind == kind))
-                    .map(|alert| AlertEntry {
-                        alert: *alert,
-                        home: summary.origin.clone(),
-                    })
+                    .map(|alert| AlertEntry { alert: *alert, home: summary.origin.clone() })
             })
             .collect();
         alerts.sort_by_key(|entry| (entry.alert.meter, entry.alert.kind));
         alerts.dedup_by_key(|entry| (entry.alert.meter, entry.alert.kind));
-        AlertsAnswer {
-            alerts,
-            coverage: self.view.coverage(now, now_ms),
-        }
+        AlertsAnswer { alerts, coverage: self.view.coverage(now, now_ms) }
     }
 
     /// An admin command from a client: verified here; applied once its meter is known.
@@ -216,65 +182,35 @@ impl EventLoop {
         &mut self,
         signed: SignedCommand,
     ) -> Result<BoxFuture<'static, query::Response>, String> {
-        let command =
-            control::verify(&signed, &self.config.admin_keys).map_err(|e| e.to_string())?;
+        let command = control::verify(&signed, &self.config.admin_keys).map_err(|e| e.to_string())?;
         if command.issued_at_ms > now_ms() + MAX_ADMIN_CLOCK_AHEAD_MS {
             return Err("the command's time is more than 5 minutes ahead of this node's clock: check the admin machine's clock".into());
         }
-        let Some(meter) =
-            control::meter_of(&command.action).filter(|meter| !self.store.holds(*meter))
-        else {
+        let Some(meter) = control::meter_of(&command.action).filter(|meter| !self.store.holds(*meter)) else {
             let response = self.apply_control(command, signed, true);
             return Ok(futures::future::ready(response).boxed());
         };
-        let homes: Vec<_> = self
-            .view
-            .homes_of(meter)
-            .into_iter()
-            .map(|peer| (peer, self.addrs_of(&peer)))
-            .collect();
+        let homes: Vec<_> =
+            self.view.homes_of(meter).into_iter().map(|peer| (peer, self.addrs_of(&peer))).collect();
         if homes.is_empty() {
-            return Err(format!(
-                "meter {meter} is unknown: no fog node holds readings of it"
-            ));
+            return Err(format!("meter {meter} is unknown: no fog node holds readings of it"));
         }
         let asker = self.asker();
         Ok(async move {
             let answers = join_all(homes.iter().map(|(peer, addrs)| {
-                asker.ask(
-                    *peer,
-                    addrs.clone(),
-                    query::Request::LocalBill {
-                        meter,
-                        period_start_ms: None,
-                    },
-                )
+                asker.ask(*peer, addrs.clone(), query::Request::LocalBill { meter, period_start_ms: None })
             }))
             .await;
-            if !answers
-                .iter()
-                .any(|answer| matches!(answer, Ok(query::Response::Bill(Some(_)))))
-            {
+            if !answers.iter().any(|answer| matches!(answer, Ok(query::Response::Bill(Some(_))))) {
                 return query::Response::Error(format!(
                     "meter {meter} is unknown: no fog node holds readings of it"
                 ));
             }
             let (reply, response) = oneshot::channel();
-            if asker
-                .0
-                .send(Internal::Apply(Apply {
-                    command,
-                    signed,
-                    reply,
-                }))
-                .await
-                .is_err()
-            {
+            if asker.0.send(Internal::Apply(Apply { command, signed, reply })).await.is_err() {
                 return query::Response::Error("node is stopping".into());
             }
-            response
-                .await
-                .unwrap_or_else(|_| query::Response::Error("node is stopping".into()))
+            response.await.unwrap_or_else(|_| query::Response::Error("node is stopping".into()))
         }
         .boxed())
     }
@@ -286,18 +222,11 @@ impl EventLoop {
 
     /// Applies a verified command; when it is new, saves it, spreads it (if asked) and judges
     /// every meter again.
-    fn apply_control(
-        &mut self,
-        command: Command,
-        signed: SignedCommand,
-        publish: bool,
-    ) -> query::Response {
+    fn apply_control(&mut self, command: Command, signed: SignedCommand, publish: bool) -> query::Response {
         let what = describe(&command.action);
         let subject = control::subject(&command.action);
         if self.control.apply(command, signed.clone()) == Applied::Superseded {
-            return query::Response::Error(format!(
-                "{what}: a command issued later is already in force"
-            ));
+            return query::Response::Error(format!("{what}: a command issued later is already in force"));
         }
         tracing::info!(command = %what, "admin command applied");
         match hydromesh_proto::encode(&signed) {
@@ -306,12 +235,7 @@ impl EventLoop {
                     tracing::error!(%error, "cannot save an admin command");
                 }
                 if publish {
-                    match self
-                        .swarm
-                        .behaviour_mut()
-                        .gossipsub
-                        .publish(control_topic(), bytes)
-                    {
+                    match self.swarm.behaviour_mut().gossipsub.publish(control_topic(), bytes) {
                         Ok(_) | Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
                         Err(error) => tracing::warn!(%error, "cannot publish an admin command"),
                     }
@@ -328,10 +252,7 @@ impl EventLoop {
         let verified = hydromesh_proto::decode::<SignedCommand>(data, limits::MAX_COMMAND_BYTES)
             .map_err(|e| e.to_string())
             .and_then(|signed| {
-                Ok((
-                    control::verify(&signed, &self.config.admin_keys).map_err(|e| e.to_string())?,
-                    signed,
-                ))
+                Ok((control::verify(&signed, &self.config.admin_keys).map_err(|e| e.to_string())?, signed))
             });
         match verified {
             Ok((command, signed)) => match self.apply_control(command, signed, false) {
@@ -372,36 +293,21 @@ impl EventLoop {
                 .boxed();
         }
         let asker = self.asker();
-        let homes: Vec<_> = self
-            .view
-            .homes_of(meter)
-            .into_iter()
-            .map(|peer| (peer, self.addrs_of(&peer)))
-            .collect();
+        let homes: Vec<_> =
+            self.view.homes_of(meter).into_iter().map(|peer| (peer, self.addrs_of(&peer))).collect();
         async move {
             let answers = join_all(homes.iter().map(|(peer, addrs)| {
-                asker.ask(
-                    *peer,
-                    addrs.clone(),
-                    query::Request::LocalBill {
-                        meter,
-                        period_start_ms: at_ms,
-                    },
-                )
+                asker.ask(*peer, addrs.clone(), query::Request::LocalBill { meter, period_start_ms: at_ms })
             }))
             .await;
             answers
                 .into_iter()
                 .find_map(|answer| match answer {
-                    Ok(query::Response::Bill(Some(bill))) => {
-                        Some(query::Response::Bill(Some(bill)))
-                    }
+                    Ok(query::Response::Bill(Some(bill))) => Some(query::Response::Bill(Some(bill))),
                     _ => None,
                 })
                 .unwrap_or_else(|| {
-                    query::Response::NotFound(format!(
-                        "meter {meter} is not held by any known fog node"
-                    ))
+                    query::Response::NotFound(format!("meter {meter} is not held by any known fog node"))
                 })
         }
         .boxed()
@@ -417,12 +323,8 @@ impl EventLoop {
             return self.local_follow(meter, after_ts_ms);
         }
         let asker = self.asker();
-        let homes: Vec<_> = self
-            .view
-            .homes_of(meter)
-            .into_iter()
-            .map(|peer| (peer, self.addrs_of(&peer)))
-            .collect();
+        let homes: Vec<_> =
+            self.view.homes_of(meter).into_iter().map(|peer| (peer, self.addrs_of(&peer))).collect();
         async move {
             let answers = join_all(homes.iter().map(|(peer, addrs)| {
                 let request = query::Request::LocalFollow { meter, after_ts_ms };
@@ -436,9 +338,7 @@ impl EventLoop {
                     _ => None,
                 })
                 .unwrap_or_else(|| {
-                    query::Response::NotFound(format!(
-                        "meter {meter} is not held by any known fog node"
-                    ))
+                    query::Response::NotFound(format!("meter {meter} is not held by any known fog node"))
                 })
         }
         .boxed()
@@ -510,13 +410,10 @@ fn describe(action: &Action) -> String {
         Action::Policy(policy) => format!(
             "policy: period {}, cap {}, above average {}",
             humantime::format_duration(Duration::from_millis(policy.period_ms)),
+            policy.cap_l.map_or_else(|| "none".into(), |cap| format!("{cap} L")),
             policy
-                .cap_l
-                .map_or_else(|| "none".into(), |cap| format!("{cap} L")),
-            policy.above_average_permille.map_or_else(
-                || "none".into(),
-                |p| format!("{}.{:03} ×", p / 1000, p % 1000)
-            ),
+                .above_average_permille
+                .map_or_else(|| "none".into(), |p| format!("{}.{:03} ×", p / 1000, p % 1000)),
         ),
     }
 }
