@@ -39,6 +39,8 @@ pub struct Config {
     pub ingest_queue_batches: usize,
     /// Requests being answered at once before clients are told "busy".
     pub max_pending_requests: usize,
+    /// Most inbound connections at once (clients and peers); more are refused.
+    pub max_incoming_connections: u32,
     /// Close connections idle for this long.
     pub idle_connection_timeout: Duration,
     /// Admin public keys whose signed commands this node applies.
@@ -70,6 +72,7 @@ impl Default for Config {
             top_k: 100,
             ingest_queue_batches: 64,
             max_pending_requests: 256,
+            max_incoming_connections: 1024,
             idle_connection_timeout: Duration::from_secs(3600),
             admin_keys: Vec::new(),
             tariff: Tariff::default(),

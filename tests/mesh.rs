@@ -70,6 +70,13 @@ async fn every_node_answers_exact_global_questions() {
         .await;
     }
 
+    // Bootstrapped to one peer only, the last node finds and connects the rest (Kademlia).
+    eventually("the last node to connect every other node", CONVERGE, || async {
+        let Response::Peers(peers) = ask(&mesh, NODES - 1, Request::Peers).await else { return None };
+        (peers.peers.iter().filter(|p| !p.is_self && p.connected).count() == NODES - 1).then_some(())
+    })
+    .await;
+
     // The homes are right, and the weighted average is exact.
     let Response::Top(top) = ask(&mesh, 2, Request::Top { n: 3, since_ms: None }).await else {
         panic!("top")

@@ -211,6 +211,8 @@ pub struct PeerInfo {
     pub stale: bool,
     /// Whether it is the node that answered.
     pub is_self: bool,
+    /// Whether the node that answered has a connection to it now.
+    pub connected: bool,
 }
 
 /// Every fog node known.

@@ -210,7 +210,7 @@ pub fn peers_json(answer: &PeersAnswer) -> Value {
             json!({
                 "peer": p.peer, "name": p.name, "addrs": p.addrs, "meters": p.meters,
                 "version": p.version, "last_heard_ms_ago": p.last_heard_ms_ago,
-                "stale": p.stale, "self": p.is_self,
+                "stale": p.stale, "self": p.is_self, "connected": p.connected,
             })
         })
         .collect();

@@ -190,6 +190,7 @@ impl View {
                 last_heard_ms_ago: entry.heard_at.map(|at| now.duration_since(at).as_millis() as u64),
                 stale: self.is_stale(origin, entry, now),
                 is_self: *origin == self.local,
+                connected: false,
             })
             .collect();
         peers.sort_by(|a, b| (&a.name, &a.peer).cmp(&(&b.name, &b.peer)));

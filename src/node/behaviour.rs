@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use hydromesh_proto::protocols;
+use libp2p::connection_limits::{self, ConnectionLimits};
 use libp2p::request_response::ProtocolSupport;
 use libp2p::swarm::{behaviour::toggle::Toggle, NetworkBehaviour};
 use libp2p::{gossipsub, identify, identity::Keypair, kad, mdns, ping, StreamProtocol};
@@ -13,6 +14,8 @@ use crate::protocol::{self, ingest, query, sync};
 /// Everything a fog node speaks.
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    /// First, so that connections over the limits are refused before anything else sees them.
+    pub limits: connection_limits::Behaviour,
     pub ingest: ingest::Behaviour,
     pub query: query::Behaviour,
     pub sync: sync::Behaviour,
@@ -40,7 +43,12 @@ impl Behaviour {
         } else {
             None
         };
+        let limits = ConnectionLimits::default()
+            .with_max_pending_incoming(Some(128))
+            .with_max_established_incoming(Some(config.max_incoming_connections))
+            .with_max_established_per_peer(Some(4));
         Ok(Behaviour {
+            limits: connection_limits::Behaviour::new(limits),
             ingest: ingest::behaviour(ProtocolSupport::Full),
             query: query::behaviour(ProtocolSupport::Full),
             sync: sync::behaviour(ProtocolSupport::Full),

@@ -501,7 +501,11 @@ impl EventLoop {
                 return self.respond_query(channel, query::Response::Stats(self.view.stats(now, now_ms)));
             }
             query::Request::Peers => {
-                return self.respond_query(channel, query::Response::Peers(self.view.peers(now, now_ms)));
+                let mut answer = self.view.peers(now, now_ms);
+                for peer in &mut answer.peers {
+                    peer.connected = peer.peer.parse().is_ok_and(|id| self.swarm.is_connected(&id));
+                }
+                return self.respond_query(channel, query::Response::Peers(answer));
             }
             query::Request::Meter { meter, from_ms, to_ms } => {
                 self.meter_from_its_homes(meter, from_ms, to_ms)
