@@ -49,20 +49,58 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// A request answered later, once its future completes.
 enum Finished {
-    Ingest(ResponseChannel<ingest::Response>, ingest::Response),
-    Query(ResponseChannel<query::Response>, Box<query::Response>),
+    Ingest(Reply<ingest::Response>, ingest::Response),
+    Query(Reply<query::Response>, Box<query::Response>),
 }
 
-/// Work that futures hand back to the event loop.
-enum Internal {
+/// Where an answer goes: back to a peer on its stream, or to a caller in this process.
+enum Reply<T> {
+    Peer(ResponseChannel<T>),
+    Local(oneshot::Sender<T>),
+}
+
+/// A client of this node inside its own process (the HTTP API, MQTT ingest, embedders): the
+/// same questions and readings as over libp2p, through the same checks and bounds.
+#[derive(Clone)]
+pub struct LocalClient(mpsc::Sender<Internal>);
+
+impl LocalClient {
+    /// Asks the node a question. An overloaded node answers [`query::Response::Busy`].
+    pub async fn query(&self, request: query::Request) -> query::Response {
+        let (reply, answer) = oneshot::channel();
+        match self.0.try_send(Internal::Query { request, reply }) {
+            Ok(()) => answer.await.unwrap_or_else(|_| query::Response::Error("node is stopping".into())),
+            Err(mpsc::error::TrySendError::Full(_)) => query::Response::Busy,
+            Err(mpsc::error::TrySendError::Closed(_)) => query::Response::Error("node is stopping".into()),
+        }
+    }
+
+    /// Sends readings; the answer comes once they are durable.
+    pub async fn ingest(&self, readings: Vec<Reading>) -> ingest::Response {
+        let stopping = || ingest::Response::Refused { reason: "node is stopping".into() };
+        let (reply, answer) = oneshot::channel();
+        match self.0.try_send(Internal::Ingest { readings, reply }) {
+            Ok(()) => answer.await.unwrap_or_else(|_| stopping()),
+            Err(mpsc::error::TrySendError::Full(_)) => ingest::Response::Busy { retry_after_ms: 100 },
+            Err(mpsc::error::TrySendError::Closed(_)) => stopping(),
+        }
+    }
+}
+
+/// Work that futures and in-process clients hand to the event loop.
+pub(crate) enum Internal {
     /// Ask a peer a question.
     Ask(Ask),
     /// Apply a verified admin command (after its meter was found) and answer with the outcome.
     Apply(rules::Apply),
+    /// A question from a client in this process.
+    Query { request: query::Request, reply: oneshot::Sender<query::Response> },
+    /// Readings from a client in this process.
+    Ingest { readings: Vec<Reading>, reply: oneshot::Sender<ingest::Response> },
 }
 
 /// A question for a peer, from a routed query.
-struct Ask {
+pub(crate) struct Ask {
     peer: PeerId,
     addrs: Vec<Multiaddr>,
     request: query::Request,
@@ -211,6 +249,11 @@ impl EventLoop {
         })
     }
 
+    /// A client of this node for callers in the same process.
+    pub fn local_client(&self) -> LocalClient {
+        LocalClient(self.ask_tx.clone())
+    }
+
     pub async fn run(mut self) {
         tracing::info!(peer_id = %self.peer_id, name = %self.config.name, "fog node started");
         let mut republish = tokio::time::interval(self.config.republish_interval);
@@ -355,45 +398,8 @@ impl EventLoop {
                 message: request_response::Message::Request { request, channel, .. },
                 ..
             } => {
-                let count = request.readings.len();
-                tracing::debug!(%peer, count, "ingest batch");
-                if self.closing {
-                    let reason = "node is shutting down".to_owned();
-                    return self.respond_ingest(channel, ingest::Response::Refused { reason });
-                }
-                if count > limits::MAX_BATCH_READINGS {
-                    let reason =
-                        format!("{count} readings in one batch (at most {})", limits::MAX_BATCH_READINGS);
-                    return self.respond_ingest(channel, ingest::Response::Refused { reason });
-                }
-                if self.is_busy() {
-                    return self.respond_ingest(channel, ingest::Response::Busy { retry_after_ms: 100 });
-                }
-                let (reply, outcomes) = oneshot::channel();
-                match self.pipeline.jobs.try_send(Job::Ingest { readings: request.readings, reply }) {
-                    Ok(()) => self.pending.push(
-                        async move {
-                            let response = match outcomes.await {
-                                Ok(Ok((outcomes, commands))) => ingest::Response::Done { outcomes, commands },
-                                Ok(Err(error)) => {
-                                    ingest::Response::Refused { reason: format!("storage failure: {error}") }
-                                }
-                                Err(_) => {
-                                    ingest::Response::Refused { reason: "node is shutting down".into() }
-                                }
-                            };
-                            Finished::Ingest(channel, response)
-                        }
-                        .boxed(),
-                    ),
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        self.respond_ingest(channel, ingest::Response::Busy { retry_after_ms: 100 })
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => {
-                        let reason = "node is shutting down".to_owned();
-                        self.respond_ingest(channel, ingest::Response::Refused { reason })
-                    }
-                }
+                tracing::debug!(%peer, count = request.readings.len(), "ingest batch");
+                self.on_ingest(request.readings, Reply::Peer(channel));
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
                 self.on_inbound_failure("ingest", peer, error);
@@ -402,6 +408,44 @@ impl EventLoop {
                 self.unsent_responses = self.unsent_responses.saturating_sub(1)
             }
             _ => {}
+        }
+    }
+
+    fn on_ingest(&mut self, readings: Vec<Reading>, channel: Reply<ingest::Response>) {
+        let count = readings.len();
+        if self.closing {
+            let reason = "node is shutting down".to_owned();
+            return self.respond_ingest(channel, ingest::Response::Refused { reason });
+        }
+        if count > limits::MAX_BATCH_READINGS {
+            let reason = format!("{count} readings in one batch (at most {})", limits::MAX_BATCH_READINGS);
+            return self.respond_ingest(channel, ingest::Response::Refused { reason });
+        }
+        if self.is_busy() {
+            return self.respond_ingest(channel, ingest::Response::Busy { retry_after_ms: 100 });
+        }
+        let (reply, outcomes) = oneshot::channel();
+        match self.pipeline.jobs.try_send(Job::Ingest { readings, reply }) {
+            Ok(()) => self.pending.push(
+                async move {
+                    let response = match outcomes.await {
+                        Ok(Ok((outcomes, commands))) => ingest::Response::Done { outcomes, commands },
+                        Ok(Err(error)) => {
+                            ingest::Response::Refused { reason: format!("storage failure: {error}") }
+                        }
+                        Err(_) => ingest::Response::Refused { reason: "node is shutting down".into() },
+                    };
+                    Finished::Ingest(channel, response)
+                }
+                .boxed(),
+            ),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.respond_ingest(channel, ingest::Response::Busy { retry_after_ms: 100 })
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                let reason = "node is shutting down".to_owned();
+                self.respond_ingest(channel, ingest::Response::Refused { reason })
+            }
         }
     }
 
@@ -417,15 +461,29 @@ impl EventLoop {
         }
     }
 
-    fn respond_ingest(&mut self, channel: ResponseChannel<ingest::Response>, response: ingest::Response) {
-        if self.swarm.behaviour_mut().ingest.send_response(channel, response).is_ok() {
-            self.unsent_responses += 1;
+    fn respond_ingest(&mut self, reply: Reply<ingest::Response>, response: ingest::Response) {
+        match reply {
+            Reply::Peer(channel) => {
+                if self.swarm.behaviour_mut().ingest.send_response(channel, response).is_ok() {
+                    self.unsent_responses += 1;
+                }
+            }
+            Reply::Local(sender) => {
+                let _ = sender.send(response);
+            }
         }
     }
 
-    fn respond_query(&mut self, channel: ResponseChannel<query::Response>, response: query::Response) {
-        if self.swarm.behaviour_mut().query.send_response(channel, response).is_ok() {
-            self.unsent_responses += 1;
+    fn respond_query(&mut self, reply: Reply<query::Response>, response: query::Response) {
+        match reply {
+            Reply::Peer(channel) => {
+                if self.swarm.behaviour_mut().query.send_response(channel, response).is_ok() {
+                    self.unsent_responses += 1;
+                }
+            }
+            Reply::Local(sender) => {
+                let _ = sender.send(response);
+            }
         }
     }
 
@@ -440,6 +498,8 @@ impl EventLoop {
         match internal {
             Internal::Ask(ask) => self.on_ask(ask),
             Internal::Apply(apply) => self.on_apply(apply),
+            Internal::Query { request, reply } => self.on_query(request, Reply::Local(reply)),
+            Internal::Ingest { readings, reply } => self.on_ingest(readings, Reply::Local(reply)),
         }
     }
 
@@ -453,7 +513,7 @@ impl EventLoop {
         match event {
             request_response::Event::Message { message, .. } => match message {
                 request_response::Message::Request { request, channel, .. } => {
-                    self.on_query(request, channel)
+                    self.on_query(request, Reply::Peer(channel))
                 }
                 request_response::Message::Response { request_id, response } => {
                     if let Some(reply) = self.asks.remove(&request_id) {
@@ -476,7 +536,7 @@ impl EventLoop {
         }
     }
 
-    fn on_query(&mut self, request: query::Request, channel: ResponseChannel<query::Response>) {
+    fn on_query(&mut self, request: query::Request, channel: Reply<query::Response>) {
         if self.closing {
             return self.respond_query(channel, query::Response::Error("node is shutting down".into()));
         }

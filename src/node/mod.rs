@@ -7,6 +7,8 @@ mod event_loop;
 mod identity;
 mod ingest_pipeline;
 
+pub use event_loop::LocalClient;
+
 use std::sync::Arc;
 
 use libp2p::{Multiaddr, PeerId};
@@ -73,8 +75,9 @@ impl Node {
         let (addrs_tx, addrs_rx) = watch::channel(Vec::new());
         let cancel = CancellationToken::new();
         let event_loop = event_loop::EventLoop::new(config, keypair, store, addrs_tx, cancel.clone())?;
+        let local = event_loop.local_client();
         let task = tokio::spawn(event_loop.run());
-        Ok(NodeHandle { peer_id, addrs: addrs_rx, cancel, task })
+        Ok(NodeHandle { peer_id, addrs: addrs_rx, cancel, task, local })
     }
 }
 
@@ -84,6 +87,7 @@ pub struct NodeHandle {
     addrs: watch::Receiver<Vec<Multiaddr>>,
     cancel: CancellationToken,
     task: JoinHandle<()>,
+    local: LocalClient,
 }
 
 impl NodeHandle {
@@ -97,6 +101,11 @@ impl NodeHandle {
         let mut addrs = self.addrs.clone();
         let addrs = addrs.wait_for(|addrs| !addrs.is_empty()).await.map(|addrs| addrs.clone());
         addrs.unwrap_or_default()
+    }
+
+    /// A client of the node for callers in the same process (HTTP, MQTT, embedders).
+    pub fn client(&self) -> LocalClient {
+        self.local.clone()
     }
 
     /// A token cancelled when the node is asked to stop (for tying other tasks to it).
