@@ -1,15 +1,22 @@
 //! Node configuration: one struct, every field documented, defaults that work on a laptop.
+//!
+//! Sources, later ones winning: the defaults, a TOML file (`--config`, every key optional and
+//! named as the field here; `examples/node.toml` lists them all), `HYDROMESH_*` environment
+//! variables, and command-line flags.
 
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use libp2p::identity::ed25519;
 use libp2p::Multiaddr;
+use serde::{Deserialize, Serialize};
 
 use crate::domain::rules::Tariff;
 
 /// Everything a fog node needs to run.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Folder of the node's identity key (`identity.key`), its database (`db/`) and its
     /// dialable addresses (`addrs`). Created if missing.
@@ -23,14 +30,19 @@ pub struct Config {
     /// Discover peers on the LAN with mDNS (never finds loopback-only nodes).
     pub mdns: bool,
     /// Publish the summary at least this often, even with no change (liveness).
+    #[serde(with = "humantime_serde")]
     pub republish_interval: Duration,
     /// Shortest time between two summaries after a change (debounce).
+    #[serde(with = "humantime_serde")]
     pub publish_debounce: Duration,
     /// A node not heard from within this is reported stale.
+    #[serde(with = "humantime_serde")]
     pub stale_after: Duration,
     /// A node not heard from within this is dropped from the view.
+    #[serde(with = "humantime_serde")]
     pub forget_after: Duration,
     /// Gossipsub heartbeat.
+    #[serde(with = "humantime_serde")]
     pub gossip_heartbeat: Duration,
     /// How many top meters each summary carries: global top-N answers are exact for N up to
     /// this; larger N are computed by asking every node.
@@ -42,15 +54,28 @@ pub struct Config {
     /// Most inbound connections at once (clients and peers); more are refused.
     pub max_incoming_connections: u32,
     /// Close connections idle for this long.
+    #[serde(with = "humantime_serde")]
     pub idle_connection_timeout: Duration,
-    /// Admin public keys whose signed commands this node applies.
+    /// Admin public keys (hex, from `hydromesh keygen`) whose signed commands this node applies.
+    #[serde(with = "hex_keys")]
     pub admin_keys: Vec<ed25519::PublicKey>,
+    /// Bearer tokens that allow admin actions over HTTP (keep them secret; empty: none).
+    pub admin_tokens: Vec<String>,
     /// The increasing-block tariff bills are computed with.
     pub tariff: Tariff,
     /// Flow above this, in litres per hour, for 30 minutes or more is a burst.
     pub burst_flow_lph: u32,
     /// A closed period's bill unpaid this long after the period ended cuts the meter (debt).
+    #[serde(with = "humantime_serde")]
     pub debt_grace: Duration,
+    /// Address of the HTTP API, dashboard and metrics (`off` to disable).
+    #[serde(with = "addr_or_off")]
+    pub http: Option<SocketAddr>,
+    /// Address of the embedded MQTT broker for meters and gateways (`off` to disable).
+    #[serde(with = "addr_or_off")]
+    pub mqtt: Option<SocketAddr>,
+    /// An existing MQTT broker to subscribe to instead (`mqtt://HOST:PORT`).
+    pub mqtt_broker: Option<String>,
 }
 
 impl Default for Config {
@@ -75,10 +100,45 @@ impl Default for Config {
             max_incoming_connections: 1024,
             idle_connection_timeout: Duration::from_secs(3600),
             admin_keys: Vec::new(),
+            admin_tokens: Vec::new(),
             tariff: Tariff::default(),
             burst_flow_lph: 1200,
             debt_grace: Duration::from_secs(10 * 86_400),
+            http: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
+            mqtt: Some(SocketAddr::from(([127, 0, 0, 1], 1883))),
+            mqtt_broker: None,
         }
+    }
+}
+
+/// Why a configuration file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with the line.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads a TOML configuration file; keys it does not set keep their defaults.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        toml::from_str(&text)
+            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })
     }
 }
 
@@ -89,4 +149,88 @@ fn default_name() -> String {
         .map(|name| name.trim().to_owned())
         .filter(|name| !name.is_empty())
         .unwrap_or_else(|| "hydromesh".to_owned())
+}
+
+/// Parses `HOST:PORT`, or `off`.
+pub fn parse_addr_or_off(text: &str) -> Result<Option<SocketAddr>, String> {
+    match text.trim() {
+        "off" | "none" | "" => Ok(None),
+        addr => addr.parse().map(Some).map_err(|_| format!("`{addr}` is not HOST:PORT (or `off`)")),
+    }
+}
+
+mod addr_or_off {
+    use super::*;
+
+    pub fn serialize<S: serde::Serializer>(addr: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        match addr {
+            Some(addr) => s.serialize_str(&addr.to_string()),
+            None => s.serialize_str("off"),
+        }
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        parse_addr_or_off(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+mod hex_keys {
+    use super::*;
+    use crate::control::{parse_public_key, to_hex};
+
+    pub fn serialize<S: serde::Serializer>(keys: &[ed25519::PublicKey], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(keys.iter().map(|key| to_hex(&key.to_bytes())))
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ed25519::PublicKey>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|text| parse_public_key(text).map_err(serde::de::Error::custom))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_sets_what_it_names_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            "name = \"north\"\nrepublish_interval = \"3s\"\nhttp = \"127.0.0.1:9090\"\nmqtt = \"off\"\n\
+             listen = [\"/ip4/127.0.0.1/tcp/4100\"]\n[tariff]\ncurrency = \"EUR\"\nblocks = \"5000:1.00,*:2.00\"\n",
+        )
+        .expect("write");
+        let config = Config::from_file(&path).expect("config");
+        assert_eq!(config.name, "north");
+        assert_eq!(config.republish_interval, Duration::from_secs(3));
+        assert_eq!(config.http, Some("127.0.0.1:9090".parse().expect("addr")));
+        assert_eq!(config.mqtt, None);
+        assert_eq!(config.tariff.currency, "EUR");
+        assert_eq!(config.top_k, Config::default().top_k);
+        assert_eq!(config.listen.len(), 1);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, "name = \"x\"\nrepublsh_interval = \"3s\"\n").expect("write");
+        let error = Config::from_file(&path).expect_err("unknown key").to_string();
+        assert!(error.contains("republsh_interval") && error.contains("line 2"), "{error}");
+        std::fs::write(&path, "http = \"everywhere\"\n").expect("write");
+        let error = Config::from_file(&path).expect_err("bad address").to_string();
+        assert!(error.contains("everywhere"), "{error}");
+    }
+
+    #[test]
+    fn the_defaults_round_trip_through_toml() {
+        let text = toml::to_string(&Config::default()).expect("serialize");
+        let back: Config = toml::from_str(&text).expect("parse");
+        assert_eq!(back.tariff, Config::default().tariff);
+        assert_eq!(back.stale_after, Config::default().stale_after);
+    }
 }

@@ -16,6 +16,9 @@
 //!   burst alerts, tariffs, rationing.
 //! - [`control`]: signed admin commands and the replicated control state.
 //! - [`client`]: a client of one node, used by the CLI, tests and embedders.
+//! - [`metrics`]: Prometheus metrics.
+//! - [`http`]: the HTTP API, live events, dashboard and `/metrics`.
+//! - [`mqtt`]: MQTT ingest (embedded broker, or an existing one).
 //! - [`sim`]: simulated hydrometers.
 //! - [`cli`]: the `hydromesh` command line, one module per subcommand.
 //! - [`config`]: node configuration; [`clock`]: wall-clock milliseconds.
@@ -26,7 +29,10 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod domain;
+pub mod http;
 pub mod mesh;
+pub mod metrics;
+pub mod mqtt;
 pub mod node;
 pub mod protocol;
 pub mod sim;

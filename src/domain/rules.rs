@@ -125,7 +125,11 @@ impl Tracker {
 }
 
 /// An increasing-block tariff: each block's price applies to the litres within it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// In configuration files: `[tariff]` with `currency = "BRL"` and
+/// `blocks = "10000:4.50,20000:7.00,50000:11.00,*:14.00"` (see [`Tariff::parse`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "TariffText", into = "TariffText")]
 pub struct Tariff {
     /// ISO 4217 currency code.
     pub currency: String,
@@ -196,6 +200,36 @@ impl Tariff {
             }
         }
         u64::try_from((millicents + 500) / 1000).unwrap_or(u64::MAX)
+    }
+}
+
+/// A tariff as written in configuration files.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TariffText {
+    currency: String,
+    blocks: String,
+}
+
+impl TryFrom<TariffText> for Tariff {
+    type Error = String;
+
+    fn try_from(text: TariffText) -> Result<Self, String> {
+        Tariff::parse(&text.currency, &text.blocks)
+    }
+}
+
+impl From<Tariff> for TariffText {
+    fn from(tariff: Tariff) -> Self {
+        let blocks: Vec<String> = tariff
+            .blocks
+            .iter()
+            .map(|(upto, cents)| {
+                let upto = upto.map_or_else(|| "*".to_owned(), |litres| litres.to_string());
+                format!("{upto}:{}.{:02}", cents / 100, cents % 100)
+            })
+            .collect();
+        TariffText { currency: tariff.currency, blocks: blocks.join(",") }
     }
 }
 

@@ -21,6 +21,7 @@ use hydromesh_proto::summary::{
 use hydromesh_proto::{ingest, limits, protocols, MeterId, Reading};
 use libp2p::core::transport::ListenerId;
 use libp2p::identity::Keypair;
+use libp2p::metrics::Recorder;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, InboundFailure, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::SwarmEvent;
@@ -37,6 +38,7 @@ use crate::control::ControlState;
 use crate::domain;
 use crate::domain::rules::RationingInputs;
 use crate::mesh::{Merged, View};
+use crate::metrics::{Metrics, OriginLabels};
 use crate::protocol::{self, summary};
 use crate::store::{Store, StoreError};
 
@@ -51,6 +53,12 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 enum Finished {
     Ingest(Reply<ingest::Response>, ingest::Response),
     Query(Reply<query::Response>, Box<query::Response>),
+}
+
+/// An answer to a question.
+enum Answer {
+    Now(query::Response),
+    Later(BoxFuture<'static, query::Response>),
 }
 
 /// Where an answer goes: back to a peer on its stream, or to a caller in this process.
@@ -147,6 +155,7 @@ pub struct EventLoop {
     store: Arc<Store>,
     view: View,
     pipeline: Pipeline,
+    metrics: Arc<Metrics>,
     local_state: watch::Receiver<Arc<LocalState>>,
     inputs: watch::Sender<Arc<RationingInputs>>,
     accepted: broadcast::Sender<Arc<Vec<Reading>>>,
@@ -173,6 +182,7 @@ impl EventLoop {
         keypair: Keypair,
         store: Arc<Store>,
         addrs_tx: watch::Sender<Vec<Multiaddr>>,
+        metrics: Arc<Metrics>,
         cancel: CancellationToken,
     ) -> Result<Self, NodeError> {
         let peer_id = keypair.public().to_peer_id();
@@ -217,7 +227,12 @@ impl EventLoop {
         let (inputs, inputs_rx) = watch::channel(Arc::new(rules::rationing_inputs(&config, &control, None)));
         let (state_tx, local_state) = watch::channel(Arc::new(LocalState::default()));
         let (accepted, _) = broadcast::channel(1024);
-        let channels = Channels { inputs: inputs_rx, state: state_tx, accepted: accepted.clone() };
+        let channels = Channels {
+            inputs: inputs_rx,
+            state: state_tx,
+            accepted: accepted.clone(),
+            metrics: metrics.clone(),
+        };
         let pipeline = Pipeline::start(store.clone(), config.ingest_queue_batches, channels)
             .map_err(|e| NodeError::Network(format!("cannot start the ingest thread: {e}")))?;
         let (ask_tx, ask_rx) = mpsc::channel(config.max_pending_requests.max(1));
@@ -229,6 +244,7 @@ impl EventLoop {
             store,
             view,
             pipeline,
+            metrics,
             local_state,
             inputs,
             accepted,
@@ -277,6 +293,7 @@ impl EventLoop {
                     self.reevaluate();
                     self.publish_summary();
                     self.sync_with_next_peer();
+                    self.update_view_metrics();
                     for origin in self.view.forget_older_than(self.config.forget_after, Instant::now()) {
                         tracing::info!(%origin, "forgetting a fog node not heard from for too long");
                         if let Err(error) = self.store.forget_view(&origin.to_string()) {
@@ -320,16 +337,20 @@ impl EventLoop {
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        self.metrics.p2p.record(&event);
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Ingest(event)) => self.on_ingest_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Query(event)) => self.on_query_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Sync(event)) => self.on_sync_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(event)) => self.on_gossip_event(event),
-            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
-                peer_id,
-                info,
-                ..
-            })) => self.on_identified(peer_id, info),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(event)) => {
+                self.metrics.p2p.record(&event);
+                if let identify::Event::Received { peer_id, info, .. } = event {
+                    self.on_identified(peer_id, info);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.metrics.p2p.record(&event),
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(event)) => self.metrics.p2p.record(&event),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                 for (peer, addr) in found {
                     tracing::debug!(%peer, %addr, "mDNS discovered a peer");
@@ -425,10 +446,13 @@ impl EventLoop {
             return self.respond_ingest(channel, ingest::Response::Busy { retry_after_ms: 100 });
         }
         let (reply, outcomes) = oneshot::channel();
+        let (started, metrics) = (Instant::now(), self.metrics.clone());
         match self.pipeline.jobs.try_send(Job::Ingest { readings, reply }) {
             Ok(()) => self.pending.push(
                 async move {
-                    let response = match outcomes.await {
+                    let outcomes = outcomes.await;
+                    Metrics::observe(&metrics.ingest_batch_seconds, started.elapsed());
+                    let response = match outcomes {
                         Ok(Ok((outcomes, commands))) => ingest::Response::Done { outcomes, commands },
                         Ok(Err(error)) => {
                             ingest::Response::Refused { reason: format!("storage failure: {error}") }
@@ -537,35 +561,62 @@ impl EventLoop {
     }
 
     fn on_query(&mut self, request: query::Request, channel: Reply<query::Response>) {
+        let started = Instant::now();
+        // Long polls wait by design: they would only blur the latency figure.
+        let timed = !matches!(request, query::Request::Follow { .. } | query::Request::LocalFollow { .. });
+        let metrics = self.metrics.clone();
+        let observe = move || {
+            if timed {
+                Metrics::observe(&metrics.query_seconds, started.elapsed());
+            }
+        };
+        match self.answer(request) {
+            Answer::Now(response) => {
+                observe();
+                self.respond_query(channel, response);
+            }
+            Answer::Later(answer) => self.pending.push(
+                answer
+                    .map(move |response| {
+                        observe();
+                        Finished::Query(channel, Box::new(response))
+                    })
+                    .boxed(),
+            ),
+        }
+    }
+
+    /// The answer to a question: at once, or later from a future.
+    fn answer(&mut self, request: query::Request) -> Answer {
         if self.closing {
-            return self.respond_query(channel, query::Response::Error("node is shutting down".into()));
+            return Answer::Now(query::Response::Error("node is shutting down".into()));
         }
         if self.is_busy() {
-            return self.respond_query(channel, query::Response::Busy);
+            return Answer::Now(query::Response::Busy);
         }
         let (now, now_ms) = (Instant::now(), now_ms());
         let answer: BoxFuture<'static, query::Response> = match request {
             query::Request::Top { n, .. } | query::Request::LocalTop { n, .. } if n > limits::MAX_TOP_N => {
                 let error = format!("n = {n} is too large (at most {})", limits::MAX_TOP_N);
-                return self.respond_query(channel, query::Response::Error(error));
+                return Answer::Now(query::Response::Error(error));
             }
             query::Request::Top { n, since_ms: None } if n as usize <= self.config.top_k => {
                 let answer = self.view.top(n as usize, now, now_ms);
-                return self.respond_query(channel, query::Response::Top(answer));
+                return Answer::Now(query::Response::Top(answer));
             }
             query::Request::Top { n, since_ms } => {
                 let from_ms = since_ms.map_or(0, |since| now_ms.saturating_sub(since));
                 self.top_from_every_node(n, from_ms, now, now_ms)
             }
             query::Request::Stats => {
-                return self.respond_query(channel, query::Response::Stats(self.view.stats(now, now_ms)));
+                return Answer::Now(query::Response::Stats(self.view.stats(now, now_ms)));
             }
             query::Request::Peers => {
                 let mut answer = self.view.peers(now, now_ms);
                 for peer in &mut answer.peers {
                     peer.connected = peer.peer.parse().is_ok_and(|id| self.swarm.is_connected(&id));
                 }
-                return self.respond_query(channel, query::Response::Peers(answer));
+                return Answer::Now(query::Response::Peers(answer));
             }
             query::Request::Meter { meter, from_ms, to_ms } => {
                 self.meter_from_its_homes(meter, from_ms, to_ms)
@@ -583,20 +634,19 @@ impl EventLoop {
                     .boxed()
             }
             query::Request::Blocked => {
-                return self
-                    .respond_query(channel, query::Response::Blocked(self.blocked_answer(now, now_ms)));
+                return Answer::Now(query::Response::Blocked(self.blocked_answer(now, now_ms)));
             }
             query::Request::Alerts { kind } => {
                 let answer = self.alerts_answer(kind, now, now_ms);
-                return self.respond_query(channel, query::Response::Alerts(answer));
+                return Answer::Now(query::Response::Alerts(answer));
             }
             query::Request::Policy => {
                 let (policy, origin) = self.control.policy();
-                return self.respond_query(channel, query::Response::Policy(policy, origin));
+                return Answer::Now(query::Response::Policy(policy, origin));
             }
             query::Request::Admin(signed) => match self.admin(signed) {
                 Ok(answer) => answer,
-                Err(error) => return self.respond_query(channel, query::Response::Error(error)),
+                Err(error) => return Answer::Now(query::Response::Error(error)),
             },
             query::Request::Bill { meter, period_start_ms } => self.bill_from_home(meter, period_start_ms),
             query::Request::LocalBill { meter, period_start_ms } => {
@@ -608,7 +658,7 @@ impl EventLoop {
             query::Request::Follow { meter, after_ts_ms } => self.follow_from_home(meter, after_ts_ms),
             query::Request::LocalFollow { meter, after_ts_ms } => self.local_follow(meter, after_ts_ms),
         };
-        self.pending.push(answer.map(|response| Finished::Query(channel, Box::new(response))).boxed());
+        Answer::Later(answer)
     }
 
     fn asker(&self) -> Asker {
@@ -801,6 +851,7 @@ impl EventLoop {
     }
 
     fn on_gossip_event(&mut self, event: gossipsub::Event) {
+        self.metrics.p2p.record(&event);
         let gossipsub::Event::Message { propagation_source, message_id, message } = event else {
             return;
         };
@@ -858,6 +909,22 @@ impl EventLoop {
         let peers: Vec<PeerId> = self.fog_peers.iter().copied().collect();
         if !peers.is_empty() {
             self.sync_with(peers[self.sync_round % peers.len()]);
+        }
+    }
+
+    /// Summary ages, stale nodes and disk use, for `/metrics`.
+    fn update_view_metrics(&self) {
+        let peers = self.view.peers(Instant::now(), now_ms());
+        self.metrics.summary_age_seconds.clear();
+        for peer in &peers.peers {
+            if let Some(ms) = peer.last_heard_ms_ago {
+                let labels = OriginLabels { origin: peer.peer.clone() };
+                self.metrics.summary_age_seconds.get_or_create(&labels).set(ms as f64 / 1000.0);
+            }
+        }
+        self.metrics.stale_nodes.set(peers.peers.iter().filter(|p| p.stale).count() as i64);
+        if let Ok(bytes) = self.store.size_on_disk() {
+            self.metrics.disk_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
         }
     }
 

@@ -56,6 +56,8 @@ pub struct Channels {
     pub state: watch::Sender<Arc<LocalState>>,
     /// Readings accepted, batch by batch, for followers.
     pub accepted: broadcast::Sender<Arc<Vec<Reading>>>,
+    /// Where outcomes are counted.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Pipeline {
@@ -148,6 +150,7 @@ impl Worker {
         for ((readings, reply), result) in group.into_iter().zip(results) {
             let reply_with = match (&flushed, result) {
                 (Ok(()), Ok(outcomes)) => {
+                    self.channels.metrics.record_outcomes(&outcomes);
                     accepted.extend(
                         readings
                             .iter()

@@ -9,6 +9,7 @@ mod ingest_pipeline;
 
 pub use event_loop::LocalClient;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use libp2p::{Multiaddr, PeerId};
@@ -17,6 +18,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 
 /// Why a node could not start.
@@ -44,6 +46,9 @@ pub enum NodeError {
     /// The network could not be set up.
     #[error("{0}")]
     Network(String),
+    /// The HTTP server or MQTT ingest could not start.
+    #[error("{0}")]
+    Service(String),
     /// A listen address could not be used.
     #[error("cannot listen on {addr}: {reason}")]
     Listen {
@@ -74,10 +79,26 @@ impl Node {
         );
         let (addrs_tx, addrs_rx) = watch::channel(Vec::new());
         let cancel = CancellationToken::new();
-        let event_loop = event_loop::EventLoop::new(config, keypair, store, addrs_tx, cancel.clone())?;
+        let metrics = Arc::new(Metrics::new());
+        let services = config.clone();
+        let event_loop =
+            event_loop::EventLoop::new(config, keypair, store, addrs_tx, metrics.clone(), cancel.clone())?;
         let local = event_loop.local_client();
-        let task = tokio::spawn(event_loop.run());
-        Ok(NodeHandle { peer_id, addrs: addrs_rx, cancel, task, local })
+        let mut tasks = vec![tokio::spawn(event_loop.run())];
+        let started = start_services(&services, &local, &metrics, &cancel).await;
+        let (service_tasks, http_addr, mqtt_addr) = match started {
+            Ok(started) => started,
+            Err(error) => {
+                // Stop the event loop already running before reporting the failure.
+                cancel.cancel();
+                for task in tasks {
+                    let _ = task.await;
+                }
+                return Err(error);
+            }
+        };
+        tasks.extend(service_tasks);
+        Ok(NodeHandle { peer_id, addrs: addrs_rx, cancel, tasks, local, metrics, http_addr, mqtt_addr })
     }
 }
 
@@ -86,8 +107,54 @@ pub struct NodeHandle {
     peer_id: PeerId,
     addrs: watch::Receiver<Vec<Multiaddr>>,
     cancel: CancellationToken,
-    task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
     local: LocalClient,
+    metrics: Arc<Metrics>,
+    http_addr: Option<SocketAddr>,
+    mqtt_addr: Option<SocketAddr>,
+}
+
+type Services = (Vec<JoinHandle<()>>, Option<SocketAddr>, Option<SocketAddr>);
+
+/// Starts the HTTP server and MQTT ingest the configuration asks for, and writes their bound
+/// addresses to `DATA_DIR/http` and `DATA_DIR/mqtt`.
+async fn start_services(
+    config: &Config,
+    local: &LocalClient,
+    metrics: &Arc<Metrics>,
+    cancel: &CancellationToken,
+) -> Result<Services, NodeError> {
+    let mut tasks = Vec::new();
+    let mut http_addr = None;
+    if let Some(addr) = config.http {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| NodeError::Service(format!("cannot serve HTTP on {addr}: {e}")))?;
+        let bound = listener.local_addr().map_err(|e| NodeError::Service(e.to_string()))?;
+        let context = crate::http::HttpContext {
+            node: local.clone(),
+            metrics: metrics.clone(),
+            admin_tokens: Arc::new(config.admin_tokens.clone()),
+        };
+        tasks.push(crate::http::serve(listener, context, cancel.clone()));
+        tracing::info!(addr = %bound, "HTTP API and dashboard at http://{bound}/");
+        http_addr = Some(bound);
+    }
+    let (mqtt_tasks, mqtt_addr) =
+        crate::mqtt::start(config, local.clone(), metrics.clone(), cancel.clone()).await?;
+    tasks.extend(mqtt_tasks);
+    for (file, addr) in [("http", http_addr), ("mqtt", mqtt_addr)] {
+        let path = config.data_dir.join(file);
+        let written = match addr {
+            Some(addr) => std::fs::write(&path, format!("{addr}\n")),
+            None => std::fs::remove_file(&path).or_else(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Ok(()),
+                _ => Err(e),
+            }),
+        };
+        written.map_err(|source| NodeError::DataDir { path, source })?;
+    }
+    Ok((tasks, http_addr, mqtt_addr))
 }
 
 impl NodeHandle {
@@ -101,6 +168,21 @@ impl NodeHandle {
         let mut addrs = self.addrs.clone();
         let addrs = addrs.wait_for(|addrs| !addrs.is_empty()).await.map(|addrs| addrs.clone());
         addrs.unwrap_or_default()
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Where the HTTP API listens, if it does.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// Where the embedded MQTT broker listens, if it does.
+    pub fn mqtt_addr(&self) -> Option<SocketAddr> {
+        self.mqtt_addr
     }
 
     /// A client of the node for callers in the same process (HTTP, MQTT, embedders).
@@ -120,10 +202,12 @@ impl NodeHandle {
         self.join().await;
     }
 
-    /// Waits until the node has stopped.
+    /// Waits until the node and its services have stopped.
     pub async fn join(self) {
-        if let Err(error) = self.task.await {
-            tracing::error!(%error, "node task ended abnormally");
+        for task in self.tasks {
+            if let Err(error) = task.await {
+                tracing::error!(%error, "node task ended abnormally");
+            }
         }
     }
 }

@@ -1,0 +1,331 @@
+#!/usr/bin/env bash
+# Benchmarks of hydromesh on this machine, machine-readable: one JSON object per line per figure
+# on stdout, progress on stderr.
+#
+#   ingest          1,000,000 readings of 10,000 meters through `hydromesh ingest` into one node
+#                   (durable acknowledgements), and the node's bytes on disk per reading
+#   sled_baseline   the same readings written straight into sled (examples/sled_baseline.rs)
+#   ingest_vs_sled  ingest readings/s divided by sled's
+#   convergence     ack at the first node of a 5-node chain to the new top-10 at the last
+#                   (examples/convergence.rs)
+#   query           wall time of `hydromesh query top` as a fresh process, 30 runs
+#
+# Works in run/bench-YYYYmmdd-HHMMSS/ under the repository, removed at the end unless the run
+# failed or KEEP_RUN=1. Every process it starts is stopped on exit.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+READINGS=1000000
+METERS=10000
+CHAIN_NODES=5
+QUERY_RUNS=30
+ADDRS_TIMEOUT_S=30
+READY_TIMEOUT_S=60
+STOP_TIMEOUT_S=10
+
+RUN_DIR=""
+BIN=""
+EXAMPLES=""
+MACHINE=""
+# Pids of every process started, in start order.
+PIDS=()
+FAILED=0
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+
+die() {
+    log "error: $*"
+    exit 1
+}
+
+# Where cargo puts release artefacts: CARGO_TARGET_DIR if set (relative to ROOT, where cargo
+# runs), else the repository's target/.
+target_dir() {
+    local target="${CARGO_TARGET_DIR:-$ROOT/target}"
+    case "$target" in
+        /*) ;;
+        *) target="$ROOT/$target" ;;
+    esac
+    printf '%s/release\n' "$target"
+}
+
+build() {
+    log "building hydromesh and the benchmark examples (release)..."
+    (cd "$ROOT" && cargo build --release --bin hydromesh --example sled_baseline --example convergence)
+    BIN="$(target_dir)/hydromesh"
+    EXAMPLES="$(target_dir)/examples"
+    [[ -x "$BIN" ]] || die "cargo finished but $BIN is missing"
+}
+
+# "2 cores, 23.5 GiB": what the figures were measured on, repeated in every line.
+describe_machine() {
+    local kib
+    kib="$(sed -n 's/^MemTotal: *\([0-9]*\) kB$/\1/p' /proc/meminfo)"
+    MACHINE="$(nproc) cores, $(awk -v k="$kib" 'BEGIN { printf "%.1f GiB", k / 1048576 }')"
+}
+
+# Prints a JSON line on stdout with the machine appended (LINE is an object without it).
+emit() {
+    local line="$1"
+    printf '%s,"machine":"%s"}\n' "${line%\}}" "$MACHINE"
+}
+
+make_run_dir() {
+    local stamp dir suffix=0
+    stamp="$(date +%Y%m%d-%H%M%S)"
+    mkdir -p "$ROOT/run"
+    dir="$ROOT/run/bench-$stamp"
+    while ! mkdir "$dir" 2>/dev/null; do
+        suffix=$((suffix + 1))
+        dir="$ROOT/run/bench-$stamp-$suffix"
+    done
+    RUN_DIR="$dir"
+    log "run folder: $RUN_DIR"
+}
+
+now_ns() { date +%s%N; }
+
+# Whether PID runs; a zombie (exited, not yet reaped) counts as gone.
+is_alive() {
+    local pid="$1" stat
+    kill -0 "$pid" 2>/dev/null || return 1
+    stat="$(cat "/proc/$pid/stat" 2>/dev/null)" || return 1
+    stat="${stat##*) }"
+    [[ "${stat:0:1}" != "Z" ]]
+}
+
+# SIGTERM, up to STOP_TIMEOUT_S for a clean exit (a node flushes its store), then SIGKILL.
+terminate() {
+    local pid="$1" deadline
+    kill -TERM "$pid" 2>/dev/null || return 0
+    deadline=$(($(date +%s) + STOP_TIMEOUT_S))
+    while is_alive "$pid"; do
+        if (($(date +%s) >= deadline)); then
+            log "pid $pid still running after ${STOP_TIMEOUT_S}s: SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+            break
+        fi
+        sleep 0.1
+    done
+    wait "$pid" 2>/dev/null || true
+}
+
+# Stops PID and forgets it, so that the exit trap never signals a recycled pid.
+stop_pid() {
+    local pid="$1" kept=() p
+    terminate "$pid"
+    for p in "${PIDS[@]}"; do
+        [[ "$p" == "$pid" ]] || kept+=("$p")
+    done
+    PIDS=("${kept[@]}")
+}
+
+# Starts a fog node NAME with its data, log and pid under the run folder; extra args follow.
+start_node() {
+    local name="$1"
+    shift
+    RUST_LOG=info "$BIN" node --data-dir "$RUN_DIR/$name" --listen /ip4/127.0.0.1/tcp/0 \
+        --name "$name" "$@" </dev/null >"$RUN_DIR/$name.log" 2>&1 &
+    PIDS+=("$!")
+    printf '%s\n' "$!" >"$RUN_DIR/$name.pid"
+}
+
+# Prints node NAME's first dialable address once it has written its addrs file.
+node_addr() {
+    local name="$1" file="$RUN_DIR/$1/addrs" deadline addr
+    deadline=$(($(date +%s) + ADDRS_TIMEOUT_S))
+    while :; do
+        if [[ -s "$file" ]]; then
+            addr="$(head -n 1 "$file")"
+            if [[ "$addr" == */p2p/* ]]; then
+                printf '%s\n' "$addr"
+                return 0
+            fi
+        fi
+        is_alive "$(cat "$RUN_DIR/$name.pid")" || die "$name exited; see $RUN_DIR/$name.log"
+        (($(date +%s) < deadline)) || die "$name wrote no address within ${ADDRS_TIMEOUT_S}s; see $RUN_DIR/$name.log"
+        sleep 0.1
+    done
+}
+
+# The number after "KEY": in one line of JSON (empty when absent); the leading quote keeps
+# "nodes" from matching inside "stale_nodes".
+json_number() {
+    grep -o "\"$1\":[0-9.]*" <<<"$2" | head -n 1 | sed 's/.*://' || true
+}
+
+# Median (mean of the two middle values for an even count) and p90 (nearest rank) of the
+# numbers on stdin, as `"median_ms":X,"p90_ms":Y,"min_ms":A,"max_ms":B`.
+summarise_ms() {
+    sort -n | awk '
+        { v[NR] = $1 }
+        END {
+            if (NR == 0) { exit 1 }
+            median = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+            rank = int(0.9 * NR); if (rank < 0.9 * NR) rank++
+            printf "\"median_ms\":%.1f,\"p90_ms\":%.1f,\"min_ms\":%.1f,\"max_ms\":%.1f", median, v[rank], v[1], v[NR]
+        }'
+}
+
+# a. 1M readings, hour by hour for 100 hours ending yesterday 23:00 UTC, increasing registers,
+# flow in L/h so that the node stores the same 13-byte values as the sled baseline.
+generate_csv() {
+    local file="$1" now last_ms first_ms hours=$((READINGS / METERS))
+    now="$(date +%s)"
+    last_ms=$(((now - now % 86400 - 3600) * 1000))
+    first_ms=$((last_ms - (hours - 1) * 3600000))
+    awk -v meters="$METERS" -v hours="$hours" -v first="$first_ms" 'BEGIN {
+        srand(42)
+        print "meter,ts,litres,flow_lph"
+        for (m = 0; m < meters; m++) { reg[m] = int(rand() * 1000000); rate[m] = 1 + int(rand() * 40) }
+        for (h = 0; h < hours; h++) {
+            ts = first + h * 3600000
+            for (m = 0; m < meters; m++) {
+                use = int(rand() * 2 * rate[m])
+                reg[m] += use
+                # %.0f: some awks print large integers with %d as 2147483647.
+                printf "%d,%.0f,%.0f,%d\n", 100000 + m, ts, reg[m], use
+            }
+        }
+    }' >"$file"
+}
+
+INGEST_RPS=""
+
+bench_ingest() {
+    local csv="$RUN_DIR/readings.csv" addr start end out accepted seconds rps bytes pid
+    log "generating $READINGS readings of $METERS meters..."
+    generate_csv "$csv"
+    start_node ingest-node
+    pid="${PIDS[-1]}"
+    addr="$(node_addr ingest-node)"
+    log "ingesting into $addr..."
+    start="$(now_ns)"
+    # A generous ack timeout: a group commit of many batches may take longer than the default.
+    out="$("$BIN" ingest --peer "$addr" --timeout 60s --json "$csv")" || die "ingest failed: $out"
+    end="$(now_ns)"
+    accepted="$(json_number accepted "$out")"
+    [[ "$accepted" == "$READINGS" ]] || die "the node accepted $accepted of $READINGS readings: ${out:0:500}"
+    # Stop the node cleanly first so that the database is flushed and closed when measured.
+    stop_pid "$pid"
+    bytes="$(du -sb "$RUN_DIR/ingest-node/db" | cut -f1)"
+    seconds="$(awk -v ns=$((end - start)) 'BEGIN { printf "%.3f", ns / 1e9 }')"
+    rps="$(awk -v n="$READINGS" -v ns=$((end - start)) 'BEGIN { printf "%.0f", n / (ns / 1e9) }')"
+    INGEST_RPS="$rps"
+    emit "$(printf '{"bench":"ingest","readings":%s,"meters":%s,"seconds":%s,"readings_per_s":%s,"bytes_on_disk":%s,"bytes_per_reading":%s}' \
+        "$READINGS" "$METERS" "$seconds" "$rps" "$bytes" \
+        "$(awk -v b="$bytes" -v n="$READINGS" 'BEGIN { printf "%.1f", b / n }')")"
+    # The CSV is no longer needed and is the largest file of the run.
+    rm -f "$csv"
+}
+
+# b. Plain sled on the same machine, same readings count, and the ratio.
+bench_sled() {
+    local out sled_rps
+    log "sled baseline: $READINGS readings, flush every 1,000..."
+    out="$("$EXAMPLES/sled_baseline" "$RUN_DIR/sled-baseline" "$READINGS" "$METERS")" ||
+        die "sled_baseline failed"
+    emit "$out"
+    sled_rps="$(json_number readings_per_s "$out")"
+    [[ -n "$sled_rps" ]] || die "no readings_per_s in: $out"
+    emit "$(printf '{"bench":"ingest_vs_sled","ingest_readings_per_s":%s,"sled_readings_per_s":%s,"ratio":%s}' \
+        "$INGEST_RPS" "$sled_rps" "$(awk -v a="$INGEST_RPS" -v b="$sled_rps" 'BEGIN { printf "%.3f", a / b }')")"
+    rm -rf "$RUN_DIR/sled-baseline"
+}
+
+CHAIN_ADDRS=()
+
+# Whether node ADDR sees N live nodes.
+sees_all() {
+    local out
+    out="$("$BIN" query --peer "$1" --timeout 2s --json peers 2>/dev/null)" || return 1
+    [[ "$(json_number nodes "$out")" == "$2" && "$(json_number stale_nodes "$out")" == "0" ]]
+}
+
+# A chain of N nodes, each bootstrapping only to the one before, as scripts/mesh.sh starts them;
+# returns once every node sees all N.
+start_chain() {
+    local n="$1" i bootstrap=() deadline ready
+    for ((i = 1; i <= n; i++)); do
+        start_node "chain-$i" --republish 10s "${bootstrap[@]}"
+        CHAIN_ADDRS+=("$(node_addr "chain-$i")")
+        bootstrap=(--bootstrap "${CHAIN_ADDRS[-1]}")
+    done
+    log "waiting for the $n-node chain to see itself whole..."
+    deadline=$(($(date +%s) + READY_TIMEOUT_S))
+    while :; do
+        ready=1
+        for ((i = 0; i < n; i++)); do
+            sees_all "${CHAIN_ADDRS[i]}" "$n" || {
+                ready=0
+                break
+            }
+        done
+        ((ready)) && return 0
+        (($(date +%s) < deadline)) || die "the chain did not form within ${READY_TIMEOUT_S}s; logs in $RUN_DIR"
+        sleep 0.5
+    done
+}
+
+# c. First node's ack to the last node's top-10.
+bench_convergence() {
+    local out
+    log "convergence over the chain..."
+    if out="$("$EXAMPLES/convergence" "${CHAIN_ADDRS[0]}" "${CHAIN_ADDRS[-1]}")"; then
+        emit "$out"
+    else
+        # Still report what was measured; the run fails at the end.
+        [[ -n "$out" ]] && emit "$out"
+        log "convergence: some rounds did not converge"
+        FAILED=1
+    fi
+}
+
+# d. A user's query: process start, connection, answer, exit.
+bench_query() {
+    local addr="${CHAIN_ADDRS[-1]}" i start end samples=""
+    log "query top, $QUERY_RUNS runs as separate processes..."
+    for ((i = 0; i < QUERY_RUNS; i++)); do
+        start="$(now_ns)"
+        "$BIN" query --peer "$addr" top >/dev/null || die "query top failed against $addr"
+        end="$(now_ns)"
+        samples+="$(awk -v ns=$((end - start)) 'BEGIN { printf "%.3f", ns / 1e6 }')"$'\n'
+    done
+    emit "$(printf '{"bench":"query","runs":%s,"nodes":%s,%s}' \
+        "$QUERY_RUNS" "$CHAIN_NODES" "$(printf '%s' "$samples" | summarise_ms)")"
+}
+
+# Stops every process this run started, newest first; keeps the run folder when it failed.
+cleanup() {
+    local status=$? i
+    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+        terminate "${PIDS[i]}"
+    done
+    if [[ -n "$RUN_DIR" ]]; then
+        if ((status == 0)) && [[ "${KEEP_RUN:-0}" != 1 ]]; then
+            rm -rf "$RUN_DIR"
+        else
+            log "run folder kept: $RUN_DIR"
+        fi
+    fi
+    exit "$status"
+}
+
+main() {
+    local started
+    started="$(date +%s)"
+    trap cleanup EXIT
+    trap 'exit 130' INT TERM
+    build
+    describe_machine
+    make_run_dir
+    bench_ingest
+    bench_sled
+    start_chain "$CHAIN_NODES"
+    bench_convergence
+    bench_query
+    log "done in $(($(date +%s) - started)) s"
+    ((FAILED == 0)) || die "some benchmarks failed; see above"
+}
+
+main "$@"

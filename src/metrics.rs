@@ -1,0 +1,169 @@
+//! Prometheus metrics: libp2p's own (connections, gossipsub, kademlia, identify, ping) and
+//! hydromesh's, all under one registry served at `/metrics`.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use hydromesh_proto::ingest::{Outcome, Rejection};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Labels of readings by what happened to them.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `accepted`, `duplicate`, or the rule a rejected reading broke.
+    pub outcome: &'static str,
+}
+
+/// Labels of refused input by source and reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    /// Where it came from: `mqtt`, `http`, `p2p`.
+    pub source: &'static str,
+    /// Why it was refused.
+    pub reason: &'static str,
+}
+
+/// Labels of a fog node.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OriginLabels {
+    /// Its peer id.
+    pub origin: String,
+}
+
+/// Every metric of a node.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    /// libp2p's metrics, fed the swarm's events.
+    pub p2p: libp2p::metrics::Metrics,
+    /// Readings by outcome.
+    pub readings: Family<OutcomeLabels, Counter>,
+    /// Requests and messages refused before reaching the store (malformed, oversized, …).
+    pub refused: Family<RefusedLabels, Counter>,
+    /// Seconds from an ingest batch's arrival to its durable acknowledgement.
+    pub ingest_batch_seconds: Histogram,
+    /// Seconds to answer a question.
+    pub query_seconds: Histogram,
+    /// Age of each node's latest summary, seconds.
+    pub summary_age_seconds: Family<OriginLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// Fog nodes reported stale.
+    pub stale_nodes: Gauge,
+    /// Bytes the database takes on disk.
+    pub disk_bytes: Gauge,
+}
+
+impl Metrics {
+    /// A registry with every metric registered.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let p2p = libp2p::metrics::Metrics::new(&mut registry);
+        let sub = registry.sub_registry_with_prefix("hydromesh");
+        let readings = Family::<OutcomeLabels, Counter>::default();
+        sub.register("readings", "Readings received, by outcome", readings.clone());
+        let refused = Family::<RefusedLabels, Counter>::default();
+        sub.register("refused", "Input refused before the store, by source and reason", refused.clone());
+        let ingest_batch_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        sub.register(
+            "ingest_batch_seconds",
+            "Time from a batch's arrival to its durable acknowledgement",
+            ingest_batch_seconds.clone(),
+        );
+        let query_seconds = Histogram::new(exponential_buckets(0.00005, 2.0, 18));
+        sub.register("query_seconds", "Time to answer a question", query_seconds.clone());
+        let summary_age_seconds = Family::default();
+        sub.register(
+            "summary_age_seconds",
+            "Age of each fog node's latest summary",
+            summary_age_seconds.clone(),
+        );
+        let stale_nodes = Gauge::default();
+        sub.register("stale_nodes", "Fog nodes not heard from within stale_after", stale_nodes.clone());
+        let disk_bytes = Gauge::default();
+        sub.register("disk_bytes", "Bytes the node's database takes on disk", disk_bytes.clone());
+        Metrics {
+            registry: Mutex::new(registry),
+            p2p,
+            readings,
+            refused,
+            ingest_batch_seconds,
+            query_seconds,
+            summary_age_seconds,
+            stale_nodes,
+            disk_bytes,
+        }
+    }
+
+    /// Counts a batch's outcomes.
+    pub fn record_outcomes(&self, outcomes: &[Outcome]) {
+        for outcome in outcomes {
+            self.readings.get_or_create(&OutcomeLabels { outcome: outcome_label(outcome) }).inc();
+        }
+    }
+
+    /// Counts one refused input.
+    pub fn refuse(&self, source: &'static str, reason: &'static str) {
+        self.refused.get_or_create(&RefusedLabels { source, reason }).inc();
+    }
+
+    /// Records how long something took into a histogram.
+    pub fn observe(histogram: &Histogram, elapsed: Duration) {
+        histogram.observe(elapsed.as_secs_f64());
+    }
+
+    /// The metrics in Prometheus' text format.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        let registry = self.registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if prometheus_client::encoding::text::encode(&mut text, &registry).is_err() {
+            text.clear();
+        }
+        text
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+fn outcome_label(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Accepted => "accepted",
+        Outcome::Duplicate => "duplicate",
+        Outcome::Rejected(Rejection::RegisterDecreased { .. } | Rejection::RegisterAboveLater { .. }) => {
+            "register_decreased"
+        }
+        Outcome::Rejected(Rejection::FutureTimestamp { .. }) => "future_timestamp",
+        Outcome::Rejected(Rejection::ConflictingDuplicate { .. }) => "conflicting_duplicate",
+        Outcome::Rejected(Rejection::OutOfRange { .. }) => "out_of_range",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_are_counted_by_label() {
+        let metrics = Metrics::new();
+        metrics.record_outcomes(&[
+            Outcome::Accepted,
+            Outcome::Accepted,
+            Outcome::Rejected(Rejection::ConflictingDuplicate { stored_litres: 1 }),
+        ]);
+        metrics.refuse("mqtt", "malformed_json");
+        let text = metrics.encode();
+        assert!(text.contains("hydromesh_readings_total{outcome=\"accepted\"} 2"), "{text}");
+        assert!(text.contains("hydromesh_readings_total{outcome=\"conflicting_duplicate\"} 1"), "{text}");
+        assert!(
+            text.contains("hydromesh_refused_total{source=\"mqtt\",reason=\"malformed_json\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("libp2p"), "libp2p's metrics are registered too");
+    }
+}
