@@ -125,7 +125,7 @@ start_node() {
     local name="$1"
     shift
     RUST_LOG=info "$BIN" node --data-dir "$RUN_DIR/$name" --listen /ip4/127.0.0.1/tcp/0 \
-        --name "$name" "$@" </dev/null >"$RUN_DIR/$name.log" 2>&1 &
+        --http off --mqtt off --name "$name" "$@" </dev/null >"$RUN_DIR/$name.log" 2>&1 &
     PIDS+=("$!")
     printf '%s\n' "$!" >"$RUN_DIR/$name.pid"
 }

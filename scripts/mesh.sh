@@ -198,6 +198,7 @@ start_nodes() {
         fi
         spawn "$RUN_DIR/node-$i.log" "$RUN_DIR/node-$i.pid" \
             "$BIN" node --data-dir "$RUN_DIR/node-$i" --listen /ip4/127.0.0.1/tcp/0 \
+            --http 127.0.0.1:0 --mqtt 127.0.0.1:0 \
             "${bootstrap[@]}" --name "fog-$i" --republish "$REPUBLISH"
         # The next node needs this one's address, and each chain link is only as good as it.
         prev="$(first_addr "$i")"

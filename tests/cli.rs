@@ -28,7 +28,8 @@ impl NodeProcess {
     fn start_with(extra: &[&str]) -> NodeProcess {
         let dir = tempfile::tempdir().expect("tempdir");
         let child = Command::new(BIN)
-            .args(["node", "--listen", "/ip4/127.0.0.1/tcp/0", "--name", "cli-test", "--data-dir"])
+            .args(["node", "--listen", "/ip4/127.0.0.1/tcp/0", "--name", "cli-test"])
+            .args(["--http", "127.0.0.1:0", "--mqtt", "off", "--data-dir"])
             .arg(dir.path().join("data"))
             .args(extra)
             .stdout(Stdio::null())
@@ -254,7 +255,16 @@ fn sigterm_stops_the_node_cleanly_and_acknowledged_readings_survive() {
     let data = dir.path().join("data");
     let start = |data: &Path| {
         Command::new(BIN)
-            .args(["node", "--listen", "/ip4/127.0.0.1/tcp/0", "--data-dir"])
+            .args([
+                "node",
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--http",
+                "off",
+                "--mqtt",
+                "off",
+                "--data-dir",
+            ])
             .arg(data)
             .stdout(Stdio::null())
             .stderr(Stdio::null())

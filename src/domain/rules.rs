@@ -184,6 +184,19 @@ impl Tariff {
         Ok(Tariff { currency, blocks })
     }
 
+    /// The blocks as [`Tariff::parse`] reads them.
+    pub fn blocks_text(&self) -> String {
+        let blocks: Vec<String> = self
+            .blocks
+            .iter()
+            .map(|(upto, cents)| {
+                let upto = upto.map_or_else(|| "*".to_owned(), |litres| litres.to_string());
+                format!("{upto}:{}.{:02}", cents / 100, cents % 100)
+            })
+            .collect();
+        blocks.join(",")
+    }
+
     /// The amount due for `litres`, in cents (rounded to the nearest cent).
     pub fn amount_cents(&self, litres: u64) -> u64 {
         let mut millicents = 0u128;
@@ -221,15 +234,7 @@ impl TryFrom<TariffText> for Tariff {
 
 impl From<Tariff> for TariffText {
     fn from(tariff: Tariff) -> Self {
-        let blocks: Vec<String> = tariff
-            .blocks
-            .iter()
-            .map(|(upto, cents)| {
-                let upto = upto.map_or_else(|| "*".to_owned(), |litres| litres.to_string());
-                format!("{upto}:{}.{:02}", cents / 100, cents % 100)
-            })
-            .collect();
-        TariffText { currency: tariff.currency, blocks: blocks.join(",") }
+        TariffText { blocks: tariff.blocks_text(), currency: tariff.currency }
     }
 }
 

@@ -40,6 +40,8 @@ pub fn config(dir: PathBuf, name: &str, bootstrap: Vec<Multiaddr>) -> Config {
         publish_debounce: Duration::from_millis(50),
         stale_after: Duration::from_secs(20),
         gossip_heartbeat: Duration::from_millis(200),
+        http: None,
+        mqtt: None,
         ..Config::default()
     }
 }
