@@ -35,7 +35,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a fog node.
-    Node(node::Args),
+    Node(Box<node::Args>),
     /// Send readings from a CSV or JSON-lines file to a node.
     Ingest(ingest::Args),
     /// Ask any node a global question, or about one meter.
@@ -52,7 +52,7 @@ impl Cli {
     /// Runs the subcommand and returns the process exit status.
     pub async fn run(self) -> ExitCode {
         let result = match self.command {
-            Command::Node(args) => node::run(args).await,
+            Command::Node(args) => node::run(*args).await,
             Command::Ingest(args) => ingest::run(args).await,
             Command::Query(args) => query::run(args).await,
             Command::Simulate(args) => simulate::run(args).await,

@@ -56,6 +56,7 @@ enum Finished {
 }
 
 /// An answer to a question.
+#[allow(clippy::large_enum_variant)] // built and consumed at once, never stored
 enum Answer {
     Now(query::Response),
     Later(BoxFuture<'static, query::Response>),
