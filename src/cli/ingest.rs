@@ -3,7 +3,11 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::io::BufRead;
+use std::io::{BufRead, IsTerminal, Read};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 
 use hydromesh_proto::ingest::{self, Outcome};
@@ -44,6 +48,38 @@ fn parse_format(text: &str) -> Result<Format, String> {
     }
 }
 
+/// Large files show progress on a terminal; nothing is drawn when stderr is not one.
+const PROGRESS_MIN_BYTES: u64 = 4 * 1024 * 1024;
+
+fn progress_bar(size: Option<u64>) -> ProgressBar {
+    match size {
+        Some(size) if size >= PROGRESS_MIN_BYTES && std::io::stderr().is_terminal() => {
+            let bar = ProgressBar::new(size);
+            let style =
+                ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}");
+            if let Ok(style) = style {
+                bar.set_style(style);
+            }
+            bar
+        }
+        _ => ProgressBar::hidden(),
+    }
+}
+
+/// A reader that counts the bytes read through it (for the progress bar).
+struct Counted<R> {
+    inner: R,
+    read: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
 /// What happened to the file's lines.
 #[derive(Default)]
 struct Report {
@@ -56,13 +92,17 @@ struct Report {
 /// Runs `hydromesh ingest`.
 pub async fn run(args: Args) -> anyhow::Result<u8> {
     let format = args.format.unwrap_or_else(|| Format::from_path(&args.file));
-    let reader: Box<dyn BufRead> = if args.file.as_os_str() == "-" {
-        Box::new(std::io::stdin().lock())
+    let read = Arc::new(AtomicU64::new(0));
+    let (reader, size): (Box<dyn BufRead>, Option<u64>) = if args.file.as_os_str() == "-" {
+        (Box::new(std::io::stdin().lock()), None)
     } else {
         let file = std::fs::File::open(&args.file)
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", args.file.display()))?;
-        Box::new(std::io::BufReader::with_capacity(1 << 20, file))
+        let size = file.metadata().ok().map(|m| m.len());
+        let counted = Counted { inner: file, read: read.clone() };
+        (Box::new(std::io::BufReader::with_capacity(1 << 20, counted)), size)
     };
+    let progress = progress_bar(size);
     let readings = Readings::new(reader, format)
         .map_err(|e| anyhow::anyhow!("{}: line {}: {}", args.file.display(), e.line, e.error))?;
     let mut client = args.peer.connect().await?;
@@ -81,8 +121,10 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         .ingest_batches(batches, args.window as usize, |index, response| {
             let lines = lines_of_batch.borrow_mut().remove(&index).unwrap_or_default();
             report.borrow_mut().record(&lines, response);
+            progress.set_position(read.load(Ordering::Relaxed));
         })
         .await?;
+    progress.finish_and_clear();
     let mut report = report.into_inner();
     report.rejected.sort();
     if args.json {
