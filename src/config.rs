@@ -227,6 +227,26 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_documents_every_key_with_its_default() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/node.toml");
+        let text = std::fs::read_to_string(&path).expect("examples/node.toml");
+        let example: toml::Table = toml::from_str(&text).expect("valid TOML");
+        let defaults: toml::Table =
+            toml::from_str(&toml::to_string(&Config::default()).expect("serialize")).expect("parse");
+        let commented = |key: &str| text.contains(&format!("# {key} = "));
+        for (key, value) in &defaults {
+            match example.get(key) {
+                Some(documented) if key != "name" => assert_eq!(documented, value, "default of `{key}`"),
+                Some(_) => {}
+                None => assert!(commented(key), "examples/node.toml does not document `{key}`"),
+            }
+        }
+        assert!(commented("mqtt_broker"), "the optional broker is shown commented out");
+        let config = Config::from_file(&path).expect("the example loads");
+        assert_eq!(config.tariff, Tariff::default());
+    }
+
+    #[test]
     fn the_defaults_round_trip_through_toml() {
         let text = toml::to_string(&Config::default()).expect("serialize");
         let back: Config = toml::from_str(&text).expect("parse");
