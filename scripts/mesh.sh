@@ -16,12 +16,20 @@ CURRENT="$RUN_BASE/current"
 # Nodes republish often so that a node that joins late is seen quickly.
 REPUBLISH=5s
 METERS_PER_NODE=20
+# A few leaky meters on fog-1 besides its fleet, so the mesh has alerts to show.
+LEAKY_METERS=3
+# Simulated meters first send this much history, so consumption and leaks show at once.
+BACKFILL=2d
+# The rationing rule the demo sets: cut meters above this multiple of the mesh-wide average.
+ABOVE_AVERAGE=2.5
 READY_TIMEOUT_S=60
 ADDRS_TIMEOUT_S=30
 STOP_TIMEOUT_S=10
 
 RUN_DIR=""
 BIN=""
+ADMIN_KEY=""
+ADMIN_PUBKEY=""
 # Set once the mesh is up: from then on the EXIT trap leaves the processes running.
 STARTED=0
 
@@ -198,7 +206,7 @@ start_nodes() {
         fi
         spawn "$RUN_DIR/node-$i.log" "$RUN_DIR/node-$i.pid" \
             "$BIN" node --data-dir "$RUN_DIR/node-$i" --listen /ip4/127.0.0.1/tcp/0 \
-            --http 127.0.0.1:0 --mqtt 127.0.0.1:0 \
+            --http 127.0.0.1:0 --mqtt 127.0.0.1:0 --admin-pubkey "$ADMIN_PUBKEY" \
             "${bootstrap[@]}" --name "fog-$i" --republish "$REPUBLISH"
         # The next node needs this one's address, and each chain link is only as good as it.
         prev="$(first_addr "$i")"
@@ -212,8 +220,23 @@ start_simulators() {
         spawn "$RUN_DIR/sim-$i.log" "$RUN_DIR/sim-$i.pid" \
             "$BIN" simulate --peer "$(head -n 1 "$RUN_DIR/node-$i/addrs")" \
             --meters "$METERS_PER_NODE" --first-meter "$((i * 1000))" --interval 2s \
-            --seed "$i" --profile mixed
+            --seed "$i" --profile mixed --backfill "$BACKFILL"
     done
+    spawn "$RUN_DIR/sim-leaky.log" "$RUN_DIR/sim-leaky.pid" \
+        "$BIN" simulate --peer "$(head -n 1 "$RUN_DIR/node-1/addrs")" \
+        --meters "$LEAKY_METERS" --first-meter 900 --interval 2s --seed 99 --profile leaky \
+        --backfill "$BACKFILL"
+}
+
+# The demo's admin key: nodes trust it, and the printed admin commands use it.
+make_admin_key() {
+    ADMIN_KEY="$RUN_DIR/admin.key"
+    ADMIN_PUBKEY="$("$BIN" keygen --out "$ADMIN_KEY" 2>/dev/null)" || die "cannot create $ADMIN_KEY"
+}
+
+# The total number of simulated meters of an N-node mesh.
+total_meters() {
+    printf '%s\n' "$(($1 * METERS_PER_NODE + LEAKY_METERS))"
 }
 
 # The number after "KEY": in a one-line JSON answer (empty when absent). The leading quote keeps
@@ -234,19 +257,20 @@ node_ready() {
     [[ "$(json_number nodes "$peers")" == "$n" ]] || return 1
     [[ "$(json_number stale_nodes "$peers")" == "0" ]] || return 1
     stats="$("$BIN" query --peer "$addr" --timeout 2s --json stats 2>/dev/null)" || return 1
-    [[ "$(json_number meters "$stats")" == "$((n * METERS_PER_NODE))" ]]
+    [[ "$(json_number meters "$stats")" == "$(total_meters "$n")" ]]
 }
 
 wait_ready() {
     local n="$1" i deadline all
     deadline=$(($(date +%s) + READY_TIMEOUT_S))
-    log "waiting for every node to see $n nodes and $((n * METERS_PER_NODE)) meters..."
+    log "waiting for every node to see $n nodes and $(total_meters "$n") meters..."
     while :; do
         # A dead process never becomes ready: fail at once instead of at the deadline.
         for ((i = 1; i <= n; i++)); do
             check_alive "node-$i"
             check_alive "sim-$i"
         done
+        check_alive "sim-leaky"
         all=1
         for ((i = 1; i <= n; i++)); do
             if ! node_ready "$i" "$n"; then
@@ -262,12 +286,36 @@ wait_ready() {
     done
 }
 
+# Sets the demo's rationing policy through fog-1, then waits (briefly) for the cuts to show.
+set_policy() {
+    local n="$1" first last deadline
+    first="$(head -n 1 "$RUN_DIR/node-1/addrs")"
+    last="$(head -n 1 "$RUN_DIR/node-$n/addrs")"
+    "$BIN" admin --peer "$first" --key "$ADMIN_KEY" policy --above-average "$ABOVE_AVERAGE" >&2 ||
+        log "warning: the policy was not set"
+    deadline=$(($(date +%s) + 15))
+    while (($(date +%s) < deadline)); do
+        if [[ "$("$BIN" query --peer "$last" --timeout 2s --json blocked 2>/dev/null)" == *'"meter":'* ]]; then
+            return 0
+        fi
+        sleep 0.5
+    done
+}
+
 print_usage_block() {
     local n="$1" i addr last
     printf '\nGlobal top-10, asked of fog-%s:\n' "$n"
     last="$(head -n 1 "$RUN_DIR/node-$n/addrs")"
     # The mesh is up at this point: a failed query is worth a warning, not a teardown.
     "$BIN" query --peer "$last" top || log "warning: the top query failed; try it again below"
+    printf '\nBlocked meters (policy: above %s × the mesh-wide average), asked of fog-%s:\n' "$ABOVE_AVERAGE" "$n"
+    "$BIN" query --peer "$last" blocked || log "warning: the blocked query failed"
+    printf '\nAlerts, asked of fog-%s:\n' "$n"
+    "$BIN" query --peer "$last" alerts || log "warning: the alerts query failed"
+    printf '\nDashboards:\n'
+    for ((i = 1; i <= n; i++)); do
+        [[ -s "$RUN_DIR/node-$i/http" ]] && printf '  fog-%s  http://%s/\n' "$i" "$(head -n 1 "$RUN_DIR/node-$i/http")"
+    done
     printf '\nAsk any node (each answers for the whole mesh):\n'
     for ((i = 1; i <= n; i++)); do
         addr="$(head -n 1 "$RUN_DIR/node-$i/addrs")"
@@ -278,6 +326,14 @@ print_usage_block() {
     printf '  %q query --peer %s peers\n' "$BIN" "$last"
     printf '  %q query --peer %s meter %s\n' "$BIN" "$last" 1000
     printf '  %q query --peer %s --json top -n 20\n' "$BIN" "$last"
+    printf '  %q query --peer %s alerts --kind leak\n' "$BIN" "$last"
+    printf '  %q query --peer %s bill 900\n' "$BIN" "$last"
+    printf '  %q query --peer %s meter 900 --follow\n' "$BIN" "$last"
+    printf '\nAdmin (key %s):\n' "$ADMIN_KEY"
+    printf '  %q admin --peer %s policy\n' "$BIN" "$last"
+    printf '  %q admin --peer %s --key %s policy --cap-l 500\n' "$BIN" "$last" "$ADMIN_KEY"
+    printf '  %q admin --peer %s --key %s block 1001 --reason inspection\n' "$BIN" "$last" "$ADMIN_KEY"
+    printf '  %q admin --peer %s --key %s unblock 1001\n' "$BIN" "$last" "$ADMIN_KEY"
     printf '\nLogs and data: %s\n' "$RUN_DIR"
     printf 'Stop the mesh: scripts/mesh.sh stop\n'
 }
@@ -311,9 +367,11 @@ cmd_start() {
     trap 'exit 130' INT TERM
     make_run_dir
     printf '%s\n' "$RUN_DIR"
+    make_admin_key
     start_nodes "$n"
     start_simulators "$n"
     wait_ready "$n"
+    set_policy "$n"
     STARTED=1
     print_usage_block "$n"
 }

@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use hydromesh_proto::ingest;
 use hydromesh_proto::limits::MAX_BATCH_READINGS;
+use hydromesh_proto::Reading;
+
+use crate::client::Client;
 
 use super::PeerArgs;
 use crate::clock::now_ms;
@@ -37,7 +40,14 @@ pub struct Args {
     /// fleet then starts in the past, so its readings never run ahead of the node's clock.
     #[arg(long, default_value_t = 1.0)]
     time_scale: f64,
+    /// First send this much history (a reading per meter every 15 minutes), as meters that
+    /// were already running; then report live.
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    backfill: Option<Duration>,
 }
+
+/// Step between two back-filled readings of a meter.
+const BACKFILL_STEP_MS: u64 = 15 * 60_000;
 
 /// Runs `hydromesh simulate`.
 pub async fn run(args: Args) -> anyhow::Result<u8> {
@@ -59,6 +69,18 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         args.duration.unwrap_or(Duration::from_secs(3600)).as_millis() as f64 * (args.time_scale - 1.0);
     let device_start = start_ms.saturating_sub(span_ms as u64);
     tracing::info!(meters = fleet.len(), profile = %args.profile, peer = %client.peer_id(), "simulating");
+    if let Some(backfill) = args.backfill {
+        anyhow::ensure!(args.time_scale == 1.0, "--backfill and --time-scale do not combine");
+        let mut history = Vec::new();
+        let mut device_ms = device_start.saturating_sub(backfill.as_millis() as u64);
+        while device_ms < device_start {
+            history.extend(fleet.tick(device_ms));
+            device_ms += BACKFILL_STEP_MS;
+        }
+        let count = history.len();
+        send(&mut client, &mut fleet, history).await?;
+        tracing::info!(readings = count, "history sent");
+    }
     let mut ticker = tokio::time::interval(args.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut sent, mut ticks) = (0u64, 0u64);
@@ -70,31 +92,36 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         }
         let device_now = (device_start + (elapsed.as_millis() as f64 * args.time_scale) as u64).min(now_ms());
         let readings = fleet.tick(device_now);
-        let batches: Vec<_> = readings.chunks(MAX_BATCH_READINGS).map(<[_]>::to_vec).collect();
-        let mut commands = Vec::new();
-        let mut rejected = 0usize;
-        client
-            .ingest_batches(batches, 4, |_, response| match response {
-                ingest::Response::Done { outcomes, commands: received } => {
-                    rejected += outcomes.iter().filter(|o| matches!(o, ingest::Outcome::Rejected(_))).count();
-                    commands.extend(received);
-                }
-                ingest::Response::Refused { reason } => {
-                    tracing::warn!(%reason, "the node refused a batch")
-                }
-                ingest::Response::Busy { .. } => {}
-            })
-            .await?;
-        fleet.apply_commands(&commands);
         sent += readings.len() as u64;
+        send(&mut client, &mut fleet, readings).await?;
         ticks += 1;
-        if rejected > 0 {
-            tracing::warn!(rejected, "the node rejected readings");
-        }
         if ticks % 30 == 1 {
             tracing::info!(sent, closed_valves = fleet.closed_meters(), "simulating");
         }
     }
     tracing::info!(sent, "simulation finished");
     Ok(0)
+}
+
+/// Sends readings in batches and applies the valve commands of the acknowledgements.
+async fn send(client: &mut Client, fleet: &mut Fleet, readings: Vec<Reading>) -> anyhow::Result<()> {
+    let batches: Vec<_> = readings.chunks(MAX_BATCH_READINGS).map(<[_]>::to_vec).collect();
+    let mut commands = Vec::new();
+    let mut rejected = 0usize;
+    client
+        .ingest_batches(batches, 4, |_, response| match response {
+            ingest::Response::Done { outcomes, commands: received } => {
+                rejected += outcomes.iter().filter(|o| matches!(o, ingest::Outcome::Rejected(_))).count();
+                commands.extend(received);
+            }
+            ingest::Response::Refused { reason } => tracing::warn!(%reason, "the node refused a batch"),
+            ingest::Response::Busy { .. } => {}
+        })
+        .await?;
+    // Commands come per batch; the latest for a meter is the one in force.
+    fleet.apply_commands(&commands);
+    if rejected > 0 {
+        tracing::warn!(rejected, "the node rejected readings");
+    }
+    Ok(())
 }
