@@ -9,6 +9,10 @@
 #   convergence     ack at the first node of a 5-node chain to the new top-10 at the last
 #                   (examples/convergence.rs)
 #   query           wall time of `hydromesh query top` as a fresh process, 30 runs
+#   cap_crossing    a reading over the cap to the acknowledgement that closes the valve
+#   cap_policy      a cap set through the first node to the first valve closed on the last
+#   follow_*        a reading acknowledged by its home to a follower attached to another node
+#                   (examples/rules_latency.rs)
 #
 # Works in run/bench-YYYYmmdd-HHMMSS/ under the repository, removed at the end unless the run
 # failed or KEEP_RUN=1. Every process it starts is stopped on exit.
@@ -26,6 +30,8 @@ STOP_TIMEOUT_S=10
 RUN_DIR=""
 BIN=""
 EXAMPLES=""
+ADMIN_KEY=""
+ADMIN_PUBKEY=""
 MACHINE=""
 # Pids of every process started, in start order.
 PIDS=()
@@ -51,7 +57,7 @@ target_dir() {
 
 build() {
     log "building hydromesh and the benchmark examples (release)..."
-    (cd "$ROOT" && cargo build --release --bin hydromesh --example sled_baseline --example convergence)
+    (cd "$ROOT" && cargo build --release --bin hydromesh --example sled_baseline --example convergence --example rules_latency)
     BIN="$(target_dir)/hydromesh"
     EXAMPLES="$(target_dir)/examples"
     [[ -x "$BIN" ]] || die "cargo finished but $BIN is missing"
@@ -247,7 +253,7 @@ sees_all() {
 start_chain() {
     local n="$1" i bootstrap=() deadline ready
     for ((i = 1; i <= n; i++)); do
-        start_node "chain-$i" --republish 10s "${bootstrap[@]}"
+        start_node "chain-$i" --republish 10s --admin-pubkey "$ADMIN_PUBKEY" "${bootstrap[@]}"
         CHAIN_ADDRS+=("$(node_addr "chain-$i")")
         bootstrap=(--bootstrap "${CHAIN_ADDRS[-1]}")
     done
@@ -295,6 +301,19 @@ bench_query() {
         "$QUERY_RUNS" "$CHAIN_NODES" "$(printf '%s' "$samples" | summarise_ms)")"
 }
 
+# e. Rationing cuts and live follow, between the chain's first and last nodes.
+bench_rules() {
+    local out line
+    log "rationing cuts and live follow..."
+    if ! out="$("$EXAMPLES/rules_latency" "${CHAIN_ADDRS[0]}" "${CHAIN_ADDRS[-1]}" "$ADMIN_KEY")"; then
+        log "rules_latency failed"
+        FAILED=1
+    fi
+    while IFS= read -r line; do
+        [[ -n "$line" ]] && emit "$line"
+    done <<<"$out"
+}
+
 # Stops every process this run started, newest first; keeps the run folder when it failed.
 cleanup() {
     local status=$? i
@@ -321,9 +340,12 @@ main() {
     make_run_dir
     bench_ingest
     bench_sled
+    ADMIN_KEY="$RUN_DIR/admin.key"
+    ADMIN_PUBKEY="$("$BIN" keygen --out "$ADMIN_KEY" 2>/dev/null)" || die "cannot create an admin key"
     start_chain "$CHAIN_NODES"
     bench_convergence
     bench_query
+    bench_rules
     log "done in $(($(date +%s) - started)) s"
     ((FAILED == 0)) || die "some benchmarks failed; see above"
 }
