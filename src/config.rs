@@ -61,6 +61,9 @@ pub struct Config {
     pub admin_keys: Vec<ed25519::PublicKey>,
     /// Bearer tokens that allow admin actions over HTTP (keep them secret; empty: none).
     pub admin_tokens: Vec<String>,
+    /// The admin key (from `hydromesh keygen`, mode 0600) this node signs HTTP admin actions
+    /// with: other nodes apply only signed commands, so token-authenticated actions need it.
+    pub admin_key_file: Option<PathBuf>,
     /// The increasing-block tariff bills are computed with.
     pub tariff: Tariff,
     /// Flow above this, in litres per hour, for 30 minutes or more is a burst.
@@ -101,6 +104,7 @@ impl Default for Config {
             idle_connection_timeout: Duration::from_secs(3600),
             admin_keys: Vec::new(),
             admin_tokens: Vec::new(),
+            admin_key_file: None,
             tariff: Tariff::default(),
             burst_flow_lph: 1200,
             debt_grace: Duration::from_secs(10 * 86_400),

@@ -28,6 +28,9 @@ pub enum ControlError {
     /// The command asks for something impossible.
     #[error("{0}")]
     Invalid(String),
+    /// An admin key file cannot be used.
+    #[error("{0}")]
+    KeyFile(String),
 }
 
 /// Hex of bytes, lower case.
@@ -51,6 +54,38 @@ pub fn parse_public_key(text: &str) -> Result<ed25519::PublicKey, String> {
     })?;
     ed25519::PublicKey::try_from_bytes(&bytes)
         .map_err(|e| format!("`{text}` is not an ed25519 public key: {e}"))
+}
+
+/// Reads an admin secret key written by `hydromesh keygen` (64 hex digits), refusing a file
+/// that others can read.
+pub fn read_secret_key(path: &std::path::Path) -> Result<ed25519::Keypair, ControlError> {
+    let unreadable =
+        |e: std::io::Error| ControlError::KeyFile(format!("cannot read key file {}: {e}", path.display()));
+    let metadata = std::fs::metadata(path).map_err(unreadable)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = metadata.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(ControlError::KeyFile(format!(
+                "key file {} is readable by others (mode {mode:04o}); run: chmod 600 {}",
+                path.display(),
+                path.display()
+            )));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = metadata;
+    let text = std::fs::read_to_string(path).map_err(unreadable)?;
+    let mut bytes = from_hex(text.trim()).filter(|bytes| bytes.len() == 32).ok_or_else(|| {
+        ControlError::KeyFile(format!(
+            "{} is not an admin key (64 hex digits, as `hydromesh keygen` writes)",
+            path.display()
+        ))
+    })?;
+    let secret = ed25519::SecretKey::try_from_bytes(&mut bytes)
+        .map_err(|e| ControlError::KeyFile(format!("{} is not an ed25519 key: {e}", path.display())))?;
+    Ok(ed25519::Keypair::from(secret))
 }
 
 /// Signs a command with an admin key.

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use libp2p::identity::ed25519;
 
-use crate::control::{from_hex, to_hex};
+use crate::control::to_hex;
 
 /// `hydromesh keygen` arguments.
 #[derive(Debug, clap::Args)]
@@ -47,28 +47,5 @@ fn write_secret(path: &Path, key: &ed25519::Keypair) -> anyhow::Result<()> {
 
 /// Reads an admin key written by `hydromesh keygen`, refusing one others can read.
 pub fn read_secret(path: &Path) -> anyhow::Result<ed25519::Keypair> {
-    let metadata = std::fs::metadata(path)
-        .map_err(|e| anyhow::anyhow!("cannot read key file {}: {e}", path.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = metadata.permissions().mode() & 0o777;
-        anyhow::ensure!(
-            mode & 0o077 == 0,
-            "key file {} is readable by others (mode {mode:04o}); run: chmod 600 {}",
-            path.display(),
-            path.display()
-        );
-    }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| anyhow::anyhow!("cannot read key file {}: {e}", path.display()))?;
-    let mut bytes = from_hex(text.trim()).filter(|bytes| bytes.len() == 32).ok_or_else(|| {
-        anyhow::anyhow!(
-            "{} is not an admin key (64 hex digits, as `hydromesh keygen` writes)",
-            path.display()
-        )
-    })?;
-    let secret = ed25519::SecretKey::try_from_bytes(&mut bytes)
-        .map_err(|e| anyhow::anyhow!("{} is not an ed25519 key: {e}", path.display()))?;
-    Ok(ed25519::Keypair::from(secret))
+    Ok(crate::control::read_secret_key(path)?)
 }

@@ -47,6 +47,9 @@ pub struct Args {
     /// A bearer token allowing admin actions over HTTP (repeatable; keep it secret).
     #[arg(long = "admin-token", env = "HYDROMESH_ADMIN_TOKENS", value_delimiter = ',', value_name = "TOKEN")]
     admin_tokens: Vec<String>,
+    /// The admin key HTTP admin actions are signed with (from `hydromesh keygen`).
+    #[arg(long, env = "HYDROMESH_ADMIN_KEY", value_name = "FILE")]
+    admin_key: Option<PathBuf>,
     /// Increasing-block tariff: LITRES:PRICE per m³ for each block, the last one `*`
     /// [default: 10000:4.50,20000:7.00,50000:11.00,*:14.00].
     #[arg(long, env = "HYDROMESH_TARIFF", value_name = "BLOCKS")]
@@ -117,6 +120,9 @@ impl Args {
         }
         config.admin_keys.extend(self.admin_pubkeys);
         config.admin_tokens.extend(self.admin_tokens);
+        if self.admin_key.is_some() {
+            config.admin_key_file = self.admin_key;
+        }
         if self.tariff.is_some() || self.currency.is_some() {
             let blocks = self.tariff.unwrap_or_else(|| config.tariff.blocks_text());
             let currency = self.currency.unwrap_or_else(|| config.tariff.currency.clone());
