@@ -19,6 +19,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/lib.sh
+source "$ROOT/scripts/lib.sh"
 READINGS=1000000
 METERS=10000
 CHAIN_NODES=5
@@ -44,22 +46,11 @@ die() {
     exit 1
 }
 
-# Where cargo puts release artefacts: CARGO_TARGET_DIR if set (relative to ROOT, where cargo
-# runs), else the repository's target/.
-target_dir() {
-    local target="${CARGO_TARGET_DIR:-$ROOT/target}"
-    case "$target" in
-        /*) ;;
-        *) target="$ROOT/$target" ;;
-    esac
-    printf '%s/release\n' "$target"
-}
-
 build() {
     log "building hydromesh and the benchmark examples (release)..."
     (cd "$ROOT" && cargo build --release --bin hydromesh --example sled_baseline --example convergence --example rules_latency)
-    BIN="$(target_dir)/hydromesh"
-    EXAMPLES="$(target_dir)/examples"
+    BIN="$(release_dir)/hydromesh"
+    EXAMPLES="$(release_dir)/examples"
     [[ -x "$BIN" ]] || die "cargo finished but $BIN is missing"
 }
 
@@ -77,44 +68,11 @@ emit() {
 }
 
 make_run_dir() {
-    local stamp dir suffix=0
-    stamp="$(date +%Y%m%d-%H%M%S)"
-    mkdir -p "$ROOT/run"
-    dir="$ROOT/run/bench-$stamp"
-    while ! mkdir "$dir" 2>/dev/null; do
-        suffix=$((suffix + 1))
-        dir="$ROOT/run/bench-$stamp-$suffix"
-    done
-    RUN_DIR="$dir"
+    RUN_DIR="$(new_run_dir bench)"
     log "run folder: $RUN_DIR"
 }
 
 now_ns() { date +%s%N; }
-
-# Whether PID runs; a zombie (exited, not yet reaped) counts as gone.
-is_alive() {
-    local pid="$1" stat
-    kill -0 "$pid" 2>/dev/null || return 1
-    stat="$(cat "/proc/$pid/stat" 2>/dev/null)" || return 1
-    stat="${stat##*) }"
-    [[ "${stat:0:1}" != "Z" ]]
-}
-
-# SIGTERM, up to STOP_TIMEOUT_S for a clean exit (a node flushes its store), then SIGKILL.
-terminate() {
-    local pid="$1" deadline
-    kill -TERM "$pid" 2>/dev/null || return 0
-    deadline=$(($(date +%s) + STOP_TIMEOUT_S))
-    while is_alive "$pid"; do
-        if (($(date +%s) >= deadline)); then
-            log "pid $pid still running after ${STOP_TIMEOUT_S}s: SIGKILL"
-            kill -KILL "$pid" 2>/dev/null || true
-            break
-        fi
-        sleep 0.1
-    done
-    wait "$pid" 2>/dev/null || true
-}
 
 # Stops PID and forgets it, so that the exit trap never signals a recycled pid.
 stop_pid() {
@@ -152,12 +110,6 @@ node_addr() {
         (($(date +%s) < deadline)) || die "$name wrote no address within ${ADDRS_TIMEOUT_S}s; see $RUN_DIR/$name.log"
         sleep 0.1
     done
-}
-
-# The number after "KEY": in one line of JSON (empty when absent); the leading quote keeps
-# "nodes" from matching inside "stale_nodes".
-json_number() {
-    grep -o "\"$1\":[0-9.]*" <<<"$2" | head -n 1 | sed 's/.*://' || true
 }
 
 # Median (mean of the two middle values for an even count) and p90 (nearest rank) of the

@@ -11,6 +11,8 @@ set -euo pipefail
 
 # The repository is the script's parent folder, wherever the script is called from.
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/lib.sh
+source "$ROOT/scripts/lib.sh"
 RUN_BASE="$ROOT/run"
 CURRENT="$RUN_BASE/current"
 # Nodes republish often so that a node that joins late is seen quickly.
@@ -45,31 +47,11 @@ usage() {
     log "       scripts/mesh.sh stop    stop the mesh recorded in run/current"
 }
 
-# The release binary's path: cargo puts it under CARGO_TARGET_DIR when set (relative to the
-# folder cargo runs in, which is ROOT here), else under the repository's target/.
-binary_path() {
-    local target="${CARGO_TARGET_DIR:-$ROOT/target}"
-    case "$target" in
-        /*) ;;
-        *) target="$ROOT/$target" ;;
-    esac
-    printf '%s/release/hydromesh\n' "$target"
-}
-
 build() {
     log "building hydromesh (release)..."
     (cd "$ROOT" && cargo build --release --bin hydromesh)
-    BIN="$(binary_path)"
+    BIN="$(release_dir)/hydromesh"
     [[ -x "$BIN" ]] || die "cargo finished but $BIN is missing"
-}
-
-# Whether PID is a live process; a zombie (exited, not yet reaped by this shell) counts as gone.
-is_alive() {
-    local pid="$1" stat
-    kill -0 "$pid" 2>/dev/null || return 1
-    stat="$(cat "/proc/$pid/stat" 2>/dev/null)" || return 1
-    stat="${stat##*) }"
-    [[ "${stat:0:1}" != "Z" ]]
 }
 
 # Whether PID still runs hydromesh: a pid file can outlive its process (reboot, crash), and the
@@ -78,24 +60,6 @@ is_hydromesh() {
     local pid="$1" cmdline
     cmdline="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" || return 1
     [[ "$cmdline" == *hydromesh* ]]
-}
-
-# SIGTERM, then up to STOP_TIMEOUT_S for a clean exit (a node flushes its store on SIGTERM),
-# then SIGKILL.
-terminate() {
-    local pid="$1" deadline
-    kill -TERM "$pid" 2>/dev/null || return 0
-    deadline=$(($(date +%s) + STOP_TIMEOUT_S))
-    while is_alive "$pid"; do
-        if (($(date +%s) >= deadline)); then
-            log "pid $pid still running after ${STOP_TIMEOUT_S}s: SIGKILL"
-            kill -KILL "$pid" 2>/dev/null || true
-            break
-        fi
-        sleep 0.1
-    done
-    # Reap it if it is this shell's child (start-up failure path); harmless otherwise.
-    wait "$pid" 2>/dev/null || true
 }
 
 # Stops the processes of the pid files in DIR: simulators before nodes, so that no simulator
@@ -145,14 +109,8 @@ mesh_running() {
 
 # A fresh run folder; the suffix only matters when two runs start within the same second.
 make_run_dir() {
-    local stamp dir suffix=0
-    stamp="$(date +%Y%m%d-%H%M%S)"
-    mkdir -p "$RUN_BASE"
-    dir="$RUN_BASE/mesh-$stamp"
-    while ! mkdir "$dir" 2>/dev/null; do
-        suffix=$((suffix + 1))
-        dir="$RUN_BASE/mesh-$stamp-$suffix"
-    done
+    local dir
+    dir="$(new_run_dir mesh)"
     RUN_DIR="$dir"
     # Relative target, so the link survives moving the repository.
     ln -sfn "$(basename "$dir")" "$CURRENT"
@@ -237,13 +195,6 @@ make_admin_key() {
 # The total number of simulated meters of an N-node mesh.
 total_meters() {
     printf '%s\n' "$(($1 * METERS_PER_NODE + LEAKY_METERS))"
-}
-
-# The number after "KEY": in a one-line JSON answer (empty when absent). The leading quote keeps
-# "nodes" from matching inside "stale_nodes".
-json_number() {
-    local key="$1" json="$2"
-    grep -o "\"$key\":[0-9]*" <<<"$json" | head -n 1 | sed 's/.*://' || true
 }
 
 # Whether node I sees N live nodes and N*METERS_PER_NODE meters.

@@ -161,20 +161,22 @@ fn permille(factor: f64) -> anyhow::Result<Option<u32>> {
     Ok(Some((factor * 1000.0).round() as u32))
 }
 
+/// `admin policy --json`: the policy in force and who set it when.
+pub fn policy_json(policy: &Policy, origin: Option<&query::PolicyOrigin>) -> serde_json::Value {
+    json!({
+        "period": humantime::format_duration(Duration::from_millis(policy.period_ms)).to_string(),
+        "period_ms": policy.period_ms,
+        "cap_l": policy.cap_l,
+        "above_average": policy.above_average_permille.map(|p| f64::from(p) / 1000.0),
+        "set_by": origin.map(|o| o.admin.clone()),
+        "set_at": origin.map(|o| hydromesh_proto::format_rfc3339(o.issued_at_ms)),
+    })
+}
+
 fn print_policy(policy: &Policy, origin: Option<&query::PolicyOrigin>, json: bool) {
     let factor = policy.above_average_permille.map(|p| f64::from(p) / 1000.0);
     if json {
-        println!(
-            "{}",
-            json!({
-                "period": humantime::format_duration(Duration::from_millis(policy.period_ms)).to_string(),
-                "period_ms": policy.period_ms,
-                "cap_l": policy.cap_l,
-                "above_average": factor,
-                "set_by": origin.map(|o| o.admin.clone()),
-                "set_at": origin.map(|o| hydromesh_proto::format_rfc3339(o.issued_at_ms)),
-            })
-        );
+        println!("{}", policy_json(policy, origin));
         return;
     }
     println!("period         {}", humantime::format_duration(Duration::from_millis(policy.period_ms)));

@@ -391,6 +391,14 @@ fn status_text(status: &MeterStatus) -> String {
     lines.join("\n")
 }
 
+/// One line of `query meter ID --follow --json`: a reading with its meter and home.
+pub fn follow_json(meter: u64, home: &str, reading: &Reading) -> Value {
+    let mut line = reading_json(reading);
+    line["meter"] = json!(meter);
+    line["home"] = json!(home);
+    line
+}
+
 /// `query meter ID --follow`: long polls through the asked node, printing each new reading.
 async fn follow(client: &mut Client, meter: u64, json: bool) -> anyhow::Result<u8> {
     let mut after_ts_ms = None;
@@ -405,10 +413,7 @@ async fn follow(client: &mut Client, meter: u64, json: bool) -> anyhow::Result<u
             query::Response::Readings { home, readings } => {
                 for reading in &readings {
                     let line = if json {
-                        let mut line = reading_json(reading);
-                        line["meter"] = json!(meter);
-                        line["home"] = json!(home);
-                        line.to_string()
+                        follow_json(meter, &home, reading).to_string()
                     } else {
                         format!(
                             "{}  meter {meter}  {} m³{}{}",

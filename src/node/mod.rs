@@ -127,6 +127,22 @@ async fn start_services(
     let mut tasks = Vec::new();
     let mut http_addr = None;
     if let Some(addr) = config.http {
+        // Token-authenticated admin actions are signed with this key; a configured key that
+        // cannot be used stops the node rather than leaving them refused.
+        let admin_signer = match &config.admin_key_file {
+            Some(path) => {
+                let key =
+                    crate::control::read_secret_key(path).map_err(|e| NodeError::Service(e.to_string()))?;
+                if !config.admin_keys.contains(&key.public()) {
+                    tracing::warn!(
+                        key = %crate::control::to_hex(&key.public().to_bytes()),
+                        "the admin key is not among the trusted admin keys: nodes will refuse what it signs"
+                    );
+                }
+                Some(Arc::new(key))
+            }
+            None => None,
+        };
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| NodeError::Service(format!("cannot serve HTTP on {addr}: {e}")))?;
@@ -135,6 +151,7 @@ async fn start_services(
             node: local.clone(),
             metrics: metrics.clone(),
             admin_tokens: Arc::new(config.admin_tokens.clone()),
+            admin_signer,
         };
         tasks.push(crate::http::serve(listener, context, cancel.clone()));
         tracing::info!(addr = %bound, "HTTP API and dashboard at http://{bound}/");

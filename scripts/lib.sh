@@ -1,0 +1,60 @@
+# shellcheck shell=bash
+# Shell functions shared by scripts/mesh.sh and scripts/bench.sh (sourced, not run).
+# Callers define ROOT (the repository), STOP_TIMEOUT_S, and log().
+
+# Where cargo puts release artefacts: CARGO_TARGET_DIR if set (relative to ROOT, where cargo
+# runs), else the repository's target/.
+release_dir() {
+    local target="${CARGO_TARGET_DIR:-$ROOT/target}"
+    case "$target" in
+        /*) ;;
+        *) target="$ROOT/$target" ;;
+    esac
+    printf '%s/release\n' "$target"
+}
+
+# A new, unique folder run/PREFIX-YYYYmmdd-HHMMSS[-N] under the repository; prints its path.
+new_run_dir() {
+    local prefix="$1" stamp dir suffix=0
+    stamp="$(date +%Y%m%d-%H%M%S)"
+    mkdir -p "$ROOT/run"
+    dir="$ROOT/run/$prefix-$stamp"
+    while ! mkdir "$dir" 2>/dev/null; do
+        suffix=$((suffix + 1))
+        dir="$ROOT/run/$prefix-$stamp-$suffix"
+    done
+    printf '%s\n' "$dir"
+}
+
+# Whether PID is a live process; a zombie (exited, not yet reaped) counts as gone.
+is_alive() {
+    local pid="$1" stat
+    kill -0 "$pid" 2>/dev/null || return 1
+    stat="$(cat "/proc/$pid/stat" 2>/dev/null)" || return 1
+    stat="${stat##*) }"
+    [[ "${stat:0:1}" != "Z" ]]
+}
+
+# SIGTERM, then up to STOP_TIMEOUT_S for a clean exit (a node flushes its store on SIGTERM),
+# then SIGKILL.
+terminate() {
+    local pid="$1" deadline
+    kill -TERM "$pid" 2>/dev/null || return 0
+    deadline=$(($(date +%s) + STOP_TIMEOUT_S))
+    while is_alive "$pid"; do
+        if (($(date +%s) >= deadline)); then
+            log "pid $pid still running after ${STOP_TIMEOUT_S}s: SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+            break
+        fi
+        sleep 0.1
+    done
+    # Reap it if it is this shell's child; harmless otherwise.
+    wait "$pid" 2>/dev/null || true
+}
+
+# The number after "KEY": in a one-line JSON answer (empty when absent). The leading quote keeps
+# "nodes" from matching inside "stale_nodes".
+json_number() {
+    grep -o "\"$1\":[0-9.]*" <<<"$2" | head -n 1 | sed 's/.*://' || true
+}

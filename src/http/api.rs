@@ -1,0 +1,393 @@
+//! The JSON API: the same answers as the CLI's `--json` (built by the CLI's own functions), and
+//! readings in with the same per-item report as `hydromesh ingest --json`.
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use hydromesh_proto::ingest::{self, Outcome};
+use hydromesh_proto::limits::{MAX_BATCH_READINGS, MAX_TOP_N};
+use hydromesh_proto::query::{self, MeterAnswer};
+use hydromesh_proto::summary::AlertKind;
+use hydromesh_proto::{MeterId, Reading};
+use serde_json::{json, Value};
+
+use super::{ApiError, AppState};
+use crate::cli::input::{parse_timestamp, Format, Readings};
+use crate::cli::query as cli;
+
+/// How far back of a meter's latest reading its summary's readings go.
+const SUMMARY_WINDOW_MS: u64 = 24 * 3_600_000;
+/// Most readings a meter summary lists (the latest); the rest are in `/readings`.
+const SUMMARY_READINGS: usize = 100;
+
+/// A JSON answer, or an error answer.
+pub(super) type ApiResult = Result<Json<Value>, ApiError>;
+
+/// The parameters of a query string, checked against the ones a route knows.
+pub(super) struct Params(Vec<(String, String)>);
+
+impl Params {
+    /// Refuses malformed query strings, unknown parameters and repeated ones.
+    pub(super) fn new(
+        query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+        known: &[&str],
+    ) -> Result<Params, ApiError> {
+        let Query(pairs) =
+            query.map_err(|e| ApiError::bad_request(format!("bad query string: {}", e.body_text())))?;
+        for (i, (name, _)) in pairs.iter().enumerate() {
+            if !known.contains(&name.as_str()) {
+                let expected = if known.is_empty() {
+                    "this route takes no parameter".to_owned()
+                } else {
+                    format!("expected {}", known.join(", "))
+                };
+                return Err(ApiError::bad_request(format!(
+                    "unknown parameter `{}` ({expected})",
+                    shown(name)
+                )));
+            }
+            if pairs[..i].iter().any(|(earlier, _)| earlier == name) {
+                return Err(ApiError::bad_request(format!("parameter `{name}` is given twice")));
+            }
+        }
+        Ok(Params(pairs))
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, value)| value.as_str())
+    }
+
+    /// A time parameter: RFC 3339 or Unix milliseconds.
+    fn time(&self, name: &str) -> Result<Option<u64>, ApiError> {
+        self.get(name)
+            .map(|text| parse_timestamp(text).map_err(|e| ApiError::bad_request(format!("{name}: {e}"))))
+            .transpose()
+    }
+}
+
+/// At most 64 characters of what a client sent, for error messages.
+pub(super) fn shown(text: &str) -> String {
+    match text.char_indices().nth(64) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
+}
+
+/// The meter of a `/meters/{id}` path.
+pub(super) fn meter_id(path: Result<Path<String>, PathRejection>) -> Result<MeterId, ApiError> {
+    let Path(id) = path.map_err(|e| ApiError::bad_request(format!("bad meter id: {}", e.body_text())))?;
+    id.parse().map_err(|_| {
+        ApiError::bad_request(format!(
+            "meter id `{}` is not a meter number (an unsigned integer)",
+            shown(&id)
+        ))
+    })
+}
+
+/// The error answer for a node's answer that is not the one expected.
+pub(super) fn unexpected(response: query::Response) -> ApiError {
+    match response {
+        query::Response::NotFound(what) => ApiError::new(StatusCode::NOT_FOUND, what),
+        query::Response::Busy => ApiError::busy(),
+        query::Response::Error(error) => ApiError::internal(error),
+        other => ApiError::internal(format!("the node sent an answer to another question: {other:?}")),
+    }
+}
+
+/// `GET /api/v1/top?n=&since=`.
+pub(super) async fn top(
+    State(state): State<AppState>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> ApiResult {
+    let params = Params::new(query, &["n", "since"])?;
+    let n = match params.get("n") {
+        None => 10,
+        Some(text) => text.parse::<u32>().ok().filter(|n| (1..=MAX_TOP_N).contains(n)).ok_or_else(|| {
+            ApiError::bad_request(format!("n: `{}` is not a whole number from 1 to {MAX_TOP_N}", shown(text)))
+        })?,
+    };
+    let since_ms = params
+        .get("since")
+        .map(|text| {
+            humantime::parse_duration(text)
+                .map(|since| since.as_millis().min(u128::from(u64::MAX)) as u64)
+                .map_err(|e| {
+                    ApiError::bad_request(format!(
+                        "since: `{}` is not a duration like 1h or 7d: {e}",
+                        shown(text)
+                    ))
+                })
+        })
+        .transpose()?;
+    match state.context.node.query(query::Request::Top { n, since_ms }).await {
+        query::Response::Top(answer) => Ok(Json(cli::top_json(&answer))),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// `GET /api/v1/stats`.
+pub(super) async fn stats(
+    State(state): State<AppState>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> ApiResult {
+    Params::new(query, &[])?;
+    match state.context.node.query(query::Request::Stats).await {
+        query::Response::Stats(answer) => Ok(Json(cli::stats_json(&answer))),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// `GET /api/v1/peers`.
+pub(super) async fn peers(
+    State(state): State<AppState>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> ApiResult {
+    Params::new(query, &[])?;
+    match state.context.node.query(query::Request::Peers).await {
+        query::Response::Peers(answer) => Ok(Json(cli::peers_json(&answer))),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// `GET /api/v1/blocked`.
+pub(super) async fn blocked(
+    State(state): State<AppState>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> ApiResult {
+    Params::new(query, &[])?;
+    match state.context.node.query(query::Request::Blocked).await {
+        query::Response::Blocked(answer) => Ok(Json(cli::blocked_json(&answer))),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// `GET /api/v1/alerts?kind=`.
+pub(super) async fn alerts(
+    State(state): State<AppState>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> ApiResult {
+    let params = Params::new(query, &["kind"])?;
+    let kind = params
+        .get("kind")
+        .map(|text| {
+            AlertKind::from_name(text).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "kind: unknown alert kind `{}` (expected leak, burst, tamper, backflow or dry)",
+                    shown(text)
+                ))
+            })
+        })
+        .transpose()?;
+    match state.context.node.query(query::Request::Alerts { kind }).await {
+        query::Response::Alerts(answer) => Ok(Json(cli::alerts_json(&answer))),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// `GET /api/v1/policy`.
+pub(super) async fn policy(
+    State(state): State<AppState>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> ApiResult {
+    Params::new(query, &[])?;
+    match state.context.node.query(query::Request::Policy).await {
+        query::Response::Policy(policy, origin) => {
+            Ok(Json(crate::cli::admin::policy_json(&policy, origin.as_ref())))
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
+async fn meter_answer(
+    state: &AppState,
+    meter: MeterId,
+    from_ms: Option<u64>,
+    to_ms: Option<u64>,
+) -> Result<MeterAnswer, ApiError> {
+    match state.context.node.query(query::Request::Meter { meter, from_ms, to_ms }).await {
+        query::Response::Meter(answer) => Ok(answer),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// `GET /api/v1/meters/{id}`: the meter's state, current bill and latest readings — the CLI's
+/// `query meter ID --from T --json` for T 24 h before its latest reading, listing at most the
+/// latest [`SUMMARY_READINGS`] (`truncated` says when some were left out).
+pub(super) async fn meter(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> ApiResult {
+    let meter = meter_id(path)?;
+    Params::new(query, &[])?;
+    // A follow without a last reading answers at once with the latest one: it anchors the
+    // window, so a meter that stopped reporting still shows its last day of data.
+    let latest = match state.context.node.query(query::Request::Follow { meter, after_ts_ms: None }).await {
+        query::Response::Readings { readings, .. } => readings.last().map(|r| r.ts_ms),
+        other => return Err(unexpected(other)),
+    };
+    let from_ms = latest.map(|ts| ts.saturating_sub(SUMMARY_WINDOW_MS));
+    let answer = meter_answer(&state, meter, from_ms, None).await?;
+    Ok(Json(summary_json(&answer)))
+}
+
+/// The CLI's meter JSON with only the latest [`SUMMARY_READINGS`] readings.
+pub(super) fn summary_json(answer: &MeterAnswer) -> Value {
+    let mut value = cli::meter_json(answer);
+    if let Some(readings) = value.get_mut("readings").and_then(Value::as_array_mut) {
+        if readings.len() > SUMMARY_READINGS {
+            readings.drain(..readings.len() - SUMMARY_READINGS);
+            value["truncated"] = json!(true);
+        }
+    }
+    value
+}
+
+/// `GET /api/v1/meters/{id}/readings?from=&to=`: the CLI's `query meter ID --json`.
+pub(super) async fn readings(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> ApiResult {
+    let meter = meter_id(path)?;
+    let params = Params::new(query, &["from", "to"])?;
+    let (from_ms, to_ms) = (params.time("from")?, params.time("to")?);
+    if let (Some(from), Some(to)) = (from_ms, to_ms) {
+        if from >= to {
+            return Err(ApiError::bad_request("from must be before to"));
+        }
+    }
+    let answer = meter_answer(&state, meter, from_ms, to_ms).await?;
+    Ok(Json(cli::meter_json(&answer)))
+}
+
+/// `GET /api/v1/meters/{id}/bill?period_start=`.
+pub(super) async fn bill(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> ApiResult {
+    let meter = meter_id(path)?;
+    let params = Params::new(query, &["period_start"])?;
+    let period_start_ms = params.time("period_start")?;
+    match state.context.node.query(query::Request::Bill { meter, period_start_ms }).await {
+        query::Response::Bill(Some(bill)) => Ok(Json(cli::bill_json(&bill))),
+        query::Response::Bill(None) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("meter {meter} is not held by any known fog node"),
+        )),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// The body of a request, or the error answer for it (413 over [`super::MAX_BODY_BYTES`]).
+pub(super) fn body(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        let status = rejection.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            state.context.metrics.refuse("http", "oversized");
+            ApiError::new(status, format!("request body larger than {} bytes", super::MAX_BODY_BYTES))
+        } else {
+            ApiError::new(status, format!("cannot read the request body: {}", rejection.body_text()))
+        }
+    })
+}
+
+/// `POST /api/v1/readings`: a JSON array of readings, each checked like a line of
+/// `hydromesh ingest` (the bad ones are rejected by index, the good ones stored).
+pub(super) async fn ingest(
+    State(state): State<AppState>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    Params::new(query, &[])?;
+    let bytes = body(&state, bytes)?;
+    let items: Vec<Value> = serde_json::from_slice(&bytes).map_err(|e| {
+        state.context.metrics.refuse("http", "malformed_json");
+        ApiError::bad_request(format!("the body is not a JSON array of readings: {e}"))
+    })?;
+    if items.len() > MAX_BATCH_READINGS {
+        state.context.metrics.refuse("http", "too_many_readings");
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("{} readings in one request (at most {MAX_BATCH_READINGS})", items.len()),
+        ));
+    }
+    let (readings, indices, mut rejected) = parse_items(&items);
+    let mut report = Report { rejected: std::mem::take(&mut rejected), ..Report::default() };
+    if !readings.is_empty() {
+        match state.context.node.ingest(readings).await {
+            ingest::Response::Done { outcomes, commands } => {
+                for (index, outcome) in indices.iter().zip(outcomes) {
+                    match outcome {
+                        Outcome::Accepted => report.accepted += 1,
+                        Outcome::Duplicate => report.duplicates += 1,
+                        Outcome::Rejected(rule) => report.rejected.push((*index, rule.to_string())),
+                    }
+                }
+                report.commands = commands;
+            }
+            ingest::Response::Busy { .. } => return Err(ApiError::busy()),
+            ingest::Response::Refused { reason } => {
+                return Err(ApiError::internal(format!("the node refused the batch: {reason}")));
+            }
+        }
+    }
+    report.rejected.sort();
+    Ok(Json(report.json()))
+}
+
+/// The items of the array as readings, with their indices, and the items that are not readings.
+fn parse_items(items: &[Value]) -> (Vec<Reading>, Vec<usize>, Vec<(usize, String)>) {
+    // One compact JSON line per item through the CLI's own JSON-lines parser: the same fields,
+    // rules and messages as `hydromesh ingest`, and line k is item k - 1.
+    let mut lines = String::new();
+    for item in items {
+        lines.push_str(&item.to_string());
+        lines.push('\n');
+    }
+    let (mut readings, mut indices, mut rejected) = (Vec::new(), Vec::new(), Vec::new());
+    match Readings::new(lines.as_bytes(), Format::JsonLines) {
+        Ok(parsed) => {
+            for item in parsed {
+                match item {
+                    Ok(line) => {
+                        indices.push(line.line - 1);
+                        readings.push(line.reading);
+                    }
+                    Err(error) => rejected.push((error.line.saturating_sub(1), error.error.to_string())),
+                }
+            }
+        }
+        // JSON lines have no header: this cannot happen, but never store half a batch.
+        Err(error) => rejected.extend((0..items.len()).map(|index| (index, error.error.to_string()))),
+    }
+    (readings, indices, rejected)
+}
+
+/// What happened to the items of a batch.
+#[derive(Default)]
+struct Report {
+    accepted: u64,
+    duplicates: u64,
+    rejected: Vec<(usize, String)>,
+    commands: Vec<ingest::MeterCommand>,
+}
+
+impl Report {
+    /// `hydromesh ingest --json`'s report, items named by index instead of line.
+    fn json(&self) -> Value {
+        let rejected: Vec<Value> =
+            self.rejected.iter().map(|(index, error)| json!({"index": index, "error": error})).collect();
+        let commands: Vec<Value> =
+            self.commands.iter().map(|c| json!({"meter": c.meter, "valve": c.valve.as_str()})).collect();
+        json!({
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "rejected": rejected,
+            "commands": commands,
+        })
+    }
+}
