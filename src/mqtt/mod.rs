@@ -1,15 +1,73 @@
 //! MQTT ingest: an embedded broker for meters and gateways, or a subscription to an existing
 //! broker. Readings go through the node like any client's; a reading is acknowledged (PUBACK)
 //! only once it is durable.
+//!
+//! - [`payload`]: the topics (`hydromesh/meters/{meter}/reading`, wmbusmeters' `wmbusmeters/#`,
+//!   `hydromesh/meters/{meter}/command`) and their JSON.
+//! - `broker`: the embedded MQTT 3.1.1 server (`--mqtt ADDR`, default 127.0.0.1:1883).
+//! - `bridge`: the subscription to an existing broker (`--mqtt-broker mqtt://HOST:PORT`, which
+//!   replaces the embedded broker).
+//! - `batcher`: readings from every connection share ingest batches (and flushes); valve
+//!   commands of each acknowledgement go back to subscribers on the command topic.
+//!
+//! Refused input (malformed JSON, unknown topics, oversized payloads or packets, protocol
+//! errors) is counted as `hydromesh_refused_total{source="mqtt",reason=…}` and logged once per
+//! client and reason; readings the node rejects (its validation rules) are acknowledged, counted
+//! by the node and logged the same way.
 
-use std::sync::Arc;
+mod acks;
+mod batcher;
+mod bridge;
+mod broker;
+pub mod payload;
+mod topic;
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+pub use bridge::BrokerUrl;
+pub use broker::{MAX_CONNECTIONS, MAX_PACKET_BYTES};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::node::{LocalClient, NodeError};
+
+/// Valve commands waiting to be published.
+const COMMAND_QUEUE: usize = 4096;
+/// Sources remembered by [`LogOnce`] before it starts over.
+const LOG_ONCE_SOURCES: usize = 10_000;
+
+/// Why MQTT ingest could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MqttError {
+    /// The embedded broker's address could not be used.
+    #[error("cannot serve MQTT on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `--mqtt-broker` is not a usable URL.
+    #[error("--mqtt-broker `{url}`: {reason}")]
+    BrokerUrl {
+        /// The URL given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl From<MqttError> for NodeError {
+    fn from(error: MqttError) -> Self {
+        NodeError::Service(error.to_string())
+    }
+}
 
 /// Starts what the configuration asks for, and returns the tasks to wait for at shutdown and
 /// the embedded broker's address.
@@ -18,7 +76,75 @@ pub async fn start(
     node: LocalClient,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
-) -> Result<(Vec<JoinHandle<()>>, Option<std::net::SocketAddr>), NodeError> {
-    let _ = (config, node, metrics, cancel);
-    Ok((Vec::new(), None))
+) -> Result<(Vec<JoinHandle<()>>, Option<SocketAddr>), NodeError> {
+    let log = Arc::new(LogOnce::default());
+    if let Some(url) = &config.mqtt_broker {
+        let url = BrokerUrl::parse(url, &config.name)?;
+        if config.mqtt.is_some() {
+            tracing::info!("--mqtt-broker is set: the embedded MQTT broker is not started");
+        }
+        let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
+        let (chunks, batcher) = batcher::start(node, commands_tx, log.clone(), cancel.clone());
+        let mut tasks = bridge::start(url, chunks, commands_rx, metrics, log, cancel);
+        tasks.push(batcher);
+        return Ok((tasks, None));
+    }
+    let Some(addr) = config.mqtt else {
+        return Ok((Vec::new(), None));
+    };
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.map_err(|source| MqttError::Bind { addr, source })?;
+    let bound = listener.local_addr().map_err(|source| MqttError::Bind { addr, source })?;
+    let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
+    let (chunks, batcher) = batcher::start(node, commands_tx, log.clone(), cancel.clone());
+    let shared = broker::Shared { batcher: chunks, metrics, log, registry: Arc::default() };
+    let mut tasks = broker::serve(listener, shared, commands_rx, cancel);
+    tasks.push(batcher);
+    tracing::info!(addr = %bound, "MQTT broker at mqtt://{bound}");
+    Ok((tasks, Some(bound)))
+}
+
+/// Remembers which (source, reason) pairs were logged, so that a misbehaving client is logged
+/// once per reason rather than once per message. Bounded: past [`LOG_ONCE_SOURCES`] sources it
+/// forgets them all and starts over.
+#[derive(Default)]
+pub(crate) struct LogOnce {
+    seen: Mutex<HashMap<Box<str>, Vec<&'static str>>>,
+}
+
+impl LogOnce {
+    /// Whether this is the first time `reason` is reported for `source`.
+    pub(crate) fn first(&self, source: &str, reason: &'static str) -> bool {
+        let mut seen = self.seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(reasons) = seen.get_mut(source) {
+            if reasons.contains(&reason) {
+                return false;
+            }
+            reasons.push(reason);
+            return true;
+        }
+        if seen.len() >= LOG_ONCE_SOURCES {
+            seen.clear();
+        }
+        seen.insert(source.into(), vec![reason]);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_once_per_source_and_reason() {
+        let log = LogOnce::default();
+        assert!(log.first("a", "malformed_json"));
+        assert!(!log.first("a", "malformed_json"));
+        assert!(log.first("a", "unknown_topic"));
+        assert!(log.first("b", "malformed_json"));
+        for i in 0..LOG_ONCE_SOURCES {
+            log.first(&format!("s{i}"), "x");
+        }
+        assert!(log.first("a", "malformed_json"), "bounded: forgotten after many sources");
+    }
 }

@@ -1,0 +1,383 @@
+//! MQTT topics and payloads: a publish on a reading topic becomes a [`Reading`], a valve command
+//! becomes a publish.
+//!
+//! - `hydromesh/meters/{meter}/reading`: `{"ts":"RFC 3339 or ms","litres":N,"flow_lph":N,
+//!   "alarms":["leak"]}` (`flow_lph` and `alarms` optional; a `meter` field, if present, must
+//!   name the topic's meter).
+//! - `wmbusmeters` and `wmbusmeters/…`: wmbusmeters' JSON. `id` (a string of digits) is the meter,
+//!   `total_m3` the register, converted to litres **rounded to the nearest litre** (6.4086 m³ is
+//!   6409 L, 6.4084 m³ is 6408 L), `timestamp` the time (RFC 3339), `flow_m3h` (or
+//!   `current_flow_m3h`) the flow, and the words of `current_status` and `status` (space- or
+//!   comma-separated) the alarm flags: `LEAK`, `BURST`, `DRY`, `REVERSE`/`REVERSED`/`BACKFLOW`,
+//!   `TAMPER`/`FRAUD`; `OK` and the empty string mean none, and other words are ignored.
+//! - `hydromesh/meters/{meter}/command`: `{"meter":N,"valve":"closed"|"open"}`, from the node.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use hydromesh_proto::ingest::MeterCommand;
+use hydromesh_proto::{Alarms, MeterId, Reading};
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+
+use crate::cli::input::parse_timestamp;
+
+/// Largest payload of a reading; a larger one is refused (the packet limit is larger).
+pub const MAX_PAYLOAD_BYTES: usize = 16 * 1024;
+
+/// Prefix of the topics of one meter.
+const METER_PREFIX: &str = "hydromesh/meters/";
+/// The topic (and prefix of the subtopics) wmbusmeters publishes on.
+const WMBUS_TOPIC: &str = "wmbusmeters";
+/// The largest register a wmbusmeters reading may carry, in litres: beyond 2^53 an `f64` no
+/// longer holds every whole litre.
+const MAX_WMBUS_LITRES: f64 = 9_007_199_254_740_992.0;
+
+/// Why a publish is not a reading. [`Refusal::reason`] is the metrics label.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The topic is not a reading topic.
+    #[error("topic `{0}` is not a reading topic (hydromesh/meters/METER/reading or wmbusmeters/#)")]
+    UnknownTopic(String),
+    /// The payload is larger than [`MAX_PAYLOAD_BYTES`].
+    #[error("payload of {0} bytes (at most {MAX_PAYLOAD_BYTES})")]
+    PayloadTooLarge(usize),
+    /// The payload is not JSON.
+    #[error("malformed JSON: {0}")]
+    MalformedJson(String),
+    /// The payload is JSON but not a reading.
+    #[error("invalid reading: {0}")]
+    InvalidReading(String),
+}
+
+impl Refusal {
+    /// The label counted in `hydromesh_refused_total{source="mqtt",reason=…}`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::UnknownTopic(_) => "unknown_topic",
+            Refusal::PayloadTooLarge(_) => "payload_too_large",
+            Refusal::MalformedJson(_) => "malformed_json",
+            Refusal::InvalidReading(_) => "invalid_reading",
+        }
+    }
+}
+
+/// The reading a publish carries, or why it carries none.
+pub fn parse_publish(topic: &str, payload: &[u8]) -> Result<Reading, Refusal> {
+    let kind = classify(topic)?;
+    if payload.len() > MAX_PAYLOAD_BYTES {
+        return Err(Refusal::PayloadTooLarge(payload.len()));
+    }
+    match kind {
+        TopicKind::Meter(meter) => parse_meter_json(meter, payload),
+        TopicKind::Wmbus => parse_wmbus_json(payload),
+    }
+}
+
+/// The topic a meter's valve commands are published on.
+pub fn command_topic(meter: MeterId) -> String {
+    format!("{METER_PREFIX}{meter}/command")
+}
+
+/// The JSON payload of a valve command.
+pub fn command_payload(command: &MeterCommand) -> String {
+    format!("{{\"meter\":{},\"valve\":\"{}\"}}", command.meter, command.valve.as_str())
+}
+
+/// The subscriptions of a node subscribed to an existing broker.
+pub const SUBSCRIPTIONS: [&str; 2] = ["hydromesh/meters/+/reading", "wmbusmeters/#"];
+
+enum TopicKind {
+    Meter(MeterId),
+    Wmbus,
+}
+
+fn classify(topic: &str) -> Result<TopicKind, Refusal> {
+    if let Some(meter) = topic.strip_prefix(METER_PREFIX).and_then(|rest| rest.strip_suffix("/reading")) {
+        return match digits(meter) {
+            Some(meter) => Ok(TopicKind::Meter(meter)),
+            None => Err(Refusal::InvalidReading(format!(
+                "`{}` in the topic is not a meter number",
+                shorten(meter)
+            ))),
+        };
+    }
+    if topic == WMBUS_TOPIC || topic.strip_prefix(WMBUS_TOPIC).is_some_and(|rest| rest.starts_with('/')) {
+        return Ok(TopicKind::Wmbus);
+    }
+    Err(Refusal::UnknownTopic(shorten(topic)))
+}
+
+/// A non-empty run of ASCII digits as a `u64`.
+fn digits(text: &str) -> Option<u64> {
+    (!text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())).then(|| text.parse().ok()).flatten()
+}
+
+/// At most 64 characters of `text`, for messages.
+fn shorten(text: &str) -> String {
+    match text.char_indices().nth(64) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
+}
+
+/// A JSON error as a refusal: a syntax error is malformed JSON, anything else (a missing field,
+/// a wrong type) an invalid reading.
+fn json_refusal(error: serde_json::Error) -> Refusal {
+    match error.classify() {
+        serde_json::error::Category::Data => Refusal::InvalidReading(error.to_string()),
+        _ => Refusal::MalformedJson(error.to_string()),
+    }
+}
+
+/// The hydromesh reading format.
+#[derive(Deserialize)]
+struct MeterJson<'a> {
+    meter: Option<u64>,
+    ts: Timestamp,
+    litres: u64,
+    flow_lph: Option<u32>,
+    #[serde(borrow)]
+    alarms: Option<Vec<Cow<'a, str>>>,
+}
+
+fn parse_meter_json(meter: MeterId, payload: &[u8]) -> Result<Reading, Refusal> {
+    let json: MeterJson = serde_json::from_slice(payload).map_err(json_refusal)?;
+    if let Some(named) = json.meter.filter(|named| *named != meter) {
+        return Err(Refusal::InvalidReading(format!("meter {named} in a message on meter {meter}'s topic")));
+    }
+    let mut alarms = Alarms::empty();
+    for name in json.alarms.iter().flatten() {
+        let flag = Alarms::from_name(name).ok_or_else(|| {
+            Refusal::InvalidReading(format!(
+                "unknown alarm `{}` (expected leak, burst, tamper, backflow, dry)",
+                shorten(name)
+            ))
+        })?;
+        alarms = alarms.union(flag);
+    }
+    Ok(Reading { meter, ts_ms: json.ts.0, litres: json.litres, flow_lph: json.flow_lph, alarms })
+}
+
+/// The fields of wmbusmeters' JSON hydromesh uses; the others are ignored.
+#[derive(Deserialize)]
+struct WmbusJson<'a> {
+    id: Option<MeterNumber>,
+    total_m3: Option<f64>,
+    #[serde(borrow)]
+    timestamp: Option<Cow<'a, str>>,
+    flow_m3h: Option<f64>,
+    current_flow_m3h: Option<f64>,
+    #[serde(borrow)]
+    current_status: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    status: Option<Cow<'a, str>>,
+}
+
+fn parse_wmbus_json(payload: &[u8]) -> Result<Reading, Refusal> {
+    let json: WmbusJson = serde_json::from_slice(payload).map_err(json_refusal)?;
+    let invalid = |text: &str| Refusal::InvalidReading(text.to_owned());
+    let meter = json.id.ok_or_else(|| invalid("missing field `id`"))?.0;
+    let total_m3 = json.total_m3.ok_or_else(|| invalid("missing field `total_m3`"))?;
+    let litres = m3_to_litres(total_m3)
+        .ok_or_else(|| Refusal::InvalidReading(format!("`total_m3` {total_m3} is not a register in m³")))?;
+    let timestamp = json.timestamp.ok_or_else(|| invalid("missing field `timestamp`"))?;
+    let ts_ms = parse_timestamp(&timestamp)
+        .map_err(|error| Refusal::InvalidReading(format!("field `timestamp`: {error}")))?;
+    let flow_lph = match json.flow_m3h.or(json.current_flow_m3h) {
+        Some(m3h) => Some(
+            m3_to_litres(m3h)
+                .and_then(|lph| u32::try_from(lph).ok())
+                .ok_or_else(|| Refusal::InvalidReading(format!("flow {m3h} m³/h is out of range")))?,
+        ),
+        None => None,
+    };
+    let alarms = [json.current_status, json.status]
+        .iter()
+        .flatten()
+        .fold(Alarms::empty(), |alarms, status| alarms.union(status_alarms(meter, status)));
+    Ok(Reading { meter, ts_ms, litres, flow_lph, alarms })
+}
+
+/// Cubic metres as whole litres, rounded to the nearest litre; `None` when negative, not a
+/// number, or too large to be exact.
+fn m3_to_litres(m3: f64) -> Option<u64> {
+    let litres = (m3 * 1000.0).round();
+    // The cast is exact: litres is whole and within 0..=2^53.
+    (litres.is_finite() && (0.0..=MAX_WMBUS_LITRES).contains(&litres)).then_some(litres as u64)
+}
+
+/// The alarm flags of a wmbusmeters status text such as `"LEAK BURST"` or `"DRY,REVERSED"`.
+fn status_alarms(meter: MeterId, status: &str) -> Alarms {
+    let mut alarms = Alarms::empty();
+    for word in status.split(|c: char| c.is_whitespace() || c == ',').filter(|word| !word.is_empty()) {
+        let upper = word.to_ascii_uppercase();
+        let flag = match upper.as_str() {
+            "OK" => continue,
+            "LEAK" | "LEAKING" | "LEAKAGE" => Alarms::LEAK,
+            "BURST" | "BURSTING" => Alarms::BURST,
+            "DRY" => Alarms::DRY,
+            "REVERSE" | "REVERSED" | "BACKFLOW" => Alarms::BACKFLOW,
+            "TAMPER" | "FRAUD" => Alarms::TAMPER,
+            _ => {
+                tracing::debug!(meter, word = %shorten(word), "ignoring an unknown wmbusmeters status word");
+                continue;
+            }
+        };
+        alarms = alarms.union(flag);
+    }
+    alarms
+}
+
+/// A timestamp field: RFC 3339 text, or Unix milliseconds as a number or a string of digits.
+struct Timestamp(u64);
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TimestampVisitor;
+        impl Visitor<'_> for TimestampVisitor {
+            type Value = Timestamp;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("RFC 3339 text or Unix milliseconds")
+            }
+            fn visit_u64<E: de::Error>(self, ms: u64) -> Result<Timestamp, E> {
+                Ok(Timestamp(ms))
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Timestamp, E> {
+                parse_timestamp(text)
+                    .map(Timestamp)
+                    .map_err(|error| E::custom(format!("field `ts`: {error}")))
+            }
+        }
+        deserializer.deserialize_any(TimestampVisitor)
+    }
+}
+
+/// wmbusmeters' meter id: a string of digits (also accepted as a JSON number).
+struct MeterNumber(MeterId);
+
+impl<'de> Deserialize<'de> for MeterNumber {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MeterVisitor;
+        impl Visitor<'_> for MeterVisitor {
+            type Value = MeterNumber;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a meter id of digits")
+            }
+            fn visit_u64<E: de::Error>(self, id: u64) -> Result<MeterNumber, E> {
+                Ok(MeterNumber(id))
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<MeterNumber, E> {
+                digits(text.trim()).map(MeterNumber).ok_or_else(|| {
+                    E::custom(format!("field `id`: `{}` is not a meter id of digits", shorten(text)))
+                })
+            }
+        }
+        deserializer.deserialize_any(MeterVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hydromesh_proto::ingest::Valve;
+
+    const TS: u64 = 1_795_428_000_000; // 2026-11-23T10:00:00Z
+
+    fn meter(topic: &str, json: &str) -> Result<Reading, Refusal> {
+        parse_publish(topic, json.as_bytes())
+    }
+
+    #[test]
+    fn hydromesh_readings_with_every_field_and_with_the_required_ones() {
+        let reading = meter(
+            "hydromesh/meters/42/reading",
+            r#"{"ts":"2026-11-23T10:00:00Z","litres":1234,"flow_lph":60,"alarms":["leak","Dry"]}"#,
+        )
+        .expect("reading");
+        assert_eq!(
+            reading,
+            Reading {
+                meter: 42,
+                ts_ms: TS,
+                litres: 1234,
+                flow_lph: Some(60),
+                alarms: Alarms::LEAK.union(Alarms::DRY)
+            }
+        );
+        let plain =
+            meter("hydromesh/meters/42/reading", &format!(r#"{{"ts":{TS},"litres":5}}"#)).expect("ms");
+        assert_eq!((plain.ts_ms, plain.flow_lph, plain.alarms), (TS, None, Alarms::empty()));
+        let text_ms = meter("hydromesh/meters/42/reading", &format!(r#"{{"ts":"{TS}","litres":5,"x":[1]}}"#));
+        assert_eq!(text_ms.expect("ms as text").ts_ms, TS);
+        let offset = meter("hydromesh/meters/42/reading", r#"{"ts":"2026-11-23T11:00:00+01:00","litres":5}"#);
+        assert_eq!(offset.expect("offset").ts_ms, TS);
+    }
+
+    #[test]
+    fn bad_hydromesh_readings_are_refused_with_the_right_reason() {
+        let reason = |topic: &str, json: &str| meter(topic, json).expect_err("refused").reason();
+        let topic = "hydromesh/meters/42/reading";
+        assert_eq!(reason(topic, "not json"), "malformed_json");
+        assert_eq!(reason(topic, r#"{"ts":1,"litres":"#), "malformed_json");
+        assert_eq!(reason(topic, r#"{"ts":1}"#), "invalid_reading");
+        assert_eq!(reason(topic, r#"{"ts":"yesterday","litres":1}"#), "invalid_reading");
+        assert_eq!(reason(topic, r#"{"ts":1,"litres":-1}"#), "invalid_reading");
+        assert_eq!(reason(topic, r#"{"ts":1,"litres":1.5}"#), "invalid_reading");
+        assert_eq!(reason(topic, r#"{"ts":1,"litres":1,"alarms":["fire"]}"#), "invalid_reading");
+        assert_eq!(reason(topic, r#"{"meter":43,"ts":1,"litres":1}"#), "invalid_reading");
+        assert_eq!(reason(topic, "[1,2]"), "invalid_reading");
+        assert_eq!(reason("hydromesh/meters/x1/reading", r#"{"ts":1,"litres":1}"#), "invalid_reading");
+        assert_eq!(reason("hydromesh/meters/42/command", r#"{"ts":1,"litres":1}"#), "unknown_topic");
+        assert_eq!(reason("wmbusmetersX/a", "{}"), "unknown_topic");
+        assert_eq!(reason("", "{}"), "unknown_topic");
+        let large = format!(r#"{{"ts":1,"litres":1,"pad":"{}"}}"#, "x".repeat(MAX_PAYLOAD_BYTES));
+        assert_eq!(reason(topic, &large), "payload_too_large");
+        assert_eq!(meter(topic, r#"{"meter":42,"ts":1,"litres":1}"#).expect("same meter").meter, 42);
+    }
+
+    #[test]
+    fn wmbusmeters_json_is_converted() {
+        let json = r#"{"_":"telegram","media":"water","meter":"multical21","name":"Tap","id":"76348799",
+            "total_m3":6.4086,"target_m3":6.408,"max_flow_m3h":0,"flow_temperature_c":12,
+            "current_status":"LEAK BURST","time_dry":"","timestamp":"2026-11-23T10:00:00Z",
+            "device":"im871a[1234567]","rssi_dbm":-40}"#;
+        let reading = meter("wmbusmeters/Tap", json).expect("reading");
+        assert_eq!(reading.meter, 76_348_799);
+        assert_eq!(reading.litres, 6409, "6408.6 L rounds to the nearest litre");
+        assert_eq!(reading.ts_ms, TS);
+        assert_eq!(reading.alarms, Alarms::LEAK.union(Alarms::BURST));
+        assert_eq!(reading.flow_lph, None);
+        let other = r#"{"id":"12","total_m3":0.0004,"timestamp":"2026-11-23T10:00:00Z","flow_m3h":0.25,
+            "current_status":"DRY,REVERSED , FOO","status":"TAMPER"}"#;
+        let reading = meter("wmbusmeters", other).expect("reading");
+        assert_eq!((reading.meter, reading.litres, reading.flow_lph), (12, 0, Some(250)));
+        assert_eq!(reading.alarms, Alarms::DRY.union(Alarms::BACKFLOW).union(Alarms::TAMPER));
+        let ok = r#"{"id":"12","total_m3":1.9994,"timestamp":"2026-11-23T10:00:00Z","current_status":"OK","status":""}"#;
+        let reading = meter("wmbusmeters/a/b", ok).expect("reading");
+        assert_eq!((reading.litres, reading.alarms), (1999, Alarms::empty()));
+    }
+
+    #[test]
+    fn bad_wmbusmeters_json_is_refused() {
+        let reason = |json: &str| meter("wmbusmeters/x", json).expect_err("refused").reason();
+        let ts = r#""timestamp":"2026-11-23T10:00:00Z""#;
+        assert_eq!(reason(&format!(r#"{{"id":"ab12","total_m3":1,{ts}}}"#)), "invalid_reading");
+        assert_eq!(reason(&format!(r#"{{"id":"12",{ts}}}"#)), "invalid_reading");
+        assert_eq!(reason(&format!(r#"{{"total_m3":1,{ts}}}"#)), "invalid_reading");
+        assert_eq!(reason(&format!(r#"{{"id":"12","total_m3":-1,{ts}}}"#)), "invalid_reading");
+        assert_eq!(reason(&format!(r#"{{"id":"12","total_m3":1e300,{ts}}}"#)), "invalid_reading");
+        assert_eq!(reason(r#"{"id":"12","total_m3":1}"#), "invalid_reading");
+        assert_eq!(reason(r#"{"id":"12","total_m3":1,"timestamp":"soon"}"#), "invalid_reading");
+        assert_eq!(reason(r#"{"id":"12","#), "malformed_json");
+    }
+
+    #[test]
+    fn commands_are_published_as_json() {
+        let command = MeterCommand { meter: 7, valve: Valve::Closed };
+        assert_eq!(command_topic(7), "hydromesh/meters/7/command");
+        assert_eq!(command_payload(&command), r#"{"meter":7,"valve":"closed"}"#);
+        let open = MeterCommand { meter: 7, valve: Valve::Open };
+        assert_eq!(command_payload(&open), r#"{"meter":7,"valve":"open"}"#);
+    }
+}
