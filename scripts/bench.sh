@@ -13,6 +13,9 @@
 #   cap_policy      a cap set through the first node to the first valve closed on the last
 #   follow_*        a reading acknowledged by its home to a follower attached to another node
 #                   (examples/rules_latency.rs)
+#   mqtt_ingest     MQTT QoS 1 readings/s into a node (PUBACK once durable), mosquitto_relay the
+#                   same messages through a plain mosquitto, and their ratio (examples/mqtt_bench.rs)
+#   http_top        GET /api/v1/top latency at 1,000 requests/s (examples/http_latency.rs)
 #
 # Works in run/bench-YYYYmmdd-HHMMSS/ under the repository, removed at the end unless the run
 # failed or KEEP_RUN=1. Every process it starts is stopped on exit.
@@ -48,7 +51,7 @@ die() {
 
 build() {
     log "building hydromesh and the benchmark examples (release)..."
-    (cd "$ROOT" && cargo build --release --bin hydromesh --example sled_baseline --example convergence --example rules_latency)
+    (cd "$ROOT" && cargo build --release --bin hydromesh --example sled_baseline --example convergence --example rules_latency --example mqtt_bench --example http_latency)
     BIN="$(release_dir)/hydromesh"
     EXAMPLES="$(release_dir)/examples"
     [[ -x "$BIN" ]] || die "cargo finished but $BIN is missing"
@@ -89,7 +92,7 @@ start_node() {
     local name="$1"
     shift
     RUST_LOG=info "$BIN" node --data-dir "$RUN_DIR/$name" --listen /ip4/127.0.0.1/tcp/0 \
-        --http off --mqtt off --name "$name" "$@" </dev/null >"$RUN_DIR/$name.log" 2>&1 &
+        --http 127.0.0.1:0 --mqtt off --name "$name" "$@" </dev/null >"$RUN_DIR/$name.log" 2>&1 &
     PIDS+=("$!")
     printf '%s\n' "$!" >"$RUN_DIR/$name.pid"
 }
@@ -266,6 +269,22 @@ bench_rules() {
     done <<<"$out"
 }
 
+# f. MQTT QoS 1 ingest (durable PUBACKs) against a plain mosquitto relay (examples/mqtt_bench.rs).
+# Before the chain starts, so that its nodes do not load the machine. Its lines carry "machine".
+bench_mqtt() {
+    log "MQTT: 200,000 QoS 1 readings into a node, then through mosquitto..."
+    "$EXAMPLES/mqtt_bench" "$RUN_DIR/mqtt-bench" || die "mqtt_bench failed"
+    rm -rf "$RUN_DIR/mqtt-bench"
+}
+
+# g. GET /api/v1/top at 1,000 requests/s against the chain's last node (examples/http_latency.rs).
+bench_http() {
+    local addr
+    addr="$(head -n 1 "$RUN_DIR/chain-$CHAIN_NODES/http")"
+    log "HTTP: GET http://$addr/api/v1/top at 1000 requests/s for 10 s..."
+    "$EXAMPLES/http_latency" --addr "$addr" || die "http_latency failed"
+}
+
 # Stops every process this run started, newest first; keeps the run folder when it failed.
 cleanup() {
     local status=$? i
@@ -292,12 +311,14 @@ main() {
     make_run_dir
     bench_ingest
     bench_sled
+    bench_mqtt
     ADMIN_KEY="$RUN_DIR/admin.key"
     ADMIN_PUBKEY="$("$BIN" keygen --out "$ADMIN_KEY" 2>/dev/null)" || die "cannot create an admin key"
     start_chain "$CHAIN_NODES"
     bench_convergence
     bench_query
     bench_rules
+    bench_http
     log "done in $(($(date +%s) - started)) s"
     ((FAILED == 0)) || die "some benchmarks failed; see above"
 }
