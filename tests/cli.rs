@@ -390,3 +390,46 @@ fn admin_commands_are_signed_checked_and_enforced() {
     assert_eq!(bill["amount"], 0.45);
     assert_eq!(bill["paid"], false);
 }
+
+#[test]
+fn configuration_file_then_environment_then_flags() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write(
+        dir.path(),
+        "node.toml",
+        "name = \"from-file\"\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\nhttp = \"127.0.0.1:0\"\nmqtt = \"off\"\n",
+    );
+    let name_of = |env: Option<&str>, flag: Option<&str>, data: &str| -> String {
+        let data = dir.path().join(data);
+        let mut command = Command::new(BIN);
+        command.args(["node", "--config"]).arg(&config).arg("--data-dir").arg(&data);
+        if let Some(name) = flag {
+            command.args(["--name", name]);
+        }
+        if let Some(name) = env {
+            command.env("HYDROMESH_NAME", name);
+        }
+        let mut child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("node starts");
+        let addrs = data.join("addrs");
+        let addr = wait_for("the addrs file", Duration::from_secs(20), || {
+            std::fs::read_to_string(&addrs).ok()?.lines().next().map(str::to_owned)
+        });
+        wait_for("the http file (the file's address)", Duration::from_secs(20), || {
+            data.join("http").exists().then_some(())
+        });
+        assert!(!data.join("mqtt").exists(), "the file turned MQTT off");
+        let out = hydromesh(&["query", "peers", "--json", "--peer", &addr]);
+        let _ = child.kill();
+        let _ = child.wait();
+        let peers: Value = serde_json::from_slice(&out.stdout).expect("peers JSON");
+        peers["peers"][0]["name"].as_str().expect("name").to_owned()
+    };
+    assert_eq!(name_of(None, None, "a"), "from-file");
+    assert_eq!(name_of(Some("from-env"), None, "b"), "from-env");
+    assert_eq!(name_of(Some("from-env"), Some("from-flag"), "c"), "from-flag");
+
+    let bad = write(dir.path(), "bad.toml", "name = \"x\"\nrepublsh_interval = \"1s\"\n");
+    let out = hydromesh(&["node", "--config", bad.to_str().expect("path")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("republsh_interval"), "{}", text(&out.stderr));
+}

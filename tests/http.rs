@@ -405,6 +405,15 @@ async fn every_route_answers_like_the_cli() {
         "{}",
         metrics.text()
     );
+    // Every 400 answered above is counted once as refused input.
+    let bad_requests = metrics
+        .text()
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("hydromesh_refused_total{source=\"http\",reason=\"bad_request\"} ")
+        })
+        .and_then(|count| count.trim().parse::<u64>().ok());
+    assert!(bad_requests.is_some_and(|count| count > 0), "{}", metrics.text());
 
     let dashboard = get(addr, "/").await;
     assert_eq!(dashboard.status, 200);

@@ -304,10 +304,8 @@ pub(super) async fn ingest(
 ) -> ApiResult {
     Params::new(query, &[])?;
     let bytes = body(&state, bytes)?;
-    let items: Vec<Value> = serde_json::from_slice(&bytes).map_err(|e| {
-        state.context.metrics.refuse("http", "malformed_json");
-        ApiError::bad_request(format!("the body is not a JSON array of readings: {e}"))
-    })?;
+    let items: Vec<Value> = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("the body is not a JSON array of readings: {e}")))?;
     if items.len() > MAX_BATCH_READINGS {
         state.context.metrics.refuse("http", "too_many_readings");
         return Err(ApiError::new(

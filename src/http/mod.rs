@@ -159,12 +159,28 @@ fn build(context: HttpContext, cancel: CancellationToken) -> Router {
     for route in table() {
         router = router.route(route.path, route.handler);
     }
+    let state = AppState { context, cancel };
     router
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         // Bodies are read whole into memory: bound them (413 beyond).
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(AppState { context, cancel })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), count_bad_requests))
+        .with_state(state)
+}
+
+/// Counts every 400 answer (a bad parameter or body) in the metrics, in one place whatever the
+/// route; other refusals (401, 413) are counted where their reason is known.
+async fn count_bad_requests(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let response = next.run(request).await;
+    if response.status() == StatusCode::BAD_REQUEST {
+        state.context.metrics.refuse("http", "bad_request");
+    }
+    response
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
