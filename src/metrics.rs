@@ -1,6 +1,7 @@
 //! Prometheus metrics: libp2p's own (connections, gossipsub, kademlia, identify, ping) and
 //! hydromesh's, all under one registry served at `/metrics`.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -131,6 +132,36 @@ impl Default for Metrics {
     }
 }
 
+/// Sources remembered by [`LogOnce`] before it starts over.
+const LOG_ONCE_SOURCES: usize = 10_000;
+
+/// Remembers which (source, reason) pairs were logged, so that a misbehaving client is logged
+/// once per reason rather than once per message. Bounded: past [`LOG_ONCE_SOURCES`] sources it
+/// forgets them all and starts over.
+#[derive(Default)]
+pub struct LogOnce {
+    seen: Mutex<HashMap<Box<str>, Vec<&'static str>>>,
+}
+
+impl LogOnce {
+    /// Whether this is the first time `reason` is reported for `source`.
+    pub fn first(&self, source: &str, reason: &'static str) -> bool {
+        let mut seen = self.seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(reasons) = seen.get_mut(source) {
+            if reasons.contains(&reason) {
+                return false;
+            }
+            reasons.push(reason);
+            return true;
+        }
+        if seen.len() >= LOG_ONCE_SOURCES {
+            seen.clear();
+        }
+        seen.insert(source.into(), vec![reason]);
+        true
+    }
+}
+
 fn outcome_label(outcome: &Outcome) -> &'static str {
     match outcome {
         Outcome::Accepted => "accepted",
@@ -147,6 +178,19 @@ fn outcome_label(outcome: &Outcome) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_once_per_source_and_reason() {
+        let log = LogOnce::default();
+        assert!(log.first("a", "malformed_json"));
+        assert!(!log.first("a", "malformed_json"));
+        assert!(log.first("a", "unknown_topic"));
+        assert!(log.first("b", "malformed_json"));
+        for i in 0..LOG_ONCE_SOURCES {
+            log.first(&format!("s{i}"), "x");
+        }
+        assert!(log.first("a", "malformed_json"), "bounded: forgotten after many sources");
+    }
 
     #[test]
     fn outcomes_are_counted_by_label() {

@@ -37,7 +37,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
+use crate::metrics::{LogOnce, Metrics};
 use crate::node::LocalClient;
 
 /// Largest request body (a batch of readings, an admin command); larger ones get 413.
@@ -69,6 +69,8 @@ pub struct HttpContext {
 struct AppState {
     context: HttpContext,
     cancel: CancellationToken,
+    /// Clients whose bad requests were already logged.
+    logged: Arc<LogOnce>,
 }
 
 /// An HTTP method a route answers.
@@ -159,7 +161,7 @@ fn build(context: HttpContext, cancel: CancellationToken) -> Router {
     for route in table() {
         router = router.route(route.path, route.handler);
     }
-    let state = AppState { context, cancel };
+    let state = AppState { context, cancel, logged: Arc::default() };
     router
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
@@ -170,15 +172,24 @@ fn build(context: HttpContext, cancel: CancellationToken) -> Router {
 }
 
 /// Counts every 400 answer (a bad parameter or body) in the metrics, in one place whatever the
-/// route; other refusals (401, 413) are counted where their reason is known.
+/// route, and logs it once per client; other refusals (401, 413) are counted where their reason
+/// is known.
 async fn count_bad_requests(
     State(state): State<AppState>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    let client = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<ClientAddr>>()
+        .map_or_else(|| "unknown".to_owned(), |info| info.0 .0.ip().to_string());
+    let target = format!("{} {}", request.method(), request.uri().path());
     let response = next.run(request).await;
     if response.status() == StatusCode::BAD_REQUEST {
         state.context.metrics.refuse("http", "bad_request");
+        if state.logged.first(&client, "bad_request") {
+            tracing::warn!(%client, request = %target, "refused a bad HTTP request (logged once per client)");
+        }
     }
     response
 }
@@ -254,7 +265,8 @@ pub fn serve(listener: TcpListener, context: HttpContext, cancel: CancellationTo
     tokio::spawn(async move {
         let shutdown = cancel.clone();
         let listener = Bounded { inner: listener, permits: Arc::new(Semaphore::new(MAX_CONNECTIONS)) };
-        let served = axum::serve(listener, build(context, cancel))
+        let app = build(context, cancel).into_make_service_with_connect_info::<ClientAddr>();
+        let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await;
         if let Err(error) = served {
@@ -301,6 +313,16 @@ impl axum::serve::Listener for Bounded {
 
     fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
         self.inner.local_addr()
+    }
+}
+
+/// The address of a client, for logging refusals once per client.
+#[derive(Clone, Copy, Debug)]
+struct ClientAddr(std::net::SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Bounded>> for ClientAddr {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, Bounded>) -> Self {
+        ClientAddr(*stream.remote_addr())
     }
 }
 

@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::LogOnce;
+use crate::metrics::LogOnce;
 use crate::node::LocalClient;
 
 /// Readings that make a batch full: it is sent at once.

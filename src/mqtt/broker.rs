@@ -44,7 +44,8 @@ use tokio_util::sync::CancellationToken;
 use super::acks::{AckQueue, AckState};
 use super::batcher::{Chunk, Completion, MAX_CHUNK_READINGS};
 use super::payload::{self, Refusal};
-use super::{topic, LogOnce};
+use super::topic;
+use crate::metrics::LogOnce;
 use crate::metrics::Metrics;
 
 /// Largest MQTT packet accepted, in bytes; a larger one closes the connection.

@@ -22,9 +22,8 @@ mod broker;
 pub mod payload;
 mod topic;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -34,13 +33,11 @@ pub use bridge::BrokerUrl;
 pub use broker::{MAX_CONNECTIONS, MAX_PACKET_BYTES};
 
 use crate::config::Config;
-use crate::metrics::Metrics;
+use crate::metrics::{LogOnce, Metrics};
 use crate::node::{LocalClient, NodeError};
 
 /// Valve commands waiting to be published.
 const COMMAND_QUEUE: usize = 4096;
-/// Sources remembered by [`LogOnce`] before it starts over.
-const LOG_ONCE_SOURCES: usize = 10_000;
 
 /// Why MQTT ingest could not start.
 #[derive(Debug, thiserror::Error)]
@@ -102,49 +99,4 @@ pub async fn start(
     tasks.push(batcher);
     tracing::info!(addr = %bound, "MQTT broker at mqtt://{bound}");
     Ok((tasks, Some(bound)))
-}
-
-/// Remembers which (source, reason) pairs were logged, so that a misbehaving client is logged
-/// once per reason rather than once per message. Bounded: past [`LOG_ONCE_SOURCES`] sources it
-/// forgets them all and starts over.
-#[derive(Default)]
-pub(crate) struct LogOnce {
-    seen: Mutex<HashMap<Box<str>, Vec<&'static str>>>,
-}
-
-impl LogOnce {
-    /// Whether this is the first time `reason` is reported for `source`.
-    pub(crate) fn first(&self, source: &str, reason: &'static str) -> bool {
-        let mut seen = self.seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(reasons) = seen.get_mut(source) {
-            if reasons.contains(&reason) {
-                return false;
-            }
-            reasons.push(reason);
-            return true;
-        }
-        if seen.len() >= LOG_ONCE_SOURCES {
-            seen.clear();
-        }
-        seen.insert(source.into(), vec![reason]);
-        true
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn log_once_per_source_and_reason() {
-        let log = LogOnce::default();
-        assert!(log.first("a", "malformed_json"));
-        assert!(!log.first("a", "malformed_json"));
-        assert!(log.first("a", "unknown_topic"));
-        assert!(log.first("b", "malformed_json"));
-        for i in 0..LOG_ONCE_SOURCES {
-            log.first(&format!("s{i}"), "x");
-        }
-        assert!(log.first("a", "malformed_json"), "bounded: forgotten after many sources");
-    }
 }
