@@ -80,13 +80,18 @@ impl<R: Read> Read for Counted<R> {
     }
 }
 
-/// What happened to the file's lines.
-#[derive(Default)]
-struct Report {
-    accepted: u64,
-    duplicates: u64,
-    rejected: Vec<(usize, String)>,
-    commands: Vec<ingest::MeterCommand>,
+/// What happened to a batch of items (a file's lines, an HTTP request's array items): the
+/// report `hydromesh ingest --json` prints and `POST /api/v1/readings` answers.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Readings stored.
+    pub accepted: u64,
+    /// Readings already stored (counted once).
+    pub duplicates: u64,
+    /// Rejected items: (position, rule broken).
+    pub rejected: Vec<(usize, String)>,
+    /// Valve commands the node sent back.
+    pub commands: Vec<ingest::MeterCommand>,
 }
 
 /// Runs `hydromesh ingest`.
@@ -128,17 +133,7 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     let mut report = report.into_inner();
     report.rejected.sort();
     if args.json {
-        let rejected: Vec<_> =
-            report.rejected.iter().map(|(line, error)| json!({"line": line, "error": error})).collect();
-        let commands: Vec<_> =
-            report.commands.iter().map(|c| json!({"meter": c.meter, "valve": c.valve.as_str()})).collect();
-        let out = json!({
-            "accepted": report.accepted,
-            "duplicates": report.duplicates,
-            "rejected": rejected,
-            "commands": commands,
-        });
-        println!("{out}");
+        println!("{}", report.json("line"));
     } else {
         for (line, error) in &report.rejected {
             eprintln!("line {line}: {error}");
@@ -157,7 +152,8 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
 }
 
 impl Report {
-    fn record(&mut self, lines: &[usize], response: ingest::Response) {
+    /// Records the node's answer to a batch whose readings came from `lines` (positions).
+    pub fn record(&mut self, lines: &[usize], response: ingest::Response) {
         match response {
             ingest::Response::Done { outcomes, commands } => {
                 for (line, outcome) in lines.iter().zip(outcomes) {
@@ -174,9 +170,25 @@ impl Report {
                     .extend(lines.iter().map(|line| (*line, format!("batch refused by the node: {reason}"))));
             }
             ingest::Response::Busy { .. } => {
-                // The client sends busy batches again; it never reports them.
+                // Busy batches are sent again (or the caller answers busy): never reported.
             }
         }
+    }
+
+    /// The report as JSON, rejected items named by `position` (`line` or `index`).
+    pub fn json(&self, position: &str) -> serde_json::Value {
+        let mut rejected = self.rejected.clone();
+        rejected.sort();
+        let rejected: Vec<_> =
+            rejected.iter().map(|(at, error)| json!({ position: at, "error": error })).collect();
+        let commands: Vec<_> =
+            self.commands.iter().map(|c| json!({"meter": c.meter, "valve": c.valve.as_str()})).collect();
+        json!({
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "rejected": rejected,
+            "commands": commands,
+        })
     }
 }
 

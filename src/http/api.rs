@@ -6,7 +6,7 @@ use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use hydromesh_proto::ingest::{self, Outcome};
+use hydromesh_proto::ingest;
 use hydromesh_proto::limits::{MAX_BATCH_READINGS, MAX_TOP_N};
 use hydromesh_proto::query::{self, MeterAnswer};
 use hydromesh_proto::summary::AlertKind;
@@ -14,6 +14,7 @@ use hydromesh_proto::{MeterId, Reading};
 use serde_json::{json, Value};
 
 use super::{ApiError, AppState};
+use crate::cli::ingest::Report;
 use crate::cli::input::{parse_timestamp, Format, Readings};
 use crate::cli::query as cli;
 
@@ -317,24 +318,14 @@ pub(super) async fn ingest(
     let mut report = Report { rejected: std::mem::take(&mut rejected), ..Report::default() };
     if !readings.is_empty() {
         match state.context.node.ingest(readings).await {
-            ingest::Response::Done { outcomes, commands } => {
-                for (index, outcome) in indices.iter().zip(outcomes) {
-                    match outcome {
-                        Outcome::Accepted => report.accepted += 1,
-                        Outcome::Duplicate => report.duplicates += 1,
-                        Outcome::Rejected(rule) => report.rejected.push((*index, rule.to_string())),
-                    }
-                }
-                report.commands = commands;
-            }
             ingest::Response::Busy { .. } => return Err(ApiError::busy()),
             ingest::Response::Refused { reason } => {
                 return Err(ApiError::internal(format!("the node refused the batch: {reason}")));
             }
+            done => report.record(&indices, done),
         }
     }
-    report.rejected.sort();
-    Ok(Json(report.json()))
+    Ok(Json(report.json("index")))
 }
 
 /// The items of the array as readings, with their indices, and the items that are not readings.
@@ -363,29 +354,4 @@ fn parse_items(items: &[Value]) -> (Vec<Reading>, Vec<usize>, Vec<(usize, String
         Err(error) => rejected.extend((0..items.len()).map(|index| (index, error.error.to_string()))),
     }
     (readings, indices, rejected)
-}
-
-/// What happened to the items of a batch.
-#[derive(Default)]
-struct Report {
-    accepted: u64,
-    duplicates: u64,
-    rejected: Vec<(usize, String)>,
-    commands: Vec<ingest::MeterCommand>,
-}
-
-impl Report {
-    /// `hydromesh ingest --json`'s report, items named by index instead of line.
-    fn json(&self) -> Value {
-        let rejected: Vec<Value> =
-            self.rejected.iter().map(|(index, error)| json!({"index": index, "error": error})).collect();
-        let commands: Vec<Value> =
-            self.commands.iter().map(|c| json!({"meter": c.meter, "valve": c.valve.as_str()})).collect();
-        json!({
-            "accepted": self.accepted,
-            "duplicates": self.duplicates,
-            "rejected": rejected,
-            "commands": commands,
-        })
-    }
 }
