@@ -25,6 +25,9 @@ pub struct Config {
     pub listen: Vec<Multiaddr>,
     /// Peers to dial at start, with or without `/p2p/<peer id>`.
     pub bootstrap: Vec<Multiaddr>,
+    /// The fog nodes (peer ids) whose summaries this node accepts. Empty: any peer that speaks
+    /// the protocol may join the mesh — set it wherever the network is not private.
+    pub fog_nodes: Vec<libp2p::PeerId>,
     /// A label shown in answers (default: the host name, or `hydromesh`).
     pub name: String,
     /// Discover peers on the LAN with mDNS (never finds loopback-only nodes).
@@ -90,6 +93,7 @@ impl Default for Config {
                 "/ip4/0.0.0.0/udp/4001/quic-v1".parse().unwrap_or_else(|_| Multiaddr::empty()),
             ],
             bootstrap: Vec::new(),
+            fog_nodes: Vec::new(),
             name: default_name(),
             mdns: false,
             republish_interval: Duration::from_secs(10),

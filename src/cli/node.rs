@@ -29,6 +29,10 @@ pub struct Args {
     /// A peer to join through (repeatable), with or without /p2p/<peer id>.
     #[arg(long, env = "HYDROMESH_BOOTSTRAP", value_delimiter = ',', value_name = "MULTIADDR")]
     bootstrap: Vec<Multiaddr>,
+    /// A fog node (peer id) whose summaries this node accepts (repeatable). Without any, every
+    /// peer that speaks the protocol may join: set them wherever the network is not private.
+    #[arg(long = "fog-node", env = "HYDROMESH_FOG_NODES", value_delimiter = ',', value_name = "PEER_ID")]
+    fog_nodes: Vec<libp2p::PeerId>,
     /// A label for this node, shown in answers [default: the host name].
     #[arg(long, env = "HYDROMESH_NAME")]
     name: Option<String>,
@@ -105,6 +109,7 @@ impl Args {
             config.listen = self.listen;
         }
         config.bootstrap.extend(self.bootstrap);
+        config.fog_nodes.extend(self.fog_nodes);
         if let Some(name) = self.name {
             config.name = name;
         }

@@ -6,14 +6,15 @@
 //! order, any number of times, and every node converges to the same map. Answers are computed
 //! locally (no fan-out) and state their [`Coverage`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use hydromesh_proto::query::{Coverage, PeerInfo, PeersAnswer, StatsAnswer, TopAnswer, TopEntry};
 use hydromesh_proto::summary::{MeterSpan, NodeSummary, SignedSummary};
-use hydromesh_proto::MeterId;
+use hydromesh_proto::{limits, MeterId};
 use libp2p::PeerId;
 
+use crate::clock::now_ms;
 use crate::domain;
 use crate::protocol::summary::{verify, SummaryError};
 
@@ -37,17 +38,27 @@ pub enum Merged {
     Known,
 }
 
+/// Most fog nodes a view holds: a bound on memory whatever peers send.
+pub const MAX_NODES: usize = 4096;
+
 /// The merged view of one node.
 pub struct View {
     local: PeerId,
     entries: HashMap<PeerId, Entry>,
     stale_after: Duration,
+    /// When set, only these fog nodes' summaries are merged (a closed mesh).
+    members: Option<HashSet<PeerId>>,
 }
 
 impl View {
     /// An empty view for the node `local`.
     pub fn new(local: PeerId, stale_after: Duration) -> Self {
-        View { local, entries: HashMap::new(), stale_after }
+        View { local, entries: HashMap::new(), stale_after, members: None }
+    }
+
+    /// Merges only the summaries of `members` (and this node's own) from now on.
+    pub fn restrict_to(&mut self, members: impl IntoIterator<Item = PeerId>) {
+        self.members = Some(members.into_iter().collect());
     }
 
     /// Merges a signed summary heard at `now`, or restored from disk at `now` when `restored`.
@@ -57,25 +68,34 @@ impl View {
         now: Instant,
         restored: bool,
     ) -> Result<Merged, SummaryError> {
+        // Old news is recognised before the signature is checked: re-deliveries and relayed old
+        // versions cost a decode, not an ed25519 verification.
+        let claimed: NodeSummary = hydromesh_proto::decode(&signed.payload, limits::MAX_SUMMARY_BYTES)?;
+        if let Ok(origin) = claimed.origin.parse::<PeerId>() {
+            if self.members.as_ref().is_some_and(|members| !members.contains(&origin)) && origin != self.local
+            {
+                return Err(SummaryError::NotMember(origin));
+            }
+            let known =
+                self.entries.get(&origin).is_some_and(|entry| entry.summary.version >= claimed.version);
+            if known || (origin == self.local && !restored) {
+                // Our own summaries come only from ourselves; a relayed copy is old news.
+                return Ok(Merged::Known);
+            }
+        }
         let (summary, origin) = verify(&signed)?;
-        if origin == self.local && !restored {
-            // Our own summaries come only from ourselves; a relayed copy is old news.
-            return Ok(Merged::Known);
+        if self.members.as_ref().is_some_and(|members| !members.contains(&origin)) && origin != self.local {
+            return Err(SummaryError::NotMember(origin));
         }
-        match self.entries.get_mut(&origin) {
-            Some(entry) if entry.summary.version > summary.version => Ok(Merged::Known),
-            Some(entry) if entry.summary.version == summary.version => {
-                // A re-delivery proves nothing about liveness: only a new version refreshes.
-                Ok(Merged::Known)
-            }
-            _ => {
-                self.entries.insert(
-                    origin,
-                    Entry { summary, signed, heard_at: (!restored).then_some(now), known_since: now },
-                );
-                Ok(Merged::Newer(origin))
-            }
+        if !self.entries.contains_key(&origin) && self.entries.len() >= MAX_NODES {
+            return Err(SummaryError::Invalid(format!("the view already holds {MAX_NODES} fog nodes")));
         }
+        // Liveness is judged from the origin's own clock: a summary relayed long after it was
+        // made (by sync, from a node that still remembers a dead origin) is not fresh.
+        let age = Duration::from_millis(now_ms().saturating_sub(summary.generated_at_ms));
+        let heard_at = (!restored).then(|| now.checked_sub(age).unwrap_or(now));
+        self.entries.insert(origin, Entry { summary, signed, heard_at, known_since: now });
+        Ok(Merged::Newer(origin))
     }
 
     /// Puts this node's own latest summary in the view.
@@ -170,8 +190,11 @@ impl View {
     /// Mesh-wide meters and total consumption over all data held.
     pub fn stats(&self, now: Instant, now_ms: u64) -> StatsAnswer {
         StatsAnswer {
-            meters: self.entries.values().map(|e| e.summary.meter_count).sum(),
-            total_consumption_l: self.entries.values().map(|e| e.summary.total_consumption_l).sum(),
+            meters: self.entries.values().fold(0u64, |sum, e| sum.saturating_add(e.summary.meter_count)),
+            total_consumption_l: self
+                .entries
+                .values()
+                .fold(0u64, |sum, e| sum.saturating_add(e.summary.total_consumption_l)),
             coverage: self.coverage(now, now_ms),
         }
     }
@@ -223,7 +246,7 @@ impl View {
             .fold((0u64, 0u64), |(total, meters), entry| {
                 (
                     total.saturating_add(entry.summary.period_consumption_l),
-                    meters + entry.summary.period_meters,
+                    meters.saturating_add(entry.summary.period_meters),
                 )
             });
         (meters > 0).then(|| total as f64 / meters as f64)
@@ -267,7 +290,7 @@ mod tests {
             origin: key.public().to_peer_id().to_string(),
             name: format!("n{version}"),
             version,
-            generated_at_ms: 0,
+            generated_at_ms: now_ms(),
             addrs: vec![],
             meter_count: top.len() as u64,
             total_consumption_l: top.iter().map(domain::span_consumption).sum(),
@@ -334,5 +357,27 @@ mod tests {
         assert!(view.live_remotes(later).is_empty());
         assert_eq!(view.forget_older_than(Duration::from_secs(60), later).len(), 0);
         assert_eq!(view.forget_older_than(Duration::from_secs(20), later).len(), 1);
+    }
+
+    #[test]
+    fn a_closed_mesh_refuses_strangers_and_old_news_is_not_fresh() {
+        let (member, stranger, local) =
+            (Keypair::generate_ed25519(), Keypair::generate_ed25519(), Keypair::generate_ed25519());
+        let now = Instant::now();
+        let mut view = View::new(local.public().to_peer_id(), Duration::from_secs(30));
+        view.restrict_to([member.public().to_peer_id()]);
+        view.merge(signed(&member, 1, vec![]), now, false).expect("member");
+        let refused = view.merge(signed(&stranger, 1, vec![]), now, false);
+        assert!(matches!(refused, Err(SummaryError::NotMember(_))), "{refused:?}");
+        assert_eq!(view.coverage(now, 0).included.len(), 1);
+
+        // A summary made a minute ago and relayed now (sync from a node that still remembers a
+        // dead origin) counts as a minute old: stale, not fresh.
+        let mut old = signed(&member, 2, vec![]);
+        let mut summary: NodeSummary = hydromesh_proto::decode(&old.payload, 1 << 20).expect("decode");
+        summary.generated_at_ms -= 60_000;
+        old = sign(&member, &summary).expect("sign");
+        view.merge(old, now, false).expect("merge");
+        assert_eq!(view.coverage(now, 0).stale.len(), 1);
     }
 }

@@ -171,6 +171,8 @@ pub struct EventLoop {
     addrs_tx: watch::Sender<Vec<Multiaddr>>,
     publish_at: Option<tokio::time::Instant>,
     unsent_responses: usize,
+    /// Follow long polls held open, bounded apart from other questions.
+    follows: Arc<std::sync::atomic::AtomicUsize>,
     /// Connected peers that speak sync (fog nodes), for periodic anti-entropy.
     fog_peers: HashSet<PeerId>,
     sync_round: usize,
@@ -212,6 +214,11 @@ impl EventLoop {
             }
         }
         let mut view = View::new(peer_id, config.stale_after);
+        if config.fog_nodes.is_empty() {
+            tracing::warn!("no fog_nodes configured: any peer may join this mesh and publish figures");
+        } else {
+            view.restrict_to(config.fog_nodes.iter().copied());
+        }
         for bytes in store.views()? {
             let restored = hydromesh_proto::decode::<SignedSummary>(&bytes, limits::MAX_SUMMARY_BYTES)
                 .map_err(|e| e.to_string())
@@ -260,6 +267,7 @@ impl EventLoop {
             addrs_tx,
             publish_at: None,
             unsent_responses: 0,
+            follows: Arc::default(),
             fog_peers: HashSet::new(),
             sync_round: 0,
             closing: false,
@@ -444,9 +452,8 @@ impl EventLoop {
             let reason = format!("{count} readings in one batch (at most {})", limits::MAX_BATCH_READINGS);
             return self.respond_ingest(channel, ingest::Response::Refused { reason });
         }
-        if self.is_busy() {
-            return self.respond_ingest(channel, ingest::Response::Busy { retry_after_ms: 100 });
-        }
+        // No check of pending questions here: long polls must not starve ingest. The pipeline's
+        // bounded queue is what refuses batches (busy) under load.
         let (reply, outcomes) = oneshot::channel();
         let (started, metrics) = (Instant::now(), self.metrics.clone());
         match self.pipeline.jobs.try_send(Job::Ingest { readings, reply }) {
@@ -751,6 +758,8 @@ impl EventLoop {
             Ok(_) | Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
             Err(error) => tracing::warn!(%error, "cannot publish the summary"),
         }
+        // This node's own figures count in the mesh-wide average too (and alone, they are it).
+        self.update_inputs();
     }
 
     fn build_summary(&self) -> Result<NodeSummary, crate::store::StoreError> {

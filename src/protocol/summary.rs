@@ -40,6 +40,9 @@ pub enum SummaryError {
     /// A field is out of range.
     #[error("invalid summary: {0}")]
     Invalid(String),
+    /// Its origin is not one of the fog nodes this node is configured to accept.
+    #[error("summary from {0}, which is not a member of this mesh")]
+    NotMember(PeerId),
     /// It could not be signed.
     #[error("cannot sign summary: {0}")]
     Signing(String),
@@ -105,6 +108,17 @@ fn check(summary: &NodeSummary) -> Result<(), SummaryError> {
     }
     if summary.top.iter().any(|s| s.first.ts_ms > s.last.ts_ms || s.first.litres > s.last.litres) {
         return invalid("a top meter's span runs backwards".into());
+    }
+    if summary.period_meters > summary.meter_count {
+        return invalid(format!(
+            "{} meters in the period but {} in all",
+            summary.period_meters, summary.meter_count
+        ));
+    }
+    if summary.blocked.len() > limits::MAX_SUMMARY_ENTRIES
+        || summary.alerts.len() > limits::MAX_SUMMARY_ENTRIES
+    {
+        return invalid("too many blocked meters or alerts".into());
     }
     if !summary.filter.is_valid() {
         return invalid("malformed meter filter".into());

@@ -3,7 +3,41 @@
 
 use super::*;
 
+/// One of the bounded follow slots, given back when the long poll ends (or is dropped).
+struct FollowSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl FollowSlot {
+    fn take(count: &Arc<std::sync::atomic::AtomicUsize>, limit: usize) -> Option<FollowSlot> {
+        use std::sync::atomic::Ordering;
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit.max(1)).then_some(n + 1))
+            .ok()
+            .map(|_| FollowSlot(count.clone()))
+    }
+}
+
+impl Drop for FollowSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 impl EventLoop {
+    /// A follow long poll, if a slot is free: they hold their slot for seconds, so at most half
+    /// of the pending questions may be follows.
+    fn hold_follow(&self, follow: BoxFuture<'static, query::Response>) -> Answer {
+        match FollowSlot::take(&self.follows, self.config.max_pending_requests / 2) {
+            Some(slot) => Answer::Later(
+                async move {
+                    let _slot = slot;
+                    follow.await
+                }
+                .boxed(),
+            ),
+            None => Answer::Now(query::Response::Busy),
+        }
+    }
+
     /// The answer to a question: at once, or later from a future.
     pub(super) fn answer(&mut self, request: query::Request) -> Answer {
         if self.closing {
@@ -73,8 +107,12 @@ impl EventLoop {
                     .map(|bill| bill.map_or_else(query::Response::Error, query::Response::Bill))
                     .boxed()
             }
-            query::Request::Follow { meter, after_ts_ms } => self.follow_from_home(meter, after_ts_ms),
-            query::Request::LocalFollow { meter, after_ts_ms } => self.local_follow(meter, after_ts_ms),
+            query::Request::Follow { meter, after_ts_ms } => {
+                return self.hold_follow(self.follow_from_home(meter, after_ts_ms));
+            }
+            query::Request::LocalFollow { meter, after_ts_ms } => {
+                return self.hold_follow(self.local_follow(meter, after_ts_ms));
+            }
         };
         Answer::Later(answer)
     }

@@ -124,7 +124,10 @@ impl EventLoop {
     /// Recomputes the rationing inputs; when they changed, every meter is judged again.
     pub(super) fn update_inputs(&mut self) {
         let policy = self.control.policy().0;
-        let average = self.view.period_average(policy.period_start(now_ms()));
+        // Only the above-average rule needs the average: without it, a new summary changes nothing.
+        let average = policy
+            .above_average_permille
+            .and_then(|_| self.view.period_average(policy.period_start(now_ms())));
         let inputs = rationing_inputs(&self.config, &self.control, average);
         let changed = self.inputs.send_if_modified(|current| {
             let changed = **current != inputs;
