@@ -59,6 +59,9 @@ pub enum NodeError {
     },
 }
 
+/// How long HTTP and MQTT get to finish with their clients at shutdown.
+pub const SERVICE_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Starts fog nodes.
 pub struct Node;
 
@@ -219,11 +222,24 @@ impl NodeHandle {
         self.join().await;
     }
 
-    /// Waits until the node and its services have stopped.
+    /// Waits until the node and its services have stopped. The event loop (which flushes the
+    /// store) is always waited for; a service still draining a slow client after
+    /// [`SERVICE_STOP_GRACE`] is aborted.
     pub async fn join(self) {
-        for task in self.tasks {
-            if let Err(error) = task.await {
+        let mut tasks = self.tasks.into_iter();
+        if let Some(event_loop) = tasks.next() {
+            if let Err(error) = event_loop.await {
                 tracing::error!(%error, "node task ended abnormally");
+            }
+        }
+        for mut task in tasks {
+            match tokio::time::timeout(SERVICE_STOP_GRACE, &mut task).await {
+                Ok(Err(error)) => tracing::error!(%error, "service task ended abnormally"),
+                Ok(Ok(())) => {}
+                Err(_) => {
+                    tracing::warn!("a service did not stop in time; aborting it");
+                    task.abort();
+                }
             }
         }
     }

@@ -117,8 +117,15 @@ impl Store {
                 if state.period.is_some_and(|p| reading.ts_ms < p.period_start_ms) {
                     state.period = None;
                 }
-                if state.tracker.last_ts_ms().is_none_or(|last| reading.ts_ms > last) {
+                let last = state.tracker.last_ts_ms();
+                if last.is_none_or(|last| reading.ts_ms > last) {
                     state.tracker.observe(reading, self.burst_flow_lph);
+                } else if last.is_some_and(|last| {
+                    reading.ts_ms.saturating_add(rules::LEAK_WINDOW_MS + rules::STANDSTILL_MS) < last
+                }) {
+                    // Older than anything the rules look at: it can only extend the history.
+                    let first = meters.get(&reading.meter).map_or(reading.ts_ms, |span| span.first.ts_ms);
+                    state.tracker.set_first_ts(first);
                 } else {
                     // A late reading: the rules are judged again over the stored history.
                     replay.push(reading.meter);
