@@ -153,10 +153,7 @@ pub(super) async fn unblock(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
     bytes: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    let key = signer(&state, &headers)?;
-    Params::new(query, &[])?;
-    let MeterBody { meter } = parse(&state, bytes)?;
-    sign_and_send(&state, &key, Action::Unblock { meter }).await
+    meter_action(&state, &headers, query, bytes, |meter| Action::Unblock { meter }).await
 }
 
 /// `POST /api/v1/admin/paid` `{"meter":N}`.
@@ -166,10 +163,21 @@ pub(super) async fn paid(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
     bytes: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    let key = signer(&state, &headers)?;
+    meter_action(&state, &headers, query, bytes, |meter| Action::Paid { meter }).await
+}
+
+/// An admin action whose body is just `{"meter":N}`.
+async fn meter_action(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    bytes: Result<Bytes, BytesRejection>,
+    action: fn(u64) -> Action,
+) -> ApiResult {
+    let key = signer(state, headers)?;
     Params::new(query, &[])?;
-    let MeterBody { meter } = parse(&state, bytes)?;
-    sign_and_send(&state, &key, Action::Paid { meter }).await
+    let MeterBody { meter } = parse(state, bytes)?;
+    sign_and_send(state, &key, action(meter)).await
 }
 
 /// `PUT /api/v1/admin/policy` `{"period":"30d","cap_l":N,"above_average":1.5}`.
