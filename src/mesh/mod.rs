@@ -36,6 +36,9 @@ pub enum Merged {
     Newer(PeerId),
     /// The view already held this version or a newer one.
     Known,
+    /// A copy of this node's own summary with a higher version than its latest: its versions
+    /// must jump past it.
+    OwnAhead(u64),
 }
 
 /// Most fog nodes a view holds: a bound on memory whatever peers send.
@@ -78,8 +81,16 @@ impl View {
             }
             let known =
                 self.entries.get(&origin).is_some_and(|entry| entry.summary.version >= claimed.version);
-            if known || (origin == self.local && !restored) {
-                // Our own summaries come only from ourselves; a relayed copy is old news.
+            if origin == self.local && !restored {
+                // Our own summaries come only from ourselves: a relayed copy is old news, unless
+                // it is newer than ours (our store was lost or restored from a backup), and then
+                // the mesh ignores our summaries until we publish past it.
+                if !known && verify(&signed).is_ok_and(|(_, signer)| signer == self.local) {
+                    return Ok(Merged::OwnAhead(claimed.version));
+                }
+                return Ok(Merged::Known);
+            }
+            if known {
                 return Ok(Merged::Known);
             }
         }
@@ -379,5 +390,17 @@ mod tests {
         old = sign(&member, &summary).expect("sign");
         view.merge(old, now, false).expect("merge");
         assert_eq!(view.coverage(now, 0).stale.len(), 1);
+    }
+
+    #[test]
+    fn a_newer_copy_of_our_own_summary_is_reported() {
+        let local = Keypair::generate_ed25519();
+        let now = Instant::now();
+        let mut view = View::new(local.public().to_peer_id(), Duration::from_secs(30));
+        let ours = signed(&local, 1, vec![]);
+        let (summary, _) = verify(&ours).expect("verify");
+        view.set_local(summary, ours.clone(), now);
+        assert_eq!(view.merge(ours, now, false).expect("merge"), Merged::Known);
+        assert_eq!(view.merge(signed(&local, 7, vec![]), now, false).expect("merge"), Merged::OwnAhead(7));
     }
 }

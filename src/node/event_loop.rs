@@ -654,6 +654,16 @@ impl EventLoop {
             // The mesh-wide average may have moved.
             self.update_inputs();
         }
+        if let Merged::OwnAhead(version) = merged {
+            tracing::warn!(
+                version,
+                "the mesh holds a newer summary of this node (store lost or restored?); skipping past it"
+            );
+            match self.store.skip_summary_versions_past(version) {
+                Ok(()) => self.publish_summary(),
+                Err(error) => tracing::error!(%error, "cannot skip summary versions"),
+            }
+        }
         Ok(merged)
     }
 
@@ -677,7 +687,7 @@ impl EventLoop {
                 .and_then(|signed| self.merge(signed))
             {
                 Ok(Merged::Newer(_)) => gossipsub::MessageAcceptance::Accept,
-                Ok(Merged::Known) => gossipsub::MessageAcceptance::Ignore,
+                Ok(Merged::Known | Merged::OwnAhead(_)) => gossipsub::MessageAcceptance::Ignore,
                 Err(error) => {
                     tracing::warn!(peer = %propagation_source, %error, "refused a gossiped summary");
                     gossipsub::MessageAcceptance::Reject
