@@ -23,7 +23,7 @@ use libp2p::core::transport::ListenerId;
 use libp2p::identity::Keypair;
 use libp2p::metrics::Recorder;
 use libp2p::multiaddr::Protocol;
-use libp2p::request_response::{self, InboundFailure, OutboundRequestId, ResponseChannel};
+use libp2p::request_response::{self, InboundFailure, InboundRequestId, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{gossipsub, identify, mdns, Multiaddr, PeerId, Swarm};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -65,7 +65,7 @@ enum Answer {
 
 /// Where an answer goes: back to a peer on its stream, or to a caller in this process.
 enum Reply<T> {
-    Peer(ResponseChannel<T>),
+    Peer(ResponseChannel<T>, InboundRequestId),
     Local(oneshot::Sender<T>),
 }
 
@@ -170,7 +170,9 @@ pub struct EventLoop {
     listen_addrs: Vec<Multiaddr>,
     addrs_tx: watch::Sender<Vec<Multiaddr>>,
     publish_at: Option<tokio::time::Instant>,
-    unsent_responses: usize,
+    /// Responses handed to the swarm and not yet sent (or failed), by protocol: shutdown waits
+    /// for them.
+    responding: HashSet<(&'static str, InboundRequestId)>,
     /// Follow long polls held open, bounded apart from other questions.
     follows: Arc<std::sync::atomic::AtomicUsize>,
     /// Connected peers that speak sync (fog nodes), for periodic anti-entropy.
@@ -266,7 +268,7 @@ impl EventLoop {
             listen_addrs: Vec::new(),
             addrs_tx,
             publish_at: None,
-            unsent_responses: 0,
+            responding: HashSet::new(),
             follows: Arc::default(),
             fog_peers: HashSet::new(),
             sync_round: 0,
@@ -326,7 +328,7 @@ impl EventLoop {
         }
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
         let mut grace = pin!(tokio::time::sleep_until(deadline));
-        while !self.pending.is_empty() || self.unsent_responses > 0 {
+        while !self.pending.is_empty() || !self.responding.is_empty() {
             tokio::select! {
                 () = &mut grace => {
                     tracing::warn!(pending = self.pending.len(), "shutdown grace period over");
@@ -426,17 +428,17 @@ impl EventLoop {
         match event {
             request_response::Event::Message {
                 peer,
-                message: request_response::Message::Request { request, channel, .. },
+                message: request_response::Message::Request { request, channel, request_id },
                 ..
             } => {
                 tracing::debug!(%peer, count = request.readings.len(), "ingest batch");
-                self.on_ingest(request.readings, Reply::Peer(channel));
+                self.on_ingest(request.readings, Reply::Peer(channel, request_id));
             }
-            request_response::Event::InboundFailure { peer, error, .. } => {
-                self.on_inbound_failure("ingest", peer, error);
+            request_response::Event::InboundFailure { peer, error, request_id, .. } => {
+                self.on_inbound_failure("ingest", peer, request_id, error);
             }
-            request_response::Event::ResponseSent { .. } => {
-                self.unsent_responses = self.unsent_responses.saturating_sub(1)
+            request_response::Event::ResponseSent { request_id, .. } => {
+                self.responding.remove(&("ingest", request_id));
             }
             _ => {}
         }
@@ -483,8 +485,14 @@ impl EventLoop {
     }
 
     /// A peer that sent a request we could not decode is misbehaving: disconnect it.
-    fn on_inbound_failure(&mut self, protocol: &str, peer: PeerId, error: InboundFailure) {
-        self.unsent_responses = self.unsent_responses.saturating_sub(1);
+    fn on_inbound_failure(
+        &mut self,
+        protocol: &'static str,
+        peer: PeerId,
+        request_id: InboundRequestId,
+        error: InboundFailure,
+    ) {
+        self.responding.remove(&(protocol, request_id));
         match error {
             InboundFailure::Io(error) if error.kind() == std::io::ErrorKind::InvalidData => {
                 tracing::warn!(%peer, protocol, %error, "refused a malformed request; disconnecting the peer");
@@ -496,9 +504,9 @@ impl EventLoop {
 
     fn respond_ingest(&mut self, reply: Reply<ingest::Response>, response: ingest::Response) {
         match reply {
-            Reply::Peer(channel) => {
+            Reply::Peer(channel, request_id) => {
                 if self.swarm.behaviour_mut().ingest.send_response(channel, response).is_ok() {
-                    self.unsent_responses += 1;
+                    self.responding.insert(("ingest", request_id));
                 }
             }
             Reply::Local(sender) => {
@@ -509,9 +517,9 @@ impl EventLoop {
 
     fn respond_query(&mut self, reply: Reply<query::Response>, response: query::Response) {
         match reply {
-            Reply::Peer(channel) => {
+            Reply::Peer(channel, request_id) => {
                 if self.swarm.behaviour_mut().query.send_response(channel, response).is_ok() {
-                    self.unsent_responses += 1;
+                    self.responding.insert(("query", request_id));
                 }
             }
             Reply::Local(sender) => {
@@ -545,8 +553,8 @@ impl EventLoop {
     fn on_query_event(&mut self, event: request_response::Event<query::Request, query::Response>) {
         match event {
             request_response::Event::Message { message, .. } => match message {
-                request_response::Message::Request { request, channel, .. } => {
-                    self.on_query(request, Reply::Peer(channel))
+                request_response::Message::Request { request, channel, request_id } => {
+                    self.on_query(request, Reply::Peer(channel, request_id))
                 }
                 request_response::Message::Response { request_id, response } => {
                     if let Some(reply) = self.asks.remove(&request_id) {
@@ -560,11 +568,11 @@ impl EventLoop {
                     let _ = reply.send(Err(error.to_string()));
                 }
             }
-            request_response::Event::InboundFailure { peer, error, .. } => {
-                self.on_inbound_failure("query", peer, error)
+            request_response::Event::InboundFailure { peer, error, request_id, .. } => {
+                self.on_inbound_failure("query", peer, request_id, error)
             }
-            request_response::Event::ResponseSent { .. } => {
-                self.unsent_responses = self.unsent_responses.saturating_sub(1)
+            request_response::Event::ResponseSent { request_id, .. } => {
+                self.responding.remove(&("query", request_id));
             }
         }
     }
@@ -606,13 +614,13 @@ impl EventLoop {
     fn on_sync_event(&mut self, event: request_response::Event<SyncRequest, SyncResponse>) {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
-                request_response::Message::Request { request, channel, .. } => {
+                request_response::Message::Request { request, channel, request_id } => {
                     self.merge_all(peer, request.summaries);
                     self.merge_commands(peer, request.commands);
                     let response =
                         SyncResponse { summaries: self.view.signed(), commands: self.control.signed() };
                     if self.swarm.behaviour_mut().sync.send_response(channel, response).is_ok() {
-                        self.unsent_responses += 1;
+                        self.responding.insert(("sync", request_id));
                     }
                 }
                 request_response::Message::Response { response, .. } => {
@@ -620,14 +628,14 @@ impl EventLoop {
                     self.merge_commands(peer, response.commands);
                 }
             },
-            request_response::Event::InboundFailure { peer, error, .. } => {
-                self.on_inbound_failure("sync", peer, error)
+            request_response::Event::InboundFailure { peer, error, request_id, .. } => {
+                self.on_inbound_failure("sync", peer, request_id, error)
             }
             request_response::Event::OutboundFailure { peer, error, .. } => {
                 tracing::debug!(%peer, %error, "sync with a peer failed");
             }
-            request_response::Event::ResponseSent { .. } => {
-                self.unsent_responses = self.unsent_responses.saturating_sub(1)
+            request_response::Event::ResponseSent { request_id, .. } => {
+                self.responding.remove(&("sync", request_id));
             }
         }
     }
