@@ -298,7 +298,9 @@ impl RationingInputs {
         let paid_through = self.paid_through_ms.get(&meter).copied().unwrap_or(0);
         if consumption.previous_l > 0
             && paid_through < previous_end
-            && now_ms >= previous_end.saturating_add(self.debt_grace_ms)
+            // The grace is at most half a period, so that a debt can be enforced at all before
+            // the next period starts (when the previous period's bill is no longer the open one).
+            && now_ms >= previous_end.saturating_add(self.debt_grace_ms.min(self.policy.period_ms / 2))
         {
             let due = self.tariff.amount_cents(consumption.previous_l);
             return Some((
@@ -489,5 +491,12 @@ mod tests {
         inputs.paid_through_ms.insert(1, start);
         assert_eq!(inputs.judge(1, owes, late), None, "paid");
         assert!(period > 11 * 86_400_000);
+
+        // With weekly periods a 10-day grace would never end inside the period: half a period.
+        inputs.policy.period_ms = 7 * 86_400_000;
+        inputs.paid_through_ms.clear();
+        let start = inputs.policy.period_start(T0);
+        assert_eq!(inputs.judge(1, owes, start + 3 * 86_400_000), None);
+        assert_eq!(inputs.judge(1, owes, start + 4 * 86_400_000).map(|b| b.0), Some(BlockReason::Debt));
     }
 }
