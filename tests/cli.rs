@@ -51,6 +51,16 @@ impl Drop for NodeProcess {
     }
 }
 
+/// A child process killed when dropped (a failing test leaves nothing running).
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn wait_for<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
     loop {
@@ -409,7 +419,9 @@ fn configuration_file_then_environment_then_flags() {
         if let Some(name) = env {
             command.env("HYDROMESH_NAME", name);
         }
-        let mut child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("node starts");
+        let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("node starts");
+        // Killed on drop, even when an assertion below fails.
+        let _node = Running(child);
         let addrs = data.join("addrs");
         let addr = wait_for("the addrs file", Duration::from_secs(20), || {
             std::fs::read_to_string(&addrs).ok()?.lines().next().map(str::to_owned)
@@ -419,8 +431,6 @@ fn configuration_file_then_environment_then_flags() {
         });
         assert!(!data.join("mqtt").exists(), "the file turned MQTT off");
         let out = hydromesh(&["query", "peers", "--json", "--peer", &addr]);
-        let _ = child.kill();
-        let _ = child.wait();
         let peers: Value = serde_json::from_slice(&out.stdout).expect("peers JSON");
         peers["peers"][0]["name"].as_str().expect("name").to_owned()
     };
