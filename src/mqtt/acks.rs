@@ -31,6 +31,9 @@ pub struct PendingAck {
 pub struct AckQueue {
     front_seq: u64,
     entries: VecDeque<PendingAck>,
+    /// Acknowledgements with a sequence number below this belong to a closed connection: their
+    /// packet ids mean nothing on the next one, so they are dropped, never sent.
+    void_before: u64,
 }
 
 impl AckQueue {
@@ -50,8 +53,18 @@ impl AckQueue {
         }
     }
 
+    /// Forgets every acknowledgement owed so far (the connection they were owed on closed; the
+    /// peer sends those messages again on the next one).
+    pub fn void_all(&mut self) {
+        self.void_before = self.front_seq + self.entries.len() as u64;
+    }
+
     /// The first acknowledgement, if it may be sent (`Ok`), or `Err` if its message failed.
     pub fn pop_ready(&mut self) -> Option<Result<PendingAck, ()>> {
+        while self.front_seq < self.void_before && !self.entries.is_empty() {
+            self.front_seq += 1;
+            self.entries.pop_front();
+        }
         match self.entries.front()?.state {
             AckState::Waiting => None,
             AckState::Failed => Some(Err(())),
@@ -103,5 +116,18 @@ mod tests {
         let fourth = acks.push(13, false, AckState::Waiting);
         acks.complete(&[fourth, fourth + 5, 0], false);
         assert!(matches!(acks.pop_ready(), Some(Err(()))), "a failed message is never acknowledged");
+    }
+
+    #[test]
+    fn acknowledgements_of_a_closed_connection_are_never_sent() {
+        let mut acks = AckQueue::default();
+        let old = acks.push(7, false, AckState::Waiting);
+        acks.void_all();
+        let new = acks.push(7, false, AckState::Waiting);
+        acks.complete(&[old], true);
+        assert!(acks.pop_ready().is_none(), "the new message is not stored yet");
+        acks.complete(&[new], true);
+        assert!(matches!(acks.pop_ready(), Some(Ok(PendingAck { pkid: 7, .. }))));
+        assert!(acks.is_empty());
     }
 }

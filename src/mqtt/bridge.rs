@@ -143,11 +143,12 @@ pub fn start(
         metrics,
         log,
         acks: AckQueue::default(),
+        connection: 0,
         unacked: VecDeque::new(),
         stalled: None,
         done_tx,
     };
-    let poll = Poll { client, eventloop, source, publishes: publishes_tx };
+    let poll = Poll { client, eventloop, source, publishes: publishes_tx, connections: 0 };
     vec![
         tokio::spawn(poll.run(cancel.clone(), handler_done.clone())),
         tokio::spawn(handler.run(publishes_rx, done_rx, commands, cancel, handler_done)),
@@ -160,7 +161,10 @@ struct Poll {
     client: AsyncClient,
     eventloop: EventLoop,
     source: Arc<str>,
-    publishes: mpsc::Sender<Publish>,
+    /// Publishes with the number of the connection they arrived on.
+    publishes: mpsc::Sender<(u64, Publish)>,
+    /// Connections made so far.
+    connections: u64,
 }
 
 impl Poll {
@@ -177,6 +181,7 @@ impl Poll {
                 Ok(Event::Incoming(Packet::ConnAck(connack))) => {
                     backoff = BACKOFF_FIRST;
                     connected = true;
+                    self.connections += 1;
                     tracing::info!(broker = %self.source, session_present = connack.session_present, "connected to the MQTT broker");
                     // Subscribing again is harmless when the session kept the subscriptions.
                     let client = self.client.clone();
@@ -192,7 +197,7 @@ impl Poll {
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
                     // Waits when the handler has too much awaiting storage: backpressure on
                     // the broker through its in-flight window.
-                    if self.publishes.send(publish).await.is_err() {
+                    if self.publishes.send((self.connections, publish)).await.is_err() {
                         // The handler stopped: the broker keeps the message for next time.
                         tracing::debug!("MQTT message arrived while stopping; left to the broker");
                     }
@@ -256,6 +261,8 @@ struct Handler {
     metrics: Arc<Metrics>,
     log: Arc<LogOnce>,
     acks: AckQueue,
+    /// The connection the latest publish arrived on.
+    connection: u64,
     /// Acknowledgements due that did not fit the client's request queue yet.
     unacked: VecDeque<Publish>,
     stalled: Option<Chunk>,
@@ -265,7 +272,7 @@ struct Handler {
 impl Handler {
     async fn run(
         mut self,
-        mut publishes: mpsc::Receiver<Publish>,
+        mut publishes: mpsc::Receiver<(u64, Publish)>,
         mut done: mpsc::UnboundedReceiver<Completion>,
         mut commands: mpsc::Receiver<MeterCommand>,
         cancel: CancellationToken,
@@ -320,7 +327,15 @@ impl Handler {
         handler_done.cancel();
     }
 
-    fn take(&mut self, publish: Publish, chunk: &mut ChunkBuilder) {
+    fn take(&mut self, (connection, publish): (u64, Publish), chunk: &mut ChunkBuilder) {
+        if connection != self.connection {
+            // A new connection: acknowledgements still owed on the old one must not be sent on
+            // this one (their packet ids may now name other messages); the broker resends those
+            // messages, which are stored again as duplicates and acknowledged then.
+            self.connection = connection;
+            self.acks.void_all();
+            self.unacked.clear();
+        }
         let ack = publish.qos != QoS::AtMostOnce;
         match payload::parse_publish(&publish.topic, &publish.payload) {
             Ok(reading) => {
