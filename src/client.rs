@@ -10,6 +10,7 @@ use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{identity::Keypair, Multiaddr, PeerId, Swarm};
 
+use crate::clock::sleep_until;
 use crate::protocol::{self, ingest as ingest_protocol, query as query_protocol};
 
 /// Why a client call failed.
@@ -205,12 +206,5 @@ impl Client {
                 _ => {}
             }
         }
-    }
-}
-
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }

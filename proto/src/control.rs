@@ -74,6 +74,21 @@ impl Policy {
         None
     }
 
+    /// The above-average factor as thousandths of the average: `Ok(None)` for 0 (rule off);
+    /// the error says what is wrong with the factor.
+    pub fn permille_of_factor(factor: f64) -> Result<Option<u32>, String> {
+        if !factor.is_finite() || factor < 0.0 {
+            return Err(format!("must be a positive number, not {factor}"));
+        }
+        if factor == 0.0 {
+            return Ok(None);
+        }
+        if !(1.0..=1000.0).contains(&factor) {
+            return Err(format!("must be between 1 and 1000 (or 0 for none), not {factor}"));
+        }
+        Ok(Some((factor * 1000.0).round() as u32))
+    }
+
     /// Start of the period holding `ts_ms`.
     pub fn period_start(&self, ts_ms: u64) -> u64 {
         ts_ms - ts_ms % self.period_ms.max(1)

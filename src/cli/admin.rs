@@ -145,20 +145,9 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     }
 }
 
-/// A factor as thousandths: `Some(None)` for 0 (rule off).
+/// A factor as thousandths: `None` for 0 (rule off).
 fn permille(factor: f64) -> anyhow::Result<Option<u32>> {
-    anyhow::ensure!(
-        factor.is_finite() && factor >= 0.0,
-        "--above-average must be a positive number, not {factor}"
-    );
-    if factor == 0.0 {
-        return Ok(None);
-    }
-    anyhow::ensure!(
-        (1.0..=1000.0).contains(&factor),
-        "--above-average must be between 1 and 1000 (or 0 for none), not {factor}"
-    );
-    Ok(Some((factor * 1000.0).round() as u32))
+    Policy::permille_of_factor(factor).map_err(|problem| anyhow::anyhow!("--above-average {problem}"))
 }
 
 /// `admin policy --json`: the policy in force and who set it when.

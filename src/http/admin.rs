@@ -220,15 +220,8 @@ pub(super) async fn policy(
 
 /// A factor as thousandths of the average: `None` for 0 (rule off).
 fn permille(factor: f64) -> Result<Option<u32>, ApiError> {
-    if factor == 0.0 {
-        return Ok(None);
-    }
-    if !(1.0..=1000.0).contains(&factor) {
-        return Err(ApiError::bad_request(format!(
-            "above_average: must be between 1 and 1000 (or 0 for none), not {factor}"
-        )));
-    }
-    Ok(Some((factor * 1000.0).round() as u32))
+    Policy::permille_of_factor(factor)
+        .map_err(|problem| ApiError::bad_request(format!("above_average: {problem}")))
 }
 
 /// `POST /api/v1/admin/signed`: the hex of a `hydromesh_proto::encode`d `SignedCommand`.

@@ -339,6 +339,25 @@ impl Connection {
         self.idle.as_mut().reset(tokio::time::Instant::now() + IDLE_TIMEOUT);
     }
 
+    /// A write's outcome: progress keeps the connection alive; a client that has not read for
+    /// the idle timeout is dropped.
+    fn after_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        written: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match written {
+            Poll::Ready(Ok(written)) => {
+                self.touch();
+                Poll::Ready(Ok(written))
+            }
+            Poll::Pending if self.idle_expired(cx) => {
+                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "HTTP client stopped reading")))
+            }
+            other => other,
+        }
+    }
+
     fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
         self.idle.as_mut().poll(cx).is_ready()
     }
@@ -366,16 +385,8 @@ impl AsyncRead for Connection {
 impl AsyncWrite for Connection {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.stream).poll_write(cx, data) {
-            Poll::Ready(Ok(written)) => {
-                this.touch();
-                Poll::Ready(Ok(written))
-            }
-            Poll::Pending if this.idle_expired(cx) => {
-                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "HTTP client stopped reading")))
-            }
-            other => other,
-        }
+        let written = Pin::new(&mut this.stream).poll_write(cx, data);
+        this.after_write(cx, written)
     }
 
     fn poll_write_vectored(
@@ -384,16 +395,8 @@ impl AsyncWrite for Connection {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.stream).poll_write_vectored(cx, bufs) {
-            Poll::Ready(Ok(written)) => {
-                this.touch();
-                Poll::Ready(Ok(written))
-            }
-            Poll::Pending if this.idle_expired(cx) => {
-                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "HTTP client stopped reading")))
-            }
-            other => other,
-        }
+        let written = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.after_write(cx, written)
     }
 
     fn is_write_vectored(&self) -> bool {

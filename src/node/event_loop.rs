@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use super::behaviour::{Behaviour, BehaviourEvent};
 use super::ingest_pipeline::{Channels, Job, LocalState, Pipeline};
 use super::NodeError;
-use crate::clock::now_ms;
+use crate::clock::{now_ms, sleep_until};
 use crate::config::Config;
 use crate::control::ControlState;
 use crate::domain;
@@ -835,13 +835,6 @@ fn blocking<T: Send + 'static>(
         }
     }
     .boxed()
-}
-
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// The peer id at the end of an address, and the address without it.
