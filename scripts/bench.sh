@@ -44,11 +44,6 @@ FAILED=0
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 
-die() {
-    log "error: $*"
-    exit 1
-}
-
 build() {
     log "building hydromesh and the benchmark examples (release)..."
     (cd "$ROOT" && cargo build --release --bin hydromesh --example sled_baseline --example convergence --example rules_latency --example mqtt_bench --example http_latency)

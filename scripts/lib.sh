@@ -2,6 +2,12 @@
 # Shell functions shared by scripts/mesh.sh and scripts/bench.sh (sourced, not run).
 # Callers define ROOT (the repository), STOP_TIMEOUT_S, and log().
 
+# Logs the error and exits with status 1.
+die() {
+    log "error: $*"
+    exit 1
+}
+
 # Where cargo puts release artefacts: CARGO_TARGET_DIR if set (relative to ROOT, where cargo
 # runs), else the repository's target/.
 release_dir() {

@@ -37,11 +37,6 @@ STARTED=0
 
 log() { printf '%s\n' "$*" >&2; }
 
-die() {
-    log "error: $*"
-    exit 1
-}
-
 usage() {
     log "usage: scripts/mesh.sh [N]     start N fog nodes (default 3) with one simulator each"
     log "       scripts/mesh.sh stop    stop the mesh recorded in run/current"
