@@ -80,6 +80,6 @@ async fn main() -> anyhow::Result<()> {
             meter.history.readings.len()
         );
     }
-    node.shutdown().await;
+    node.shutdown().await?;
     Ok(())
 }

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use bytes::{Bytes, BytesMut};
 use clap::Parser;
-use hydromesh::{Config, Node};
+use hydromesh::Config;
 use rumqttc::mqttbytes::v4::{Connect, Packet, PubAck, Publish, Subscribe};
 use rumqttc::mqttbytes::QoS;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -106,7 +106,7 @@ async fn main() -> anyhow::Result<()> {
         ..Config::default()
     };
     config.mqtt_broker = None;
-    let node = Node::spawn(config).await.context("the node starts")?;
+    let node = hydromesh::App::spawn(config).await.context("the node starts")?;
     let addr = node.mqtt_addr().context("the node's MQTT address")?;
     eprintln!("[mqtt_bench] {total} readings into the node's embedded broker at {addr}...");
     let started = Instant::now();
@@ -115,7 +115,7 @@ async fn main() -> anyhow::Result<()> {
         .context("MQTT ingest timed out")??;
     let ingest_seconds = started.elapsed().as_secs_f64();
     let accepted = counter(&node.metrics().encode(), "hydromesh_readings_total{outcome=\"accepted\"}");
-    node.shutdown().await;
+    node.shutdown().await?;
     if accepted != total {
         bail!("the node accepted {accepted} of {total} readings");
     }

@@ -192,7 +192,7 @@ async fn set_policy(client: &mut Client, key: &ed25519::Keypair, cap_l: Option<u
         issued_at_ms: hydromesh::clock::now_ms(),
         action: Action::Policy(Policy { cap_l, ..Policy::default() }),
     };
-    match client.query(Request::Admin(hydromesh::control::sign(key, &command)?)).await? {
+    match client.query(Request::Admin(hydromesh::mesh::control::sign(key, &command)?)).await? {
         Response::Applied(_) => Ok(()),
         other => bail!("policy refused: {other:?}"),
     }

@@ -138,6 +138,9 @@ pub enum ConfigError {
         /// What is wrong, with the line.
         message: String,
     },
+    /// A setting is out of its range.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
 }
 
 impl Config {
@@ -147,6 +150,42 @@ impl Config {
             .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         toml::from_str(&text)
             .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })
+    }
+}
+
+impl Config {
+    /// Checks every setting's range, so that a node never starts on one it cannot honour.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |what: String| Err(ConfigError::Invalid(what));
+        let positive = [
+            ("republish_interval", self.republish_interval),
+            ("stale_after", self.stale_after),
+            ("forget_after", self.forget_after),
+            ("gossip_heartbeat", self.gossip_heartbeat),
+            ("idle_connection_timeout", self.idle_connection_timeout),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, duration)| duration.is_zero()) {
+            return invalid(format!("{name} must be longer than 0"));
+        }
+        if self.name.len() > hydromesh_proto::limits::MAX_NAME_BYTES {
+            return invalid(format!("name is longer than {} bytes", hydromesh_proto::limits::MAX_NAME_BYTES));
+        }
+        if !(1..=1000).contains(&self.top_k) {
+            return invalid("top_k must be between 1 and 1000".into());
+        }
+        for (name, value) in [
+            ("ingest_queue_batches", self.ingest_queue_batches),
+            ("max_pending_requests", self.max_pending_requests),
+            ("max_incoming_connections", self.max_incoming_connections as usize),
+        ] {
+            if value == 0 {
+                return invalid(format!("{name} must be at least 1"));
+            }
+        }
+        if self.listen.is_empty() {
+            return invalid("no listen address".into());
+        }
+        Ok(())
     }
 }
 
@@ -184,7 +223,7 @@ mod addr_or_off {
 
 mod hex_keys {
     use super::*;
-    use crate::control::{parse_public_key, to_hex};
+    use crate::keys::{parse_public_key, to_hex};
 
     pub fn serialize<S: serde::Serializer>(keys: &[ed25519::PublicKey], s: S) -> Result<S::Ok, S::Error> {
         s.collect_seq(keys.iter().map(|key| to_hex(&key.to_bytes())))
@@ -252,6 +291,22 @@ mod tests {
         assert!(commented("mqtt_broker"), "the optional broker is shown commented out");
         let config = Config::from_file(&path).expect("the example loads");
         assert_eq!(config.tariff, Tariff::default());
+    }
+
+    #[test]
+    fn validation_names_the_setting() {
+        assert!(Config::default().validate().is_ok());
+        let zero = Config { republish_interval: Duration::ZERO, ..Config::default() };
+        let error = zero.validate().expect_err("zero republish").to_string();
+        assert!(error.contains("republish_interval"), "{error}");
+        let none = Config { max_pending_requests: 0, ..Config::default() };
+        assert!(none
+            .validate()
+            .expect_err("no pending requests")
+            .to_string()
+            .contains("max_pending_requests"));
+        let wide = Config { top_k: 5000, ..Config::default() };
+        assert!(wide.validate().is_err());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::{readings, Mesh};
 use futures::StreamExt;
-use hydromesh::protocol::{build_swarm, codec::Codec};
+use hydromesh::p2p::{build_swarm, codec::Codec};
 use hydromesh_proto::{ingest, limits, protocols, query};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;

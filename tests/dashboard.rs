@@ -16,7 +16,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{config, consumption_since, eventually, now_ms, readings, top_n, Mesh};
-use hydromesh::NodeHandle;
+use hydromesh::AppHandle;
 use hydromesh_proto::control::{Action, Command as AdminCommand};
 use hydromesh_proto::ingest;
 use hydromesh_proto::query::{Request, Response};
@@ -61,11 +61,11 @@ fn meters_of(node: usize) -> std::ops::Range<u64> {
     first..first + 10
 }
 
-fn handle(mesh: &Mesh, i: usize) -> &NodeHandle {
+fn handle(mesh: &Mesh, i: usize) -> &AppHandle {
     mesh.nodes[i].handle.as_ref().expect("node running")
 }
 
-async fn ingest(node: &NodeHandle, batch: Vec<Reading>) {
+async fn ingest(node: &AppHandle, batch: Vec<Reading>) {
     match node.client().ingest(batch).await {
         ingest::Response::Done { outcomes, .. } => {
             assert!(outcomes.iter().all(|o| *o == ingest::Outcome::Accepted), "{outcomes:?}")
@@ -290,8 +290,8 @@ async fn the_dashboard_shows_the_mesh_and_a_live_meter() {
     // Blocked through node 1 once it knows the meter's home (node 2).
     eventually("an admin block through another node", CONVERGE, || async {
         let action = Action::Block { meter: blocked, reason: "inspection".into() };
-        let signed =
-            hydromesh::control::sign(&admin, &AdminCommand { issued_at_ms: now_ms(), action }).expect("sign");
+        let signed = hydromesh::mesh::control::sign(&admin, &AdminCommand { issued_at_ms: now_ms(), action })
+            .expect("sign");
         matches!(handle(&mesh, 1).client().query(Request::Admin(signed)).await, Response::Applied(_))
             .then_some(())
     })

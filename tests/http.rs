@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::{config, consumption_since, eventually, now_ms, readings, top_n, Mesh};
 use hydromesh::cli::query as cli;
 use hydromesh::http::{routes, HttpContext};
-use hydromesh::NodeHandle;
+use hydromesh::AppHandle;
 use hydromesh_proto::control::{Action, Command, Policy};
 use hydromesh_proto::query::{Request, Response};
 use hydromesh_proto::{Alarms, Reading};
@@ -160,7 +160,7 @@ fn http_config(mesh: &Mesh, name: &str, bootstrap: Vec<libp2p::Multiaddr>) -> hy
     config
 }
 
-fn handle(mesh: &Mesh, i: usize) -> &NodeHandle {
+fn handle(mesh: &Mesh, i: usize) -> &AppHandle {
     mesh.nodes[i].handle.as_ref().expect("node running")
 }
 
@@ -223,7 +223,7 @@ fn reading(meter: u64, ts_ms: u64, litres: u64) -> Reading {
     Reading { meter, ts_ms, litres, flow_lph: None, alarms: Alarms::empty() }
 }
 
-async fn ingest_local(node: &NodeHandle, batch: Vec<Reading>) {
+async fn ingest_local(node: &AppHandle, batch: Vec<Reading>) {
     match node.client().ingest(batch).await {
         hydromesh_proto::ingest::Response::Done { outcomes, .. } => {
             assert!(outcomes.iter().all(|o| *o == hydromesh_proto::ingest::Outcome::Accepted), "{outcomes:?}")
@@ -617,7 +617,7 @@ async fn admin_actions_need_a_token_or_a_signature() {
     let policy = get(addr, "/api/v1/policy").await.json();
     assert_eq!(policy["period_ms"], json!(7 * 86_400_000u64), "{policy}");
     assert_eq!((policy["cap_l"].clone(), policy["above_average"].clone()), (json!(5000), json!(1.5)));
-    assert_eq!(policy["set_by"], json!(hydromesh::control::to_hex(&admin.public().to_bytes())));
+    assert_eq!(policy["set_by"], json!(hydromesh::keys::to_hex(&admin.public().to_bytes())));
     // Fields left out keep their value; 0 turns a rule off.
     let reply = send(addr, "PUT", "/api/v1/admin/policy", &token, br#"{"cap_l":0}"#).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
@@ -662,8 +662,8 @@ async fn admin_actions_need_a_token_or_a_signature() {
 
     // A pre-signed command needs no token (on either server): the node verifies the signature.
     let signed_hex = |key: &ed25519::Keypair, issued_at_ms: u64, action: Action| {
-        let signed = hydromesh::control::sign(key, &Command { issued_at_ms, action }).expect("sign");
-        hydromesh::control::to_hex(&hydromesh_proto::encode(&signed).expect("encode"))
+        let signed = hydromesh::mesh::control::sign(key, &Command { issued_at_ms, action }).expect("sign");
+        hydromesh::keys::to_hex(&hydromesh_proto::encode(&signed).expect("encode"))
     };
     let cap = |cap_l| Action::Policy(Policy { cap_l: Some(cap_l), ..Policy::default() });
     let hex = signed_hex(&admin, now_ms(), cap(777));
@@ -825,7 +825,7 @@ fn key_file(path: &std::path::Path, key: &ed25519::Keypair, mode: u32) {
     use std::os::unix::fs::OpenOptionsExt;
     let mut file =
         std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path).expect("key file");
-    writeln!(file, "{}", hydromesh::control::to_hex(key.secret().as_ref())).expect("write key");
+    writeln!(file, "{}", hydromesh::keys::to_hex(key.secret().as_ref())).expect("write key");
 }
 
 #[cfg(unix)]
@@ -852,13 +852,13 @@ async fn the_node_signs_token_actions_with_its_admin_key_file() {
     assert_eq!(reply.status, 200, "{}", reply.text());
     let policy = get(addr, "/api/v1/policy").await.json();
     assert_eq!(policy["cap_l"], json!(9000));
-    assert_eq!(policy["set_by"], json!(hydromesh::control::to_hex(&admin.public().to_bytes())));
+    assert_eq!(policy["set_by"], json!(hydromesh::keys::to_hex(&admin.public().to_bytes())));
 
     // A key file others can read is refused, and the node does not start.
     let loose = mesh.root.path().join("loose.key");
     key_file(&loose, &admin, 0o644);
     let mut loose_config = http_config(&mesh, "n1", vec![]);
     loose_config.admin_key_file = Some(loose);
-    let error = hydromesh::Node::spawn(loose_config).await.err().expect("the node refuses the key file");
+    let error = hydromesh::App::spawn(loose_config).await.err().expect("the node refuses the key file");
     assert!(error.to_string().contains("readable by others"), "{error}");
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use common::{eventually, now_ms, Mesh, HOUR_MS};
-use hydromesh::NodeHandle;
+use hydromesh::AppHandle;
 use hydromesh_proto::control::{Action, Command as AdminCommand, Policy};
 use hydromesh_proto::query::{Request, Response};
 use hydromesh_proto::{format_rfc3339, Alarms, MeterId, Reading};
@@ -44,7 +44,7 @@ async fn node_with_broker(mesh: &mut Mesh, name: &str, admin: Option<&ed25519::K
     mesh.start(config).await
 }
 
-fn handle(mesh: &Mesh, i: usize) -> &NodeHandle {
+fn handle(mesh: &Mesh, i: usize) -> &AppHandle {
     mesh.nodes[i].handle.as_ref().expect("the node runs")
 }
 
@@ -133,20 +133,20 @@ async fn start_mosquitto_on(port: u16) -> Mosquitto {
     Mosquitto { _process: process, addr, _dir: dir }
 }
 
-async fn history(node: &NodeHandle, meter: MeterId) -> Vec<Reading> {
+async fn history(node: &AppHandle, meter: MeterId) -> Vec<Reading> {
     match node.client().query(Request::Meter { meter, from_ms: None, to_ms: None }).await {
         Response::Meter(answer) => answer.history.readings,
         _ => Vec::new(),
     }
 }
 
-fn refused(node: &NodeHandle, reason: &str) -> u64 {
+fn refused(node: &AppHandle, reason: &str) -> u64 {
     let text = node.metrics().encode();
     let label = format!("hydromesh_refused_total{{source=\"mqtt\",reason=\"{reason}\"}} ");
     text.lines().find_map(|line| line.strip_prefix(&label)).and_then(|n| n.trim().parse().ok()).unwrap_or(0)
 }
 
-fn readings_counted(node: &NodeHandle, outcome: &str) -> u64 {
+fn readings_counted(node: &AppHandle, outcome: &str) -> u64 {
     let text = node.metrics().encode();
     let label = format!("hydromesh_readings_total{{outcome=\"{outcome}\"}} ");
     text.lines().find_map(|line| line.strip_prefix(&label)).and_then(|n| n.trim().parse().ok()).unwrap_or(0)
@@ -157,12 +157,12 @@ fn reading_json(ts_ms: u64, litres: u64) -> String {
 }
 
 /// Sets a cap of `cap_l` litres per period through the node's in-process client.
-async fn set_cap(node: &NodeHandle, key: &ed25519::Keypair, cap_l: u64) {
+async fn set_cap(node: &AppHandle, key: &ed25519::Keypair, cap_l: u64) {
     let command = AdminCommand {
         issued_at_ms: now_ms(),
         action: Action::Policy(Policy { cap_l: Some(cap_l), ..Policy::default() }),
     };
-    let signed = hydromesh::control::sign(key, &command).expect("sign");
+    let signed = hydromesh::mesh::control::sign(key, &command).expect("sign");
     let answer = node.client().query(Request::Admin(signed)).await;
     assert!(matches!(answer, Response::Applied(_)), "{answer:?}");
 }
@@ -387,7 +387,10 @@ async fn many_publishes_in_flight_are_stored_and_acknowledged_in_order() {
     // Stopping the node with a client connected ends within its grace period.
     drop(client);
     let node = mesh.nodes[n].handle.take().expect("running");
-    tokio::time::timeout(Duration::from_secs(15), node.shutdown()).await.expect("the node stops in time");
+    tokio::time::timeout(Duration::from_secs(15), node.shutdown())
+        .await
+        .expect("the node stops in time")
+        .expect("the node stops cleanly");
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "the broker no longer listens");
 }
 
@@ -473,7 +476,10 @@ async fn a_node_subscribed_to_mosquitto_stores_readings_and_publishes_commands_t
     assert_eq!(message, format!(r#"{{"meter":{meter},"valve":"closed"}}"#));
 
     let node = mesh.nodes[n].handle.take().expect("running");
-    tokio::time::timeout(Duration::from_secs(15), node.shutdown()).await.expect("the node stops in time");
+    tokio::time::timeout(Duration::from_secs(15), node.shutdown())
+        .await
+        .expect("the node stops in time")
+        .expect("the node stops cleanly");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -41,7 +41,7 @@ fn trusting(
 
 async fn admin(client: &mut Client, key: &ed25519::Keypair, action: Action) -> Response {
     let command = Command { issued_at_ms: now_ms(), action };
-    let signed = hydromesh::control::sign(key, &command).expect("sign");
+    let signed = hydromesh::mesh::control::sign(key, &command).expect("sign");
     client.query(Request::Admin(signed)).await.expect("admin answer")
 }
 

@@ -9,7 +9,8 @@
 //! # Layout
 //! - [`reading`]: meters, readings, alarm flags.
 //! - [`ingest`]: `/hydromesh/ingest/1`, a batch of readings and the per-reading outcome.
-//! - [`query`]: `/hydromesh/query/1`, questions from clients and peers and their answers.
+//! - [`query`]: `/hydromesh/query/2`, questions from clients and their answers.
+//! - [`peer`]: `/hydromesh/peer/1`, what a node asks another about the other's own meters.
 //! - [`control`]: signed admin commands (policy, blocks, payments) on `hydromesh/control/1`.
 //! - [`summary`]: the node summary gossiped on `hydromesh/summary/1` and exchanged by
 //!   `/hydromesh/sync/1`.
@@ -18,6 +19,7 @@
 
 pub mod control;
 pub mod ingest;
+pub mod peer;
 pub mod query;
 pub mod reading;
 pub mod summary;
@@ -30,8 +32,11 @@ pub use wire::{decode, encode, WireError, WIRE_VERSION};
 pub mod protocols {
     /// Request-response: readings from meters and gateways.
     pub const INGEST: &str = "/hydromesh/ingest/1";
-    /// Request-response: questions from the CLI and from peers (routing).
-    pub const QUERY: &str = "/hydromesh/query/1";
+    /// Request-response: questions from clients. Version 2 moved the node-to-node questions to
+    /// [`PEER`]; a version-1 client is refused at protocol negotiation.
+    pub const QUERY: &str = "/hydromesh/query/2";
+    /// Request-response: what a fog node asks another about the other's own meters (routing).
+    pub const PEER: &str = "/hydromesh/peer/1";
     /// Request-response: anti-entropy, whole summary maps.
     pub const SYNC: &str = "/hydromesh/sync/1";
     /// Kademlia protocol name of the hydromesh DHT.

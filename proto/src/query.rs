@@ -1,14 +1,14 @@
 //! `/hydromesh/query/1`: questions from clients and peers, and their answers.
 //!
 //! Global questions (`Top`, `Stats`, `Peers`) are answered from the asked node's merged view and
-//! carry a [`Coverage`]. Raw-data questions (`Meter`) are routed by the asked node to the meter's
-//! home with the `Local*` requests, which a node answers from its own store only.
+//! carry a [`Coverage`]. Raw-data questions (`Meter`, `Bill`, `Follow`) are routed by the asked
+//! node to the meter's home over the peer protocol ([`crate::peer`]).
 
 use serde::{Deserialize, Serialize};
 
 use crate::control::{Policy, SignedCommand};
 use crate::reading::{MeterId, Reading};
-use crate::summary::{Alert, AlertKind, Blocked, MeterSpan};
+use crate::summary::{Alert, AlertKind, Blocked};
 
 /// A question.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,37 +61,6 @@ pub enum Request {
     Policy,
     /// An admin command, signed; applied and spread only if this node trusts the key.
     Admin(SignedCommand),
-    /// Peer to peer: this node's own `n` highest consumers in `[from_ms, now)`.
-    LocalTop {
-        /// How many entries.
-        n: u32,
-        /// Window start, ms.
-        from_ms: u64,
-    },
-    /// Peer to peer: this node's own bill of a meter.
-    LocalBill {
-        /// The meter.
-        meter: MeterId,
-        /// Any time in the period.
-        period_start_ms: Option<u64>,
-    },
-    /// Peer to peer: a long poll on this node's own readings of a meter.
-    LocalFollow {
-        /// The meter.
-        meter: MeterId,
-        /// Device time of the last reading the client has; `None` to start with the meter's
-        /// latest reading.
-        after_ts_ms: Option<u64>,
-    },
-    /// Peer to peer: this node's own readings of a meter (never routed further).
-    LocalMeter {
-        /// The meter.
-        meter: MeterId,
-        /// Window start, ms (inclusive).
-        from_ms: Option<u64>,
-        /// Window end, ms (exclusive).
-        to_ms: Option<u64>,
-    },
 }
 
 /// An answer.
@@ -105,17 +74,13 @@ pub enum Response {
     Peers(PeersAnswer),
     /// Answer to [`Request::Meter`].
     Meter(MeterAnswer),
-    /// Answer to [`Request::LocalTop`]: spans of this node's top meters in the window.
-    LocalTop(Vec<MeterSpan>),
-    /// Answer to [`Request::LocalMeter`]: `None` when this node holds no reading of the meter.
-    LocalMeter(Option<LocalMeter>),
     /// Answer to [`Request::Blocked`].
     Blocked(BlockedAnswer),
     /// Answer to [`Request::Alerts`].
     Alerts(AlertsAnswer),
-    /// Answer to [`Request::Bill`] and [`Request::LocalBill`] (`None`: meter not held here).
+    /// Answer to [`Request::Bill`] (`None`: meter not held here).
     Bill(Option<Bill>),
-    /// Answer to [`Request::Follow`] and [`Request::LocalFollow`]: new readings, by time
+    /// Answer to [`Request::Follow`]: new readings, by time
     /// (empty when none came in time). `home` is the node that stores them.
     Readings {
         /// Peer id of the meter's home.

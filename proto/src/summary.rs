@@ -179,6 +179,11 @@ impl MeterFilter {
         MeterFilter { bits: vec![0; words], hashes: Self::HASHES }
     }
 
+    /// How many meters it holds at about 1% false positives.
+    pub fn capacity(&self) -> usize {
+        self.bits.len() * 64 / Self::BITS_PER_METER
+    }
+
     /// Adds a meter.
     pub fn insert(&mut self, meter: MeterId) {
         for bit in self.positions(meter) {

@@ -120,7 +120,7 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     };
     let key = key.ok_or_else(|| anyhow::anyhow!("admin commands are signed: give --key FILE"))?;
     let command = Command { issued_at_ms: now_ms(), action };
-    let signed = crate::control::sign(&key, &command)?;
+    let signed = crate::mesh::control::sign(&key, &command)?;
     match client.query(query::Request::Admin(signed)).await? {
         query::Response::Applied(message) => {
             if args.json {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use libp2p::identity::ed25519;
 
-use crate::control::to_hex;
+use crate::keys::to_hex;
 
 /// `hydromesh keygen` arguments.
 #[derive(Debug, clap::Args)]
@@ -47,5 +47,5 @@ fn write_secret(path: &Path, key: &ed25519::Keypair) -> anyhow::Result<()> {
 
 /// Reads an admin key written by `hydromesh keygen`, refusing one others can read.
 pub fn read_secret(path: &Path) -> anyhow::Result<ed25519::Keypair> {
-    Ok(crate::control::read_secret_key(path)?)
+    Ok(crate::keys::read_secret_key(path)?)
 }

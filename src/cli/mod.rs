@@ -16,7 +16,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use libp2p::Multiaddr;
 
-use crate::client::Client;
+use crate::p2p::client::Client;
 
 /// Exit status: 0 success; 1 the command ran but some input was refused (or nothing found);
 /// 2 usage or connection errors.

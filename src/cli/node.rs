@@ -10,9 +10,9 @@ use std::time::Duration;
 use libp2p::identity::ed25519;
 use libp2p::Multiaddr;
 
+use crate::app::App;
 use crate::config::{parse_addr_or_off, Config};
 use crate::domain::rules::Tariff;
-use crate::node::Node;
 
 /// `hydromesh node` arguments. Defaults are those of the configuration (`examples/node.toml`).
 #[derive(Debug, clap::Args)]
@@ -90,7 +90,7 @@ fn parse_service_addr(text: &str) -> Result<ServiceAddr, String> {
 }
 
 fn parse_admin_key(text: &str) -> Result<ed25519::PublicKey, String> {
-    crate::control::parse_public_key(text)
+    crate::keys::parse_public_key(text).map_err(|e| e.to_string())
 }
 
 impl Args {
@@ -152,13 +152,7 @@ impl Args {
         if self.mqtt_broker.is_some() {
             config.mqtt_broker = self.mqtt_broker;
         }
-        anyhow::ensure!(!config.republish_interval.is_zero(), "republish interval must be longer than 0");
-        anyhow::ensure!(
-            config.name.len() <= hydromesh_proto::limits::MAX_NAME_BYTES,
-            "name is longer than {} bytes",
-            hydromesh_proto::limits::MAX_NAME_BYTES
-        );
-        anyhow::ensure!((1..=1000).contains(&config.top_k), "top_k must be between 1 and 1000");
+        config.validate()?;
         Ok(config)
     }
 }
@@ -167,7 +161,7 @@ impl Args {
 pub async fn run(args: Args) -> anyhow::Result<u8> {
     let config = args.into_config()?;
     let data_dir = config.data_dir.clone();
-    let node = Node::spawn(config).await?;
+    let node = App::spawn(config).await?;
     let addrs = node.listen_addrs().await;
     tracing::info!(
         peer_id = %node.peer_id(),
@@ -177,7 +171,7 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     );
     wait_for_signal().await?;
     tracing::info!("signal received; stopping");
-    node.shutdown().await;
+    node.shutdown().await?;
     Ok(0)
 }
 

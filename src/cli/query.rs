@@ -12,7 +12,7 @@ use hydromesh_proto::query::{
 use hydromesh_proto::summary::AlertKind;
 use hydromesh_proto::Reading;
 
-use crate::client::Client;
+use crate::p2p::client::Client;
 use serde_json::{json, Value};
 
 use super::input::{format_timestamp, parse_timestamp};

@@ -7,7 +7,7 @@ use hydromesh_proto::ingest;
 use hydromesh_proto::limits::MAX_BATCH_READINGS;
 use hydromesh_proto::Reading;
 
-use crate::client::Client;
+use crate::p2p::client::Client;
 
 use super::PeerArgs;
 use crate::clock::now_ms;

@@ -9,9 +9,11 @@
 pub mod rules;
 
 use hydromesh_proto::ingest::Rejection;
-use hydromesh_proto::query::MeterHistory;
+use std::collections::hash_map::{Entry, HashMap};
+
+use hydromesh_proto::query::{MeterHistory, TopEntry};
 use hydromesh_proto::summary::{MeterSpan, Point};
-use hydromesh_proto::{Alarms, Reading};
+use hydromesh_proto::{Alarms, MeterId, Reading};
 
 /// How far ahead of the node's clock a reading's timestamp may be.
 pub const MAX_FUTURE_MS: u64 = 5 * 60 * 1000;
@@ -90,6 +92,36 @@ pub fn rank(mut spans: Vec<MeterSpan>, n: usize) -> Vec<MeterSpan> {
     }
     spans.sort_unstable_by(order);
     spans
+}
+
+/// Joins the spans that several nodes hold of their meters and ranks the first `n`: a meter held
+/// by several nodes (it moved) counts once, over the join of its spans, and its home is the node
+/// with its latest reading.
+pub fn rank_joined<H: ToString>(parts: impl IntoIterator<Item = (H, MeterSpan)>, n: usize) -> Vec<TopEntry> {
+    let mut joined: HashMap<MeterId, (MeterSpan, H)> = HashMap::new();
+    for (home, span) in parts {
+        match joined.entry(span.meter) {
+            Entry::Occupied(mut entry) => {
+                let (merged, merged_home) = entry.get_mut();
+                if span.last.ts_ms > merged.last.ts_ms {
+                    *merged_home = home;
+                }
+                *merged = join_spans(*merged, span);
+            }
+            Entry::Vacant(entry) => {
+                entry.insert((span, home));
+            }
+        }
+    }
+    let ranked = rank(joined.values().map(|(span, _)| *span).collect(), n);
+    ranked
+        .iter()
+        .map(|span| TopEntry {
+            meter: span.meter,
+            consumption_l: span_consumption(span),
+            home: joined.get(&span.meter).map(|(_, home)| home.to_string()).unwrap_or_default(),
+        })
+        .collect()
 }
 
 /// Merges histories of one meter held by several nodes (a meter that moved): readings are

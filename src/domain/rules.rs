@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use hydromesh_proto::control::{BlockReason, Policy};
-use hydromesh_proto::summary::{Alert, AlertKind, Blocked};
+use hydromesh_proto::summary::{Alert, AlertKind};
 use hydromesh_proto::{Alarms, MeterId, Reading};
 
 /// A day, the leak rule's window.
@@ -334,11 +334,6 @@ impl RationingInputs {
         }
         None
     }
-}
-
-/// A block as gossiped, with the time it started.
-pub fn blocked(meter: MeterId, reason: BlockReason, detail: String, since_ms: u64) -> Blocked {
-    Blocked { meter, reason, since_ms, detail }
 }
 
 #[cfg(test)]

@@ -18,7 +18,8 @@ use serde_json::json;
 use super::api::{body, shown, unexpected, ApiResult, Params};
 use super::{ApiError, AppState};
 use crate::clock::now_ms;
-use crate::control::{self, ControlError};
+use crate::keys::from_hex;
+use crate::mesh::control::{self, ControlError};
 
 /// `POST /api/v1/admin/block` body.
 #[derive(Deserialize)]
@@ -239,7 +240,7 @@ pub(super) async fn signed(
             format!("a signed command is at most {} bytes", limits::MAX_COMMAND_BYTES),
         ));
     }
-    let encoded = control::from_hex(text)
+    let encoded = from_hex(text)
         .ok_or_else(|| ApiError::bad_request("the body is not the hex of an encoded signed command"))?;
     let signed: SignedCommand = hydromesh_proto::decode(&encoded, limits::MAX_COMMAND_BYTES)
         .map_err(|e| ApiError::bad_request(format!("the body is not an encoded signed command: {e}")))?;

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use super::api::{meter_id, unexpected, Params};
 use super::{ApiError, AppState};
 use crate::cli::query::follow_json;
-use crate::node::LocalClient;
+use crate::node::NodeClient;
 
 /// How often a keep-alive comment goes out: it keeps proxies from closing a quiet stream, and
 /// writing it is how a vanished client is noticed.
@@ -33,7 +33,7 @@ const BUSY_RETRY: Duration = Duration::from_millis(200);
 
 /// Where a stream is.
 struct Follow {
-    node: LocalClient,
+    node: NodeClient,
     meter: MeterId,
     after_ts_ms: Option<u64>,
     cancel: CancellationToken,

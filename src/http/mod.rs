@@ -1,7 +1,7 @@
 //! The HTTP server of a node: the JSON API (same answers as the CLI's `--json`), live
 //! Server-Sent Events, the dashboard, and Prometheus metrics.
 //!
-//! Every handler asks the node through its [`LocalClient`], so HTTP clients go through the same
+//! Every handler asks the node through its [`NodeClient`], so HTTP clients go through the same
 //! checks and bounds as libp2p clients: an overloaded node answers 503. The server itself is
 //! bounded too: request bodies ([`MAX_BODY_BYTES`]), open connections ([`MAX_CONNECTIONS`]) and
 //! idle connections ([`IDLE_TIMEOUT`]).
@@ -38,7 +38,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{LogOnce, Metrics};
-use crate::node::LocalClient;
+use crate::node::NodeClient;
 
 /// Largest request body (a batch of readings, an admin command); larger ones get 413.
 pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
@@ -52,7 +52,7 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 #[derive(Clone)]
 pub struct HttpContext {
     /// The node, asked like any client.
-    pub node: LocalClient,
+    pub node: NodeClient,
     /// The node's metrics.
     pub metrics: Arc<Metrics>,
     /// Bearer tokens that allow admin actions.

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::LogOnce;
-use crate::node::LocalClient;
+use crate::node::NodeClient;
 
 /// Readings that make a batch full: it is sent at once.
 pub const BATCH_READINGS: usize = 1000;
@@ -62,7 +62,7 @@ pub struct Completion {
 /// Starts the batcher. It runs until every sender of the returned channel is dropped and the
 /// batches in flight are answered.
 pub fn start(
-    node: LocalClient,
+    node: NodeClient,
     commands: mpsc::Sender<MeterCommand>,
     log: Arc<LogOnce>,
     cancel: CancellationToken,
@@ -73,7 +73,7 @@ pub fn start(
 }
 
 struct Batcher {
-    node: LocalClient,
+    node: NodeClient,
     commands: mpsc::Sender<MeterCommand>,
     log: Arc<LogOnce>,
     cancel: CancellationToken,

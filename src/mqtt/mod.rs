@@ -34,7 +34,7 @@ pub use broker::{MAX_CONNECTIONS, MAX_PACKET_BYTES};
 
 use crate::config::Config;
 use crate::metrics::{LogOnce, Metrics};
-use crate::node::{LocalClient, NodeError};
+use crate::node::NodeClient;
 
 /// Valve commands waiting to be published.
 const COMMAND_QUEUE: usize = 4096;
@@ -60,20 +60,14 @@ pub enum MqttError {
     },
 }
 
-impl From<MqttError> for NodeError {
-    fn from(error: MqttError) -> Self {
-        NodeError::Service(error.to_string())
-    }
-}
-
 /// Starts what the configuration asks for, and returns the tasks to wait for at shutdown and
 /// the embedded broker's address.
 pub async fn start(
     config: &Config,
-    node: LocalClient,
+    node: NodeClient,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
-) -> Result<(Vec<JoinHandle<()>>, Option<SocketAddr>), NodeError> {
+) -> Result<(Vec<JoinHandle<()>>, Option<SocketAddr>), MqttError> {
     let log = Arc::new(LogOnce::default());
     if let Some(url) = &config.mqtt_broker {
         let url = BrokerUrl::parse(url, &config.name)?;

@@ -1,24 +1,23 @@
-//! The event loop that owns the swarm, the merged view and every pending request.
+//! The event loop: the one task that owns the swarm and every pending request.
 //!
-//! One task, one `select!`: swarm events, finished requests, questions to peers from routed
-//! queries, store changes (debounced summary publish), the republish timer, and cancellation,
-//! first. Work that may block (sled reads) runs on the blocking pool and comes back as a
-//! finished future; nothing a peer sends can stall the loop.
+//! One `select!`: cancellation first, then swarm events, finished requests, commands from
+//! in-process clients and from the loop's own futures, the local snapshot (debounced summary
+//! publish) and the republish timer. The application state it routes to has its own owners:
+//! the mesh state ([`Mesh`]), the ingest writer ([`Pipeline`]) and this node's own data
+//! ([`Local`]). Work that may block runs on the blocking pool and comes back as a finished
+//! future; nothing a peer sends can stall the loop.
 
 use std::collections::{HashMap, HashSet};
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::future::{join_all, BoxFuture};
+use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
-use hydromesh_proto::control::SignedCommand;
-use hydromesh_proto::query::{self, Coverage, MeterAnswer, TopAnswer, TopEntry};
-use hydromesh_proto::summary::{
-    MeterFilter, MeterSpan, NodeSummary, SignedSummary, SyncRequest, SyncResponse,
-};
-use hydromesh_proto::{ingest, limits, protocols, MeterId, Reading};
+use hydromesh_proto::control::{Command as AdminCommand, SignedCommand};
+use hydromesh_proto::summary::{SignedSummary, SyncRequest, SyncResponse};
+use hydromesh_proto::{ingest, limits, peer, protocols, query, Reading};
 use libp2p::core::transport::ListenerId;
 use libp2p::identity::Keypair;
 use libp2p::metrics::Recorder;
@@ -26,180 +25,154 @@ use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, InboundFailure, InboundRequestId, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{gossipsub, identify, mdns, Multiaddr, PeerId, Swarm};
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::behaviour::{Behaviour, BehaviourEvent};
-use super::ingest_pipeline::{Channels, Job, LocalState, Pipeline};
-use super::NodeError;
+use super::local::Local;
+use super::{NodeError, SHUTDOWN_GRACE};
 use crate::clock::{now_ms, sleep_until};
 use crate::config::Config;
-use crate::control::ControlState;
-use crate::domain;
 use crate::domain::rules::RationingInputs;
-use crate::mesh::{Merged, View};
+use crate::ingest::{IngestError, LocalSnapshot, Pipeline};
+use crate::mesh::{self, control, summary, Applied, Merged, Mesh};
 use crate::metrics::{Metrics, OriginLabels};
-use crate::protocol::{self, summary};
-use crate::store::{Store, StoreError};
+use crate::p2p::behaviour::{control_topic, summary_topic, Behaviour, BehaviourEvent};
+use crate::store::Store;
 
-/// How long a node waits for a peer's part of a routed or fanned-out answer.
-const PEER_ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
-mod queries;
-mod rules;
-
-/// How long shutdown waits for in-flight requests.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// A request answered later, once its future completes.
-enum Finished {
-    Ingest(Reply<ingest::Response>, ingest::Response),
-    Query(Reply<query::Response>, Box<query::Response>),
-}
-
-/// An answer to a question.
-#[allow(clippy::large_enum_variant)] // built and consumed at once, never stored
-enum Answer {
-    Now(query::Response),
-    Later(BoxFuture<'static, query::Response>),
-}
-
-/// Where an answer goes: back to a peer on its stream, or to a caller in this process.
-enum Reply<T> {
-    Peer(ResponseChannel<T>, InboundRequestId),
-    Local(oneshot::Sender<T>),
-}
-
-/// A client of this node inside its own process (the HTTP API, MQTT ingest, embedders): the
-/// same questions and readings as over libp2p, through the same checks and bounds.
-#[derive(Clone)]
-pub struct LocalClient(mpsc::Sender<Internal>);
-
-impl LocalClient {
-    /// Asks the node a question. An overloaded node answers [`query::Response::Busy`].
-    pub async fn query(&self, request: query::Request) -> query::Response {
-        let (reply, answer) = oneshot::channel();
-        match self.0.try_send(Internal::Query { request, reply }) {
-            Ok(()) => answer.await.unwrap_or_else(|_| query::Response::Error("node is stopping".into())),
-            Err(mpsc::error::TrySendError::Full(_)) => query::Response::Busy,
-            Err(mpsc::error::TrySendError::Closed(_)) => query::Response::Error("node is stopping".into()),
-        }
-    }
-
-    /// Sends readings; the answer comes once they are durable.
-    pub async fn ingest(&self, readings: Vec<Reading>) -> ingest::Response {
-        let stopping = || ingest::Response::Refused { reason: "node is stopping".into() };
-        let (reply, answer) = oneshot::channel();
-        match self.0.try_send(Internal::Ingest { readings, reply }) {
-            Ok(()) => answer.await.unwrap_or_else(|_| stopping()),
-            Err(mpsc::error::TrySendError::Full(_)) => ingest::Response::Busy { retry_after_ms: 100 },
-            Err(mpsc::error::TrySendError::Closed(_)) => stopping(),
-        }
-    }
-}
-
-/// Work that futures and in-process clients hand to the event loop.
-pub(crate) enum Internal {
-    /// Ask a peer a question.
-    Ask(Ask),
-    /// Apply a verified admin command (after its meter was found) and answer with the outcome.
-    Apply(rules::Apply),
+/// Work handed to the loop by in-process clients and by the loop's own futures.
+pub(crate) enum Command {
     /// A question from a client in this process.
     Query { request: query::Request, reply: oneshot::Sender<query::Response> },
     /// Readings from a client in this process.
     Ingest { readings: Vec<Reading>, reply: oneshot::Sender<ingest::Response> },
+    /// Ask a peer about its own meters.
+    Ask(Ask),
+    /// Apply a verified admin command (after its meter was found) and answer with the outcome.
+    Apply { command: AdminCommand, signed: SignedCommand, reply: oneshot::Sender<query::Response> },
 }
 
 /// A question for a peer, from a routed query.
 pub(crate) struct Ask {
-    peer: PeerId,
-    addrs: Vec<Multiaddr>,
-    request: query::Request,
-    reply: oneshot::Sender<Result<query::Response, String>>,
+    pub peer: PeerId,
+    pub addrs: Vec<Multiaddr>,
+    pub request: peer::Request,
+    pub reply: oneshot::Sender<Result<peer::Response, AskError>>,
 }
 
-/// Sends questions to peers through the event loop.
-#[derive(Clone)]
-struct Asker(mpsc::Sender<Internal>);
-
-impl Asker {
-    async fn ask(
-        &self,
-        peer: PeerId,
-        addrs: Vec<Multiaddr>,
-        request: query::Request,
-    ) -> Result<query::Response, String> {
-        self.ask_within(peer, addrs, request, PEER_ANSWER_TIMEOUT).await
-    }
-
-    async fn ask_within(
-        &self,
-        peer: PeerId,
-        addrs: Vec<Multiaddr>,
-        request: query::Request,
-        timeout: Duration,
-    ) -> Result<query::Response, String> {
-        let (reply, answer) = oneshot::channel();
-        let ask = Ask { peer, addrs, request, reply };
-        self.0.send(Internal::Ask(ask)).await.map_err(|_| "node is stopping".to_owned())?;
-        match tokio::time::timeout(timeout, answer).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err("node is stopping".to_owned()),
-            Err(_) => Err("no answer in time".to_owned()),
-        }
-    }
+/// Why a peer did not answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AskError {
+    /// The request failed on the way (dial, stream, timeout at the transport).
+    #[error("{0}")]
+    Failed(String),
+    /// No answer within the asker's deadline.
+    #[error("no answer in time")]
+    Timeout,
+    /// This node is stopping.
+    #[error("node is stopping")]
+    Stopping,
 }
 
-pub struct EventLoop {
-    config: Config,
-    keypair: Keypair,
-    peer_id: PeerId,
-    swarm: Swarm<Behaviour>,
-    store: Arc<Store>,
-    view: View,
-    pipeline: Pipeline,
-    metrics: Arc<Metrics>,
-    local_state: watch::Receiver<Arc<LocalState>>,
-    inputs: watch::Sender<Arc<RationingInputs>>,
-    accepted: broadcast::Sender<Arc<Vec<Reading>>>,
-    control: ControlState,
-    pending: FuturesUnordered<BoxFuture<'static, Finished>>,
-    asks: HashMap<OutboundRequestId, oneshot::Sender<Result<query::Response, String>>>,
-    ask_tx: mpsc::Sender<Internal>,
-    ask_rx: mpsc::Receiver<Internal>,
-    listeners: Vec<ListenerId>,
-    listen_addrs: Vec<Multiaddr>,
-    addrs_tx: watch::Sender<Vec<Multiaddr>>,
-    publish_at: Option<tokio::time::Instant>,
+/// Where an answer goes: back to a peer on its stream, or to a caller in this process.
+pub(super) enum Reply<T> {
+    Peer(ResponseChannel<T>, InboundRequestId),
+    Local(oneshot::Sender<T>),
+}
+
+/// A request answered later, once its future completes.
+pub(super) enum Finished {
+    Ingest(Reply<ingest::Response>, ingest::Response),
+    Query(Reply<query::Response>, Box<query::Response>),
+    Peer(Reply<peer::Response>, Box<peer::Response>),
+}
+
+/// Requests in flight: one owner for their bookkeeping.
+#[derive(Default)]
+pub(super) struct Requests {
+    /// Answers being computed.
+    pub pending: FuturesUnordered<BoxFuture<'static, Finished>>,
+    /// Questions to peers awaiting an answer.
+    pub asks: HashMap<OutboundRequestId, oneshot::Sender<Result<peer::Response, AskError>>>,
     /// Responses handed to the swarm and not yet sent (or failed), by protocol: shutdown waits
     /// for them.
-    responding: HashSet<(&'static str, InboundRequestId)>,
+    pub responding: HashSet<(&'static str, InboundRequestId)>,
     /// Follow long polls held open, bounded apart from other questions.
-    follows: Arc<std::sync::atomic::AtomicUsize>,
+    pub follows: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// The loop's listeners and the addresses it announces.
+struct Listening {
+    listeners: Vec<ListenerId>,
+    addrs: Vec<Multiaddr>,
+    addrs_tx: watch::Sender<Vec<Multiaddr>>,
+}
+
+pub(super) struct EventLoop {
+    pub(super) config: Arc<Config>,
+    keypair: Keypair,
+    pub(super) peer_id: PeerId,
+    pub(super) swarm: Swarm<Behaviour>,
+    store: Arc<Store>,
+    pub(super) mesh: Mesh,
+    pub(super) local: Local,
+    pub(super) pipeline: Pipeline,
+    snapshot: watch::Receiver<Arc<LocalSnapshot>>,
+    inputs: watch::Sender<Arc<RationingInputs>>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) requests: Requests,
+    pub(super) commands: mpsc::Sender<Command>,
+    command_rx: mpsc::Receiver<Command>,
+    listening: Listening,
+    publish_at: Option<tokio::time::Instant>,
     /// Connected peers that speak sync (fog nodes), for periodic anti-entropy.
     fog_peers: HashSet<PeerId>,
     sync_round: usize,
-    closing: bool,
+    pub(super) closing: bool,
     cancel: CancellationToken,
 }
 
+/// What the loop is built from.
+pub(super) struct Parts {
+    pub config: Arc<Config>,
+    pub keypair: Keypair,
+    pub swarm: Swarm<Behaviour>,
+    pub store: Arc<Store>,
+    pub mesh: Mesh,
+    pub local: Local,
+    pub pipeline: Pipeline,
+    pub snapshot: watch::Receiver<Arc<LocalSnapshot>>,
+    pub inputs: watch::Sender<Arc<RationingInputs>>,
+    pub metrics: Arc<Metrics>,
+    pub commands: (mpsc::Sender<Command>, mpsc::Receiver<Command>),
+    pub addrs_tx: watch::Sender<Vec<Multiaddr>>,
+    pub cancel: CancellationToken,
+}
+
 impl EventLoop {
-    pub fn new(
-        config: Config,
-        keypair: Keypair,
-        store: Arc<Store>,
-        addrs_tx: watch::Sender<Vec<Multiaddr>>,
-        metrics: Arc<Metrics>,
-        cancel: CancellationToken,
-    ) -> Result<Self, NodeError> {
-        let peer_id = keypair.public().to_peer_id();
-        let behaviour = Behaviour::new(&keypair, &config).map_err(NodeError::Network)?;
-        let mut swarm = protocol::build_swarm(keypair.clone(), config.idle_connection_timeout, behaviour)
-            .map_err(|e| NodeError::Network(e.to_string()))?;
-        swarm
-            .behaviour_mut()
-            .gossipsub
-            .subscribe(&summary::topic())
-            .map_err(|e| NodeError::Network(format!("cannot subscribe to the summary topic: {e}")))?;
+    /// Listens, dials the bootstrap peers and subscribes to the topics.
+    pub(super) fn new(parts: Parts) -> Result<Self, NodeError> {
+        let Parts {
+            config,
+            keypair,
+            mut swarm,
+            store,
+            mesh,
+            local,
+            pipeline,
+            snapshot,
+            inputs,
+            metrics,
+            commands,
+            addrs_tx,
+            cancel,
+        } = parts;
+        for topic in [summary_topic(), control_topic()] {
+            swarm
+                .behaviour_mut()
+                .gossipsub
+                .subscribe(&topic)
+                .map_err(|e| NodeError::Subscribe { topic: topic.to_string(), reason: e.to_string() })?;
+        }
         let mut listeners = Vec::new();
         for addr in &config.listen {
             let listener = swarm
@@ -215,61 +188,25 @@ impl EventLoop {
                 tracing::warn!(%addr, %error, "cannot dial bootstrap peer");
             }
         }
-        let mut view = View::new(peer_id, config.stale_after);
-        if config.fog_nodes.is_empty() {
-            tracing::warn!("no fog_nodes configured: any peer may join this mesh and publish figures");
-        } else {
-            view.restrict_to(config.fog_nodes.iter().copied());
-        }
-        for bytes in store.views()? {
-            let restored = hydromesh_proto::decode::<SignedSummary>(&bytes, limits::MAX_SUMMARY_BYTES)
-                .map_err(|e| e.to_string())
-                .and_then(|signed| view.merge(signed, Instant::now(), true).map_err(|e| e.to_string()));
-            if let Err(error) = restored {
-                tracing::warn!(%error, "dropping an unreadable saved summary");
-            }
-        }
-        swarm
-            .behaviour_mut()
-            .gossipsub
-            .subscribe(&rules::control_topic())
-            .map_err(|e| NodeError::Network(format!("cannot subscribe to the control topic: {e}")))?;
-        let control = rules::restore_control(&store, &config.admin_keys)?;
-        let (inputs, inputs_rx) = watch::channel(Arc::new(rules::rationing_inputs(&config, &control, None)));
-        let (state_tx, local_state) = watch::channel(Arc::new(LocalState::default()));
-        let (accepted, _) = broadcast::channel(1024);
-        let channels = Channels {
-            inputs: inputs_rx,
-            state: state_tx,
-            accepted: accepted.clone(),
-            metrics: metrics.clone(),
-        };
-        let pipeline = Pipeline::start(store.clone(), config.ingest_queue_batches, channels)
-            .map_err(|e| NodeError::Network(format!("cannot start the ingest thread: {e}")))?;
-        let (ask_tx, ask_rx) = mpsc::channel(config.max_pending_requests.max(1));
+        let peer_id = keypair.public().to_peer_id();
+        let (commands, command_rx) = commands;
         Ok(EventLoop {
             config,
             keypair,
             peer_id,
             swarm,
             store,
-            view,
+            mesh,
+            local,
             pipeline,
-            metrics,
-            local_state,
+            snapshot,
             inputs,
-            accepted,
-            control,
-            pending: FuturesUnordered::new(),
-            asks: HashMap::new(),
-            ask_tx,
-            ask_rx,
-            listeners,
-            listen_addrs: Vec::new(),
-            addrs_tx,
+            metrics,
+            requests: Requests::default(),
+            commands,
+            command_rx,
+            listening: Listening { listeners, addrs: Vec::new(), addrs_tx },
             publish_at: None,
-            responding: HashSet::new(),
-            follows: Arc::default(),
             fog_peers: HashSet::new(),
             sync_round: 0,
             closing: false,
@@ -277,12 +214,8 @@ impl EventLoop {
         })
     }
 
-    /// A client of this node for callers in the same process.
-    pub fn local_client(&self) -> LocalClient {
-        LocalClient(self.ask_tx.clone())
-    }
-
-    pub async fn run(mut self) {
+    /// Runs until cancelled, then shuts down in order; the result is the final flush's.
+    pub(super) async fn run(mut self) -> Result<(), NodeError> {
         tracing::info!(peer_id = %self.peer_id, name = %self.config.name, "fog node started");
         let mut republish = tokio::time::interval(self.config.republish_interval);
         republish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -292,59 +225,57 @@ impl EventLoop {
                 biased;
                 () = self.cancel.cancelled() => break,
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
-                Some(finished) = self.pending.next(), if !self.pending.is_empty() => self.on_finished(finished),
-                Some(internal) = self.ask_rx.recv() => self.on_internal(internal),
-                Ok(()) = self.local_state.changed() => {
-                    if self.publish_at.is_none() {
-                        self.publish_at = Some(tokio::time::Instant::now() + self.config.publish_debounce);
-                    }
-                }
+                Some(finished) = self.requests.pending.next(), if !self.requests.pending.is_empty() => self.on_finished(finished),
+                Some(command) = self.command_rx.recv() => self.on_command(command),
+                Ok(()) = self.snapshot.changed() => self.schedule_publish(),
                 () = sleep_until(publish_at), if publish_at.is_some() => self.publish_summary(),
-                _ = republish.tick() => {
-                    // Time passes: debt grace times end and periods roll over.
-                    self.reevaluate();
-                    self.publish_summary();
-                    self.sync_with_next_peer();
-                    self.update_view_metrics();
-                    for origin in self.view.forget_older_than(self.config.forget_after, Instant::now()) {
-                        tracing::info!(%origin, "forgetting a fog node not heard from for too long");
-                        if let Err(error) = self.store.forget_view(&origin.to_string()) {
-                            tracing::warn!(%error, "cannot forget a saved summary");
-                        }
-                    }
-                }
+                _ = republish.tick() => self.on_republish_tick(),
             }
         }
-        self.shut_down().await;
+        self.shut_down().await
     }
 
-    /// Stops accepting, finishes in-flight requests, then stops the ingest thread (which
-    /// flushes the store).
-    async fn shut_down(mut self) {
+    /// Stops accepting, finishes in-flight requests, then stops the ingest writer (which flushes
+    /// the store).
+    async fn shut_down(mut self) -> Result<(), NodeError> {
         tracing::info!("shutting down: finishing in-flight requests");
         self.closing = true;
-        for listener in std::mem::take(&mut self.listeners) {
+        for listener in std::mem::take(&mut self.listening.listeners) {
             self.swarm.remove_listener(listener);
         }
-        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-        let mut grace = pin!(tokio::time::sleep_until(deadline));
-        while !self.pending.is_empty() || !self.responding.is_empty() {
+        let mut grace = pin!(tokio::time::sleep(SHUTDOWN_GRACE));
+        while !self.requests.pending.is_empty() || !self.requests.responding.is_empty() {
             tokio::select! {
                 () = &mut grace => {
-                    tracing::warn!(pending = self.pending.len(), "shutdown grace period over");
+                    tracing::warn!(pending = self.requests.pending.len(), "shutdown grace period over");
                     break;
                 }
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
-                Some(finished) = self.pending.next(), if !self.pending.is_empty() => self.on_finished(finished),
-                Some(internal) = self.ask_rx.recv() => self.on_internal(internal),
+                Some(finished) = self.requests.pending.next(), if !self.requests.pending.is_empty() => self.on_finished(finished),
+                Some(command) = self.command_rx.recv() => self.on_command(command),
             }
         }
-        self.pipeline.stop().await;
+        self.pipeline.stop().await?;
         let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || store.flush()).await {
-            Ok(Ok(())) => tracing::info!("store flushed; node stopped"),
-            Ok(Err(error)) => tracing::error!(%error, "final flush failed"),
-            Err(error) => tracing::error!(%error, "final flush task failed"),
+        let flushed = super::local::blocking(move || store.flush()).await;
+        match &flushed {
+            Ok(()) => tracing::info!("store flushed; node stopped"),
+            Err(error) => tracing::error!(%error, "final flush failed"),
+        }
+        Ok(flushed?)
+    }
+
+    fn on_republish_tick(&mut self) {
+        // Time passes: debt grace times end and periods roll over.
+        self.pipeline.reevaluate();
+        self.publish_summary();
+        self.sync_with_next_peer();
+        self.update_view_metrics();
+        for origin in self.mesh.forget_older_than(self.config.forget_after, Instant::now()) {
+            tracing::info!(%origin, "forgetting a fog node not heard from for too long");
+            if let Err(error) = self.store.forget_view(&origin.to_string()) {
+                tracing::warn!(%error, "cannot forget a saved summary");
+            }
         }
     }
 
@@ -353,6 +284,7 @@ impl EventLoop {
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Ingest(event)) => self.on_ingest_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Query(event)) => self.on_query_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Peer(event)) => self.on_peer_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Sync(event)) => self.on_sync_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(event)) => self.on_gossip_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(event)) => {
@@ -375,12 +307,12 @@ impl EventLoop {
             SwarmEvent::NewListenAddr { address, .. } => {
                 let full = address.with_p2p(self.peer_id).unwrap_or_else(|addr| addr);
                 tracing::info!(addr = %full, "listening");
-                self.listen_addrs.push(full);
+                self.listening.addrs.push(full);
                 self.on_addrs_changed();
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
                 let full = address.with_p2p(self.peer_id).unwrap_or_else(|addr| addr);
-                self.listen_addrs.retain(|addr| *addr != full);
+                self.listening.addrs.retain(|addr| *addr != full);
                 self.on_addrs_changed();
             }
             SwarmEvent::ListenerError { error, .. } => tracing::warn!(%error, "listener error"),
@@ -403,9 +335,11 @@ impl EventLoop {
         }
     }
 
+    /// Announces the new addresses: to the handle, in `DATA_DIR/addrs`, in the next summary.
     fn on_addrs_changed(&mut self) {
-        let _ = self.addrs_tx.send(self.listen_addrs.clone());
-        let lines: String = self.listen_addrs.iter().map(|addr| format!("{addr}\n")).collect();
+        let addrs = &self.listening.addrs;
+        let _ = self.listening.addrs_tx.send(addrs.clone());
+        let lines: String = addrs.iter().map(|addr| format!("{addr}\n")).collect();
         let path = self.config.data_dir.join("addrs");
         let tmp = self.config.data_dir.join("addrs.tmp");
         if let Err(error) = std::fs::write(&tmp, lines).and_then(|()| std::fs::rename(&tmp, &path)) {
@@ -418,10 +352,6 @@ impl EventLoop {
         if self.publish_at.is_none() {
             self.publish_at = Some(tokio::time::Instant::now() + self.config.publish_debounce);
         }
-    }
-
-    fn is_busy(&self) -> bool {
-        self.pending.len() >= self.config.max_pending_requests
     }
 
     fn on_ingest_event(&mut self, event: request_response::Event<ingest::Request, ingest::Response>) {
@@ -438,49 +368,38 @@ impl EventLoop {
                 self.on_inbound_failure("ingest", peer, request_id, error);
             }
             request_response::Event::ResponseSent { request_id, .. } => {
-                self.responding.remove(&("ingest", request_id));
+                self.requests.responding.remove(&("ingest", request_id));
             }
             _ => {}
         }
     }
 
-    fn on_ingest(&mut self, readings: Vec<Reading>, channel: Reply<ingest::Response>) {
+    fn on_ingest(&mut self, readings: Vec<Reading>, reply: Reply<ingest::Response>) {
         let count = readings.len();
+        let refused = |reason: String| ingest::Response::Refused { reason };
         if self.closing {
-            let reason = "node is shutting down".to_owned();
-            return self.respond_ingest(channel, ingest::Response::Refused { reason });
+            return self.respond(reply, refused("node is shutting down".into()));
         }
         if count > limits::MAX_BATCH_READINGS {
             let reason = format!("{count} readings in one batch (at most {})", limits::MAX_BATCH_READINGS);
-            return self.respond_ingest(channel, ingest::Response::Refused { reason });
+            return self.respond(reply, refused(reason));
         }
-        // No check of pending questions here: long polls must not starve ingest. The pipeline's
+        // No check of pending questions here: long polls must not starve ingest. The writer's
         // bounded queue is what refuses batches (busy) under load.
-        let (reply, outcomes) = oneshot::channel();
         let (started, metrics) = (Instant::now(), self.metrics.clone());
-        match self.pipeline.jobs.try_send(Job::Ingest { readings, reply }) {
-            Ok(()) => self.pending.push(
+        match self.pipeline.submit(readings) {
+            Ok(ack) => self.requests.pending.push(
                 async move {
-                    let outcomes = outcomes.await;
-                    Metrics::observe(&metrics.ingest_batch_seconds, started.elapsed());
-                    let response = match outcomes {
-                        Ok(Ok((outcomes, commands))) => ingest::Response::Done { outcomes, commands },
-                        Ok(Err(error)) => {
-                            ingest::Response::Refused { reason: format!("storage failure: {error}") }
-                        }
-                        Err(_) => ingest::Response::Refused { reason: "node is shutting down".into() },
+                    let response = match ack.await.unwrap_or(Err(IngestError::Stopped)) {
+                        Ok(ack) => ingest::Response::Done { outcomes: ack.outcomes, commands: ack.commands },
+                        Err(error) => ingest_refusal(error),
                     };
-                    Finished::Ingest(channel, response)
+                    Metrics::observe(&metrics.ingest_batch_seconds, started.elapsed());
+                    Finished::Ingest(reply, response)
                 }
                 .boxed(),
             ),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.respond_ingest(channel, ingest::Response::Busy { retry_after_ms: 100 })
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                let reason = "node is shutting down".to_owned();
-                self.respond_ingest(channel, ingest::Response::Refused { reason })
-            }
+            Err(error) => self.respond(reply, ingest_refusal(error)),
         }
     }
 
@@ -492,7 +411,7 @@ impl EventLoop {
         request_id: InboundRequestId,
         error: InboundFailure,
     ) {
-        self.responding.remove(&(protocol, request_id));
+        self.requests.responding.remove(&(protocol, request_id));
         match error {
             InboundFailure::Io(error) if error.kind() == std::io::ErrorKind::InvalidData => {
                 tracing::warn!(%peer, protocol, %error, "refused a malformed request; disconnecting the peer");
@@ -502,130 +421,93 @@ impl EventLoop {
         }
     }
 
-    fn respond_ingest(&mut self, reply: Reply<ingest::Response>, response: ingest::Response) {
-        match reply {
-            Reply::Peer(channel, request_id) => {
-                if self.swarm.behaviour_mut().ingest.send_response(channel, response).is_ok() {
-                    self.responding.insert(("ingest", request_id));
-                }
-            }
-            Reply::Local(sender) => {
-                let _ = sender.send(response);
-            }
-        }
-    }
-
-    fn respond_query(&mut self, reply: Reply<query::Response>, response: query::Response) {
-        match reply {
-            Reply::Peer(channel, request_id) => {
-                if self.swarm.behaviour_mut().query.send_response(channel, response).is_ok() {
-                    self.responding.insert(("query", request_id));
-                }
-            }
-            Reply::Local(sender) => {
-                let _ = sender.send(response);
-            }
-        }
-    }
-
     fn on_finished(&mut self, finished: Finished) {
         match finished {
-            Finished::Ingest(channel, response) => self.respond_ingest(channel, response),
-            Finished::Query(channel, response) => self.respond_query(channel, *response),
+            Finished::Ingest(reply, response) => self.respond(reply, response),
+            Finished::Query(reply, response) => self.respond(reply, *response),
+            Finished::Peer(reply, response) => self.respond(reply, *response),
         }
     }
 
-    fn on_internal(&mut self, internal: Internal) {
-        match internal {
-            Internal::Ask(ask) => self.on_ask(ask),
-            Internal::Apply(apply) => self.on_apply(apply),
-            Internal::Query { request, reply } => self.on_query(request, Reply::Local(reply)),
-            Internal::Ingest { readings, reply } => self.on_ingest(readings, Reply::Local(reply)),
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Query { request, reply } => self.on_query(request, Reply::Local(reply)),
+            Command::Ingest { readings, reply } => self.on_ingest(readings, Reply::Local(reply)),
+            Command::Ask(ask) => {
+                let behaviour = self.swarm.behaviour_mut();
+                let id = behaviour.peer.send_request_with_addresses(&ask.peer, ask.request, ask.addrs);
+                self.requests.asks.insert(id, ask.reply);
+            }
+            Command::Apply { command, signed, reply } => {
+                let _ = reply.send(self.apply_admin(command, signed, true));
+            }
         }
-    }
-
-    fn on_ask(&mut self, ask: Ask) {
-        let id =
-            self.swarm.behaviour_mut().query.send_request_with_addresses(&ask.peer, ask.request, ask.addrs);
-        self.asks.insert(id, ask.reply);
     }
 
     fn on_query_event(&mut self, event: request_response::Event<query::Request, query::Response>) {
         match event {
-            request_response::Event::Message { message, .. } => match message {
+            request_response::Event::Message {
+                message: request_response::Message::Request { request, channel, request_id },
+                ..
+            } => self.on_query(request, Reply::Peer(channel, request_id)),
+            request_response::Event::InboundFailure { peer, error, request_id, .. } => {
+                self.on_inbound_failure("query", peer, request_id, error)
+            }
+            request_response::Event::ResponseSent { request_id, .. } => {
+                self.requests.responding.remove(&("query", request_id));
+            }
+            _ => {}
+        }
+    }
+
+    fn on_peer_event(&mut self, event: request_response::Event<peer::Request, peer::Response>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request { request, channel, request_id } => {
-                    self.on_query(request, Reply::Peer(channel, request_id))
+                    let reply = Reply::Peer(channel, request_id);
+                    if !self.mesh.view().admits(&peer) {
+                        tracing::debug!(%peer, "refused a peer question from a node outside the mesh");
+                        let refusal = peer::Response::Error("not a fog node of this mesh".into());
+                        return self.respond(reply, refusal);
+                    }
+                    self.on_peer_question(request, reply);
                 }
                 request_response::Message::Response { request_id, response } => {
-                    if let Some(reply) = self.asks.remove(&request_id) {
+                    if let Some(reply) = self.requests.asks.remove(&request_id) {
                         let _ = reply.send(Ok(response));
                     }
                 }
             },
             request_response::Event::OutboundFailure { request_id, error, peer, .. } => {
                 tracing::debug!(%peer, %error, "question to a peer failed");
-                if let Some(reply) = self.asks.remove(&request_id) {
-                    let _ = reply.send(Err(error.to_string()));
+                if let Some(reply) = self.requests.asks.remove(&request_id) {
+                    let _ = reply.send(Err(AskError::Failed(error.to_string())));
                 }
             }
             request_response::Event::InboundFailure { peer, error, request_id, .. } => {
-                self.on_inbound_failure("query", peer, request_id, error)
+                self.on_inbound_failure("peer", peer, request_id, error)
             }
             request_response::Event::ResponseSent { request_id, .. } => {
-                self.responding.remove(&("query", request_id));
+                self.requests.responding.remove(&("peer", request_id));
             }
         }
-    }
-
-    fn on_query(&mut self, request: query::Request, channel: Reply<query::Response>) {
-        let started = Instant::now();
-        // Long polls wait by design: they would only blur the latency figure.
-        let timed = !matches!(request, query::Request::Follow { .. } | query::Request::LocalFollow { .. });
-        let metrics = self.metrics.clone();
-        let observe = move || {
-            if timed {
-                Metrics::observe(&metrics.query_seconds, started.elapsed());
-            }
-        };
-        match self.answer(request) {
-            Answer::Now(response) => {
-                observe();
-                self.respond_query(channel, response);
-            }
-            Answer::Later(answer) => self.pending.push(
-                answer
-                    .map(move |response| {
-                        observe();
-                        Finished::Query(channel, Box::new(response))
-                    })
-                    .boxed(),
-            ),
-        }
-    }
-
-    fn asker(&self) -> Asker {
-        Asker(self.ask_tx.clone())
-    }
-
-    fn addrs_of(&self, peer: &PeerId) -> Vec<Multiaddr> {
-        self.view.addrs_of(peer).iter().filter_map(|addr| addr.parse().ok()).collect()
     }
 
     fn on_sync_event(&mut self, event: request_response::Event<SyncRequest, SyncResponse>) {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request { request, channel, request_id } => {
-                    self.merge_all(peer, request.summaries);
-                    self.merge_commands(peer, request.commands);
-                    let response =
-                        SyncResponse { summaries: self.view.signed(), commands: self.control.signed() };
+                    self.merge_sync(peer, request.summaries, request.commands);
+                    let response = SyncResponse {
+                        summaries: self.mesh.view().signed(),
+                        commands: self.mesh.signed_commands(),
+                    };
                     if self.swarm.behaviour_mut().sync.send_response(channel, response).is_ok() {
-                        self.responding.insert(("sync", request_id));
+                        self.requests.responding.insert(("sync", request_id));
                     }
                 }
                 request_response::Message::Response { response, .. } => {
-                    self.merge_all(peer, response.summaries);
-                    self.merge_commands(peer, response.commands);
+                    self.merge_sync(peer, response.summaries, response.commands);
                 }
             },
             request_response::Event::InboundFailure { peer, error, request_id, .. } => {
@@ -635,44 +517,60 @@ impl EventLoop {
                 tracing::debug!(%peer, %error, "sync with a peer failed");
             }
             request_response::Event::ResponseSent { request_id, .. } => {
-                self.responding.remove(&("sync", request_id));
+                self.requests.responding.remove(&("sync", request_id));
             }
         }
     }
 
-    fn merge_all(&mut self, from: PeerId, summaries: Vec<SignedSummary>) {
+    fn merge_sync(&mut self, from: PeerId, summaries: Vec<SignedSummary>, commands: Vec<SignedCommand>) {
         for signed in summaries {
-            if let Err(error) = self.merge(signed) {
+            if let Err(error) = self.merge_summary(signed) {
                 tracing::warn!(peer = %from, %error, "refused a summary in sync");
             }
         }
+        for signed in commands {
+            match self.mesh.verify_command(&signed, None) {
+                // Older commands than those in force are superseded and change nothing.
+                Ok(command) => {
+                    self.apply_admin(command, signed, false);
+                }
+                Err(error) => tracing::debug!(peer = %from, %error, "not taking an admin command from sync"),
+            }
+        }
     }
 
-    /// Merges a received summary into the view and saves it when it is newer.
-    fn merge(&mut self, signed: SignedSummary) -> Result<Merged, summary::SummaryError> {
-        let merged = self.view.merge(signed.clone(), Instant::now(), false)?;
-        if let Merged::Newer(origin) = merged {
-            tracing::debug!(%origin, "merged a newer summary");
-            let saved = hydromesh_proto::encode(&signed).map_err(|e| e.to_string()).and_then(|bytes| {
-                self.store.save_view(&origin.to_string(), &bytes).map_err(|e| e.to_string())
-            });
-            if let Err(error) = saved {
-                tracing::warn!(%error, "cannot save a merged summary");
+    /// Merges a received summary into the mesh state and saves it when it is newer.
+    fn merge_summary(&mut self, signed: SignedSummary) -> Result<Merged, summary::SummaryError> {
+        let merged = self.mesh.merge_summary(signed.clone(), Instant::now(), false)?;
+        match merged {
+            Merged::Newer(origin) => {
+                tracing::debug!(%origin, "merged a newer summary");
+                self.save_view(&origin.to_string(), &signed);
+                // The mesh-wide average may have moved.
+                self.update_inputs();
             }
-            // The mesh-wide average may have moved.
-            self.update_inputs();
-        }
-        if let Merged::OwnAhead(version) = merged {
-            tracing::warn!(
-                version,
-                "the mesh holds a newer summary of this node (store lost or restored?); skipping past it"
-            );
-            match self.store.skip_summary_versions_past(version) {
-                Ok(()) => self.publish_summary(),
-                Err(error) => tracing::error!(%error, "cannot skip summary versions"),
+            Merged::OwnAhead(version) => {
+                tracing::warn!(
+                    version,
+                    "the mesh holds a newer summary of this node (store lost or restored?); skipping past it"
+                );
+                match self.store.skip_summary_versions_past(version) {
+                    Ok(()) => self.publish_summary(),
+                    Err(error) => tracing::error!(%error, "cannot skip summary versions"),
+                }
             }
+            Merged::Known => {}
         }
         Ok(merged)
+    }
+
+    fn save_view(&self, origin: &str, signed: &SignedSummary) {
+        let saved = hydromesh_proto::encode(signed)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| self.store.save_view(origin, &bytes).map_err(|e| e.to_string()));
+        if let Err(error) = saved {
+            tracing::warn!(%error, "cannot save a summary");
+        }
     }
 
     fn on_gossip_event(&mut self, event: gossipsub::Event) {
@@ -680,19 +578,12 @@ impl EventLoop {
         let gossipsub::Event::Message { propagation_source, message_id, message } = event else {
             return;
         };
-        if message.topic == rules::control_topic().hash() {
-            let acceptance = self.on_control_message(propagation_source, &message.data);
-            self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
-                &message_id,
-                &propagation_source,
-                acceptance,
-            );
-            return;
-        }
-        let acceptance =
+        let acceptance = if message.topic == control_topic().hash() {
+            self.on_control_message(propagation_source, &message.data)
+        } else {
             match hydromesh_proto::decode::<SignedSummary>(&message.data, limits::MAX_SUMMARY_BYTES)
                 .map_err(summary::SummaryError::from)
-                .and_then(|signed| self.merge(signed))
+                .and_then(|signed| self.merge_summary(signed))
             {
                 Ok(Merged::Newer(_)) => gossipsub::MessageAcceptance::Accept,
                 Ok(Merged::Known | Merged::OwnAhead(_)) => gossipsub::MessageAcceptance::Ignore,
@@ -700,12 +591,77 @@ impl EventLoop {
                     tracing::warn!(peer = %propagation_source, %error, "refused a gossiped summary");
                     gossipsub::MessageAcceptance::Reject
                 }
-            };
+            }
+        };
         self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
             &message_id,
             &propagation_source,
             acceptance,
         );
+    }
+
+    fn on_control_message(&mut self, source: PeerId, data: &[u8]) -> gossipsub::MessageAcceptance {
+        let verified = hydromesh_proto::decode::<SignedCommand>(data, limits::MAX_COMMAND_BYTES)
+            .map_err(|e| mesh::ControlError::Malformed(e.to_string()))
+            .and_then(|signed| Ok((self.mesh.verify_command(&signed, None)?, signed)));
+        match verified {
+            Ok((command, signed)) => match self.apply_admin(command, signed, false) {
+                query::Response::Applied(_) => gossipsub::MessageAcceptance::Accept,
+                _ => gossipsub::MessageAcceptance::Ignore,
+            },
+            Err(error) => {
+                tracing::warn!(peer = %source, %error, "refused a gossiped admin command");
+                gossipsub::MessageAcceptance::Reject
+            }
+        }
+    }
+
+    /// Applies a verified admin command; when it is new, saves it, spreads it (if asked) and
+    /// has every meter judged again.
+    pub(super) fn apply_admin(
+        &mut self,
+        command: AdminCommand,
+        signed: SignedCommand,
+        publish: bool,
+    ) -> query::Response {
+        let what = control::describe(&command.action);
+        let subject = control::subject(&command.action);
+        if self.mesh.apply_command(command, signed.clone()) == Applied::Superseded {
+            return query::Response::Error(format!("{what}: a command issued later is already in force"));
+        }
+        tracing::info!(command = %what, "admin command applied");
+        match hydromesh_proto::encode(&signed) {
+            Ok(bytes) => {
+                if let Err(error) = self.store.save_command(&subject, &bytes) {
+                    tracing::error!(%error, "cannot save an admin command");
+                }
+                if publish {
+                    match self.swarm.behaviour_mut().gossipsub.publish(control_topic(), bytes) {
+                        Ok(_) | Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
+                        Err(error) => tracing::warn!(%error, "cannot publish an admin command"),
+                    }
+                }
+            }
+            Err(error) => tracing::error!(%error, "cannot encode an admin command"),
+        }
+        self.update_inputs();
+        self.pipeline.reevaluate();
+        query::Response::Applied(format!("{what}: applied, and spreading to every node"))
+    }
+
+    /// Recomputes the rationing inputs; when they changed, every meter is judged again.
+    fn update_inputs(&mut self) {
+        let inputs = self.mesh.rationing_inputs(now_ms());
+        let changed = self.inputs.send_if_modified(|current| {
+            let changed = **current != inputs;
+            if changed {
+                *current = Arc::new(inputs);
+            }
+            changed
+        });
+        if changed {
+            self.pipeline.reevaluate();
+        }
     }
 
     fn on_identified(&mut self, peer: PeerId, info: identify::Info) {
@@ -723,7 +679,8 @@ impl EventLoop {
     }
 
     fn sync_with(&mut self, peer: PeerId) {
-        let request = SyncRequest { summaries: self.view.signed(), commands: self.control.signed() };
+        let request =
+            SyncRequest { summaries: self.mesh.view().signed(), commands: self.mesh.signed_commands() };
         self.swarm.behaviour_mut().sync.send_request(&peer, request);
     }
 
@@ -739,7 +696,7 @@ impl EventLoop {
 
     /// Summary ages, stale nodes and disk use, for `/metrics`.
     fn update_view_metrics(&self) {
-        let peers = self.view.peers(Instant::now(), now_ms());
+        let peers = self.mesh.view().peers(Instant::now(), now_ms());
         self.metrics.summary_age_seconds.clear();
         for peer in &peers.peers {
             if let Some(ms) = peer.last_heard_ms_ago {
@@ -753,13 +710,23 @@ impl EventLoop {
         }
     }
 
+    /// Builds this node's summary from the local snapshot, signs, saves and gossips it.
     fn publish_summary(&mut self) {
         self.publish_at = None;
-        let summary = match self.build_summary() {
-            Ok(summary) => summary,
-            Err(error) => return tracing::error!(%error, "cannot build the summary"),
+        let version = match self.store.next_summary_version() {
+            Ok(version) => version,
+            Err(error) => return tracing::error!(%error, "cannot reserve a summary version"),
         };
-        let signed = match summary::sign(&self.keypair, &summary) {
+        let head = summary::Head {
+            origin: self.peer_id,
+            name: self.config.name.clone(),
+            version,
+            generated_at_ms: now_ms(),
+            addrs: self.listening.addrs.iter().map(ToString::to_string).collect(),
+        };
+        let local = self.snapshot.borrow_and_update().clone();
+        let built = summary::build(head, &local, self.config.top_k);
+        let signed = match summary::sign(&self.keypair, &built) {
             Ok(signed) => signed,
             Err(error) => return tracing::error!(%error, "cannot sign the summary"),
         };
@@ -767,12 +734,12 @@ impl EventLoop {
             Ok(bytes) => bytes,
             Err(error) => return tracing::error!(%error, "cannot encode the summary"),
         };
-        if let Err(error) = self.store.save_view(&summary.origin, &bytes) {
+        if let Err(error) = self.store.save_view(&built.origin, &bytes) {
             tracing::warn!(%error, "cannot save the own summary");
         }
-        tracing::debug!(version = summary.version, meters = summary.meter_count, "publishing summary");
-        self.view.set_local(summary, signed, Instant::now());
-        match self.swarm.behaviour_mut().gossipsub.publish(summary::topic(), bytes) {
+        tracing::debug!(version = built.version, meters = built.meter_count, "publishing summary");
+        self.mesh.set_local(built, signed, Instant::now());
+        match self.swarm.behaviour_mut().gossipsub.publish(summary_topic(), bytes) {
             Ok(_) | Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
             Err(error) => tracing::warn!(%error, "cannot publish the summary"),
         }
@@ -780,61 +747,61 @@ impl EventLoop {
         self.update_inputs();
     }
 
-    fn build_summary(&self) -> Result<NodeSummary, crate::store::StoreError> {
-        let version = self.store.next_summary_version()?;
-        let local = self.local_state.borrow().clone();
-        let mut alerts = self.store.all_alerts();
-        let truncated =
-            alerts.len() > limits::MAX_SUMMARY_ENTRIES || local.blocked.len() > limits::MAX_SUMMARY_ENTRIES;
-        alerts.truncate(limits::MAX_SUMMARY_ENTRIES);
-        let blocked = local
-            .blocked
-            .values()
-            .take(limits::MAX_SUMMARY_ENTRIES)
-            .map(|b| hydromesh_proto::summary::Blocked { detail: truncate(&b.detail, 64), ..b.clone() })
-            .collect();
-        let top_k = self.config.top_k.min(summary::MAX_TOP_K);
-        let (meter_count, total_consumption_l, top, filter) = self.store.with_meters(|meters| {
-            let mut filter = MeterFilter::with_capacity(meters.len());
-            let mut total = 0u64;
-            for span in meters.values() {
-                filter.insert(span.meter);
-                total = total.saturating_add(domain::span_consumption(span));
+    /// Sends a response back where its request came from.
+    pub(super) fn respond<T: Respond>(&mut self, reply: Reply<T>, response: T) {
+        match reply {
+            Reply::Peer(channel, request_id) => {
+                if T::send(&mut self.swarm, channel, response) {
+                    self.requests.responding.insert((T::PROTOCOL, request_id));
+                }
             }
-            let top = domain::rank(meters.values().copied().collect(), top_k);
-            (meters.len() as u64, total, top, filter)
-        });
-        Ok(NodeSummary {
-            origin: self.peer_id.to_string(),
-            name: truncate(&self.config.name, limits::MAX_NAME_BYTES),
-            version,
-            generated_at_ms: now_ms(),
-            addrs: self.listen_addrs.iter().map(ToString::to_string).take(16).collect(),
-            meter_count,
-            total_consumption_l,
-            top,
-            filter,
-            period_start_ms: local.period_start_ms,
-            period_consumption_l: local.period_consumption_l,
-            period_meters: local.period_meters,
-            blocked,
-            alerts,
-            truncated,
-        })
+            Reply::Local(sender) => {
+                let _ = sender.send(response);
+            }
+        }
+    }
+
+    /// The addresses a node announced in its summary.
+    pub(super) fn addrs_of(&self, peer: &PeerId) -> Vec<Multiaddr> {
+        self.mesh.view().addrs_of(peer).iter().filter_map(|addr| addr.parse().ok()).collect()
     }
 }
 
-/// Runs blocking store work (sled reads) on the blocking pool.
-fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> BoxFuture<'static, Result<T, String>> {
-    async move {
-        match tokio::task::spawn_blocking(work).await {
-            Ok(result) => result.map_err(|e| e.to_string()),
-            Err(error) => Err(format!("internal error: {error}")),
-        }
+/// A response type of a request-response protocol the node answers.
+pub(super) trait Respond: Sized {
+    /// The protocol's name in the bookkeeping of responses in flight.
+    const PROTOCOL: &'static str;
+    /// Hands the response to the swarm; false when the stream is gone.
+    fn send(swarm: &mut Swarm<Behaviour>, channel: ResponseChannel<Self>, response: Self) -> bool;
+}
+
+impl Respond for ingest::Response {
+    const PROTOCOL: &'static str = "ingest";
+    fn send(swarm: &mut Swarm<Behaviour>, channel: ResponseChannel<Self>, response: Self) -> bool {
+        swarm.behaviour_mut().ingest.send_response(channel, response).is_ok()
     }
-    .boxed()
+}
+
+impl Respond for query::Response {
+    const PROTOCOL: &'static str = "query";
+    fn send(swarm: &mut Swarm<Behaviour>, channel: ResponseChannel<Self>, response: Self) -> bool {
+        swarm.behaviour_mut().query.send_response(channel, response).is_ok()
+    }
+}
+
+impl Respond for peer::Response {
+    const PROTOCOL: &'static str = "peer";
+    fn send(swarm: &mut Swarm<Behaviour>, channel: ResponseChannel<Self>, response: Self) -> bool {
+        swarm.behaviour_mut().peer.send_response(channel, response).is_ok()
+    }
+}
+
+/// What a client is told when its batch was not stored.
+fn ingest_refusal(error: IngestError) -> ingest::Response {
+    match error {
+        IngestError::Busy => ingest::Response::Busy { retry_after_ms: 100 },
+        error => ingest::Response::Refused { reason: error.to_string() },
+    }
 }
 
 /// The peer id at the end of an address, and the address without it.
@@ -846,10 +813,5 @@ fn split_peer(addr: &Multiaddr) -> Option<(PeerId, Multiaddr)> {
     }
 }
 
-fn truncate(text: &str, max_bytes: usize) -> String {
-    let mut end = text.len().min(max_bytes);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_owned()
-}
+/// How long a node waits for a peer's part of a routed or fanned-out answer.
+pub(super) const PEER_ANSWER_TIMEOUT: Duration = Duration::from_secs(3);

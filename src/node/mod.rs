@@ -1,34 +1,46 @@
-//! A running fog node: [`Node::spawn`] opens the store, builds the swarm and starts the event
-//! loop that owns it; the [`NodeHandle`] gives the node's identity and addresses and shuts it
-//! down in order.
+//! The fog node core: [`Node::spawn`] opens the store, loads the local meter state, builds the
+//! swarm and starts the event loop that owns it; the [`NodeHandle`] gives the node's identity,
+//! addresses and an in-process [`NodeClient`], and shuts it down in order. The core knows no
+//! front end: HTTP and MQTT are started beside it by the application ([`crate::app`]).
 
-mod behaviour;
+mod answers;
 mod event_loop;
 mod identity;
-mod ingest_pipeline;
+mod local;
 
-pub use event_loop::LocalClient;
-
-use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
+use hydromesh_proto::{ingest, query, Reading};
 use libp2p::{Multiaddr, PeerId};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+pub use event_loop::AskError;
+
+use crate::config::{Config, ConfigError};
+use crate::ingest::{self as writer, IngestError, LocalMeters, LocalSnapshot, Pipeline};
+use crate::mesh::{self, Mesh};
 use crate::metrics::Metrics;
+use crate::p2p::{self, behaviour::Behaviour, TransportError};
 use crate::store::{Store, StoreError};
 
-/// Why a node could not start.
+/// How long shutdown waits for in-flight requests before the store is flushed regardless.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Why a node could not start, or did not stop cleanly.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
+    /// The configuration is not usable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// The data folder or a file in it could not be used.
     #[error("cannot use data dir {path}: {source}")]
     DataDir {
         /// The path.
-        path: std::path::PathBuf,
+        path: PathBuf,
         /// The I/O error.
         source: std::io::Error,
     },
@@ -36,19 +48,27 @@ pub enum NodeError {
     #[error("identity key {path} is unreadable: {reason}")]
     Identity {
         /// The key file.
-        path: std::path::PathBuf,
+        path: PathBuf,
         /// Why.
         reason: String,
     },
-    /// The store could not be opened.
+    /// The store could not be opened or flushed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The ingest writer could not start or stop.
+    #[error("ingest writer: {0}")]
+    Ingest(String),
     /// The network could not be set up.
-    #[error("{0}")]
-    Network(String),
-    /// The HTTP server or MQTT ingest could not start.
-    #[error("{0}")]
-    Service(String),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// A gossipsub topic could not be subscribed to.
+    #[error("cannot subscribe to {topic}: {reason}")]
+    Subscribe {
+        /// The topic.
+        topic: String,
+        /// Why.
+        reason: String,
+    },
     /// A listen address could not be used.
     #[error("cannot listen on {addr}: {reason}")]
     Listen {
@@ -57,51 +77,163 @@ pub enum NodeError {
         /// Why.
         reason: String,
     },
+    /// A task of the node failed.
+    #[error("a node task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
-/// How long HTTP and MQTT get to finish with their clients at shutdown.
-pub const SERVICE_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+impl From<IngestError> for NodeError {
+    fn from(error: IngestError) -> Self {
+        match error {
+            IngestError::Storage(error) => NodeError::Store(error),
+            error => NodeError::Ingest(error.to_string()),
+        }
+    }
+}
 
 /// Starts fog nodes.
 pub struct Node;
 
 impl Node {
-    /// Starts a node: opens its store, listens, dials the bootstrap peers, and runs until
-    /// [`NodeHandle::shutdown`].
+    /// Starts a node: checks its configuration, opens its store, listens, dials the bootstrap
+    /// peers, and runs until [`NodeHandle::shutdown`].
     pub async fn spawn(config: Config) -> Result<NodeHandle, NodeError> {
+        config.validate()?;
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| NodeError::DataDir { path: config.data_dir.clone(), source })?;
         let keypair = identity::load_or_create(&config.data_dir)?;
         let peer_id = keypair.public().to_peer_id();
-        let db_dir = config.data_dir.join("db");
-        let burst_flow_lph = config.burst_flow_lph;
-        let store = Arc::new(
-            tokio::task::spawn_blocking(move || Store::open(&db_dir, burst_flow_lph))
-                .await
-                .map_err(|e| NodeError::Network(e.to_string()))??,
-        );
-        let (addrs_tx, addrs_rx) = watch::channel(Vec::new());
-        let cancel = CancellationToken::new();
-        let metrics = Arc::new(Metrics::new());
-        let services = config.clone();
-        let event_loop =
-            event_loop::EventLoop::new(config, keypair, store, addrs_tx, metrics.clone(), cancel.clone())?;
-        let local = event_loop.local_client();
-        let mut tasks = vec![tokio::spawn(event_loop.run())];
-        let started = start_services(&services, &local, &metrics, &cancel).await;
-        let (service_tasks, http_addr, mqtt_addr) = match started {
-            Ok(started) => started,
-            Err(error) => {
-                // Stop the event loop already running before reporting the failure.
-                cancel.cancel();
-                for task in tasks {
-                    let _ = task.await;
-                }
-                return Err(error);
-            }
+        let config = Arc::new(config);
+        let (store, meters) = {
+            let (dir, settings) = (
+                config.data_dir.join("db"),
+                writer::Settings { burst_flow_lph: config.burst_flow_lph, top_k: config.top_k },
+            );
+            tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+                let store = Store::open(&dir)?;
+                let meters = LocalMeters::load(&store, settings)?;
+                Ok((Arc::new(store), meters))
+            })
+            .await??
         };
-        tasks.extend(service_tasks);
-        Ok(NodeHandle { peer_id, addrs: addrs_rx, cancel, tasks, local, metrics, http_addr, mqtt_addr })
+        let mesh = restore_mesh(peer_id, &config, &store)?;
+        let metrics = Arc::new(Metrics::new());
+        let (inputs_tx, inputs) = watch::channel(Arc::new(mesh.rationing_inputs(crate::clock::now_ms())));
+        let (snapshot_tx, snapshot) = watch::channel(Arc::new(meters.snapshot()));
+        let (accepted, _) = broadcast::channel(1024);
+        let channels = writer::Channels {
+            inputs: inputs.clone(),
+            snapshot: snapshot_tx,
+            accepted: accepted.clone(),
+            metrics: metrics.clone(),
+        };
+        let pipeline = Pipeline::start(store.clone(), meters, config.ingest_queue_batches, channels)
+            .map_err(|e| NodeError::Ingest(format!("cannot start the ingest thread: {e}")))?;
+        let local = local::Local::new(peer_id, store.clone(), snapshot.clone(), inputs, accepted);
+        let settings = p2p::behaviour::Settings {
+            mdns: config.mdns,
+            max_incoming_connections: config.max_incoming_connections,
+            gossip_heartbeat: config.gossip_heartbeat,
+        };
+        let behaviour = Behaviour::new(&keypair, &settings)?;
+        let swarm = p2p::build_swarm(keypair.clone(), config.idle_connection_timeout, behaviour)?;
+        let (addrs_tx, addrs) = watch::channel(Vec::new());
+        let commands = mpsc::channel(config.max_pending_requests);
+        let client = NodeClient { commands: commands.0.clone(), snapshot };
+        let cancel = CancellationToken::new();
+        let event_loop = event_loop::EventLoop::new(event_loop::Parts {
+            config,
+            keypair,
+            swarm,
+            store,
+            mesh,
+            local,
+            pipeline,
+            snapshot: client.snapshot.clone(),
+            inputs: inputs_tx,
+            metrics: metrics.clone(),
+            commands,
+            addrs_tx,
+            cancel: cancel.clone(),
+        })?;
+        let task = tokio::spawn(event_loop.run());
+        Ok(NodeHandle { peer_id, addrs, cancel, task, client, metrics })
+    }
+}
+
+/// The mesh state saved on disk: summaries (stale until heard again) and the admin commands of
+/// keys still trusted.
+fn restore_mesh(peer_id: PeerId, config: &Config, store: &Store) -> Result<Mesh, NodeError> {
+    if config.fog_nodes.is_empty() {
+        tracing::warn!("no fog_nodes configured: any peer may join this mesh and publish figures");
+    }
+    let mut mesh = Mesh::new(
+        peer_id,
+        mesh::Settings {
+            stale_after: config.stale_after,
+            fog_nodes: config.fog_nodes.clone(),
+            admin_keys: config.admin_keys.clone(),
+            debt_grace: config.debt_grace,
+            tariff: config.tariff.clone(),
+        },
+    );
+    let now = std::time::Instant::now();
+    for bytes in store.views()? {
+        let restored = hydromesh_proto::decode(&bytes, hydromesh_proto::limits::MAX_SUMMARY_BYTES)
+            .map_err(mesh::SummaryError::from)
+            .and_then(|signed| mesh.merge_summary(signed, now, true));
+        if let Err(error) = restored {
+            tracing::warn!(%error, "dropping an unreadable saved summary");
+        }
+    }
+    for bytes in store.commands()? {
+        let restored = hydromesh_proto::decode(&bytes, hydromesh_proto::limits::MAX_COMMAND_BYTES)
+            .map_err(|e| mesh::ControlError::Malformed(e.to_string()))
+            .and_then(|signed| Ok((mesh.verify_command(&signed, None)?, signed)));
+        match restored {
+            Ok((command, signed)) => {
+                mesh.apply_command(command, signed);
+            }
+            Err(error) => tracing::warn!(%error, "not restoring a saved admin command"),
+        }
+    }
+    Ok(mesh)
+}
+
+/// A client of a node in the same process (HTTP, MQTT, embedders): the same questions and
+/// readings as over libp2p, through the same checks and bounds.
+#[derive(Clone)]
+pub struct NodeClient {
+    commands: mpsc::Sender<event_loop::Command>,
+    snapshot: watch::Receiver<Arc<LocalSnapshot>>,
+}
+
+impl NodeClient {
+    /// Asks the node a question. An overloaded node answers [`query::Response::Busy`].
+    pub async fn query(&self, request: query::Request) -> query::Response {
+        let (reply, answer) = oneshot::channel();
+        let stopping = || query::Response::Error("node is stopping".into());
+        match self.commands.try_send(event_loop::Command::Query { request, reply }) {
+            Ok(()) => answer.await.unwrap_or_else(|_| stopping()),
+            Err(mpsc::error::TrySendError::Full(_)) => query::Response::Busy,
+            Err(mpsc::error::TrySendError::Closed(_)) => stopping(),
+        }
+    }
+
+    /// Sends readings; the answer comes once they are durable.
+    pub async fn ingest(&self, readings: Vec<Reading>) -> ingest::Response {
+        let stopping = || ingest::Response::Refused { reason: "node is stopping".into() };
+        let (reply, answer) = oneshot::channel();
+        match self.commands.try_send(event_loop::Command::Ingest { readings, reply }) {
+            Ok(()) => answer.await.unwrap_or_else(|_| stopping()),
+            Err(mpsc::error::TrySendError::Full(_)) => ingest::Response::Busy { retry_after_ms: 100 },
+            Err(mpsc::error::TrySendError::Closed(_)) => stopping(),
+        }
+    }
+
+    /// What the node knows of its own meters now (meter count, totals, blocks, alerts).
+    pub fn local_snapshot(&self) -> Arc<LocalSnapshot> {
+        self.snapshot.borrow().clone()
     }
 }
 
@@ -110,71 +242,9 @@ pub struct NodeHandle {
     peer_id: PeerId,
     addrs: watch::Receiver<Vec<Multiaddr>>,
     cancel: CancellationToken,
-    tasks: Vec<JoinHandle<()>>,
-    local: LocalClient,
+    task: JoinHandle<Result<(), NodeError>>,
+    client: NodeClient,
     metrics: Arc<Metrics>,
-    http_addr: Option<SocketAddr>,
-    mqtt_addr: Option<SocketAddr>,
-}
-
-type Services = (Vec<JoinHandle<()>>, Option<SocketAddr>, Option<SocketAddr>);
-
-/// Starts the HTTP server and MQTT ingest the configuration asks for, and writes their bound
-/// addresses to `DATA_DIR/http` and `DATA_DIR/mqtt`.
-async fn start_services(
-    config: &Config,
-    local: &LocalClient,
-    metrics: &Arc<Metrics>,
-    cancel: &CancellationToken,
-) -> Result<Services, NodeError> {
-    let mut tasks = Vec::new();
-    let mut http_addr = None;
-    if let Some(addr) = config.http {
-        // Token-authenticated admin actions are signed with this key; a configured key that
-        // cannot be used stops the node rather than leaving them refused.
-        let admin_signer = match &config.admin_key_file {
-            Some(path) => {
-                let key =
-                    crate::control::read_secret_key(path).map_err(|e| NodeError::Service(e.to_string()))?;
-                if !config.admin_keys.contains(&key.public()) {
-                    tracing::warn!(
-                        key = %crate::control::to_hex(&key.public().to_bytes()),
-                        "the admin key is not among the trusted admin keys: nodes will refuse what it signs"
-                    );
-                }
-                Some(Arc::new(key))
-            }
-            None => None,
-        };
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| NodeError::Service(format!("cannot serve HTTP on {addr}: {e}")))?;
-        let bound = listener.local_addr().map_err(|e| NodeError::Service(e.to_string()))?;
-        let context = crate::http::HttpContext {
-            node: local.clone(),
-            metrics: metrics.clone(),
-            admin_tokens: Arc::new(config.admin_tokens.clone()),
-            admin_signer,
-        };
-        tasks.push(crate::http::serve(listener, context, cancel.clone()));
-        tracing::info!(addr = %bound, "HTTP API and dashboard at http://{bound}/");
-        http_addr = Some(bound);
-    }
-    let (mqtt_tasks, mqtt_addr) =
-        crate::mqtt::start(config, local.clone(), metrics.clone(), cancel.clone()).await?;
-    tasks.extend(mqtt_tasks);
-    for (file, addr) in [("http", http_addr), ("mqtt", mqtt_addr)] {
-        let path = config.data_dir.join(file);
-        let written = match addr {
-            Some(addr) => std::fs::write(&path, format!("{addr}\n")),
-            None => std::fs::remove_file(&path).or_else(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => Ok(()),
-                _ => Err(e),
-            }),
-        };
-        written.map_err(|source| NodeError::DataDir { path, source })?;
-    }
-    Ok((tasks, http_addr, mqtt_addr))
 }
 
 impl NodeHandle {
@@ -195,52 +265,21 @@ impl NodeHandle {
         self.metrics.clone()
     }
 
-    /// Where the HTTP API listens, if it does.
-    pub fn http_addr(&self) -> Option<SocketAddr> {
-        self.http_addr
+    /// A client of the node for callers in the same process.
+    pub fn client(&self) -> NodeClient {
+        self.client.clone()
     }
 
-    /// Where the embedded MQTT broker listens, if it does.
-    pub fn mqtt_addr(&self) -> Option<SocketAddr> {
-        self.mqtt_addr
-    }
-
-    /// A client of the node for callers in the same process (HTTP, MQTT, embedders).
-    pub fn client(&self) -> LocalClient {
-        self.local.clone()
-    }
-
-    /// A token cancelled when the node is asked to stop (for tying other tasks to it).
-    pub fn cancellation(&self) -> CancellationToken {
-        self.cancel.clone()
-    }
-
-    /// Stops the node in order (stop accepting, finish in-flight requests, flush the store)
-    /// and returns once every task has ended.
-    pub async fn shutdown(self) {
+    /// Stops the node in order (stop accepting, finish in-flight requests for at most
+    /// [`SHUTDOWN_GRACE`], flush the store) and returns once it has stopped: an error when
+    /// the final flush failed.
+    pub async fn shutdown(self) -> Result<(), NodeError> {
         self.cancel.cancel();
-        self.join().await;
+        self.join().await
     }
 
-    /// Waits until the node and its services have stopped. The event loop (which flushes the
-    /// store) is always waited for; a service still draining a slow client after
-    /// [`SERVICE_STOP_GRACE`] is aborted.
-    pub async fn join(self) {
-        let mut tasks = self.tasks.into_iter();
-        if let Some(event_loop) = tasks.next() {
-            if let Err(error) = event_loop.await {
-                tracing::error!(%error, "node task ended abnormally");
-            }
-        }
-        for mut task in tasks {
-            match tokio::time::timeout(SERVICE_STOP_GRACE, &mut task).await {
-                Ok(Err(error)) => tracing::error!(%error, "service task ended abnormally"),
-                Ok(Ok(())) => {}
-                Err(_) => {
-                    tracing::warn!("a service did not stop in time; aborting it");
-                    task.abort();
-                }
-            }
-        }
+    /// Waits until the node has stopped.
+    pub async fn join(self) -> Result<(), NodeError> {
+        self.task.await?
     }
 }

@@ -1,10 +1,12 @@
-//! The node's durable state in sled, behind one type: readings, the meter index, the summary
-//! version and the persisted merged view. Nothing else in hydromesh touches sled.
+//! The node's durable state in sled, behind one type: readings and their index, the summary
+//! version, the persisted merged view and the admin commands. Nothing else in hydromesh touches
+//! sled, and the store holds no rule state: that is the ingest writer's.
 //!
 //! Readings are keyed by `meter (u64 BE) ‖ ts_ms (u64 BE)`, so one meter's readings are one
 //! contiguous, time-ordered key range. An in-memory index keeps each meter's first and last
 //! reading, rebuilt at open with two seeks per meter, so the common case of ingest (a reading
-//! newer than the meter's last) validates without touching the disk.
+//! newer than the meter's last) validates without touching the disk. The index is locked per
+//! reading, never for a whole batch, so readers wait microseconds at most.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -14,13 +16,10 @@ use hydromesh_proto::ingest::{Outcome, Rejection};
 use hydromesh_proto::query::MeterHistory;
 use std::ops::Bound;
 
-use hydromesh_proto::summary::{Alert, MeterSpan, Point};
+use hydromesh_proto::summary::{MeterSpan, Point};
 use hydromesh_proto::{Alarms, MeterId, Reading};
 
-use crate::domain::{
-    self,
-    rules::{self, Consumption, Tracker},
-};
+use crate::domain;
 
 /// How many summary versions are reserved on disk at a time (see [`Store::next_summary_version`]).
 const VERSION_BLOCK: u64 = 1024;
@@ -40,6 +39,12 @@ pub enum StoreError {
     /// A read or write failed.
     #[error("storage error: {0}")]
     Sled(#[from] sled::Error),
+    /// Writes could not be made durable (the flush failed).
+    #[error("the store could not make writes durable: {0}")]
+    Durability(String),
+    /// A blocking read could not run.
+    #[error("a store task failed: {0}")]
+    Task(String),
     /// Stored bytes are not what this version wrote.
     #[error("corrupt store: {0}")]
     Corrupt(String),
@@ -51,20 +56,25 @@ pub struct Store {
     readings: sled::Tree,
     meta: sled::Tree,
     views: sled::Tree,
-    /// Each meter's first and last reading over all data held.
+    /// Each meter's first and last reading over all data held. Written by the one writer.
     meters: Mutex<HashMap<MeterId, MeterSpan>>,
-    /// Each meter's rule state (alerts) and period figures. Locked after `meters`.
-    rules: Mutex<HashMap<MeterId, MeterRules>>,
-    /// Flow above this is a burst when it lasts.
-    burst_flow_lph: u32,
     control: sled::Tree,
     /// Next summary version to hand out, and the first one not yet reserved on disk.
     versions: Mutex<(u64, u64)>,
 }
 
+/// What [`Store::append`] did.
+#[derive(Debug, Default)]
+pub struct Appended {
+    /// One outcome per reading, in order.
+    pub outcomes: Vec<Outcome>,
+    /// The new span of every meter that gained a reading.
+    pub spans: HashMap<MeterId, MeterSpan>,
+}
+
 impl Store {
-    /// Opens (or creates) the store in `dir`; flows above `burst_flow_lph` count toward bursts.
-    pub fn open(dir: &Path, burst_flow_lph: u32) -> Result<Self, StoreError> {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(128 * 1024 * 1024)
@@ -75,112 +85,63 @@ impl Store {
         let meta = db.open_tree("meta")?;
         let views = db.open_tree("views")?;
         let control = db.open_tree("control")?;
-        let index = index_meters(&readings)?;
-        let mut rules = HashMap::with_capacity(index.len());
-        for span in index.values() {
-            let tracker = replay_tracker(&readings, span, burst_flow_lph)?;
-            rules.insert(span.meter, MeterRules { tracker, period: None });
-        }
-        let meters = Mutex::new(index);
+        let meters = Mutex::new(index_meters(&readings)?);
         let reserved = match meta.get(KEY_VERSION_RESERVED)? {
             Some(bytes) => u64_at(&bytes, 0)?,
             None => 1,
         };
-        let store = Store {
-            db,
-            readings,
-            meta,
-            views,
-            meters,
-            rules: Mutex::new(rules),
-            burst_flow_lph,
-            control,
-            versions: Mutex::new((reserved, reserved)),
-        };
-        Ok(store)
+        Ok(Store { db, readings, meta, views, meters, control, versions: Mutex::new((reserved, reserved)) })
     }
 
-    /// Validates and writes readings, returning one outcome per reading in order. Written
-    /// readings are durable only after [`Store::flush`].
-    pub fn append(&self, readings: &[Reading], now_ms: u64) -> Result<Vec<Outcome>, StoreError> {
-        let mut meters = lock(&self.meters);
-        let mut rules = lock(&self.rules);
-        let mut replay = Vec::new();
-        let mut outcomes = Vec::with_capacity(readings.len());
+    /// Validates and writes readings, returning one outcome per reading in order and the new
+    /// spans of the meters that gained one. Written readings are durable only after
+    /// [`Store::flush`]. Only one thread may append (the ingest writer).
+    pub fn append(&self, readings: &[Reading], now_ms: u64) -> Result<Appended, StoreError> {
+        let mut appended = Appended { outcomes: Vec::with_capacity(readings.len()), spans: HashMap::new() };
         for reading in readings {
             let outcome = match domain::check_fields(reading, now_ms) {
                 Err(rejection) => Outcome::Rejected(rejection),
-                Ok(()) => self.place(&mut meters, reading)?,
+                Ok(()) => self.place(reading)?,
             };
             if outcome == Outcome::Accepted {
-                let state = rules.entry(reading.meter).or_default();
-                if state.period.is_some_and(|p| reading.ts_ms < p.period_start_ms) {
-                    state.period = None;
-                }
-                let last = state.tracker.last_ts_ms();
-                if last.is_none_or(|last| reading.ts_ms > last) {
-                    state.tracker.observe(reading, self.burst_flow_lph);
-                } else if last.is_some_and(|last| {
-                    reading.ts_ms.saturating_add(rules::LEAK_WINDOW_MS + rules::STANDSTILL_MS) < last
-                }) {
-                    // Older than anything the rules look at: it can only extend the history.
-                    let first = meters.get(&reading.meter).map_or(reading.ts_ms, |span| span.first.ts_ms);
-                    state.tracker.set_first_ts(first);
-                } else {
-                    // A late reading: the rules are judged again over the stored history.
-                    replay.push(reading.meter);
+                if let Some(span) = self.span(reading.meter) {
+                    appended.spans.insert(reading.meter, span);
                 }
             }
-            outcomes.push(outcome);
+            appended.outcomes.push(outcome);
         }
-        replay.sort_unstable();
-        replay.dedup();
-        for meter in replay {
-            if let Some(span) = meters.get(&meter) {
-                let tracker = replay_tracker(&self.readings, span, self.burst_flow_lph)?;
-                rules.insert(meter, MeterRules { tracker, period: None });
-            }
-        }
-        Ok(outcomes)
+        Ok(appended)
     }
 
-    /// The meter's consumption in the period holding `now_ms` and in the one before (periods of
-    /// `period_ms` from the Unix epoch). Cached per meter until the period changes or a late
-    /// reading arrives.
-    pub fn consumption(
+    /// The meter's first and last reading over all data held.
+    pub fn span(&self, meter: MeterId) -> Option<MeterSpan> {
+        lock(&self.meters).get(&meter).copied()
+    }
+
+    /// Every meter's span (for the ingest writer's start).
+    pub fn spans(&self) -> Vec<MeterSpan> {
+        lock(&self.meters).values().copied().collect()
+    }
+
+    /// The meter's readings from `from_ms` on and the last one before it (where a run that
+    /// reaches into the window started), at most `max` of them (the latest), by time.
+    pub fn recent_readings(
         &self,
         meter: MeterId,
-        period_ms: u64,
-        now_ms: u64,
-    ) -> Result<Consumption, StoreError> {
-        let period_start_ms = now_ms - now_ms % period_ms.max(1);
-        let Some(span) = lock(&self.meters).get(&meter).copied() else {
-            return Ok(Consumption::default());
-        };
-        let cached = lock(&self.rules).get(&meter).and_then(|r| r.period);
-        let figures =
-            match cached.filter(|p| p.period_start_ms == period_start_ms && p.period_ms == period_ms) {
-                Some(figures) => figures,
-                None => {
-                    let previous_start = period_start_ms.saturating_sub(period_ms);
-                    let figures = PeriodFigures {
-                        period_start_ms,
-                        period_ms,
-                        current_base: self.window_base(meter, period_start_ms)?,
-                        previous_l: self.window_consumption(meter, previous_start, period_start_ms)?,
-                    };
-                    if let Some(state) = lock(&self.rules).get_mut(&meter) {
-                        state.period = Some(figures);
-                    }
-                    figures
-                }
-            };
-        let current_l = match figures.current_base {
-            Some(base) if span.last.ts_ms >= period_start_ms => span.last.litres.saturating_sub(base.litres),
-            _ => 0,
-        };
-        let reported = span.last.ts_ms >= period_start_ms;
-        Ok(Consumption { current_l, previous_l: figures.previous_l, reported })
+        from_ms: u64,
+        max: usize,
+    ) -> Result<Vec<Reading>, StoreError> {
+        let mut recent = Vec::new();
+        for entry in self.readings.range(reading_key(meter, 0)..=reading_key(meter, u64::MAX)).rev() {
+            let reading = decode_reading(meter, entry)?;
+            let before_window = reading.ts_ms < from_ms;
+            recent.push(reading);
+            if before_window || recent.len() == max {
+                break;
+            }
+        }
+        recent.reverse();
+        Ok(recent)
     }
 
     /// Consumption over `[from_ms, to_ms)` by the one definition.
@@ -200,7 +161,7 @@ impl Store {
 
     /// The reading a window starting at `from_ms` counts from: the last at or before it, else
     /// the first after it.
-    fn window_base(&self, meter: MeterId, from_ms: u64) -> Result<Option<Point>, StoreError> {
+    pub fn window_base(&self, meter: MeterId, from_ms: u64) -> Result<Option<Point>, StoreError> {
         let mut before = self.readings.range(reading_key(meter, 0)..=reading_key(meter, from_ms));
         match point_of(before.next_back())? {
             Some(point) => Ok(Some(point)),
@@ -208,24 +169,6 @@ impl Store {
                 self.readings.range(reading_key(meter, from_ms)..=reading_key(meter, u64::MAX)).next(),
             ),
         }
-    }
-
-    /// The meter's active alerts.
-    pub fn alerts(&self, meter: MeterId) -> Vec<Alert> {
-        lock(&self.rules).get(&meter).map(|r| r.tracker.alerts(meter).collect()).unwrap_or_default()
-    }
-
-    /// Every active alert of this node's meters, by meter.
-    pub fn all_alerts(&self) -> Vec<Alert> {
-        let rules = lock(&self.rules);
-        let mut alerts: Vec<Alert> = rules.iter().flat_map(|(meter, r)| r.tracker.alerts(*meter)).collect();
-        alerts.sort_by_key(|a| (a.meter, a.kind));
-        alerts
-    }
-
-    /// Every meter this node holds.
-    pub fn meter_ids(&self) -> Vec<MeterId> {
-        lock(&self.meters).keys().copied().collect()
     }
 
     /// Saves an admin command under its subject.
@@ -239,13 +182,9 @@ impl Store {
         self.control.iter().values().map(|v| Ok(v?.to_vec())).collect()
     }
 
-    fn place(
-        &self,
-        meters: &mut HashMap<MeterId, MeterSpan>,
-        reading: &Reading,
-    ) -> Result<Outcome, StoreError> {
+    fn place(&self, reading: &Reading) -> Result<Outcome, StoreError> {
         let key = reading_key(reading.meter, reading.ts_ms);
-        let span = meters.get(&reading.meter).copied();
+        let span = self.span(reading.meter);
         let neighbours = match span {
             None => (None, None),
             Some(span) if reading.ts_ms > span.last.ts_ms => (Some(span.last), None),
@@ -280,7 +219,7 @@ impl Store {
         self.readings.insert(key, encode_value(reading).as_slice())?;
         let point = domain::point(reading);
         let new = MeterSpan { meter: reading.meter, first: point, last: point };
-        meters.insert(reading.meter, span.map_or(new, |span| domain::join_spans(span, new)));
+        lock(&self.meters).insert(reading.meter, span.map_or(new, |span| domain::join_spans(span, new)));
         Ok(Outcome::Accepted)
     }
 
@@ -288,11 +227,6 @@ impl Store {
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         Ok(())
-    }
-
-    /// Runs `f` over every meter's span over all data held.
-    pub fn with_meters<R>(&self, f: impl FnOnce(&HashMap<MeterId, MeterSpan>) -> R) -> R {
-        f(&lock(&self.meters))
     }
 
     /// Whether this node holds readings of `meter`.
@@ -426,49 +360,6 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// One meter's rule state and cached period figures.
-#[derive(Default)]
-struct MeterRules {
-    tracker: Tracker,
-    period: Option<PeriodFigures>,
-}
-
-#[derive(Clone, Copy)]
-struct PeriodFigures {
-    period_start_ms: u64,
-    period_ms: u64,
-    current_base: Option<Point>,
-    previous_l: u64,
-}
-
-/// Most readings replayed to rebuild one meter's rule state (about a day at one reading every
-/// 4.5 s); a denser meter's rules start from the latest of them.
-const MAX_REPLAY_READINGS: usize = 20_000;
-
-/// Rebuilds a meter's rule state from its readings of the last leak window (and the one before
-/// it, where a standstill may have started).
-fn replay_tracker(
-    readings: &sled::Tree,
-    span: &MeterSpan,
-    burst_flow_lph: u32,
-) -> Result<Tracker, StoreError> {
-    let meter = span.meter;
-    let from = span.last.ts_ms.saturating_sub(rules::LEAK_WINDOW_MS + rules::STANDSTILL_MS);
-    let mut recent = Vec::new();
-    for entry in readings.range(reading_key(meter, 0)..=reading_key(meter, u64::MAX)).rev() {
-        let reading = decode_reading(meter, entry)?;
-        let before_window = reading.ts_ms < from;
-        recent.push(reading);
-        if before_window || recent.len() == MAX_REPLAY_READINGS {
-            break;
-        }
-    }
-    recent.reverse();
-    let mut tracker = Tracker::replay(&recent, burst_flow_lph);
-    tracker.set_first_ts(span.first.ts_ms);
-    Ok(tracker)
-}
-
 fn index_meters(readings: &sled::Tree) -> Result<HashMap<MeterId, MeterSpan>, StoreError> {
     let mut meters = HashMap::new();
     let mut next = readings.first()?;
@@ -546,7 +437,7 @@ mod tests {
 
     fn open() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path(), 1_000_000).expect("open");
+        let store = Store::open(dir.path()).expect("open");
         (dir, store)
     }
 
@@ -554,9 +445,9 @@ mod tests {
     fn duplicates_are_counted_once_and_conflicts_refused() {
         let (_dir, store) = open();
         let batch = [reading(1, T0, 100), reading(1, T0 + 10, 110)];
-        assert_eq!(store.append(&batch, NOW).expect("append"), vec![Outcome::Accepted; 2]);
+        assert_eq!(store.append(&batch, NOW).expect("append").outcomes, vec![Outcome::Accepted; 2]);
         let again = [reading(1, T0, 100), reading(1, T0 + 10, 111), reading(1, T0 + 10, 110)];
-        let outcomes = store.append(&again, NOW).expect("append");
+        let outcomes = store.append(&again, NOW).expect("append").outcomes;
         assert_eq!(outcomes[0], Outcome::Duplicate);
         assert_eq!(outcomes[1], Outcome::Rejected(Rejection::ConflictingDuplicate { stored_litres: 110 }));
         assert_eq!(outcomes[2], Outcome::Duplicate);
@@ -578,7 +469,8 @@ mod tests {
                 ],
                 NOW,
             )
-            .expect("append");
+            .expect("append")
+            .outcomes;
         assert!(matches!(
             outcomes[0],
             Outcome::Rejected(Rejection::RegisterDecreased { earlier_litres: 200, .. })
@@ -596,7 +488,7 @@ mod tests {
             Outcome::Rejected(Rejection::RegisterAboveLater { later_litres: 200, .. })
         ));
         assert_eq!(outcomes[4..], [Outcome::Accepted, Outcome::Accepted]);
-        let span = store.with_meters(|m| m[&1]);
+        let span = store.span(1).expect("held");
         assert_eq!((span.first.ts_ms, span.last.litres), (T0 - 100, 200));
     }
 
@@ -645,7 +537,7 @@ mod tests {
     fn index_versions_and_views_survive_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
         let first_version = {
-            let store = Store::open(dir.path(), 1_000_000).expect("open");
+            let store = Store::open(dir.path()).expect("open");
             store
                 .append(&[reading(u64::MAX, T0, 5), reading(u64::MAX, T0 + 1, 9), reading(3, T0, 1)], NOW)
                 .expect("append");
@@ -653,12 +545,12 @@ mod tests {
             store.flush().expect("flush");
             store.next_summary_version().expect("version")
         };
-        let store = Store::open(dir.path(), 1_000_000).expect("reopen");
+        let store = Store::open(dir.path()).expect("reopen");
         assert!(store.next_summary_version().expect("version") > first_version);
         store.skip_summary_versions_past(5_000).expect("skip");
         assert_eq!(store.next_summary_version().expect("version"), 5_001);
-        assert_eq!(store.with_meters(|m| m.len()), 2);
-        assert_eq!(store.with_meters(|m| m[&u64::MAX].last.litres), 9);
+        assert_eq!(store.spans().len(), 2);
+        assert_eq!(store.span(u64::MAX).map(|s| s.last.litres), Some(9));
         assert_eq!(store.views().expect("views"), vec![b"signed".to_vec()]);
     }
 }

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use hydromesh::client::Client;
-use hydromesh::{Config, Node, NodeHandle};
+use hydromesh::{App, AppHandle, Config};
 use hydromesh_proto::{Alarms, MeterId, Reading};
 use libp2p::{Multiaddr, PeerId};
 
@@ -17,7 +17,7 @@ pub const HOUR_MS: u64 = 3_600_000;
 
 /// One in-process node and where to reach it.
 pub struct TestNode {
-    pub handle: Option<NodeHandle>,
+    pub handle: Option<AppHandle>,
     pub peer: PeerId,
     pub addr: Multiaddr,
     pub dir: PathBuf,
@@ -64,7 +64,7 @@ impl Mesh {
     /// Starts a node and returns its index.
     pub async fn start(&mut self, config: Config) -> usize {
         let dir = config.data_dir.clone();
-        let handle = Node::spawn(config).await.expect("node starts");
+        let handle = App::spawn(config).await.expect("node starts");
         let addr = handle.listen_addrs().await.into_iter().next().expect("a listen address");
         self.nodes.push(TestNode { peer: handle.peer_id(), handle: Some(handle), addr, dir });
         self.nodes.len() - 1
@@ -77,7 +77,7 @@ impl Mesh {
     /// Stops node `i` in order.
     pub async fn stop(&mut self, i: usize) {
         if let Some(handle) = self.nodes[i].handle.take() {
-            handle.shutdown().await;
+            handle.shutdown().await.expect("the node stops cleanly");
         }
     }
 }

@@ -10,8 +10,8 @@ use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{identity::Keypair, Multiaddr, PeerId, Swarm};
 
+use super::{build_swarm, ingest as ingest_protocol, query as query_protocol, TransportError};
 use crate::clock::sleep_until;
-use crate::protocol::{self, ingest as ingest_protocol, query as query_protocol};
 
 /// Why a client call failed.
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +37,7 @@ pub enum ClientError {
     Request(String),
     /// The client could not start.
     #[error(transparent)]
-    Transport(#[from] protocol::TransportError),
+    Transport(#[from] TransportError),
 }
 
 #[derive(NetworkBehaviour)]
@@ -60,8 +60,7 @@ impl Client {
             ingest: ingest_protocol::behaviour(ProtocolSupport::Outbound),
             query: query_protocol::behaviour(ProtocolSupport::Outbound),
         };
-        let mut swarm =
-            protocol::build_swarm(Keypair::generate_ed25519(), Duration::from_secs(60), behaviour)?;
+        let mut swarm = build_swarm(Keypair::generate_ed25519(), Duration::from_secs(60), behaviour)?;
         let connect_error = |reason: String| ClientError::Connect { addr: addr.clone(), reason };
         swarm.dial(addr.clone()).map_err(|e| connect_error(e.to_string()))?;
         let connected = async {

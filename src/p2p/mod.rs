@@ -1,11 +1,14 @@
-//! The libp2p protocols of hydromesh, one module each, and the transport they share.
+//! libp2p: the transport (TCP and QUIC, noise, yamux), one module per request-response
+//! protocol, the node's combined behaviour ([`behaviour`]) and a client of one node
+//! ([`client`]).
 //!
-//! Request-response protocols (`ingest`, `query`, `sync`) use one bincode [`codec::Codec`] that
-//! refuses a message over its protocol's size limit before decoding it. Node summaries travel
-//! on gossipsub ([`summary`]).
+//! Request-response protocols (`ingest`, `query`, `peer`, `sync`) use one bincode
+//! [`codec::Codec`] that refuses a message over its protocol's size limit before decoding it.
+//! Summaries and admin commands travel on gossipsub.
 
+pub(crate) mod behaviour;
+pub mod client;
 pub mod codec;
-pub mod summary;
 
 use std::time::Duration;
 
@@ -39,7 +42,7 @@ macro_rules! request_response_protocol {
 }
 
 use hydromesh_proto::{
-    ingest as ingest_wire, limits, protocols, query as query_wire, summary as summary_wire,
+    ingest as ingest_wire, limits, peer as peer_wire, protocols, query as query_wire, summary as summary_wire,
 };
 
 request_response_protocol!(
@@ -48,8 +51,13 @@ request_response_protocol!(
     limits::MAX_REQUEST_BYTES, limits::MAX_RESPONSE_BYTES, Duration::from_secs(30)
 );
 request_response_protocol!(
-    /// `/hydromesh/query/1`: questions from clients and peers.
+    /// `/hydromesh/query/2`: questions from clients.
     query, protocols::QUERY, query_wire::Request, query_wire::Response,
+    limits::MAX_REQUEST_BYTES, limits::MAX_RESPONSE_BYTES, Duration::from_secs(10)
+);
+request_response_protocol!(
+    /// `/hydromesh/peer/1`: what a node asks another about the other's own meters.
+    peer, protocols::PEER, peer_wire::Request, peer_wire::Response,
     limits::MAX_REQUEST_BYTES, limits::MAX_RESPONSE_BYTES, Duration::from_secs(10)
 );
 request_response_protocol!(
@@ -58,10 +66,21 @@ request_response_protocol!(
     limits::MAX_SYNC_BYTES, limits::MAX_SYNC_BYTES, Duration::from_secs(10)
 );
 
-/// Why a swarm could not be built.
+/// Why the network could not be set up.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot set up the network transport: {0}")]
-pub struct TransportError(String);
+pub enum TransportError {
+    /// The transport could not be built.
+    #[error("cannot set up the network transport: {0}")]
+    Transport(String),
+    /// A behaviour could not be built.
+    #[error("cannot set up {what}: {reason}")]
+    Behaviour {
+        /// Which behaviour.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
 
 /// Builds a swarm on TCP and QUIC (noise, yamux) with DNS, for a node or a client.
 pub fn build_swarm<B: NetworkBehaviour>(
@@ -72,12 +91,12 @@ pub fn build_swarm<B: NetworkBehaviour>(
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
-        .map_err(|e| TransportError(e.to_string()))?
+        .map_err(|e| TransportError::Transport(e.to_string()))?
         .with_quic()
         .with_dns()
-        .map_err(|e| TransportError(e.to_string()))?
+        .map_err(|e| TransportError::Transport(e.to_string()))?
         .with_behaviour(|_| behaviour)
-        .map_err(|e| TransportError(e.to_string()))?
+        .map_err(|e| TransportError::Transport(e.to_string()))?
         .with_swarm_config(|config| config.with_idle_connection_timeout(idle_connection_timeout))
         .build();
     Ok(swarm)

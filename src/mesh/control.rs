@@ -1,4 +1,5 @@
-//! Admin control: keys, signatures, and the replicated control state.
+//! Admin control: signed commands and the replicated control state (policy, manual blocks,
+//! payments).
 //!
 //! Admins sign commands with an ed25519 key; nodes apply only commands signed by a key in their
 //! configuration. The state is one last-writer-wins register per subject (the policy; each
@@ -12,6 +13,8 @@ use hydromesh_proto::control::{Action, Command, Policy, SignedCommand, SIGNING_C
 use hydromesh_proto::query::PolicyOrigin;
 use hydromesh_proto::{limits, MeterId};
 use libp2p::identity::ed25519;
+
+use crate::keys::to_hex;
 
 /// Why a command was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -28,64 +31,6 @@ pub enum ControlError {
     /// The command asks for something impossible.
     #[error("{0}")]
     Invalid(String),
-    /// An admin key file cannot be used.
-    #[error("{0}")]
-    KeyFile(String),
-}
-
-/// Hex of bytes, lower case.
-pub fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Bytes of a hex string.
-pub fn from_hex(text: &str) -> Option<Vec<u8>> {
-    let text = text.trim();
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
-}
-
-/// An admin public key from its 64 hex digits.
-pub fn parse_public_key(text: &str) -> Result<ed25519::PublicKey, String> {
-    let bytes = from_hex(text).filter(|b| b.len() == 32).ok_or_else(|| {
-        format!("`{text}` is not an admin public key (64 hex digits, as `hydromesh keygen` prints)")
-    })?;
-    ed25519::PublicKey::try_from_bytes(&bytes)
-        .map_err(|e| format!("`{text}` is not an ed25519 public key: {e}"))
-}
-
-/// Reads an admin secret key written by `hydromesh keygen` (64 hex digits), refusing a file
-/// that others can read.
-pub fn read_secret_key(path: &std::path::Path) -> Result<ed25519::Keypair, ControlError> {
-    let unreadable =
-        |e: std::io::Error| ControlError::KeyFile(format!("cannot read key file {}: {e}", path.display()));
-    let metadata = std::fs::metadata(path).map_err(unreadable)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = metadata.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(ControlError::KeyFile(format!(
-                "key file {} is readable by others (mode {mode:04o}); run: chmod 600 {}",
-                path.display(),
-                path.display()
-            )));
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = metadata;
-    let text = std::fs::read_to_string(path).map_err(unreadable)?;
-    let mut bytes = from_hex(text.trim()).filter(|bytes| bytes.len() == 32).ok_or_else(|| {
-        ControlError::KeyFile(format!(
-            "{} is not an admin key (64 hex digits, as `hydromesh keygen` writes)",
-            path.display()
-        ))
-    })?;
-    let secret = ed25519::SecretKey::try_from_bytes(&mut bytes)
-        .map_err(|e| ControlError::KeyFile(format!("{} is not an ed25519 key: {e}", path.display())))?;
-    Ok(ed25519::Keypair::from(secret))
 }
 
 /// Signs a command with an admin key.
@@ -139,6 +84,23 @@ pub fn meter_of(action: &Action) -> Option<MeterId> {
     match action {
         Action::Policy(_) => None,
         Action::Block { meter, .. } | Action::Unblock { meter } | Action::Paid { meter } => Some(*meter),
+    }
+}
+
+/// A command in words, for logs and answers.
+pub fn describe(action: &Action) -> String {
+    match action {
+        Action::Block { meter, reason } => format!("block meter {meter} ({reason})"),
+        Action::Unblock { meter } => format!("unblock meter {meter}"),
+        Action::Paid { meter } => format!("payment of meter {meter}"),
+        Action::Policy(policy) => format!(
+            "policy: period {}, cap {}, above average {}",
+            humantime::format_duration(std::time::Duration::from_millis(policy.period_ms)),
+            policy.cap_l.map_or_else(|| "none".into(), |cap| format!("{cap} L")),
+            policy
+                .above_average_permille
+                .map_or_else(|| "none".into(), |p| format!("{}.{:03} ×", p / 1000, p % 1000)),
+        ),
     }
 }
 
@@ -273,16 +235,5 @@ mod tests {
         let mut state = ControlState::default();
         assert_eq!(state.apply(commands[0].clone(), signed[0].clone()), Applied::Newer);
         assert_eq!(state.apply(commands[0].clone(), signed[0].clone()), Applied::Superseded);
-    }
-
-    #[test]
-    fn hex_and_keys() {
-        assert_eq!(to_hex(&[0, 255, 16]), "00ff10");
-        assert_eq!(from_hex("00ff10"), Some(vec![0, 255, 16]));
-        assert_eq!(from_hex("0g"), None);
-        assert_eq!(from_hex("abc"), None);
-        let key = ed25519::Keypair::generate().public();
-        assert_eq!(parse_public_key(&to_hex(&key.to_bytes())), Ok(key));
-        assert!(parse_public_key("abcd").is_err());
     }
 }

@@ -1,13 +1,13 @@
-//! `hydromesh/summary/1`: node summaries on gossipsub, and the signatures that let any peer
-//! relay them (by gossip or by sync) without being able to forge them.
+//! Node summaries: built from this node's local snapshot, signed by their origin so that any
+//! peer can relay them (by gossip or by sync) without being able to forge them, and checked
+//! before they are merged.
 
-use std::time::Duration;
-
-use hydromesh_proto::summary::{NodeSummary, SignedSummary};
-use hydromesh_proto::{limits, protocols, WireError};
-use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity, ValidationMode};
+use hydromesh_proto::summary::{Alert, Blocked, NodeSummary, SignedSummary};
+use hydromesh_proto::{limits, WireError};
 use libp2p::identity::{Keypair, PublicKey};
 use libp2p::PeerId;
+
+use crate::ingest::LocalSnapshot;
 
 /// Most top meters a summary may carry.
 pub const MAX_TOP_K: usize = 1000;
@@ -48,28 +48,59 @@ pub enum SummaryError {
     Signing(String),
 }
 
-/// The summary topic.
-pub fn topic() -> IdentTopic {
-    IdentTopic::new(protocols::SUMMARY_TOPIC)
+/// What a summary says of its origin besides the local snapshot.
+pub struct Head {
+    /// The origin's peer id.
+    pub origin: PeerId,
+    /// Its name.
+    pub name: String,
+    /// Its next summary version.
+    pub version: u64,
+    /// When the summary is made, ms.
+    pub generated_at_ms: u64,
+    /// Its dialable addresses.
+    pub addrs: Vec<String>,
 }
 
-/// A gossipsub behaviour tuned for fog meshes of a handful to hundreds of nodes: a small mesh
-/// degree so that three nodes already form a mesh, a short first heartbeat, strict signing, and
-/// application validation of every message.
-pub fn gossipsub(keypair: &Keypair, heartbeat: Duration) -> Result<gossipsub::Behaviour, String> {
-    let config = gossipsub::ConfigBuilder::default()
-        .mesh_n(4)
-        .mesh_n_low(1)
-        .mesh_n_high(8)
-        .mesh_outbound_min(1)
-        .heartbeat_initial_delay(Duration::from_millis(100))
-        .heartbeat_interval(heartbeat)
-        .validation_mode(ValidationMode::Strict)
-        .validate_messages()
-        .max_transmit_size(limits::MAX_SUMMARY_BYTES + 1024)
-        .build()
-        .map_err(|e| e.to_string())?;
-    gossipsub::Behaviour::new(MessageAuthenticity::Signed(keypair.clone()), config).map_err(str::to_owned)
+/// Builds this node's summary from its local snapshot: a copy of what the snapshot holds, cut to
+/// the sizes a summary may carry; no walk over the node's meters.
+pub fn build(head: Head, local: &LocalSnapshot, top_k: usize) -> NodeSummary {
+    let alerts: Vec<Alert> =
+        local.alerts.values().flatten().take(limits::MAX_SUMMARY_ENTRIES).copied().collect();
+    let alert_count: usize = local.alerts.values().map(Vec::len).sum();
+    let blocked = local
+        .blocked
+        .values()
+        .take(limits::MAX_SUMMARY_ENTRIES)
+        .map(|b| Blocked { detail: truncate(&b.detail, 64), ..b.clone() })
+        .collect();
+    NodeSummary {
+        origin: head.origin.to_string(),
+        name: truncate(&head.name, limits::MAX_NAME_BYTES),
+        version: head.version,
+        generated_at_ms: head.generated_at_ms,
+        addrs: head.addrs.into_iter().take(16).collect(),
+        meter_count: local.meter_count,
+        total_consumption_l: local.total_consumption_l,
+        top: local.top.iter().take(top_k.min(MAX_TOP_K)).copied().collect(),
+        filter: local.filter.as_ref().clone(),
+        period_start_ms: local.period_start_ms,
+        period_consumption_l: local.period_consumption_l,
+        period_meters: local.period_meters,
+        blocked,
+        alerts,
+        truncated: alert_count > limits::MAX_SUMMARY_ENTRIES
+            || local.blocked.len() > limits::MAX_SUMMARY_ENTRIES,
+    }
+}
+
+/// `text` cut to at most `max_bytes`, on a character boundary.
+fn truncate(text: &str, max_bytes: usize) -> String {
+    let mut end = text.len().min(max_bytes);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
 }
 
 /// Signs a summary with the node's key.

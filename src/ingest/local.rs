@@ -1,0 +1,517 @@
+//! This node's own meters as the ingest writer knows them: each meter's rule state (alert
+//! tracker, period figures, block), and the aggregates a summary carries (meter count, total
+//! consumption, top-K, membership filter, alerts, blocks, period figures), kept up to date
+//! reading by reading and published as one [`LocalSnapshot`].
+//!
+//! Nothing here walks every meter on a reading: a meter's consumption over all data held only
+//! grows as readings arrive (registers never decrease), so the top-K is maintained exactly by
+//! insertion alone, and the totals by differences.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use hydromesh_proto::ingest::{MeterCommand, Outcome, Valve};
+use hydromesh_proto::summary::{Alert, Blocked, MeterFilter, MeterSpan, Point};
+use hydromesh_proto::{MeterId, Reading};
+
+use crate::domain::rules::{self, Consumption, RationingInputs, Tracker};
+use crate::domain::span_consumption;
+use crate::store::{Appended, Store, StoreError};
+
+/// Most readings replayed to rebuild one meter's rule state (about a day at one reading every
+/// 4.5 s); a denser meter's rules start from the latest of them.
+const MAX_REPLAY_READINGS: usize = 20_000;
+/// Smallest membership filter, in meters (a filter is rebuilt twice as large when outgrown).
+const MIN_FILTER_METERS: usize = 1024;
+
+/// What this node knows of its own meters at one moment: what its summary carries and what its
+/// answers about its meters need. Cheap to clone (shared parts are behind `Arc`).
+#[derive(Clone, Debug)]
+pub struct LocalSnapshot {
+    /// Meters held.
+    pub meter_count: u64,
+    /// Σ consumption of the meters over all data held, litres.
+    pub total_consumption_l: u64,
+    /// The top-K meters over all data held, consumption descending then meter ascending.
+    pub top: Vec<MeterSpan>,
+    /// Which meters this node holds (may say yes for a few it does not).
+    pub filter: Arc<MeterFilter>,
+    /// Active alerts, by meter.
+    pub alerts: Arc<BTreeMap<MeterId, Vec<Alert>>>,
+    /// Meters whose supply is cut.
+    pub blocked: Arc<BTreeMap<MeterId, Blocked>>,
+    /// The rationing period the figures below are for.
+    pub period_start_ms: u64,
+    /// Σ consumption of this node's meters in the period, litres.
+    pub period_consumption_l: u64,
+    /// This node's meters with a reading in the period.
+    pub period_meters: u64,
+}
+
+impl Default for LocalSnapshot {
+    fn default() -> Self {
+        LocalSnapshot {
+            meter_count: 0,
+            total_consumption_l: 0,
+            top: Vec::new(),
+            filter: Arc::new(MeterFilter::with_capacity(MIN_FILTER_METERS)),
+            alerts: Arc::default(),
+            blocked: Arc::default(),
+            period_start_ms: 0,
+            period_consumption_l: 0,
+            period_meters: 0,
+        }
+    }
+}
+
+/// What the local meter state is configured with.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// Flow above this, in litres per hour, for 30 minutes or more is a burst.
+    pub burst_flow_lph: u32,
+    /// Top meters kept for the summary.
+    pub top_k: usize,
+}
+
+/// One meter's state at its home.
+struct MeterState {
+    span: MeterSpan,
+    tracker: Tracker,
+    /// Cached inputs of the period figures; dropped by a late reading.
+    period: Option<PeriodFigures>,
+    /// Consumption in the current period, and whether the meter reported in it.
+    current: (u64, bool),
+}
+
+#[derive(Clone, Copy)]
+struct PeriodFigures {
+    period_start_ms: u64,
+    period_ms: u64,
+    current_base: Option<Point>,
+    previous_l: u64,
+}
+
+/// The local meter state; one owner, the ingest writer.
+pub struct LocalMeters {
+    settings: Settings,
+    meters: HashMap<MeterId, MeterState>,
+    top: TopK,
+    snapshot: LocalSnapshot,
+    /// Meters unblocked since their last acknowledgement: the next one carries `valve: open`.
+    released: HashSet<MeterId>,
+}
+
+impl LocalMeters {
+    /// The state of every meter in the store, rule trackers rebuilt from recent readings.
+    pub fn load(store: &Store, settings: Settings) -> Result<Self, StoreError> {
+        let mut local = LocalMeters {
+            settings,
+            meters: HashMap::new(),
+            top: TopK::new(settings.top_k),
+            snapshot: LocalSnapshot::default(),
+            released: HashSet::new(),
+        };
+        let spans = store.spans();
+        local.rebuild_filter(spans.iter().map(|span| span.meter), spans.len());
+        for span in spans {
+            let tracker = replay(store, &span, settings.burst_flow_lph)?;
+            local.meters.insert(span.meter, MeterState { span, tracker, period: None, current: (0, false) });
+            local.on_span(span, 0);
+            local.refresh_alerts(span.meter);
+        }
+        Ok(local)
+    }
+
+    /// The state as one snapshot.
+    pub fn snapshot(&self) -> LocalSnapshot {
+        LocalSnapshot { top: self.top.ranked(), ..self.snapshot.clone() }
+    }
+
+    /// Takes in what a batch appended: spans, totals, the top-K, the filter and the alert rules.
+    pub fn observe(
+        &mut self,
+        store: &Store,
+        readings: &[Reading],
+        appended: &Appended,
+    ) -> Result<(), StoreError> {
+        let mut replays = Vec::new();
+        for (reading, outcome) in readings.iter().zip(&appended.outcomes) {
+            if *outcome != Outcome::Accepted {
+                continue;
+            }
+            let Some(span) = appended.spans.get(&reading.meter).copied() else { continue };
+            if !self.meters.contains_key(&reading.meter) {
+                self.add_meter(span);
+            }
+            let Some(state) = self.meters.get_mut(&reading.meter) else { continue };
+            let last = state.tracker.last_ts_ms();
+            if last.is_none_or(|last| reading.ts_ms > last) {
+                state.tracker.observe(reading, self.settings.burst_flow_lph);
+            } else {
+                // A late reading can move the base of any period figure.
+                state.period = None;
+                if reading.ts_ms.saturating_add(rules::LEAK_WINDOW_MS + rules::STANDSTILL_MS)
+                    < last.unwrap_or(0)
+                {
+                    // Older than anything the rules look at: it can only extend the history.
+                    state.tracker.set_first_ts(span.first.ts_ms);
+                } else {
+                    replays.push(reading.meter);
+                }
+            }
+        }
+        replays.sort_unstable();
+        replays.dedup();
+        for meter in replays {
+            if let (Some(state), Some(span)) = (self.meters.get_mut(&meter), appended.spans.get(&meter)) {
+                state.tracker = replay(store, span, self.settings.burst_flow_lph)?;
+            }
+        }
+        for (meter, span) in &appended.spans {
+            let before = self.meters.get_mut(meter).map_or(0, |state| {
+                let before = span_consumption(&state.span);
+                state.span = *span;
+                before
+            });
+            self.on_span(*span, before);
+            self.refresh_alerts(*meter);
+        }
+        Ok(())
+    }
+
+    /// Judges the meters of a batch and returns their valve commands: closed for every blocked
+    /// meter, open for a meter unblocked since its last acknowledgement.
+    pub fn judge_batch(
+        &mut self,
+        store: &Store,
+        readings: &[Reading],
+        inputs: &RationingInputs,
+        now_ms: u64,
+    ) -> Vec<MeterCommand> {
+        let meters: BTreeSet<MeterId> = readings.iter().map(|r| r.meter).collect();
+        let mut commands = Vec::new();
+        for meter in meters {
+            if let Err(error) = self.judge(store, meter, inputs, now_ms) {
+                tracing::error!(meter, %error, "cannot judge a meter");
+            }
+            if self.snapshot.blocked.contains_key(&meter) {
+                commands.push(MeterCommand { meter, valve: Valve::Closed });
+            } else if self.released.remove(&meter) {
+                commands.push(MeterCommand { meter, valve: Valve::Open });
+            }
+        }
+        commands
+    }
+
+    /// Judges every meter again (the inputs changed, or time passed) and recomputes the period
+    /// figures.
+    pub fn reevaluate(&mut self, store: &Store, inputs: &RationingInputs, now_ms: u64) {
+        let period_start_ms = inputs.policy.period_start(now_ms);
+        if period_start_ms != self.snapshot.period_start_ms {
+            for state in self.meters.values_mut() {
+                state.current = (0, false);
+            }
+            self.snapshot.period_consumption_l = 0;
+            self.snapshot.period_meters = 0;
+            self.snapshot.period_start_ms = period_start_ms;
+        }
+        let meters: Vec<MeterId> = self.meters.keys().copied().collect();
+        for meter in meters {
+            if let Err(error) = self.judge(store, meter, inputs, now_ms) {
+                tracing::error!(meter, %error, "cannot judge a meter");
+            }
+        }
+    }
+
+    /// The period the figures are for.
+    pub fn period_start_ms(&self) -> u64 {
+        self.snapshot.period_start_ms
+    }
+
+    /// Judges one meter: updates its period consumption and its block.
+    fn judge(
+        &mut self,
+        store: &Store,
+        meter: MeterId,
+        inputs: &RationingInputs,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let Some(state) = self.meters.get_mut(&meter) else {
+            return Ok(());
+        };
+        let consumption = period_consumption(store, state, inputs.policy.period_ms, now_ms)?;
+        let (old_l, old_reported) =
+            std::mem::replace(&mut state.current, (consumption.current_l, consumption.reported));
+        let snapshot = &mut self.snapshot;
+        snapshot.period_consumption_l = snapshot.period_consumption_l - old_l + consumption.current_l;
+        snapshot.period_meters =
+            snapshot.period_meters + u64::from(consumption.reported) - u64::from(old_reported);
+        match inputs.judge(meter, consumption, now_ms) {
+            Some((reason, detail)) => {
+                let current = snapshot.blocked.get(&meter);
+                if current.is_some_and(|b| b.reason == reason && b.detail == detail) {
+                    return Ok(());
+                }
+                let since_ms = match current {
+                    Some(current) if current.reason == reason => current.since_ms,
+                    _ => inputs.manual.get(&meter).map_or(now_ms, |(_, since)| *since),
+                };
+                if current.is_none() {
+                    tracing::info!(meter, reason = reason.as_str(), %detail, "cutting supply");
+                }
+                Arc::make_mut(&mut snapshot.blocked)
+                    .insert(meter, Blocked { meter, reason, since_ms, detail });
+                self.released.remove(&meter);
+            }
+            None => {
+                if snapshot.blocked.contains_key(&meter) {
+                    Arc::make_mut(&mut snapshot.blocked).remove(&meter);
+                    tracing::info!(meter, "restoring supply");
+                    self.released.insert(meter);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn add_meter(&mut self, span: MeterSpan) {
+        let count = self.meters.len() + 1;
+        if count > self.snapshot.filter.capacity() {
+            let meters: Vec<MeterId> = self.meters.keys().copied().chain([span.meter]).collect();
+            self.rebuild_filter(meters.into_iter(), count);
+        } else {
+            Arc::make_mut(&mut self.snapshot.filter).insert(span.meter);
+        }
+        self.snapshot.meter_count = count as u64;
+        // The span's consumption is counted by `on_span`, from zero.
+        let empty = MeterSpan { meter: span.meter, first: span.first, last: span.first };
+        let state =
+            MeterState { span: empty, tracker: Tracker::default(), period: None, current: (0, false) };
+        self.meters.insert(span.meter, state);
+    }
+
+    /// A meter's span changed from one of consumption `before`.
+    fn on_span(&mut self, span: MeterSpan, before: u64) {
+        let snapshot = &mut self.snapshot;
+        snapshot.total_consumption_l =
+            snapshot.total_consumption_l.saturating_sub(before).saturating_add(span_consumption(&span));
+        snapshot.meter_count = self.meters.len() as u64;
+        self.top.offer(span);
+    }
+
+    fn refresh_alerts(&mut self, meter: MeterId) {
+        let Some(state) = self.meters.get(&meter) else { return };
+        let alerts: Vec<Alert> = state.tracker.alerts(meter).collect();
+        let current = self.snapshot.alerts.get(&meter);
+        if current.map_or(alerts.is_empty(), |current| *current == alerts) {
+            return;
+        }
+        let map = Arc::make_mut(&mut self.snapshot.alerts);
+        if alerts.is_empty() {
+            map.remove(&meter);
+        } else {
+            map.insert(meter, alerts);
+        }
+    }
+
+    fn rebuild_filter(&mut self, meters: impl Iterator<Item = MeterId>, count: usize) {
+        let mut filter = MeterFilter::with_capacity(count.saturating_mul(2).max(MIN_FILTER_METERS));
+        meters.for_each(|meter| filter.insert(meter));
+        self.snapshot.filter = Arc::new(filter);
+    }
+}
+
+/// The meter's consumption in the period holding `now_ms` and in the one before, from cached
+/// bases where they are still valid.
+fn period_consumption(
+    store: &Store,
+    state: &mut MeterState,
+    period_ms: u64,
+    now_ms: u64,
+) -> Result<Consumption, StoreError> {
+    let meter = state.span.meter;
+    let period_start_ms = now_ms - now_ms % period_ms.max(1);
+    let figures =
+        match state.period.filter(|p| p.period_start_ms == period_start_ms && p.period_ms == period_ms) {
+            Some(figures) => figures,
+            None => {
+                let previous_start = period_start_ms.saturating_sub(period_ms);
+                let figures = PeriodFigures {
+                    period_start_ms,
+                    period_ms,
+                    current_base: store.window_base(meter, period_start_ms)?,
+                    previous_l: store.window_consumption(meter, previous_start, period_start_ms)?,
+                };
+                state.period = Some(figures);
+                figures
+            }
+        };
+    let last = state.span.last;
+    let reported = last.ts_ms >= period_start_ms;
+    let current_l = match figures.current_base {
+        Some(base) if reported => last.litres.saturating_sub(base.litres),
+        _ => 0,
+    };
+    Ok(Consumption { current_l, previous_l: figures.previous_l, reported })
+}
+
+/// Rebuilds a meter's rule state from its readings of the last leak window (and the one before
+/// it, where a standstill may have started).
+fn replay(store: &Store, span: &MeterSpan, burst_flow_lph: u32) -> Result<Tracker, StoreError> {
+    let from = span.last.ts_ms.saturating_sub(rules::LEAK_WINDOW_MS + rules::STANDSTILL_MS);
+    let recent = store.recent_readings(span.meter, from, MAX_REPLAY_READINGS)?;
+    let mut tracker = Tracker::replay(&recent, burst_flow_lph);
+    tracker.set_first_ts(span.first.ts_ms);
+    Ok(tracker)
+}
+
+/// The `k` meters of highest consumption, kept exact by offers alone because a meter's
+/// consumption never decreases: a meter outside the set only ever enters by growing.
+struct TopK {
+    k: usize,
+    /// Consumption descending, then meter ascending.
+    ranked: BTreeSet<(Reverse<u64>, MeterId)>,
+    members: HashMap<MeterId, MeterSpan>,
+}
+
+impl TopK {
+    fn new(k: usize) -> Self {
+        TopK { k, ranked: BTreeSet::new(), members: HashMap::new() }
+    }
+
+    /// A meter's new span (its consumption is at least what it was).
+    fn offer(&mut self, span: MeterSpan) {
+        let key = (Reverse(span_consumption(&span)), span.meter);
+        if let Some(member) = self.members.get_mut(&span.meter) {
+            self.ranked.remove(&(Reverse(span_consumption(member)), span.meter));
+            self.ranked.insert(key);
+            *member = span;
+            return;
+        }
+        if self.ranked.len() == self.k {
+            match self.ranked.last() {
+                Some(worst) if key < *worst => {
+                    let worst = *worst;
+                    self.ranked.remove(&worst);
+                    self.members.remove(&worst.1);
+                }
+                _ => return,
+            }
+        }
+        if self.k > 0 {
+            self.ranked.insert(key);
+            self.members.insert(span.meter, span);
+        }
+    }
+
+    fn ranked(&self) -> Vec<MeterSpan> {
+        self.ranked.iter().filter_map(|(_, meter)| self.members.get(meter).copied()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hydromesh_proto::Alarms;
+
+    use super::*;
+    use crate::domain;
+
+    const T0: u64 = 1_795_000_000_000;
+    const NOW: u64 = T0 + 86_400_000;
+
+    fn reading(meter: MeterId, ts_ms: u64, litres: u64) -> Reading {
+        Reading { meter, ts_ms, litres, flow_lph: None, alarms: Alarms::empty() }
+    }
+
+    fn span(meter: MeterId, consumption: u64) -> MeterSpan {
+        let first = Point { ts_ms: T0, litres: 0 };
+        MeterSpan { meter, first, last: Point { ts_ms: T0 + 1, litres: consumption } }
+    }
+
+    #[test]
+    fn top_k_by_offers_equals_a_full_ranking() {
+        // Growing consumptions offered in a scrambled order, ties included.
+        let mut top = TopK::new(5);
+        let mut latest: HashMap<MeterId, MeterSpan> = HashMap::new();
+        let mut x: u64 = 7;
+        for step in 0..2_000u64 {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            let meter = (x >> 33) % 40;
+            let grown = latest.get(&meter).map_or(0, span_consumption) + (x >> 60) * (step % 3);
+            let next = span(meter, grown);
+            latest.insert(meter, next);
+            top.offer(next);
+            let expected = domain::rank(latest.values().copied().collect(), 5);
+            assert_eq!(top.ranked(), expected, "after offer {step}");
+        }
+    }
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        (dir, store)
+    }
+
+    fn ingest(store: &Store, local: &mut LocalMeters, readings: &[Reading]) {
+        let appended = store.append(readings, NOW).expect("append");
+        local.observe(store, readings, &appended).expect("observe");
+    }
+
+    #[test]
+    fn the_snapshot_follows_readings_and_survives_a_reload() {
+        let (_dir, store) = store();
+        let settings = Settings { burst_flow_lph: 1_000_000, top_k: 2 };
+        let mut local = LocalMeters::load(&store, settings).expect("load");
+        ingest(&store, &mut local, &[reading(1, T0, 10), reading(1, T0 + 10, 50), reading(2, T0, 0)]);
+        ingest(&store, &mut local, &[reading(2, T0 + 10, 30), reading(3, T0, 5), reading(3, T0 + 5, 105)]);
+        // A back-fill widens meter 2's span.
+        ingest(&store, &mut local, &[reading(2, T0 - 10, 0)]);
+        let snapshot = local.snapshot();
+        assert_eq!((snapshot.meter_count, snapshot.total_consumption_l), (3, 40 + 30 + 100));
+        assert_eq!(snapshot.top.iter().map(|s| s.meter).collect::<Vec<_>>(), vec![3, 1]);
+        assert!((1..=3).all(|meter| snapshot.filter.may_contain(meter)));
+        let reloaded = LocalMeters::load(&store, settings).expect("reload").snapshot();
+        assert_eq!((reloaded.meter_count, reloaded.total_consumption_l), (3, 170));
+        assert_eq!(reloaded.top, snapshot.top);
+    }
+
+    #[test]
+    fn a_back_fill_is_judged_against_the_period_it_changes() {
+        use hydromesh_proto::control::{BlockReason, Policy};
+        let (_dir, store) = store();
+        let mut local =
+            LocalMeters::load(&store, Settings { burst_flow_lph: 1_000_000, top_k: 10 }).expect("load");
+        let hour = 3_600_000;
+        let policy = Policy { cap_l: Some(800), ..Policy::default() };
+        let inputs = RationingInputs { policy, ..RationingInputs::default() };
+        let now = policy.period_start(NOW) + 10 * 86_400_000;
+        let batch = [reading(1, now - 2 * hour, 1_000), reading(1, now - hour, 1_500)];
+        store
+            .append(&batch, now)
+            .map(|a| local.observe(&store, &batch, &a))
+            .expect("append")
+            .expect("observe");
+        assert_eq!(local.judge_batch(&store, &batch, &inputs, now), vec![]);
+        // A reading from three days ago, in the same period: the period now counts from it.
+        let late = [reading(1, now - 72 * hour, 100)];
+        store.append(&late, now).map(|a| local.observe(&store, &late, &a)).expect("append").expect("observe");
+        let commands = local.judge_batch(&store, &late, &inputs, now);
+        assert_eq!(commands, vec![MeterCommand { meter: 1, valve: Valve::Closed }]);
+        let snapshot = local.snapshot();
+        assert_eq!(snapshot.blocked.get(&1).map(|b| b.reason), Some(BlockReason::Cap));
+        assert_eq!(snapshot.period_consumption_l, 1_400);
+    }
+
+    #[test]
+    fn alerts_follow_the_meter_and_clear() {
+        let (_dir, store) = store();
+        let mut local =
+            LocalMeters::load(&store, Settings { burst_flow_lph: 1_000_000, top_k: 10 }).expect("load");
+        let tamper = Reading { alarms: Alarms::TAMPER, ..reading(4, T0, 1) };
+        ingest(&store, &mut local, &[tamper]);
+        assert_eq!(local.snapshot().alerts.get(&4).map(Vec::len), Some(1));
+        ingest(&store, &mut local, &[reading(4, T0 + 1000, 2)]);
+        assert!(local.snapshot().alerts.is_empty());
+    }
+}

@@ -1,0 +1,222 @@
+//! The single writer: one thread writes batches to the store, acknowledges them only once they
+//! are durable (group commit: every batch waiting when a flush starts shares it), and owns the
+//! node's local meter state ([`LocalMeters`]): it judges each meter of a batch before
+//! acknowledging it, so the acknowledgement of the reading that crosses a limit already carries
+//! `valve: closed`, and it publishes the state as one [`LocalSnapshot`] after every change.
+
+mod local;
+
+pub use local::{LocalMeters, LocalSnapshot, Settings};
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use hydromesh_proto::ingest::{MeterCommand, Outcome};
+use hydromesh_proto::Reading;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+use crate::clock::now_ms;
+use crate::domain::rules::RationingInputs;
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+
+/// Most readings written under one flush.
+const MAX_GROUP_READINGS: usize = 100_000;
+
+/// A batch's acknowledgement: per-reading outcomes and the valve commands of its meters.
+#[derive(Debug)]
+pub struct Ack {
+    /// One outcome per reading, in order.
+    pub outcomes: Vec<Outcome>,
+    /// Valve commands for the batch's meters.
+    pub commands: Vec<MeterCommand>,
+}
+
+/// Why a batch was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The store failed: nothing of the batch is acknowledged.
+    #[error("storage failure: {0}")]
+    Storage(#[from] StoreError),
+    /// The writer stopped before the batch was durable.
+    #[error("node is shutting down")]
+    Stopped,
+    /// The writer's queue is full.
+    #[error("busy")]
+    Busy,
+}
+
+/// Work for the writer thread.
+enum Job {
+    /// Store a batch and acknowledge it with its outcomes and the valve commands of its meters.
+    Ingest { readings: Vec<Reading>, reply: oneshot::Sender<Result<Ack, IngestError>> },
+    /// The rationing inputs changed (or time passed): judge every meter again.
+    Reevaluate,
+}
+
+/// What the writer reads and writes besides its jobs.
+pub struct Channels {
+    /// The rationing inputs in force (from the mesh).
+    pub inputs: watch::Receiver<Arc<RationingInputs>>,
+    /// The local snapshot, replaced after every change.
+    pub snapshot: watch::Sender<Arc<LocalSnapshot>>,
+    /// Readings accepted, batch by batch, for followers.
+    pub accepted: broadcast::Sender<Arc<Vec<Reading>>>,
+    /// Where outcomes are counted.
+    pub metrics: Arc<Metrics>,
+}
+
+/// The handle of the writer thread: a bounded queue in, acknowledgements out.
+pub struct Pipeline {
+    jobs: mpsc::Sender<Job>,
+    thread: JoinHandle<()>,
+}
+
+impl Pipeline {
+    /// Starts the writer thread over `local` (loaded from `store`), with a queue of `capacity`
+    /// batches.
+    pub fn start(
+        store: Arc<Store>,
+        local: LocalMeters,
+        capacity: usize,
+        channels: Channels,
+    ) -> std::io::Result<Self> {
+        let (jobs, receiver) = mpsc::channel(capacity.max(1));
+        let thread = std::thread::Builder::new().name("hydromesh-ingest".into()).spawn(move || {
+            Writer { store, local, channels }.run(receiver);
+        })?;
+        Ok(Pipeline { jobs, thread })
+    }
+
+    /// Queues a batch; the receiver gets its acknowledgement once it is durable. A full queue
+    /// refuses at once ([`IngestError::Busy`]).
+    pub fn submit(
+        &self,
+        readings: Vec<Reading>,
+    ) -> Result<oneshot::Receiver<Result<Ack, IngestError>>, IngestError> {
+        let (reply, ack) = oneshot::channel();
+        match self.jobs.try_send(Job::Ingest { readings, reply }) {
+            Ok(()) => Ok(ack),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(IngestError::Busy),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(IngestError::Stopped),
+        }
+    }
+
+    /// Asks for every meter to be judged again (if the queue is full, the writer sees changed
+    /// inputs at its next batch anyway).
+    pub fn reevaluate(&self) {
+        let _ = self.jobs.try_send(Job::Reevaluate);
+    }
+
+    /// Closes the queue, lets the thread write and acknowledge what is queued and flush, and
+    /// waits for it. The result is that of the final flush.
+    pub async fn stop(self) -> Result<(), IngestError> {
+        drop(self.jobs);
+        let thread = self.thread;
+        match tokio::task::spawn_blocking(move || thread.join()).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(IngestError::Stopped),
+        }
+    }
+}
+
+type Group = Vec<(Vec<Reading>, oneshot::Sender<Result<Ack, IngestError>>)>;
+
+struct Writer {
+    store: Arc<Store>,
+    local: LocalMeters,
+    channels: Channels,
+}
+
+impl Writer {
+    fn run(mut self, mut receiver: mpsc::Receiver<Job>) {
+        self.reevaluate();
+        while let Some(first) = receiver.blocking_recv() {
+            let mut group: Group = Vec::new();
+            let mut reevaluate = false;
+            let mut readings = 0;
+            let mut next = Some(first);
+            while let Some(job) = next.take() {
+                match job {
+                    Job::Ingest { readings: batch, reply } => {
+                        readings += batch.len();
+                        group.push((batch, reply));
+                    }
+                    Job::Reevaluate => reevaluate = true,
+                }
+                if readings < MAX_GROUP_READINGS {
+                    next = receiver.try_recv().ok();
+                }
+            }
+            let inputs_changed = self.channels.inputs.has_changed().unwrap_or(false);
+            let period_start = self.channels.inputs.borrow().policy.period_start(now_ms());
+            if reevaluate || inputs_changed || period_start != self.local.period_start_ms() {
+                self.reevaluate();
+            }
+            if !group.is_empty() {
+                self.ingest(group);
+            }
+        }
+        if let Err(error) = self.store.flush() {
+            tracing::error!(%error, "final flush failed");
+        }
+    }
+
+    fn ingest(&mut self, group: Group) {
+        let now_ms = now_ms();
+        let results: Vec<_> = group.iter().map(|(readings, _)| self.store.append(readings, now_ms)).collect();
+        let flushed = self.store.flush();
+        let inputs = self.channels.inputs.borrow().clone();
+        let mut accepted = Vec::new();
+        for ((readings, reply), result) in group.into_iter().zip(results) {
+            // The index moved for every appended batch, flushed or not: the local state follows
+            // it, so that it always describes what the store holds.
+            let appended = match result {
+                Ok(appended) => appended,
+                Err(error) => {
+                    tracing::error!(%error, "ingest batch not stored");
+                    let _ = reply.send(Err(error.into()));
+                    continue;
+                }
+            };
+            if let Err(error) = self.local.observe(&self.store, &readings, &appended) {
+                tracing::error!(%error, "cannot update the local meter state");
+            }
+            let reply_with = match &flushed {
+                Ok(()) => {
+                    self.channels.metrics.record_outcomes(&appended.outcomes);
+                    accepted.extend(
+                        readings
+                            .iter()
+                            .zip(&appended.outcomes)
+                            .filter(|(_, outcome)| **outcome == Outcome::Accepted)
+                            .map(|(reading, _)| *reading),
+                    );
+                    let commands = self.local.judge_batch(&self.store, &readings, &inputs, now_ms);
+                    Ok(Ack { outcomes: appended.outcomes, commands })
+                }
+                Err(error) => {
+                    tracing::error!(%error, "ingest batch not durable");
+                    Err(IngestError::Storage(StoreError::Durability(error.to_string())))
+                }
+            };
+            // The client may have gone; its readings are stored all the same.
+            let _ = reply.send(reply_with);
+        }
+        if !accepted.is_empty() {
+            let _ = self.channels.accepted.send(Arc::new(accepted));
+        }
+        self.publish();
+    }
+
+    /// Judges every meter again and recomputes the period figures.
+    fn reevaluate(&mut self) {
+        let inputs = self.channels.inputs.borrow_and_update().clone();
+        self.local.reevaluate(&self.store, &inputs, now_ms());
+        self.publish();
+    }
+
+    fn publish(&self) {
+        self.channels.snapshot.send_replace(Arc::new(self.local.snapshot()));
+    }
+}

@@ -1,0 +1,422 @@
+//! The merged global view: every fog node's latest summary, and the global answers computed
+//! from it (top, stats, peers, blocked meters, alerts, the mesh-wide period average).
+//!
+//! The view is a last-writer-wins map from origin to signed summary, keeping the highest version
+//! per origin: a state-based CRDT, so gossip, sync and restarts can deliver summaries in any
+//! order, any number of times, and every node converges to the same map. Answers are computed
+//! locally (no fan-out) and state their [`Coverage`].
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use hydromesh_proto::query::{
+    AlertEntry, AlertsAnswer, BlockedAnswer, BlockedEntry, Coverage, PeerInfo, PeersAnswer, StatsAnswer,
+    TopAnswer,
+};
+use hydromesh_proto::summary::{AlertKind, NodeSummary, SignedSummary};
+use hydromesh_proto::{limits, MeterId};
+use libp2p::PeerId;
+
+use super::summary::{verify, SummaryError};
+use crate::clock::now_ms;
+use crate::domain;
+
+/// One origin's latest summary.
+struct Entry {
+    summary: NodeSummary,
+    signed: SignedSummary,
+    /// When it was last refreshed; `None` for a summary restored from disk and not heard since.
+    heard_at: Option<Instant>,
+    /// When this node learned it (restored or heard): a restored summary is forgotten only
+    /// `forget_after` after the restart, not at once.
+    known_since: Instant,
+}
+
+/// What merging a summary did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Merged {
+    /// It is newer than what the view held: the view changed (origin given).
+    Newer(PeerId),
+    /// The view already held this version or a newer one.
+    Known,
+    /// A copy of this node's own summary with a higher version than its latest: its versions
+    /// must jump past it.
+    OwnAhead(u64),
+}
+
+/// Most fog nodes a view holds: a bound on memory whatever peers send.
+pub const MAX_NODES: usize = 4096;
+
+/// The merged view of one node.
+pub struct View {
+    local: PeerId,
+    entries: HashMap<PeerId, Entry>,
+    stale_after: Duration,
+    /// When set, only these fog nodes' summaries are merged (a closed mesh).
+    members: Option<HashSet<PeerId>>,
+}
+
+impl View {
+    /// An empty view for the node `local`.
+    pub fn new(local: PeerId, stale_after: Duration) -> Self {
+        View { local, entries: HashMap::new(), stale_after, members: None }
+    }
+
+    /// Merges only the summaries of `members` (and this node's own) from now on.
+    pub fn restrict_to(&mut self, members: impl IntoIterator<Item = PeerId>) {
+        self.members = Some(members.into_iter().collect());
+    }
+
+    /// Whether `peer` is a fog node of this mesh: any peer in an open mesh, the members (and
+    /// this node) in a closed one.
+    pub fn admits(&self, peer: &PeerId) -> bool {
+        *peer == self.local || self.members.as_ref().is_none_or(|members| members.contains(peer))
+    }
+
+    /// Merges a signed summary heard at `now`, or restored from disk at `now` when `restored`.
+    pub fn merge(
+        &mut self,
+        signed: SignedSummary,
+        now: Instant,
+        restored: bool,
+    ) -> Result<Merged, SummaryError> {
+        // Old news is recognised before the signature is checked: re-deliveries and relayed old
+        // versions cost a decode, not an ed25519 verification.
+        let claimed: NodeSummary = hydromesh_proto::decode(&signed.payload, limits::MAX_SUMMARY_BYTES)?;
+        if let Ok(origin) = claimed.origin.parse::<PeerId>() {
+            if self.members.as_ref().is_some_and(|members| !members.contains(&origin)) && origin != self.local
+            {
+                return Err(SummaryError::NotMember(origin));
+            }
+            let known =
+                self.entries.get(&origin).is_some_and(|entry| entry.summary.version >= claimed.version);
+            if origin == self.local && !restored {
+                // Our own summaries come only from ourselves: a relayed copy is old news, unless
+                // it is newer than ours (our store was lost or restored from a backup), and then
+                // the mesh ignores our summaries until we publish past it.
+                if !known && verify(&signed).is_ok_and(|(_, signer)| signer == self.local) {
+                    return Ok(Merged::OwnAhead(claimed.version));
+                }
+                return Ok(Merged::Known);
+            }
+            if known {
+                return Ok(Merged::Known);
+            }
+        }
+        let (summary, origin) = verify(&signed)?;
+        if self.members.as_ref().is_some_and(|members| !members.contains(&origin)) && origin != self.local {
+            return Err(SummaryError::NotMember(origin));
+        }
+        if !self.entries.contains_key(&origin) && self.entries.len() >= MAX_NODES {
+            return Err(SummaryError::Invalid(format!("the view already holds {MAX_NODES} fog nodes")));
+        }
+        // Liveness is judged from the origin's own clock: a summary relayed long after it was
+        // made (by sync, from a node that still remembers a dead origin) is not fresh.
+        let age = Duration::from_millis(now_ms().saturating_sub(summary.generated_at_ms));
+        let heard_at = (!restored).then(|| now.checked_sub(age).unwrap_or(now));
+        self.entries.insert(origin, Entry { summary, signed, heard_at, known_since: now });
+        Ok(Merged::Newer(origin))
+    }
+
+    /// Puts this node's own latest summary in the view.
+    pub fn set_local(&mut self, summary: NodeSummary, signed: SignedSummary, now: Instant) {
+        self.entries.insert(self.local, Entry { summary, signed, heard_at: Some(now), known_since: now });
+    }
+
+    /// Every signed summary held, for sync.
+    pub fn signed(&self) -> Vec<SignedSummary> {
+        self.entries.values().map(|entry| entry.signed.clone()).collect()
+    }
+
+    /// Forgets origins not heard from within `forget_after`; returns them.
+    pub fn forget_older_than(&mut self, forget_after: Duration, now: Instant) -> Vec<PeerId> {
+        let local = self.local;
+        let old: Vec<PeerId> = self
+            .entries
+            .iter()
+            .filter(|(origin, entry)| {
+                **origin != local
+                    && now.duration_since(entry.heard_at.unwrap_or(entry.known_since)) > forget_after
+            })
+            .map(|(origin, _)| *origin)
+            .collect();
+        for origin in &old {
+            self.entries.remove(origin);
+        }
+        old
+    }
+
+    fn is_stale(&self, origin: &PeerId, entry: &Entry, now: Instant) -> bool {
+        *origin != self.local && entry.heard_at.is_none_or(|at| now.duration_since(at) > self.stale_after)
+    }
+
+    /// Which nodes the view includes, which are stale, and the age of the oldest data.
+    pub fn coverage(&self, now: Instant, now_ms: u64) -> Coverage {
+        let mut included: Vec<String> = self.entries.values().map(|e| e.summary.origin.clone()).collect();
+        included.sort();
+        let mut stale: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(origin, entry)| self.is_stale(origin, entry, now))
+            .map(|(_, entry)| entry.summary.origin.clone())
+            .collect();
+        stale.sort();
+        let oldest_data_age_ms = self
+            .entries
+            .values()
+            .map(|entry| match entry.heard_at {
+                Some(at) => now.duration_since(at).as_millis() as u64,
+                None => now_ms.saturating_sub(entry.summary.generated_at_ms),
+            })
+            .max()
+            .unwrap_or(0);
+        Coverage { included, stale, missing: Vec::new(), oldest_data_age_ms }
+    }
+
+    /// The `n` highest consumers over all data held, merged from every node's top meters.
+    ///
+    /// Exact for `n` up to the nodes' top-K: a meter in the global top-N is in its home's
+    /// top-K. A meter held by several nodes is counted once, over the join of its spans.
+    pub fn top(&self, n: usize, now: Instant, now_ms: u64) -> TopAnswer {
+        let parts = self.entries.values().flat_map(|entry| {
+            entry.summary.top.iter().map(move |span| (entry.summary.origin.as_str(), *span))
+        });
+        TopAnswer { entries: domain::rank_joined(parts, n), coverage: self.coverage(now, now_ms) }
+    }
+
+    /// Meters whose supply is cut, mesh-wide, by meter.
+    pub fn blocked(&self, now: Instant, now_ms: u64) -> BlockedAnswer {
+        let mut blocked: Vec<BlockedEntry> = self
+            .entries
+            .values()
+            .flat_map(|entry| {
+                let home = &entry.summary.origin;
+                entry.summary.blocked.iter().map(|b| BlockedEntry { blocked: b.clone(), home: home.clone() })
+            })
+            .collect();
+        blocked.sort_by(|a, b| (a.blocked.meter, &a.home).cmp(&(b.blocked.meter, &b.home)));
+        blocked.dedup_by_key(|entry| entry.blocked.meter);
+        BlockedAnswer { blocked, coverage: self.coverage(now, now_ms) }
+    }
+
+    /// Active alerts mesh-wide, of one kind or all, by meter then kind.
+    pub fn alerts(&self, kind: Option<AlertKind>, now: Instant, now_ms: u64) -> AlertsAnswer {
+        let mut alerts: Vec<AlertEntry> = self
+            .entries
+            .values()
+            .flat_map(|entry| {
+                let home = &entry.summary.origin;
+                entry
+                    .summary
+                    .alerts
+                    .iter()
+                    .filter(move |alert| kind.is_none_or(|kind| alert.kind == kind))
+                    .map(|alert| AlertEntry { alert: *alert, home: home.clone() })
+            })
+            .collect();
+        alerts.sort_by_key(|entry| (entry.alert.meter, entry.alert.kind));
+        alerts.dedup_by_key(|entry| (entry.alert.meter, entry.alert.kind));
+        AlertsAnswer { alerts, coverage: self.coverage(now, now_ms) }
+    }
+
+    /// Mesh-wide meters and total consumption over all data held.
+    pub fn stats(&self, now: Instant, now_ms: u64) -> StatsAnswer {
+        StatsAnswer {
+            meters: self.entries.values().fold(0u64, |sum, e| sum.saturating_add(e.summary.meter_count)),
+            total_consumption_l: self
+                .entries
+                .values()
+                .fold(0u64, |sum, e| sum.saturating_add(e.summary.total_consumption_l)),
+            coverage: self.coverage(now, now_ms),
+        }
+    }
+
+    /// Every node known.
+    pub fn peers(&self, now: Instant, now_ms: u64) -> PeersAnswer {
+        let mut peers: Vec<PeerInfo> = self
+            .entries
+            .iter()
+            .map(|(origin, entry)| PeerInfo {
+                peer: entry.summary.origin.clone(),
+                name: entry.summary.name.clone(),
+                addrs: entry.summary.addrs.clone(),
+                meters: entry.summary.meter_count,
+                version: entry.summary.version,
+                last_heard_ms_ago: entry.heard_at.map(|at| now.duration_since(at).as_millis() as u64),
+                stale: self.is_stale(origin, entry, now),
+                is_self: *origin == self.local,
+                connected: false,
+            })
+            .collect();
+        peers.sort_by(|a, b| (&a.name, &a.peer).cmp(&(&b.name, &b.peer)));
+        PeersAnswer { peers, coverage: self.coverage(now, now_ms) }
+    }
+
+    /// Remote nodes that may hold `meter`, freshest first.
+    pub fn homes_of(&self, meter: MeterId) -> Vec<PeerId> {
+        let mut homes: Vec<(&PeerId, &Entry)> = self
+            .entries
+            .iter()
+            .filter(|(origin, entry)| **origin != self.local && entry.summary.filter.may_contain(meter))
+            .collect();
+        homes.sort_by_key(|(_, entry)| std::cmp::Reverse(entry.heard_at));
+        homes.into_iter().map(|(origin, _)| *origin).collect()
+    }
+
+    /// The exact mesh-wide average consumption in the period starting at `period_start_ms`:
+    /// Σ consumption ÷ Σ meters that reported, over every summary for that period.
+    pub fn period_average(&self, period_start_ms: u64) -> Option<f64> {
+        let (total, meters) = self
+            .entries
+            .values()
+            .filter(|entry| entry.summary.period_start_ms == period_start_ms)
+            .fold((0u64, 0u64), |(total, meters), entry| {
+                (
+                    total.saturating_add(entry.summary.period_consumption_l),
+                    meters.saturating_add(entry.summary.period_meters),
+                )
+            });
+        (meters > 0).then(|| total as f64 / meters as f64)
+    }
+
+    /// Remote nodes heard from within `stale_after`.
+    pub fn live_remotes(&self, now: Instant) -> Vec<PeerId> {
+        self.entries
+            .iter()
+            .filter(|(origin, entry)| **origin != self.local && !self.is_stale(origin, entry, now))
+            .map(|(origin, _)| *origin)
+            .collect()
+    }
+
+    /// The addresses a node announced in its summary.
+    pub fn addrs_of(&self, origin: &PeerId) -> Vec<String> {
+        self.entries.get(origin).map(|e| e.summary.addrs.clone()).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hydromesh_proto::summary::{MeterFilter, MeterSpan, Point};
+    use libp2p::identity::Keypair;
+
+    use super::*;
+    use crate::mesh::summary::sign;
+
+    fn span(meter: MeterId, first: (u64, u64), last: (u64, u64)) -> MeterSpan {
+        MeterSpan {
+            meter,
+            first: Point { ts_ms: first.0, litres: first.1 },
+            last: Point { ts_ms: last.0, litres: last.1 },
+        }
+    }
+
+    fn signed(key: &Keypair, version: u64, top: Vec<MeterSpan>) -> SignedSummary {
+        let mut filter = MeterFilter::with_capacity(top.len());
+        top.iter().for_each(|s| filter.insert(s.meter));
+        let summary = NodeSummary {
+            origin: key.public().to_peer_id().to_string(),
+            name: format!("n{version}"),
+            version,
+            generated_at_ms: now_ms(),
+            addrs: vec![],
+            meter_count: top.len() as u64,
+            total_consumption_l: top.iter().map(domain::span_consumption).sum(),
+            top,
+            filter,
+            period_start_ms: 0,
+            period_consumption_l: 0,
+            period_meters: 0,
+            blocked: vec![],
+            alerts: vec![],
+            truncated: false,
+        };
+        sign(key, &summary).expect("sign")
+    }
+
+    #[test]
+    fn highest_version_wins_in_any_order() {
+        let (a, local) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+        let now = Instant::now();
+        let v1 = signed(&a, 1, vec![span(1, (0, 0), (10, 100))]);
+        let v2 = signed(&a, 2, vec![span(1, (0, 0), (20, 300))]);
+        for order in [[v1.clone(), v2.clone()], [v2.clone(), v1.clone()]] {
+            let mut view = View::new(local.public().to_peer_id(), Duration::from_secs(30));
+            for s in order.iter().chain(order.iter()) {
+                view.merge(s.clone(), now, false).expect("merge");
+            }
+            assert_eq!(view.stats(now, 0).total_consumption_l, 300);
+            assert_eq!(view.top(5, now, 0).entries[0].consumption_l, 300);
+        }
+    }
+
+    #[test]
+    fn top_joins_a_meter_held_by_two_nodes_and_stats_are_weighted() {
+        let (a, b, local) =
+            (Keypair::generate_ed25519(), Keypair::generate_ed25519(), Keypair::generate_ed25519());
+        let now = Instant::now();
+        let mut view = View::new(local.public().to_peer_id(), Duration::from_secs(30));
+        view.merge(signed(&a, 1, vec![span(1, (0, 0), (10, 100)), span(2, (0, 0), (10, 50))]), now, false)
+            .expect("a");
+        view.merge(signed(&b, 1, vec![span(1, (10, 100), (20, 130)), span(3, (0, 0), (1, 60))]), now, false)
+            .expect("b");
+        let top = view.top(2, now, 0);
+        let got: Vec<_> = top.entries.iter().map(|e| (e.meter, e.consumption_l)).collect();
+        assert_eq!(got, vec![(1, 130), (3, 60)]);
+        assert_eq!(top.entries[0].home, b.public().to_peer_id().to_string());
+        assert_eq!(top.coverage.included.len(), 2);
+        let stats = view.stats(now, 0);
+        assert_eq!((stats.meters, stats.total_consumption_l), (4, 240));
+        assert!((stats.average_consumption_l() - 60.0).abs() < 1e-9);
+        assert_eq!(view.homes_of(3), vec![b.public().to_peer_id()]);
+    }
+
+    #[test]
+    fn restored_and_silent_nodes_are_stale_then_forgotten() {
+        let (a, local) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+        let start = Instant::now();
+        let mut view = View::new(local.public().to_peer_id(), Duration::from_secs(30));
+        view.merge(signed(&a, 1, vec![]), start, true).expect("restore");
+        assert_eq!(view.coverage(start, 0).stale.len(), 1);
+        view.merge(signed(&a, 2, vec![]), start, false).expect("fresh");
+        assert!(view.coverage(start, 0).stale.is_empty());
+        let later = start + Duration::from_secs(31);
+        assert_eq!(view.coverage(later, 0).stale.len(), 1);
+        assert!(view.live_remotes(later).is_empty());
+        assert_eq!(view.forget_older_than(Duration::from_secs(60), later).len(), 0);
+        assert_eq!(view.forget_older_than(Duration::from_secs(20), later).len(), 1);
+    }
+
+    #[test]
+    fn a_closed_mesh_refuses_strangers_and_old_news_is_not_fresh() {
+        let (member, stranger, local) =
+            (Keypair::generate_ed25519(), Keypair::generate_ed25519(), Keypair::generate_ed25519());
+        let now = Instant::now();
+        let mut view = View::new(local.public().to_peer_id(), Duration::from_secs(30));
+        view.restrict_to([member.public().to_peer_id()]);
+        view.merge(signed(&member, 1, vec![]), now, false).expect("member");
+        let refused = view.merge(signed(&stranger, 1, vec![]), now, false);
+        assert!(matches!(refused, Err(SummaryError::NotMember(_))), "{refused:?}");
+        assert_eq!(view.coverage(now, 0).included.len(), 1);
+
+        // A summary made a minute ago and relayed now (sync from a node that still remembers a
+        // dead origin) counts as a minute old: stale, not fresh.
+        let mut old = signed(&member, 2, vec![]);
+        let mut summary: NodeSummary = hydromesh_proto::decode(&old.payload, 1 << 20).expect("decode");
+        summary.generated_at_ms -= 60_000;
+        old = sign(&member, &summary).expect("sign");
+        view.merge(old, now, false).expect("merge");
+        assert_eq!(view.coverage(now, 0).stale.len(), 1);
+    }
+
+    #[test]
+    fn a_newer_copy_of_our_own_summary_is_reported() {
+        let local = Keypair::generate_ed25519();
+        let now = Instant::now();
+        let mut view = View::new(local.public().to_peer_id(), Duration::from_secs(30));
+        let ours = signed(&local, 1, vec![]);
+        let (summary, _) = verify(&ours).expect("verify");
+        view.set_local(summary, ours.clone(), now);
+        assert_eq!(view.merge(ours, now, false).expect("merge"), Merged::Known);
+        assert_eq!(view.merge(signed(&local, 7, vec![]), now, false).expect("merge"), Merged::OwnAhead(7));
+    }
+}

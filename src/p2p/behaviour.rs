@@ -1,0 +1,119 @@
+//! The node's combined libp2p behaviour, and the gossipsub topics it publishes on.
+
+use std::time::Duration;
+
+use hydromesh_proto::{limits, protocols};
+use libp2p::connection_limits::{self, ConnectionLimits};
+use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity, ValidationMode};
+use libp2p::request_response::ProtocolSupport;
+use libp2p::swarm::{behaviour::toggle::Toggle, NetworkBehaviour};
+use libp2p::{identify, identity::Keypair, kad, mdns, ping, StreamProtocol};
+
+use super::{ingest, peer, query, sync, TransportError};
+
+/// What the node's behaviour is configured with.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Discover peers on the LAN.
+    pub mdns: bool,
+    /// Most inbound connections at once.
+    pub max_incoming_connections: u32,
+    /// Gossipsub heartbeat.
+    pub gossip_heartbeat: Duration,
+}
+
+/// Everything a fog node speaks.
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    /// First, so that connections over the limits are refused before anything else sees them.
+    pub limits: connection_limits::Behaviour,
+    /// Readings from meters and gateways.
+    pub ingest: ingest::Behaviour,
+    /// Questions from clients.
+    pub query: query::Behaviour,
+    /// Questions between fog nodes.
+    pub peer: peer::Behaviour,
+    /// Anti-entropy.
+    pub sync: sync::Behaviour,
+    /// Summaries and admin commands.
+    pub gossipsub: gossipsub::Behaviour,
+    /// Finding the mesh through a bootstrap node.
+    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    /// Listen addresses and protocols of peers.
+    pub identify: identify::Behaviour,
+    /// Liveness of connections.
+    pub ping: ping::Behaviour,
+    /// LAN discovery, when enabled.
+    pub mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+impl Behaviour {
+    /// The behaviour of a node with `keypair`.
+    pub fn new(keypair: &Keypair, settings: &Settings) -> Result<Self, TransportError> {
+        let peer_id = keypair.public().to_peer_id();
+        let mut kad_config = kad::Config::new(StreamProtocol::new(protocols::KAD));
+        kad_config.set_periodic_bootstrap_interval(Some(Duration::from_secs(60)));
+        let mut kad = kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
+        // Fog nodes are servers: without this, a node on loopback or behind no confirmed
+        // external address would stay a DHT client and never be found.
+        kad.set_mode(Some(kad::Mode::Server));
+        let mdns = if settings.mdns {
+            Some(
+                mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)
+                    .map_err(|e| TransportError::Behaviour { what: "mDNS", reason: e.to_string() })?,
+            )
+        } else {
+            None
+        };
+        let limits = ConnectionLimits::default()
+            .with_max_pending_incoming(Some(128))
+            .with_max_established_incoming(Some(settings.max_incoming_connections))
+            .with_max_established_per_peer(Some(4));
+        Ok(Behaviour {
+            limits: connection_limits::Behaviour::new(limits),
+            ingest: ingest::behaviour(ProtocolSupport::Full),
+            query: query::behaviour(ProtocolSupport::Full),
+            peer: peer::behaviour(ProtocolSupport::Full),
+            sync: sync::behaviour(ProtocolSupport::Full),
+            gossipsub: gossipsub(keypair, settings.gossip_heartbeat)?,
+            kad,
+            identify: identify::Behaviour::new(
+                identify::Config::new(protocols::IDENTIFY.to_owned(), keypair.public())
+                    .with_push_listen_addr_updates(true),
+            ),
+            ping: ping::Behaviour::default(),
+            mdns: mdns.into(),
+        })
+    }
+}
+
+/// The summary topic.
+pub fn summary_topic() -> IdentTopic {
+    IdentTopic::new(protocols::SUMMARY_TOPIC)
+}
+
+/// The admin command topic.
+pub fn control_topic() -> IdentTopic {
+    IdentTopic::new(protocols::CONTROL_TOPIC)
+}
+
+/// A gossipsub behaviour tuned for fog meshes of a handful to hundreds of nodes: a small mesh
+/// degree so that three nodes already form a mesh, a short first heartbeat, strict signing, and
+/// application validation of every message.
+fn gossipsub(keypair: &Keypair, heartbeat: Duration) -> Result<gossipsub::Behaviour, TransportError> {
+    let refused = |reason: String| TransportError::Behaviour { what: "gossipsub", reason };
+    let config = gossipsub::ConfigBuilder::default()
+        .mesh_n(4)
+        .mesh_n_low(1)
+        .mesh_n_high(8)
+        .mesh_outbound_min(1)
+        .heartbeat_initial_delay(Duration::from_millis(100))
+        .heartbeat_interval(heartbeat)
+        .validation_mode(ValidationMode::Strict)
+        .validate_messages()
+        .max_transmit_size(limits::MAX_SUMMARY_BYTES + 1024)
+        .build()
+        .map_err(|e| refused(e.to_string()))?;
+    gossipsub::Behaviour::new(MessageAuthenticity::Signed(keypair.clone()), config)
+        .map_err(|e| refused(e.to_owned()))
+}
