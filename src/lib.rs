@@ -20,6 +20,8 @@
 //! - [`http`]: the HTTP API, live events, dashboard and `/metrics`.
 //! - [`mqtt`]: MQTT ingest (embedded broker, or an existing one).
 //! - [`sim`]: simulated hydrometers.
+//! - [`present`]: what the CLI, HTTP and MQTT share: the JSON answers, the ingest report and
+//!   the reading parser.
 //! - [`cli`]: the `hydromesh` command line, one module per subcommand.
 //! - [`config`]: node configuration; [`clock`]: wall-clock milliseconds.
 
@@ -34,6 +36,7 @@ pub mod mesh;
 pub mod metrics;
 pub mod mqtt;
 pub mod node;
+pub mod present;
 pub mod protocol;
 pub mod sim;
 pub mod store;
