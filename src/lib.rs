@@ -40,6 +40,7 @@ pub mod metrics;
 pub mod mqtt;
 pub mod node;
 pub mod p2p;
+pub mod present;
 pub mod sim;
 pub mod store;
 

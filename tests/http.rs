@@ -1,7 +1,7 @@
 //! The HTTP API over real TCP on loopback, with a minimal HTTP/1.1 client written here: every
-//! route answers the same JSON as the CLI's `--json` functions for the same data, parameters
-//! are checked, bodies are bounded, admin actions need a token (or a signature), live events
-//! arrive, and the OpenAPI document lists every route.
+//! route answers the same JSON as the CLI's `--json` (both built by `hydromesh::present::json`)
+//! for the same data, parameters are checked, bodies are bounded, admin actions need a token (or
+//! a signature), live events arrive, and the OpenAPI document lists every route.
 
 mod common;
 
@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{config, consumption_since, eventually, now_ms, readings, top_n, Mesh};
-use hydromesh::cli::query as cli;
 use hydromesh::http::{routes, HttpContext};
+use hydromesh::present::json as present;
 use hydromesh::AppHandle;
 use hydromesh_proto::control::{Action, Command, Policy};
 use hydromesh_proto::query::{Request, Response};
@@ -252,7 +252,7 @@ async fn every_route_answers_like_the_cli() {
     .await;
 
     let top = same_as_cli(&mesh, "/api/v1/top", Request::Top { n: 10, since_ms: None }, |r| match r {
-        Response::Top(a) => Some(cli::top_json(a)),
+        Response::Top(a) => Some(present::top_json(a)),
         _ => None,
     })
     .await;
@@ -268,24 +268,24 @@ async fn every_route_answers_like_the_cli() {
     let since = 3 * 86_400_000;
     same_as_cli(&mesh, "/api/v1/top?n=5&since=3days", Request::Top { n: 5, since_ms: Some(since) }, |r| {
         match r {
-            Response::Top(a) => Some(cli::top_json(a)),
+            Response::Top(a) => Some(present::top_json(a)),
             _ => None,
         }
     })
     .await;
     let stats = same_as_cli(&mesh, "/api/v1/stats", Request::Stats, |r| match r {
-        Response::Stats(a) => Some(cli::stats_json(a)),
+        Response::Stats(a) => Some(present::stats_json(a)),
         _ => None,
     })
     .await;
     assert_eq!(stats["total_consumption_l"], json!(truth.values().sum::<u64>()));
     same_as_cli(&mesh, "/api/v1/peers", Request::Peers, |r| match r {
-        Response::Peers(a) => Some(cli::peers_json(a)),
+        Response::Peers(a) => Some(present::peers_json(a)),
         _ => None,
     })
     .await;
     same_as_cli(&mesh, "/api/v1/blocked", Request::Blocked, |r| match r {
-        Response::Blocked(a) => Some(cli::blocked_json(a)),
+        Response::Blocked(a) => Some(present::blocked_json(a)),
         _ => None,
     })
     .await;
@@ -294,13 +294,13 @@ async fn every_route_answers_like_the_cli() {
         "/api/v1/alerts?kind=leak",
         Request::Alerts { kind: Some(hydromesh_proto::summary::AlertKind::Leak) },
         |r| match r {
-            Response::Alerts(a) => Some(cli::alerts_json(a)),
+            Response::Alerts(a) => Some(present::alerts_json(a)),
             _ => None,
         },
     )
     .await;
     let policy = same_as_cli(&mesh, "/api/v1/policy", Request::Policy, |r| match r {
-        Response::Policy(p, o) => Some(hydromesh::cli::admin::policy_json(p, o.as_ref())),
+        Response::Policy(p, o) => Some(present::policy_json(p, o.as_ref())),
         _ => None,
     })
     .await;
@@ -317,7 +317,7 @@ async fn every_route_answers_like_the_cli() {
         ),
         Request::Meter { meter: 200, from_ms: Some(from), to_ms: Some(to) },
         |r| match r {
-            Response::Meter(a) => Some(cli::meter_json(a)),
+            Response::Meter(a) => Some(present::meter_json(a)),
             _ => None,
         },
     )
@@ -329,7 +329,7 @@ async fn every_route_answers_like_the_cli() {
         "/api/v1/meters/105/readings",
         Request::Meter { meter: 105, from_ms: None, to_ms: None },
         |r| match r {
-            Response::Meter(a) => Some(cli::meter_json(a)),
+            Response::Meter(a) => Some(present::meter_json(a)),
             _ => None,
         },
     )
@@ -341,7 +341,7 @@ async fn every_route_answers_like_the_cli() {
         "/api/v1/meters/203",
         Request::Meter { meter: 203, from_ms: Some(latest - 86_400_000), to_ms: None },
         |r| match r {
-            Response::Meter(a) => Some(cli::meter_json(a)),
+            Response::Meter(a) => Some(present::meter_json(a)),
             _ => None,
         },
     )
@@ -353,7 +353,7 @@ async fn every_route_answers_like_the_cli() {
         &format!("/api/v1/meters/203/bill?period_start={period}"),
         Request::Bill { meter: 203, period_start_ms: Some(latest) },
         |r| match r {
-            Response::Bill(Some(bill)) => Some(cli::bill_json(bill)),
+            Response::Bill(Some(bill)) => Some(present::bill_json(bill)),
             _ => None,
         },
     )
@@ -770,13 +770,17 @@ async fn live_events_follow_a_meter_through_any_node() {
     let mut events = Events::open(addr, "/api/v1/meters/300/live", &[]).await;
     let peer = mesh.nodes[1].peer.to_string();
     let (id, first) = events.next().await;
-    assert_eq!(first, cli::follow_json(300, &peer, &reading(300, t + 1000, 20)), "first: the latest reading");
+    assert_eq!(
+        first,
+        present::follow_json(300, &peer, &reading(300, t + 1000, 20)),
+        "first: the latest reading"
+    );
     assert_eq!(id, (t + 1000).to_string());
 
     let newer = Reading { flow_lph: Some(60), alarms: Alarms::LEAK, ..reading(300, t + 2000, 35) };
     ingest_local(home, vec![newer]).await;
     let (id, next) = events.next().await;
-    assert_eq!(next, cli::follow_json(300, &peer, &newer));
+    assert_eq!(next, present::follow_json(300, &peer, &newer));
     assert_eq!(id, (t + 2000).to_string());
 
     // A reconnecting client resumes after its last reading.

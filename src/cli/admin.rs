@@ -12,6 +12,7 @@ use serde_json::json;
 use super::keygen::read_secret;
 use super::{PeerArgs, EXIT_ERROR, EXIT_REFUSED};
 use crate::clock::now_ms;
+use crate::present::json::policy_json;
 
 /// `hydromesh admin` arguments.
 #[derive(Debug, clap::Args)]
@@ -148,18 +149,6 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
 /// A factor as thousandths: `None` for 0 (rule off).
 fn permille(factor: f64) -> anyhow::Result<Option<u32>> {
     Policy::permille_of_factor(factor).map_err(|problem| anyhow::anyhow!("--above-average {problem}"))
-}
-
-/// `admin policy --json`: the policy in force and who set it when.
-pub fn policy_json(policy: &Policy, origin: Option<&query::PolicyOrigin>) -> serde_json::Value {
-    json!({
-        "period": humantime::format_duration(Duration::from_millis(policy.period_ms)).to_string(),
-        "period_ms": policy.period_ms,
-        "cap_l": policy.cap_l,
-        "above_average": policy.above_average_permille.map(|p| f64::from(p) / 1000.0),
-        "set_by": origin.map(|o| o.admin.clone()),
-        "set_at": origin.map(|o| hydromesh_proto::format_rfc3339(o.issued_at_ms)),
-    })
 }
 
 fn print_policy(policy: &Policy, origin: Option<&query::PolicyOrigin>, json: bool) {

@@ -3,7 +3,6 @@
 
 pub mod admin;
 pub mod ingest;
-pub mod input;
 pub mod keygen;
 pub mod node;
 pub mod output;

@@ -6,18 +6,17 @@ use std::time::Duration;
 
 use clap::Subcommand;
 use hydromesh_proto::query::{
-    self, AlertsAnswer, Bill, BlockedAnswer, Coverage, MeterAnswer, MeterStatus, PeersAnswer, StatsAnswer,
-    TopAnswer,
+    self, AlertsAnswer, Bill, BlockedAnswer, MeterAnswer, MeterStatus, PeersAnswer, StatsAnswer, TopAnswer,
 };
 use hydromesh_proto::summary::AlertKind;
-use hydromesh_proto::Reading;
 
-use crate::p2p::client::Client;
-use serde_json::{json, Value};
-
-use super::input::{format_timestamp, parse_timestamp};
 use super::output::{age, coverage_line, cubic_metres, Table};
 use super::{PeerArgs, EXIT_ERROR, EXIT_REFUSED};
+use crate::p2p::client::Client;
+use crate::present::input::{format_timestamp, parse_timestamp};
+use crate::present::json::{
+    alerts_json, bill_json, blocked_json, follow_json, meter_json, peers_json, stats_json, top_json,
+};
 
 /// `hydromesh query` arguments.
 #[derive(Debug, clap::Args)]
@@ -143,29 +142,6 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-/// The coverage fields every global JSON answer carries.
-fn with_coverage(mut value: Value, coverage: &Coverage) -> Value {
-    if let Some(object) = value.as_object_mut() {
-        object.insert("nodes".into(), json!(coverage.included.len()));
-        object.insert("stale_nodes".into(), json!(coverage.stale.len()));
-        object.insert("included".into(), json!(coverage.included));
-        object.insert("stale".into(), json!(coverage.stale));
-        object.insert("missing".into(), json!(coverage.missing));
-        object.insert("data_age_ms".into(), json!(coverage.oldest_data_age_ms));
-    }
-    value
-}
-
-/// `query top --json`.
-pub fn top_json(answer: &TopAnswer) -> Value {
-    let entries: Vec<Value> = answer
-        .entries
-        .iter()
-        .map(|e| json!({"meter": e.meter, "consumption_l": e.consumption_l, "home": e.home}))
-        .collect();
-    with_coverage(json!({ "entries": entries }), &answer.coverage)
-}
-
 fn top_text(answer: &TopAnswer) -> String {
     let mut table = Table::new(&[("RANK", true), ("METER", true), ("CONSUMPTION m³", true), ("HOME", false)]);
     for (rank, entry) in answer.entries.iter().enumerate() {
@@ -179,18 +155,6 @@ fn top_text(answer: &TopAnswer) -> String {
     format!("{}\n{}", table.render(), coverage_line(&answer.coverage))
 }
 
-/// `query stats --json`.
-pub fn stats_json(answer: &StatsAnswer) -> Value {
-    with_coverage(
-        json!({
-            "meters": answer.meters,
-            "total_consumption_l": answer.total_consumption_l,
-            "average_consumption_l": answer.average_consumption_l(),
-        }),
-        &answer.coverage,
-    )
-}
-
 fn stats_text(answer: &StatsAnswer) -> String {
     let mut table = Table::new(&[("", false), ("", true)]);
     table.row(vec!["meters".into(), answer.meters.to_string()]);
@@ -199,22 +163,6 @@ fn stats_text(answer: &StatsAnswer) -> String {
     let rendered = table.render();
     let body = rendered.lines().skip(1).collect::<Vec<_>>().join("\n");
     format!("{body}\n{}", coverage_line(&answer.coverage))
-}
-
-/// `query peers --json`.
-pub fn peers_json(answer: &PeersAnswer) -> Value {
-    let peers: Vec<Value> = answer
-        .peers
-        .iter()
-        .map(|p| {
-            json!({
-                "peer": p.peer, "name": p.name, "addrs": p.addrs, "meters": p.meters,
-                "version": p.version, "last_heard_ms_ago": p.last_heard_ms_ago,
-                "stale": p.stale, "self": p.is_self, "connected": p.connected,
-            })
-        })
-        .collect();
-    with_coverage(json!({ "peers": peers }), &answer.coverage)
 }
 
 fn peers_text(answer: &PeersAnswer) -> String {
@@ -244,51 +192,9 @@ fn peers_text(answer: &PeersAnswer) -> String {
     format!("{}\n{}", table.render(), coverage_line(&answer.coverage))
 }
 
-/// `query meter --json`.
-pub fn meter_json(answer: &MeterAnswer) -> Value {
-    let readings: Vec<Value> = answer.history.readings.iter().map(reading_json).collect();
-    json!({
-        "meter": answer.meter,
-        "home": answer.home,
-        "consumption_l": answer.consumption_l,
-        "readings": readings,
-        "truncated": answer.history.truncated,
-        "blocked": answer.status.blocked.as_ref().map(|b| json!({
-            "reason": b.reason.as_str(), "since": format_timestamp(b.since_ms), "detail": b.detail,
-        })),
-        "alerts": answer.status.alerts.iter().map(|a| json!({"kind": a.kind.as_str(), "since": format_timestamp(a.since_ms)})).collect::<Vec<_>>(),
-        "bill": answer.status.bill.as_ref().map(bill_json),
-    })
-}
-
-fn reading_json(r: &Reading) -> Value {
-    let mut reading = json!({"ts": format_timestamp(r.ts_ms), "litres": r.litres});
-    if let Some(flow) = r.flow_lph {
-        reading["flow_lph"] = json!(flow);
-    }
-    if !r.alarms.is_empty() {
-        reading["alarms"] = json!(r.alarms.names().collect::<Vec<_>>());
-    }
-    reading
-}
-
 /// Money in cents as units with two decimals.
 fn money(cents: u64) -> String {
     format!("{}.{:02}", cents / 100, cents % 100)
-}
-
-/// `query bill --json`.
-pub fn bill_json(bill: &Bill) -> Value {
-    json!({
-        "meter": bill.meter,
-        "period_start": format_timestamp(bill.period_start_ms),
-        "period_end": format_timestamp(bill.period_end_ms),
-        "consumption_l": bill.consumption_l,
-        "amount": bill.amount_cents as f64 / 100.0,
-        "currency": bill.currency,
-        "paid": bill.paid,
-        "home": bill.home,
-    })
 }
 
 fn bill_text(bill: &Bill) -> String {
@@ -303,21 +209,6 @@ fn bill_text(bill: &Bill) -> String {
         bill.currency,
         if bill.paid { "paid" } else { "not paid" }
     )
-}
-
-/// `query blocked --json`.
-pub fn blocked_json(answer: &BlockedAnswer) -> Value {
-    let blocked: Vec<Value> = answer
-        .blocked
-        .iter()
-        .map(|e| {
-            json!({
-                "meter": e.blocked.meter, "reason": e.blocked.reason.as_str(),
-                "since": format_timestamp(e.blocked.since_ms), "detail": e.blocked.detail, "home": e.home,
-            })
-        })
-        .collect();
-    with_coverage(json!({ "blocked": blocked }), &answer.coverage)
 }
 
 fn blocked_text(answer: &BlockedAnswer) -> String {
@@ -339,16 +230,6 @@ fn blocked_text(answer: &BlockedAnswer) -> String {
     }
     let none = if answer.blocked.is_empty() { "(no meter is blocked)\n" } else { "" };
     format!("{}\n{none}{}", table.render(), coverage_line(&answer.coverage))
-}
-
-/// `query alerts --json`.
-pub fn alerts_json(answer: &AlertsAnswer) -> Value {
-    let alerts: Vec<Value> = answer
-        .alerts
-        .iter()
-        .map(|e| json!({"meter": e.alert.meter, "kind": e.alert.kind.as_str(), "since": format_timestamp(e.alert.since_ms), "home": e.home}))
-        .collect();
-    with_coverage(json!({ "alerts": alerts }), &answer.coverage)
 }
 
 fn alerts_text(answer: &AlertsAnswer) -> String {
@@ -389,14 +270,6 @@ fn status_text(status: &MeterStatus) -> String {
         ));
     }
     lines.join("\n")
-}
-
-/// One line of `query meter ID --follow --json`: a reading with its meter and home.
-pub fn follow_json(meter: u64, home: &str, reading: &Reading) -> Value {
-    let mut line = reading_json(reading);
-    line["meter"] = json!(meter);
-    line["home"] = json!(home);
-    line
 }
 
 /// `query meter ID --follow`: long polls through the asked node, printing each new reading.

@@ -15,11 +15,12 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::api::{body, shown, unexpected, ApiResult, Params};
+use super::api::{body, unexpected, ApiResult, Params};
 use super::{ApiError, AppState};
 use crate::clock::now_ms;
 use crate::keys::from_hex;
 use crate::mesh::control::{self, ControlError};
+use crate::present::input::shown;
 
 /// `POST /api/v1/admin/block` body.
 #[derive(Deserialize)]

@@ -1,5 +1,5 @@
-//! The JSON API: the same answers as the CLI's `--json` (built by the CLI's own functions), and
-//! readings in with the same per-item report as `hydromesh ingest --json`.
+//! The JSON API: the same answers as the CLI's `--json` (built by [`crate::present::json`]), and
+//! readings in, checked like `hydromesh ingest`'s, with the same per-item report.
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
@@ -11,12 +11,13 @@ use hydromesh_proto::limits::{MAX_BATCH_READINGS, MAX_TOP_N};
 use hydromesh_proto::query::{self, MeterAnswer};
 use hydromesh_proto::summary::AlertKind;
 use hydromesh_proto::{MeterId, Reading};
+use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
 
 use super::{ApiError, AppState};
-use crate::cli::ingest::Report;
-use crate::cli::input::{parse_timestamp, Format, Readings};
-use crate::cli::query as cli;
+use crate::present::input::{parse_timestamp, reading_from_json, shown, InputError};
+use crate::present::json;
+use crate::present::report::Report;
 
 /// How far back of a meter's latest reading its summary's readings go.
 const SUMMARY_WINDOW_MS: u64 = 24 * 3_600_000;
@@ -68,14 +69,6 @@ impl Params {
     }
 }
 
-/// At most 64 characters of what a client sent, for error messages.
-pub(super) fn shown(text: &str) -> String {
-    match text.char_indices().nth(64) {
-        Some((end, _)) => format!("{}…", &text[..end]),
-        None => text.to_owned(),
-    }
-}
-
 /// The meter of a `/meters/{id}` path.
 pub(super) fn meter_id(path: Result<Path<String>, PathRejection>) -> Result<MeterId, ApiError> {
     let Path(id) = path.map_err(|e| ApiError::bad_request(format!("bad meter id: {}", e.body_text())))?;
@@ -123,7 +116,7 @@ pub(super) async fn top(
         })
         .transpose()?;
     match state.context.node.query(query::Request::Top { n, since_ms }).await {
-        query::Response::Top(answer) => Ok(Json(cli::top_json(&answer))),
+        query::Response::Top(answer) => Ok(Json(json::top_json(&answer))),
         other => Err(unexpected(other)),
     }
 }
@@ -135,7 +128,7 @@ pub(super) async fn stats(
 ) -> ApiResult {
     Params::new(query, &[])?;
     match state.context.node.query(query::Request::Stats).await {
-        query::Response::Stats(answer) => Ok(Json(cli::stats_json(&answer))),
+        query::Response::Stats(answer) => Ok(Json(json::stats_json(&answer))),
         other => Err(unexpected(other)),
     }
 }
@@ -147,7 +140,7 @@ pub(super) async fn peers(
 ) -> ApiResult {
     Params::new(query, &[])?;
     match state.context.node.query(query::Request::Peers).await {
-        query::Response::Peers(answer) => Ok(Json(cli::peers_json(&answer))),
+        query::Response::Peers(answer) => Ok(Json(json::peers_json(&answer))),
         other => Err(unexpected(other)),
     }
 }
@@ -159,7 +152,7 @@ pub(super) async fn blocked(
 ) -> ApiResult {
     Params::new(query, &[])?;
     match state.context.node.query(query::Request::Blocked).await {
-        query::Response::Blocked(answer) => Ok(Json(cli::blocked_json(&answer))),
+        query::Response::Blocked(answer) => Ok(Json(json::blocked_json(&answer))),
         other => Err(unexpected(other)),
     }
 }
@@ -182,7 +175,7 @@ pub(super) async fn alerts(
         })
         .transpose()?;
     match state.context.node.query(query::Request::Alerts { kind }).await {
-        query::Response::Alerts(answer) => Ok(Json(cli::alerts_json(&answer))),
+        query::Response::Alerts(answer) => Ok(Json(json::alerts_json(&answer))),
         other => Err(unexpected(other)),
     }
 }
@@ -194,9 +187,7 @@ pub(super) async fn policy(
 ) -> ApiResult {
     Params::new(query, &[])?;
     match state.context.node.query(query::Request::Policy).await {
-        query::Response::Policy(policy, origin) => {
-            Ok(Json(crate::cli::admin::policy_json(&policy, origin.as_ref())))
-        }
+        query::Response::Policy(policy, origin) => Ok(Json(json::policy_json(&policy, origin.as_ref()))),
         other => Err(unexpected(other)),
     }
 }
@@ -234,9 +225,9 @@ pub(super) async fn meter(
     Ok(Json(summary_json(&answer)))
 }
 
-/// The CLI's meter JSON with only the latest [`SUMMARY_READINGS`] readings.
+/// The meter JSON with only the latest [`SUMMARY_READINGS`] readings.
 pub(super) fn summary_json(answer: &MeterAnswer) -> Value {
-    let mut value = cli::meter_json(answer);
+    let mut value = json::meter_json(answer);
     if let Some(readings) = value.get_mut("readings").and_then(Value::as_array_mut) {
         if readings.len() > SUMMARY_READINGS {
             readings.drain(..readings.len() - SUMMARY_READINGS);
@@ -261,7 +252,7 @@ pub(super) async fn readings(
         }
     }
     let answer = meter_answer(&state, meter, from_ms, to_ms).await?;
-    Ok(Json(cli::meter_json(&answer)))
+    Ok(Json(json::meter_json(&answer)))
 }
 
 /// `GET /api/v1/meters/{id}/bill?period_start=`.
@@ -274,7 +265,7 @@ pub(super) async fn bill(
     let params = Params::new(query, &["period_start"])?;
     let period_start_ms = params.time("period_start")?;
     match state.context.node.query(query::Request::Bill { meter, period_start_ms }).await {
-        query::Response::Bill(Some(bill)) => Ok(Json(cli::bill_json(&bill))),
+        query::Response::Bill(Some(bill)) => Ok(Json(json::bill_json(&bill))),
         query::Response::Bill(None) => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("meter {meter} is not held by any known fog node"),
@@ -296,6 +287,15 @@ pub(super) fn body(state: &AppState, body: Result<Bytes, BytesRejection>) -> Res
     })
 }
 
+/// An item of a `POST /api/v1/readings` array: a reading, or why it is not one.
+struct Item(Result<Reading, InputError>);
+
+impl<'de> Deserialize<'de> for Item {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Value::deserialize(deserializer).map(|item| Item(reading_from_json(&item)))
+    }
+}
+
 /// `POST /api/v1/readings`: a JSON array of readings, each checked like a line of
 /// `hydromesh ingest` (the bad ones are rejected by index, the good ones stored).
 pub(super) async fn ingest(
@@ -305,7 +305,7 @@ pub(super) async fn ingest(
 ) -> ApiResult {
     Params::new(query, &[])?;
     let bytes = body(&state, bytes)?;
-    let items: Vec<Value> = serde_json::from_slice(&bytes)
+    let items: Vec<Item> = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("the body is not a JSON array of readings: {e}")))?;
     if items.len() > MAX_BATCH_READINGS {
         state.context.metrics.refuse("http", "too_many_readings");
@@ -314,8 +314,17 @@ pub(super) async fn ingest(
             format!("{} readings in one request (at most {MAX_BATCH_READINGS})", items.len()),
         ));
     }
-    let (readings, indices, mut rejected) = parse_items(&items);
-    let mut report = Report { rejected: std::mem::take(&mut rejected), ..Report::default() };
+    let mut report = Report::default();
+    let (mut readings, mut indices) = (Vec::new(), Vec::new());
+    for (index, Item(item)) in items.into_iter().enumerate() {
+        match item {
+            Ok(reading) => {
+                readings.push(reading);
+                indices.push(index);
+            }
+            Err(error) => report.rejected.push((index, error.to_string())),
+        }
+    }
     if !readings.is_empty() {
         match state.context.node.ingest(readings).await {
             ingest::Response::Busy { .. } => return Err(ApiError::busy()),
@@ -326,32 +335,4 @@ pub(super) async fn ingest(
         }
     }
     Ok(Json(report.json("index")))
-}
-
-/// The items of the array as readings, with their indices, and the items that are not readings.
-fn parse_items(items: &[Value]) -> (Vec<Reading>, Vec<usize>, Vec<(usize, String)>) {
-    // One compact JSON line per item through the CLI's own JSON-lines parser: the same fields,
-    // rules and messages as `hydromesh ingest`, and line k is item k - 1.
-    let mut lines = String::new();
-    for item in items {
-        lines.push_str(&item.to_string());
-        lines.push('\n');
-    }
-    let (mut readings, mut indices, mut rejected) = (Vec::new(), Vec::new(), Vec::new());
-    match Readings::new(lines.as_bytes(), Format::JsonLines) {
-        Ok(parsed) => {
-            for item in parsed {
-                match item {
-                    Ok(line) => {
-                        indices.push(line.line - 1);
-                        readings.push(line.reading);
-                    }
-                    Err(error) => rejected.push((error.line.saturating_sub(1), error.error.to_string())),
-                }
-            }
-        }
-        // JSON lines have no header: this cannot happen, but never store half a batch.
-        Err(error) => rejected.extend((0..items.len()).map(|index| (index, error.error.to_string()))),
-    }
-    (readings, indices, rejected)
 }

@@ -22,8 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::api::{meter_id, unexpected, Params};
 use super::{ApiError, AppState};
-use crate::cli::query::follow_json;
 use crate::node::NodeClient;
+use crate::present::json::follow_json;
 
 /// How often a keep-alive comment goes out: it keeps proxies from closing a quiet stream, and
 /// writing it is how a vanished client is noticed.

@@ -151,11 +151,7 @@ pub fn routes() -> Vec<(Verb, &'static str)> {
     table().into_iter().map(|route| (route.verb, route.path)).collect()
 }
 
-/// The routes of the server (live streams end only when their client goes away).
-pub fn router(context: HttpContext) -> Router {
-    build(context, CancellationToken::new())
-}
-
+/// The routes of the server; live streams end when their client goes away or at `cancel`.
 fn build(context: HttpContext, cancel: CancellationToken) -> Router {
     let mut router = Router::new();
     for route in table() {

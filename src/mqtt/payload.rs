@@ -20,7 +20,7 @@ use hydromesh_proto::{Alarms, MeterId, Reading};
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
-use crate::cli::input::parse_timestamp;
+use crate::present::input::{parse_timestamp, shown};
 
 /// Largest payload of a reading; a larger one is refused (the packet limit is larger).
 pub const MAX_PAYLOAD_BYTES: usize = 16 * 1024;
@@ -96,29 +96,20 @@ fn classify(topic: &str) -> Result<TopicKind, Refusal> {
     if let Some(meter) = topic.strip_prefix(METER_PREFIX).and_then(|rest| rest.strip_suffix("/reading")) {
         return match digits(meter) {
             Some(meter) => Ok(TopicKind::Meter(meter)),
-            None => Err(Refusal::InvalidReading(format!(
-                "`{}` in the topic is not a meter number",
-                shorten(meter)
-            ))),
+            None => {
+                Err(Refusal::InvalidReading(format!("`{}` in the topic is not a meter number", shown(meter))))
+            }
         };
     }
     if topic == WMBUS_TOPIC || topic.strip_prefix(WMBUS_TOPIC).is_some_and(|rest| rest.starts_with('/')) {
         return Ok(TopicKind::Wmbus);
     }
-    Err(Refusal::UnknownTopic(shorten(topic)))
+    Err(Refusal::UnknownTopic(shown(topic)))
 }
 
 /// A non-empty run of ASCII digits as a `u64`.
 fn digits(text: &str) -> Option<u64> {
     (!text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())).then(|| text.parse().ok()).flatten()
-}
-
-/// At most 64 characters of `text`, for messages.
-fn shorten(text: &str) -> String {
-    match text.char_indices().nth(64) {
-        Some((end, _)) => format!("{}…", &text[..end]),
-        None => text.to_owned(),
-    }
 }
 
 /// A JSON error as a refusal: a syntax error is malformed JSON, anything else (a missing field,
@@ -151,7 +142,7 @@ fn parse_meter_json(meter: MeterId, payload: &[u8]) -> Result<Reading, Refusal> 
         let flag = Alarms::from_name(name).ok_or_else(|| {
             Refusal::InvalidReading(format!(
                 "unknown alarm `{}` (expected leak, burst, tamper, backflow, dry)",
-                shorten(name)
+                shown(name)
             ))
         })?;
         alarms = alarms.union(flag);
@@ -220,7 +211,7 @@ fn status_alarms(meter: MeterId, status: &str) -> Alarms {
             "REVERSE" | "REVERSED" | "BACKFLOW" => Alarms::BACKFLOW,
             "TAMPER" | "FRAUD" => Alarms::TAMPER,
             _ => {
-                tracing::debug!(meter, word = %shorten(word), "ignoring an unknown wmbusmeters status word");
+                tracing::debug!(meter, word = %shown(word), "ignoring an unknown wmbusmeters status word");
                 continue;
             }
         };
@@ -269,7 +260,7 @@ impl<'de> Deserialize<'de> for MeterNumber {
             }
             fn visit_str<E: de::Error>(self, text: &str) -> Result<MeterNumber, E> {
                 digits(text.trim()).map(MeterNumber).ok_or_else(|| {
-                    E::custom(format!("field `id`: `{}` is not a meter id of digits", shorten(text)))
+                    E::custom(format!("field `id`: `{}` is not a meter id of digits", shown(text)))
                 })
             }
         }

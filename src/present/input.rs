@@ -1,16 +1,15 @@
-//! Streaming parser of meter readings from CSV or JSON lines: the input of `hydromesh ingest`.
+//! Meter readings from text: a streaming parser of CSV or JSON lines (the input of
+//! `hydromesh ingest`), one JSON object as a reading (a JSON line, an item of
+//! `POST /api/v1/readings`), and times as RFC 3339 or Unix milliseconds.
 
 use std::borrow::Cow;
-use std::fmt;
 use std::io::{self, BufRead, Read};
 use std::iter::FusedIterator;
-use std::marker::PhantomData;
 use std::path::Path;
 
 use chrono::DateTime;
 use hydromesh_proto::{Alarms, Reading};
-use serde::de::{Deserializer, SeqAccess, Visitor};
-use serde::Deserialize;
+use serde_json::Value;
 
 /// Longest accepted line in bytes; a longer line is an error for that line and is skipped.
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
@@ -102,7 +101,7 @@ pub enum InputError {
     /// A time given outside of a field (to [`parse_timestamp`]) is not one: text and rule.
     #[error("`{0}` {1}")]
     Timestamp(String, &'static str),
-    /// A JSON line is malformed or not an object.
+    /// A JSON line is malformed, or a JSON item is not an object.
     #[error("invalid JSON: {0}")]
     Json(String),
 }
@@ -259,7 +258,7 @@ fn digits(text: &str) -> Option<u64> {
 }
 
 /// At most 64 characters of `text`, for error messages.
-fn shown(text: &str) -> String {
+pub fn shown(text: &str) -> String {
     match text.char_indices().nth(64) {
         Some((end, _)) => format!("{}…", &text[..end]),
         None => text.to_owned(),
@@ -309,8 +308,7 @@ fn parse_csv_row(columns: &[Column], line: &str) -> Result<Reading, InputError> 
         let expected = columns.len();
         return Err(InputError::FieldCount { expected, found });
     }
-    let cells = values.map(|value| Cell::Text(Cow::Borrowed(value)));
-    reading_from(columns.iter().copied().zip(cells))
+    reading_from(columns.iter().copied().zip(values.map(Cell::Text)))
 }
 
 /// A reading from its cells; the required ones are all there.
@@ -328,31 +326,41 @@ fn reading_from<'a>(cells: impl Iterator<Item = (Column, Cell<'a>)>) -> Result<R
                     u32::try_from(flow).map_err(|_| value_error("flow_lph", &flow.to_string(), NOT_FLOW))?;
                 reading.flow_lph = Some(flow);
             }
-            Column::Alarms => reading.alarms = parse_alarms(&cell.text())?,
+            Column::Alarms => reading.alarms = cell_alarms(&cell)?,
         }
     }
     Ok(reading)
 }
 
-/// A required cell as a number: a JSON number as it is, text through `parse`.
+/// A required cell as a number: a JSON unsigned integer as it is, text through `parse`.
 fn cell_u64<P>(field: &'static str, cell: &Cell<'_>, parse: P) -> Result<u64, InputError>
 where
     P: Fn(&str) -> Result<u64, &'static str>,
 {
-    let text = match cell {
-        Cell::Number(n) => return Ok(*n),
-        Cell::Text(text) => Cow::Borrowed(text.trim()),
-        Cell::List(items) => Cow::Owned(format!("[{items}]")),
-    };
+    if let Some(n) = cell.json_u64() {
+        return Ok(n);
+    }
+    let text = cell.text();
+    let text = text.trim();
     if text.is_empty() {
         return Err(InputError::MissingField(field));
     }
-    parse(&text).map_err(|rule| value_error(field, &text, rule))
+    parse(text).map_err(|rule| value_error(field, text, rule))
 }
 
 /// A parser of whole numbers that names `rule` when the text is not one.
 fn whole(rule: &'static str) -> impl Fn(&str) -> Result<u64, &'static str> {
     move |text| digits(text).ok_or(rule)
+}
+
+/// The alarms of a cell: a JSON array's items each, any other cell through [`parse_alarms`].
+fn cell_alarms(cell: &Cell<'_>) -> Result<Alarms, InputError> {
+    match cell {
+        Cell::Json(Value::Array(items)) => {
+            items.iter().try_fold(Alarms::empty(), |set, item| Ok(set.union(cell_alarms(&Cell::Json(item))?)))
+        }
+        cell => parse_alarms(&cell.text()),
+    }
 }
 
 /// Alarm names separated by `|`, `;` or white space, any case; empty is no alarm.
@@ -364,93 +372,51 @@ fn parse_alarms(text: &str) -> Result<Alarms, InputError> {
     })
 }
 
-/// The value of a field: text (a CSV cell, a JSON string, or another JSON number written
-/// out), a JSON unsigned integer, or the items of a JSON array as text joined by `|`.
+/// The value of a field: a CSV cell, or a JSON value (`null` when the key is absent).
 enum Cell<'a> {
-    Text(Cow<'a, str>),
-    Number(u64),
-    List(String),
+    Text(&'a str),
+    Json(&'a Value),
 }
 
-impl Cell<'_> {
+impl<'a> Cell<'a> {
     fn is_blank(&self) -> bool {
-        matches!(self, Cell::Text(text) if text.trim().is_empty())
+        self.text().trim().is_empty()
     }
 
-    fn text(&self) -> Cow<'_, str> {
+    /// A JSON unsigned integer.
+    fn json_u64(&self) -> Option<u64> {
         match self {
+            Cell::Json(Value::Number(n)) => n.as_u64(),
+            _ => None,
+        }
+    }
+
+    /// The cell as text: a JSON string as it is, `null` as nothing, other JSON values written out.
+    fn text(&self) -> Cow<'a, str> {
+        match *self {
             Cell::Text(text) => Cow::Borrowed(text),
-            Cell::Number(n) => Cow::Owned(n.to_string()),
-            Cell::List(items) => Cow::Borrowed(items),
+            Cell::Json(Value::String(text)) => Cow::Borrowed(text),
+            Cell::Json(Value::Null) => Cow::Borrowed(""),
+            Cell::Json(value) => Cow::Owned(value.to_string()),
         }
     }
 }
 
-impl<'de: 'a, 'a> Deserialize<'de> for Cell<'a> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(CellVisitor(PhantomData))
-    }
-}
-
-struct CellVisitor<'a>(PhantomData<&'a ()>);
-
-impl<'de: 'a, 'a> Visitor<'de> for CellVisitor<'a> {
-    type Value = Cell<'a>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a number, a string or an array of strings")
-    }
-    fn visit_u64<E>(self, n: u64) -> Result<Cell<'a>, E> {
-        Ok(Cell::Number(n))
-    }
-    fn visit_i64<E>(self, n: i64) -> Result<Cell<'a>, E> {
-        Ok(Cell::Text(Cow::Owned(n.to_string())))
-    }
-    fn visit_f64<E>(self, x: f64) -> Result<Cell<'a>, E> {
-        Ok(Cell::Text(Cow::Owned(format!("{x:?}"))))
-    }
-    fn visit_borrowed_str<E>(self, text: &'de str) -> Result<Cell<'a>, E> {
-        Ok(Cell::Text(Cow::Borrowed(text)))
-    }
-    fn visit_str<E>(self, text: &str) -> Result<Cell<'a>, E> {
-        Ok(Cell::Text(Cow::Owned(text.to_owned())))
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<Cell<'a>, A::Error> {
-        let mut text = String::new();
-        while let Some(item) = items.next_element::<Cell<'_>>()? {
-            if !text.is_empty() {
-                text.push('|');
-            }
-            text.push_str(&item.text());
-        }
-        Ok(Cell::List(text))
-    }
-}
-
-/// The keys of a JSON line this parser reads (others are ignored).
-#[derive(Deserialize)]
-struct JsonLine<'a> {
-    #[serde(borrow)]
-    meter: Option<Cell<'a>>,
-    #[serde(borrow)]
-    ts: Option<Cell<'a>>,
-    #[serde(borrow)]
-    litres: Option<Cell<'a>>,
-    #[serde(borrow)]
-    flow_lph: Option<Cell<'a>>,
-    #[serde(borrow)]
-    alarms: Option<Cell<'a>>,
+/// One JSON object as a reading, checked like a line of `hydromesh ingest`: `meter`, `ts` and
+/// `litres` are required, `flow_lph` and `alarms` optional, other keys ignored. A number may be
+/// a JSON number or a string; `alarms` an array of names or one string of them.
+pub fn reading_from_json(item: &Value) -> Result<Reading, InputError> {
+    let Value::Object(fields) = item else {
+        return Err(InputError::Json("expected an object".to_owned()));
+    };
+    let cell = |name| Cell::Json(fields.get(name).unwrap_or(&Value::Null));
+    reading_from(COLUMNS.iter().map(|&(column, name)| (column, cell(name))))
 }
 
 fn parse_json_line(line: &str) -> Result<Reading, InputError> {
-    if !line.trim_start().starts_with('{') {
-        return Err(InputError::Json("expected an object".to_owned()));
-    }
-    let json: JsonLine<'_> = serde_json::from_str(line)
+    let item: Value = serde_json::from_str(line)
         .map_err(|e| InputError::Json(e.to_string().replace(" at line 1 column ", " at column ")))?;
-    let cells = [json.meter, json.ts, json.litres, json.flow_lph, json.alarms];
-    let cells = cells.map(|cell| cell.unwrap_or(Cell::Text(Cow::Borrowed(""))));
-    reading_from(COLUMNS.iter().map(|(column, _)| *column).zip(cells))
+    reading_from_json(&item)
 }
 
 #[cfg(test)]
@@ -606,6 +572,76 @@ mod tests {
         }
         let broken = parse(Format::JsonLines, io::BufReader::new(Broken));
         assert_eq!(broken, [error(1, "cannot read input: disk on fire")]);
+    }
+
+    #[test]
+    fn json_object_to_reading() {
+        let good = serde_json::json!({
+            "meter": 7, "ts": "2026-11-23T10:00:00Z", "litres": 5, "flow_lph": 120,
+            "alarms": ["leak", "Dry"], "note": "ignored",
+        });
+        let alarms = Alarms::LEAK.union(Alarms::DRY);
+        let reading = Reading { meter: 7, ts_ms: T0, litres: 5, flow_lph: Some(120), alarms };
+        assert_eq!(reading_from_json(&good).ok(), Some(reading));
+        let as_text = serde_json::json!({
+            "meter": "7", "ts": "1795428000000", "litres": " 5 ", "flow_lph": null, "alarms": "leak|dry",
+        });
+        let reading = Reading { flow_lph: None, ..reading };
+        assert_eq!(reading_from_json(&as_text).ok(), Some(reading));
+    }
+
+    #[test]
+    fn json_object_errors_name_the_field_and_the_rule() {
+        let cases = [
+            (
+                r#"{"meter":"seven","ts":0,"litres":1}"#,
+                "field `meter`: `seven` is not a meter number (an unsigned integer)",
+            ),
+            (
+                r#"{"meter":-1,"ts":0,"litres":1}"#,
+                "field `meter`: `-1` is not a meter number (an unsigned integer)",
+            ),
+            (
+                r#"{"meter":true,"ts":0,"litres":1}"#,
+                "field `meter`: `true` is not a meter number (an unsigned integer)",
+            ),
+            (r#"{"ts":0,"litres":1}"#, "field `meter` is missing or empty"),
+            (
+                r#"{"meter":1,"ts":"yesterday","litres":1}"#,
+                "field `ts`: `yesterday` is neither RFC 3339 nor Unix milliseconds",
+            ),
+            (
+                r#"{"meter":1,"ts":"1969-12-31T23:59:59Z","litres":1}"#,
+                "field `ts`: `1969-12-31T23:59:59Z` is before the Unix epoch (1970-01-01T00:00:00Z)",
+            ),
+            (r#"{"meter":1,"ts":null,"litres":1}"#, "field `ts` is missing or empty"),
+            (r#"{"meter":1,"ts":0,"litres":12.5}"#, "field `litres`: `12.5` is not a whole number of litres"),
+            (
+                r#"{"meter":1,"ts":0,"litres":{"l":1}}"#,
+                "field `litres`: `{\"l\":1}` is not a whole number of litres",
+            ),
+            (r#"{"meter":1,"ts":0,"litres":""}"#, "field `litres` is missing or empty"),
+            (
+                r#"{"meter":1,"ts":0,"litres":1,"flow_lph":4294967296}"#,
+                "field `flow_lph`: `4294967296` is not a flow in whole litres per hour (0 to 4294967295)",
+            ),
+            (
+                r#"{"meter":1,"ts":0,"litres":1,"flow_lph":[1]}"#,
+                "field `flow_lph`: `[1]` is not a flow in whole litres per hour (0 to 4294967295)",
+            ),
+            (
+                r#"{"meter":1,"ts":0,"litres":1,"alarms":["leak",5]}"#,
+                "unknown alarm `5` (expected leak, burst, tamper, backflow, dry)",
+            ),
+            ("null", "invalid JSON: expected an object"),
+            ("[1,0,5]", "invalid JSON: expected an object"),
+            (r#""meter""#, "invalid JSON: expected an object"),
+        ];
+        for (item, message) in cases {
+            let value: Value = serde_json::from_str(item).expect("test JSON");
+            let got = reading_from_json(&value).map_err(|e| e.to_string());
+            assert_eq!(got, Err(message.to_owned()), "{item}");
+        }
     }
 
     #[test]
