@@ -7,7 +7,8 @@
 //!
 //! Stop, with every wait named here:
 //! 1. the front ends stop taking work and get [`FRONT_END_GRACE`] to finish with their clients
-//!    (whose requests still reach the running node), then are aborted;
+//!    (whose requests still reach the running node), then are aborted; within it, MQTT clients
+//!    get [`mqtt::DRAIN_GRACE`] for the acknowledgements of what is being stored;
 //! 2. the node stops listening and gets [`crate::node::SHUTDOWN_GRACE`] for its in-flight requests;
 //! 3. the ingest writer acknowledges what is queued and the store is flushed: the result of
 //!    that flush is the result of [`AppHandle::shutdown`].
@@ -28,6 +29,9 @@ use crate::node::{Node, NodeClient, NodeError, NodeHandle};
 
 /// How long the front ends get at shutdown to finish with their clients.
 pub const FRONT_END_GRACE: Duration = Duration::from_secs(10);
+
+// MQTT's drain happens within the front ends' grace.
+const _: () = assert!(mqtt::DRAIN_GRACE.as_millis() < FRONT_END_GRACE.as_millis());
 
 /// Why the application could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]

@@ -148,9 +148,18 @@ impl Default for Tariff {
     }
 }
 
+/// Why a tariff text is not a tariff.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TariffError(String);
+
 impl Tariff {
     /// Parses `LITRES:PRICE,…,*:PRICE` (price per m³, e.g. `10000:4.50,20000:7,*:14`).
-    pub fn parse(currency: &str, text: &str) -> Result<Tariff, String> {
+    pub fn parse(currency: &str, text: &str) -> Result<Tariff, TariffError> {
+        Self::parse_text(currency, text).map_err(TariffError)
+    }
+
+    fn parse_text(currency: &str, text: &str) -> Result<Tariff, String> {
         let mut blocks = Vec::new();
         let mut previous = 0u64;
         for part in text.split(',').map(str::trim) {
@@ -225,9 +234,9 @@ struct TariffText {
 }
 
 impl TryFrom<TariffText> for Tariff {
-    type Error = String;
+    type Error = TariffError;
 
-    fn try_from(text: TariffText) -> Result<Self, String> {
+    fn try_from(text: TariffText) -> Result<Self, TariffError> {
         Tariff::parse(&text.currency, &text.blocks)
     }
 }

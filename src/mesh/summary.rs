@@ -201,6 +201,56 @@ mod tests {
     }
 
     #[test]
+    fn a_summary_is_built_from_the_snapshot_and_cut_to_what_it_may_carry() {
+        use std::collections::BTreeMap;
+        use std::sync::Arc;
+
+        use hydromesh_proto::control::BlockReason;
+        use hydromesh_proto::summary::{AlertKind, MeterSpan, Point};
+
+        let key = Keypair::generate_ed25519();
+        let span = |meter, litres| MeterSpan {
+            meter,
+            first: Point { ts_ms: 1, litres: 0 },
+            last: Point { ts_ms: 2, litres },
+        };
+        let alerts: BTreeMap<_, _> = (0..limits::MAX_SUMMARY_ENTRIES as u64 + 5)
+            .map(|meter| (meter, vec![Alert { meter, kind: AlertKind::Leak, since_ms: 1 }]))
+            .collect();
+        let blocked = BTreeMap::from([(
+            3,
+            Blocked { meter: 3, reason: BlockReason::Cap, since_ms: 1, detail: "é".repeat(100) },
+        )]);
+        let local = LocalSnapshot {
+            meter_count: 3,
+            total_consumption_l: 60,
+            top: vec![span(3, 30), span(2, 20), span(1, 10)],
+            alerts: Arc::new(alerts),
+            blocked: Arc::new(blocked),
+            period_start_ms: 7,
+            period_consumption_l: 5,
+            period_meters: 2,
+            ..LocalSnapshot::default()
+        };
+        let head = Head {
+            origin: key.public().to_peer_id(),
+            name: "n".repeat(100),
+            version: 9,
+            generated_at_ms: 11,
+            addrs: vec!["/ip4/127.0.0.1/tcp/1".into(); 40],
+        };
+        let summary = build(head, &local, 2);
+        assert_eq!(summary.top, vec![span(3, 30), span(2, 20)], "the node's top-K, cut to K");
+        assert_eq!((summary.meter_count, summary.total_consumption_l, summary.version), (3, 60, 9));
+        assert_eq!((summary.period_start_ms, summary.period_consumption_l, summary.period_meters), (7, 5, 2));
+        assert_eq!(summary.alerts.len(), limits::MAX_SUMMARY_ENTRIES);
+        assert!(summary.truncated, "more alerts than a summary carries");
+        assert!(summary.blocked[0].detail.len() <= 64 && summary.name.len() <= limits::MAX_NAME_BYTES);
+        let (verified, _) = verify(&sign(&key, &summary).expect("sign")).expect("a built summary verifies");
+        assert_eq!(verified, summary);
+    }
+
+    #[test]
     fn a_summary_for_another_origin_is_refused() {
         let key = Keypair::generate_ed25519();
         let other = Keypair::generate_ed25519().public().to_peer_id().to_string();

@@ -42,8 +42,6 @@ const INFLIGHT: u16 = 100;
 /// Reconnection delays: from the first to the longest.
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// How long the node may take, when stopping, to acknowledge what is being stored.
-const DRAIN_GRACE: Duration = Duration::from_secs(3);
 /// How long the client may take to say DISCONNECT when stopping.
 const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How soon acknowledgements that did not fit the request queue are tried again.
@@ -290,7 +288,7 @@ impl Handler {
             let can_take = draining.is_none() && self.stalled.is_none() && self.acks.len() < MAX_PENDING;
             tokio::select! {
                 () = cancel.cancelled(), if draining.is_none() => {
-                    draining = Some(Instant::now() + DRAIN_GRACE);
+                    draining = Some(Instant::now() + super::DRAIN_GRACE);
                     if let Some(chunk) = self.stalled.take() {
                         self.acks.complete(&chunk.seqs, false);
                     }

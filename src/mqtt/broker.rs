@@ -56,8 +56,6 @@ pub const MAX_CONNECTIONS: usize = 10_000;
 pub const MAX_PENDING_ACKS: usize = 1024;
 /// Longest wait for a new connection's CONNECT.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long connections may take to acknowledge what is being stored when the node stops.
-const DRAIN_GRACE: Duration = Duration::from_secs(3);
 /// How long a closing connection may take to send its last packets.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Room made in a connection's read buffer before each read (it starts with this much too).
@@ -497,7 +495,7 @@ impl Session {
             tokio::select! {
                 () = stop.cancelled(), if draining.is_none() => {
                     // Acknowledge what is being stored, take nothing new.
-                    draining = Some(Instant::now() + DRAIN_GRACE);
+                    draining = Some(Instant::now() + super::DRAIN_GRACE);
                     if let Some(chunk) = self.stalled.take() {
                         self.acks.complete(&chunk.seqs, false);
                     }

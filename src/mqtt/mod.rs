@@ -36,6 +36,10 @@ use crate::config::Config;
 use crate::metrics::{LogOnce, Metrics};
 use crate::node::NodeClient;
 
+/// How long, when stopping, MQTT clients may wait for the acknowledgement of what is being
+/// stored: within the application's front-end grace ([`crate::app`] checks it).
+pub const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Valve commands waiting to be published.
 const COMMAND_QUEUE: usize = 4096;
 
