@@ -4,18 +4,18 @@
 #
 #   ingest          1,000,000 readings of 10,000 meters through `hydromesh ingest` into one node
 #                   (durable acknowledgements), and the node's bytes on disk per reading
-#   sled_baseline   the same readings written straight into sled (examples/sled_baseline.rs)
+#   sled_baseline   the same readings written straight into sled (bench/src/bin/sled_baseline.rs)
 #   ingest_vs_sled  ingest readings/s divided by sled's
 #   convergence     ack at the first node of a 5-node chain to the new top-10 at the last
-#                   (examples/convergence.rs)
+#                   (bench/src/bin/convergence.rs)
 #   query           wall time of `hydromesh query top` as a fresh process, 30 runs
 #   cap_crossing    a reading over the cap to the acknowledgement that closes the valve
 #   cap_policy      a cap set through the first node to the first valve closed on the last
 #   follow_*        a reading acknowledged by its home to a follower attached to another node
-#                   (examples/rules_latency.rs)
+#                   (bench/src/bin/rules_latency.rs)
 #   mqtt_ingest     MQTT QoS 1 readings/s into a node (PUBACK once durable), mosquitto_relay the
-#                   same messages through a plain mosquitto, and their ratio (examples/mqtt_bench.rs)
-#   http_top        GET /api/v1/top latency at 1,000 requests/s (examples/http_latency.rs)
+#                   same messages through a plain mosquitto, and their ratio (bench/src/bin/mqtt_bench.rs)
+#   http_top        GET /api/v1/top latency at 1,000 requests/s (bench/src/bin/http_latency.rs)
 #
 # Works in run/bench-YYYYmmdd-HHMMSS/ under the repository, removed at the end unless the run
 # failed or KEEP_RUN=1. Every process it starts is stopped on exit.
@@ -34,7 +34,7 @@ STOP_TIMEOUT_S=10
 
 RUN_DIR=""
 BIN=""
-EXAMPLES=""
+DRIVERS=""
 ADMIN_KEY=""
 ADMIN_PUBKEY=""
 MACHINE=""
@@ -45,10 +45,10 @@ FAILED=0
 log() { printf '[bench] %s\n' "$*" >&2; }
 
 build() {
-    log "building hydromesh and the benchmark examples (release)..."
-    (cd "$ROOT" && cargo build --release --bin hydromesh --example sled_baseline --example convergence --example rules_latency --example mqtt_bench --example http_latency)
+    log "building hydromesh and the benchmark drivers (release)..."
+    (cd "$ROOT" && cargo build --release --bin hydromesh -p hydromesh-bench)
     BIN="$(release_dir)/hydromesh"
-    EXAMPLES="$(release_dir)/examples"
+    DRIVERS="$(release_dir)"
     [[ -x "$BIN" ]] || die "cargo finished but $BIN is missing"
 }
 
@@ -92,22 +92,9 @@ start_node() {
     printf '%s\n' "$!" >"$RUN_DIR/$name.pid"
 }
 
-# Prints node NAME's first dialable address once it has written its addrs file.
-node_addr() {
-    local name="$1" file="$RUN_DIR/$1/addrs" deadline addr
-    deadline=$(($(date +%s) + ADDRS_TIMEOUT_S))
-    while :; do
-        if [[ -s "$file" ]]; then
-            addr="$(head -n 1 "$file")"
-            if [[ "$addr" == */p2p/* ]]; then
-                printf '%s\n' "$addr"
-                return 0
-            fi
-        fi
-        is_alive "$(cat "$RUN_DIR/$name.pid")" || die "$name exited; see $RUN_DIR/$name.log"
-        (($(date +%s) < deadline)) || die "$name wrote no address within ${ADDRS_TIMEOUT_S}s; see $RUN_DIR/$name.log"
-        sleep 0.1
-    done
+# Prints bench node NAME's first dialable address once it has written it.
+bench_addr() {
+    node_addr "$1" "$RUN_DIR/$1" "$RUN_DIR/$1.pid" "$RUN_DIR/$1.log"
 }
 
 # Median (mean of the two middle values for an even count) and p90 (nearest rank) of the
@@ -154,7 +141,7 @@ bench_ingest() {
     generate_csv "$csv"
     start_node ingest-node
     pid="${PIDS[-1]}"
-    addr="$(node_addr ingest-node)"
+    addr="$(bench_addr ingest-node)"
     log "ingesting into $addr..."
     start="$(now_ns)"
     # A generous ack timeout: a group commit of many batches may take longer than the default.
@@ -179,7 +166,7 @@ bench_ingest() {
 bench_sled() {
     local out sled_rps
     log "sled baseline: $READINGS readings, flush every 1,000..."
-    out="$("$EXAMPLES/sled_baseline" "$RUN_DIR/sled-baseline" "$READINGS" "$METERS")" ||
+    out="$("$DRIVERS/sled_baseline" "$RUN_DIR/sled-baseline" "$READINGS" "$METERS")" ||
         die "sled_baseline failed"
     emit "$out"
     sled_rps="$(json_number readings_per_s "$out")"
@@ -204,7 +191,7 @@ start_chain() {
     local n="$1" i bootstrap=() deadline ready
     for ((i = 1; i <= n; i++)); do
         start_node "chain-$i" --republish 10s --admin-pubkey "$ADMIN_PUBKEY" "${bootstrap[@]}"
-        CHAIN_ADDRS+=("$(node_addr "chain-$i")")
+        CHAIN_ADDRS+=("$(bench_addr "chain-$i")")
         bootstrap=(--bootstrap "${CHAIN_ADDRS[-1]}")
     done
     log "waiting for the $n-node chain to see itself whole..."
@@ -227,7 +214,7 @@ start_chain() {
 bench_convergence() {
     local out
     log "convergence over the chain..."
-    if out="$("$EXAMPLES/convergence" "${CHAIN_ADDRS[0]}" "${CHAIN_ADDRS[-1]}")"; then
+    if out="$("$DRIVERS/convergence" "${CHAIN_ADDRS[0]}" "${CHAIN_ADDRS[-1]}")"; then
         emit "$out"
     else
         # Still report what was measured; the run fails at the end.
@@ -255,7 +242,7 @@ bench_query() {
 bench_rules() {
     local out line
     log "rationing cuts and live follow..."
-    if ! out="$("$EXAMPLES/rules_latency" "${CHAIN_ADDRS[0]}" "${CHAIN_ADDRS[-1]}" "$ADMIN_KEY")"; then
+    if ! out="$("$DRIVERS/rules_latency" "${CHAIN_ADDRS[0]}" "${CHAIN_ADDRS[-1]}" "$ADMIN_KEY")"; then
         log "rules_latency failed"
         FAILED=1
     fi
@@ -264,20 +251,20 @@ bench_rules() {
     done <<<"$out"
 }
 
-# f. MQTT QoS 1 ingest (durable PUBACKs) against a plain mosquitto relay (examples/mqtt_bench.rs).
+# f. MQTT QoS 1 ingest (durable PUBACKs) against a plain mosquitto relay (bench/src/bin/mqtt_bench.rs).
 # Before the chain starts, so that its nodes do not load the machine. Its lines carry "machine".
 bench_mqtt() {
     log "MQTT: 200,000 QoS 1 readings into a node, then through mosquitto..."
-    "$EXAMPLES/mqtt_bench" "$RUN_DIR/mqtt-bench" || die "mqtt_bench failed"
+    "$DRIVERS/mqtt_bench" "$RUN_DIR/mqtt-bench" || die "mqtt_bench failed"
     rm -rf "$RUN_DIR/mqtt-bench"
 }
 
-# g. GET /api/v1/top at 1,000 requests/s against the chain's last node (examples/http_latency.rs).
+# g. GET /api/v1/top at 1,000 requests/s against the chain's last node (bench/src/bin/http_latency.rs).
 bench_http() {
     local addr
     addr="$(head -n 1 "$RUN_DIR/chain-$CHAIN_NODES/http")"
     log "HTTP: GET http://$addr/api/v1/top at 1000 requests/s for 10 s..."
-    "$EXAMPLES/http_latency" --addr "$addr" || die "http_latency failed"
+    "$DRIVERS/http_latency" --addr "$addr" || die "http_latency failed"
 }
 
 # Stops every process this run started, newest first; keeps the run folder when it failed.

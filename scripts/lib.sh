@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # Shell functions shared by scripts/mesh.sh and scripts/bench.sh (sourced, not run).
-# Callers define ROOT (the repository), STOP_TIMEOUT_S, and log().
+# Callers define ROOT (the repository), STOP_TIMEOUT_S, ADDRS_TIMEOUT_S, and log().
 
 # Logs the error and exits with status 1.
 die() {
@@ -63,4 +63,28 @@ terminate() {
 # "nodes" from matching inside "stale_nodes".
 json_number() {
     grep -o "\"$1\":[0-9.]*" <<<"$2" | head -n 1 | sed 's/.*://' || true
+}
+
+# Prints the first dialable address (one with /p2p/) a node wrote to its addrs file, waiting up to
+# ADDRS_TIMEOUT_S; dies, showing the end of its log, if the node exits or writes none in time.
+#   node_addr NAME DATA_DIR PID_FILE LOG_FILE
+node_addr() {
+    local name="$1" file="$2/addrs" pid_file="$3" log_file="$4" deadline addr
+    deadline=$(($(date +%s) + ADDRS_TIMEOUT_S))
+    while :; do
+        if [[ -s "$file" ]]; then
+            addr="$(head -n 1 "$file")"
+            if [[ "$addr" == */p2p/* ]]; then
+                printf '%s\n' "$addr"
+                return 0
+            fi
+        fi
+        if ! is_alive "$(cat "$pid_file")"; then
+            log "--- last lines of $log_file ---"
+            tail -n 20 "$log_file" >&2 || true
+            die "$name exited; see $log_file"
+        fi
+        (($(date +%s) < deadline)) || die "$name wrote no address to $file within ${ADDRS_TIMEOUT_S}s; see $log_file"
+        sleep 0.1
+    done
 }

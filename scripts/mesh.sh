@@ -130,26 +130,6 @@ check_alive() {
     fi
 }
 
-# Prints node I's first dialable address, waiting for the node to write its addrs file.
-first_addr() {
-    local i="$1" file="$RUN_DIR/node-$1/addrs" deadline addr
-    deadline=$(($(date +%s) + ADDRS_TIMEOUT_S))
-    while :; do
-        if [[ -s "$file" ]]; then
-            addr="$(head -n 1 "$file")"
-            if [[ "$addr" == */p2p/* ]]; then
-                printf '%s\n' "$addr"
-                return 0
-            fi
-        fi
-        check_alive "node-$i"
-        if (($(date +%s) >= deadline)); then
-            die "node-$i wrote no address to $file within ${ADDRS_TIMEOUT_S}s; see $RUN_DIR/node-$i.log"
-        fi
-        sleep 0.1
-    done
-}
-
 start_nodes() {
     local n="$1" i prev="" bootstrap
     for ((i = 1; i <= n; i++)); do
@@ -162,7 +142,7 @@ start_nodes() {
             --http 127.0.0.1:0 --mqtt 127.0.0.1:0 --admin-pubkey "$ADMIN_PUBKEY" \
             "${bootstrap[@]}" --name "fog-$i" --republish "$REPUBLISH"
         # The next node needs this one's address, and each chain link is only as good as it.
-        prev="$(first_addr "$i")"
+        prev="$(node_addr "node-$i" "$RUN_DIR/node-$i" "$RUN_DIR/node-$i.pid" "$RUN_DIR/node-$i.log")"
         log "fog-$i listening on $prev"
     done
 }

@@ -31,10 +31,6 @@ async fn ingest_all(mesh: &Mesh, data: &[Vec<Reading>]) -> Vec<Vec<Outcome>> {
     all
 }
 
-async fn ask(mesh: &Mesh, node: usize, request: Request) -> Response {
-    mesh.client(node).await.query(request).await.expect("query")
-}
-
 fn entries(response: &Response) -> Option<Vec<(u64, u64)>> {
     match response {
         Response::Top(top) => Some(top.entries.iter().map(|e| (e.meter, e.consumption_l)).collect()),
@@ -56,8 +52,8 @@ async fn every_node_answers_exact_global_questions() {
 
     for node in 0..NODES {
         eventually(&format!("node {node} to see the exact top-10 and totals"), CONVERGE, || async {
-            let top = ask(&mesh, node, Request::Top { n: 10, since_ms: None }).await;
-            let Response::Stats(stats) = ask(&mesh, node, Request::Stats).await else {
+            let top = mesh.ask(node, Request::Top { n: 10, since_ms: None }).await?;
+            let Response::Stats(stats) = mesh.ask(node, Request::Stats).await? else {
                 return None;
             };
             let exact = entries(&top)? == truth_top
@@ -72,20 +68,20 @@ async fn every_node_answers_exact_global_questions() {
 
     // Bootstrapped to one peer only, the last node finds and connects the rest (Kademlia).
     eventually("the last node to connect every other node", CONVERGE, || async {
-        let Response::Peers(peers) = ask(&mesh, NODES - 1, Request::Peers).await else { return None };
+        let Response::Peers(peers) = mesh.ask(NODES - 1, Request::Peers).await? else { return None };
         (peers.peers.iter().filter(|p| !p.is_self && p.connected).count() == NODES - 1).then_some(())
     })
     .await;
 
     // The homes are right, and the weighted average is exact.
-    let Response::Top(top) = ask(&mesh, 2, Request::Top { n: 3, since_ms: None }).await else {
+    let Response::Top(top) = mesh.ask(2, Request::Top { n: 3, since_ms: None }).await.expect("query") else {
         panic!("top")
     };
     for entry in &top.entries {
         let home = (entry.meter / 1000 - 1) as usize;
         assert_eq!(entry.home, mesh.nodes[home].peer.to_string(), "home of meter {}", entry.meter);
     }
-    let Response::Stats(stats) = ask(&mesh, 4, Request::Stats).await else { panic!("stats") };
+    let Response::Stats(stats) = mesh.ask(4, Request::Stats).await.expect("query") else { panic!("stats") };
     assert_eq!(stats.average_consumption_l(), truth_total as f64 / (NODES as u64 * METERS_PER_NODE) as f64);
 
     // A window answered by asking every node: exact too, and says who answered.
@@ -93,7 +89,7 @@ async fn every_node_answers_exact_global_questions() {
         everything.iter().map(|r| r.ts_ms).max().expect("readings") - 4 * HOUR_MS - HOUR_MS / 2;
     let since = now_ms() - window_start;
     let windowed = consumption_since(&everything, window_start);
-    let response = ask(&mesh, 0, Request::Top { n: 7, since_ms: Some(since) }).await;
+    let response = mesh.ask(0, Request::Top { n: 7, since_ms: Some(since) }).await.expect("query");
     assert_eq!(entries(&response).expect("top"), top_n(&windowed, 7));
     let Response::Top(windowed_top) = response else { panic!("top") };
     assert_eq!(windowed_top.coverage.included.len(), NODES);
@@ -104,23 +100,28 @@ async fn every_node_answers_exact_global_questions() {
     assert!(again.iter().flatten().all(|o| *o == Outcome::Duplicate));
     for node in 0..NODES {
         assert_eq!(
-            entries(&ask(&mesh, node, Request::Top { n: 10, since_ms: None }).await).expect("top"),
+            entries(&mesh.ask(node, Request::Top { n: 10, since_ms: None }).await.expect("query"))
+                .expect("top"),
             truth_top
         );
-        let Response::Stats(stats) = ask(&mesh, node, Request::Stats).await else { panic!("stats") };
+        let Response::Stats(stats) = mesh.ask(node, Request::Stats).await.expect("query") else {
+            panic!("stats")
+        };
         assert_eq!((stats.meters, stats.total_consumption_l), (NODES as u64 * METERS_PER_NODE, truth_total));
     }
 
     // One meter's history, asked of a node that does not hold it: routed to its home.
     let meter = meters_of(NODES - 1).next().expect("meter");
-    let Response::Meter(answer) = ask(&mesh, 0, Request::Meter { meter, from_ms: None, to_ms: None }).await
+    let Response::Meter(answer) =
+        mesh.ask(0, Request::Meter { meter, from_ms: None, to_ms: None }).await.expect("query")
     else {
         panic!("meter answer")
     };
     assert_eq!(answer.home, mesh.nodes[NODES - 1].peer.to_string());
     assert_eq!(answer.history.readings.len() as u64, READINGS_PER_METER);
     assert_eq!(answer.consumption_l, truth[&meter]);
-    let unknown = ask(&mesh, 0, Request::Meter { meter: 999_999, from_ms: None, to_ms: None }).await;
+    let unknown =
+        mesh.ask(0, Request::Meter { meter: 999_999, from_ms: None, to_ms: None }).await.expect("query");
     assert!(matches!(unknown, Response::NotFound(_)), "{unknown:?}");
 }
 
@@ -138,7 +139,7 @@ async fn a_node_started_later_converges_through_sync() {
     ingest_all(&mesh, &data).await;
     let truth = consumption_since(&data.concat(), 0);
     eventually("the first three nodes to converge", CONVERGE, || async {
-        let Response::Stats(stats) = ask(&mesh, 2, Request::Stats).await else {
+        let Response::Stats(stats) = mesh.ask(2, Request::Stats).await? else {
             return None;
         };
         (stats.meters == 3 * METERS_PER_NODE && stats.coverage.included.len() == 3).then_some(())
@@ -152,10 +153,10 @@ async fn a_node_started_later_converges_through_sync() {
     config.republish_interval = Duration::from_secs(3600);
     let late = mesh.start(config).await;
     eventually("the late node to know every node's meters", CONVERGE, || async {
-        let Response::Stats(stats) = ask(&mesh, late, Request::Stats).await else {
+        let Response::Stats(stats) = mesh.ask(late, Request::Stats).await? else {
             return None;
         };
-        let top = ask(&mesh, late, Request::Top { n: 10, since_ms: None }).await;
+        let top = mesh.ask(late, Request::Top { n: 10, since_ms: None }).await?;
         (stats.meters == 3 * METERS_PER_NODE
             && stats.total_consumption_l == truth.values().sum::<u64>()
             && stats.coverage.included.len() == 4
@@ -171,7 +172,7 @@ async fn a_restarted_node_keeps_its_identity_data_and_view() {
     let data: Vec<Vec<Reading>> = (0..2).map(|i| readings(meters_of(i), 4)).collect();
     ingest_all(&mesh, &data).await;
     eventually("node 1 to see both nodes' meters", CONVERGE, || async {
-        let Response::Stats(stats) = ask(&mesh, 1, Request::Stats).await else {
+        let Response::Stats(stats) = mesh.ask(1, Request::Stats).await? else {
             return None;
         };
         (stats.meters == 2 * METERS_PER_NODE).then_some(())
@@ -185,7 +186,9 @@ async fn a_restarted_node_keeps_its_identity_data_and_view() {
     // view, and says which node is stale.
     let restarted = mesh.start(common::config(dir, "n1", vec![])).await;
     assert_eq!(mesh.nodes[restarted].peer, peer, "same identity after restart");
-    let Response::Stats(stats) = ask(&mesh, restarted, Request::Stats).await else { panic!("stats") };
+    let Response::Stats(stats) = mesh.ask(restarted, Request::Stats).await.expect("query") else {
+        panic!("stats")
+    };
     assert_eq!(stats.meters, 2 * METERS_PER_NODE);
     assert_eq!(stats.coverage.stale, vec![mesh.nodes[0].peer.to_string()]);
     let mut client = mesh.client(restarted).await;

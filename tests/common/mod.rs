@@ -74,6 +74,17 @@ impl Mesh {
         Client::connect(&self.nodes[i].addr, Duration::from_secs(5)).await.expect("client connects")
     }
 
+    /// Node `i`'s answer over the network, or `None` when the connection or the query failed
+    /// (for use inside [`eventually`], which retries).
+    pub async fn ask(
+        &self,
+        i: usize,
+        request: hydromesh_proto::query::Request,
+    ) -> Option<hydromesh_proto::query::Response> {
+        let mut client = Client::connect(&self.nodes[i].addr, Duration::from_secs(5)).await.ok()?;
+        client.query(request).await.ok()
+    }
+
     /// Stops node `i` in order.
     pub async fn stop(&mut self, i: usize) {
         if let Some(handle) = self.nodes[i].handle.take() {
@@ -82,18 +93,20 @@ impl Mesh {
     }
 }
 
-/// Polls `check` every 50 ms until it returns `Some`, or fails the test after `deadline`.
+/// Polls `check` every 50 ms until it returns `Some`, or fails the test after `deadline`. A check
+/// that fails (`None`: a query timed out on a loaded machine, a peer not yet connected) is
+/// retried; a check that hangs is cut at the deadline.
 pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let start = tokio::time::Instant::now();
+    let end = tokio::time::Instant::now() + deadline;
     loop {
-        if let Some(value) = check().await {
+        if let Ok(Some(value)) = tokio::time::timeout_at(end, check()).await {
             return value;
         }
-        assert!(start.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}");
+        assert!(tokio::time::Instant::now() < end, "timed out after {deadline:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

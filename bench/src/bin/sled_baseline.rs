@@ -16,7 +16,7 @@
 //! database is closed) and bytes on disk per reading.
 //!
 //! ```text
-//! cargo run --release --example sled_baseline -- PATH COUNT METERS
+//! cargo run --release -p hydromesh-bench --bin sled_baseline -- PATH COUNT METERS
 //! ```
 
 use std::path::Path;

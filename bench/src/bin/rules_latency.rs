@@ -17,7 +17,7 @@
 //! It prints one JSON line per figure, with p50, p99 and max.
 //!
 //! ```text
-//! cargo run --release --example rules_latency -- FIRST_ADDR HOME_ADDR ADMIN_KEY_FILE [--samples 200]
+//! cargo run --release -p hydromesh-bench --bin rules_latency -- FIRST_ADDR HOME_ADDR ADMIN_KEY_FILE [--samples 200]
 //! ```
 
 use std::path::PathBuf;

@@ -8,7 +8,7 @@
 //! at a due time sends as soon as it is free, and the wait is part of the latency.
 //!
 //! ```sh
-//! cargo run --release --example http_latency -- --addr 127.0.0.1:8080
+//! cargo run --release -p hydromesh-bench --bin http_latency -- --addr 127.0.0.1:8080
 //! ```
 
 use std::net::SocketAddr;

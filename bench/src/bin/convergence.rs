@@ -17,7 +17,7 @@
 //! and the number of rounds that timed out (then it exits with status 1).
 //!
 //! ```text
-//! cargo run --release --example convergence -- FIRST_ADDR LAST_ADDR [--rounds 7]
+//! cargo run --release -p hydromesh-bench --bin convergence -- FIRST_ADDR LAST_ADDR [--rounds 7]
 //! ```
 
 use std::collections::HashMap;

@@ -22,7 +22,7 @@
 //! It prints one JSON line per figure, each with `"machine":"<nproc> cores"`.
 //!
 //! ```text
-//! cargo run --release --example mqtt_bench -- DIR [--readings 200000] [--meters 2000]
+//! cargo run --release -p hydromesh-bench --bin mqtt_bench -- DIR [--readings 200000] [--meters 2000]
 //!     [--publishers 4] [--inflight 100] [--client raw|rumqttc] [--mosquitto PATH]
 //! ```
 
