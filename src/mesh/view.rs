@@ -288,6 +288,19 @@ impl View {
             .collect()
     }
 
+    /// Every remote node known, stale or not.
+    pub fn remotes(&self) -> impl Iterator<Item = PeerId> + '_ {
+        self.entries.keys().copied().filter(move |origin| *origin != self.local)
+    }
+
+    /// Whether `origin`'s latest summary was made within `within` of `now` (by its clock).
+    pub fn heard_within(&self, origin: &PeerId, within: Duration, now: Instant) -> bool {
+        self.entries
+            .get(origin)
+            .and_then(|entry| entry.heard_at)
+            .is_some_and(|at| now.duration_since(at) <= within)
+    }
+
     /// The addresses a node announced in its summary.
     pub fn addrs_of(&self, origin: &PeerId) -> Vec<String> {
         self.entries.get(origin).map(|e| e.summary.addrs.clone()).unwrap_or_default()

@@ -23,11 +23,13 @@ use libp2p::identity::Keypair;
 use libp2p::metrics::Recorder;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, InboundFailure, InboundRequestId, OutboundRequestId, ResponseChannel};
+use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{gossipsub, identify, mdns, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::dialer::{Dial, Dialer};
 use super::local::Local;
 use super::{NodeError, SHUTDOWN_GRACE};
 use crate::clock::{now_ms, sleep_until};
@@ -126,6 +128,8 @@ pub(super) struct EventLoop {
     publish_at: Option<tokio::time::Instant>,
     /// Connected peers that speak sync (fog nodes), for periodic anti-entropy.
     fog_peers: HashSet<PeerId>,
+    /// Who to dial to stay in the mesh.
+    dialer: Dialer,
     sync_round: usize,
     pub(super) closing: bool,
     cancel: CancellationToken,
@@ -184,10 +188,8 @@ impl EventLoop {
             if let Some((peer, bare)) = split_peer(addr) {
                 swarm.behaviour_mut().kad.add_address(&peer, bare);
             }
-            if let Err(error) = swarm.dial(addr.clone()) {
-                tracing::warn!(%addr, %error, "cannot dial bootstrap peer");
-            }
         }
+        let dialer = Dialer::new(config.bootstrap.clone(), DIAL_TARGET, Instant::now());
         let peer_id = keypair.public().to_peer_id();
         let (commands, command_rx) = commands;
         Ok(EventLoop {
@@ -208,6 +210,7 @@ impl EventLoop {
             listening: Listening { listeners, addrs: Vec::new(), addrs_tx },
             publish_at: None,
             fog_peers: HashSet::new(),
+            dialer,
             sync_round: 0,
             closing: false,
             cancel,
@@ -219,6 +222,8 @@ impl EventLoop {
         tracing::info!(peer_id = %self.peer_id, name = %self.config.name, "fog node started");
         let mut republish = tokio::time::interval(self.config.republish_interval);
         republish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut redial = tokio::time::interval(REDIAL_EVERY);
+        redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let publish_at = self.publish_at;
             tokio::select! {
@@ -230,6 +235,7 @@ impl EventLoop {
                 Ok(()) = self.snapshot.changed() => self.schedule_publish(),
                 () = sleep_until(publish_at), if publish_at.is_some() => self.publish_summary(),
                 _ = republish.tick() => self.on_republish_tick(),
+                _ = redial.tick() => self.redial(),
             }
         }
         self.shut_down().await
@@ -269,7 +275,7 @@ impl EventLoop {
         // Time passes: debt grace times end and periods roll over.
         self.pipeline.reevaluate();
         self.publish_summary();
-        self.sync_with_next_peer();
+        self.anti_entropy();
         self.update_view_metrics();
         for origin in self.mesh.forget_older_than(self.config.forget_after, Instant::now()) {
             tracing::info!(%origin, "forgetting a fog node not heard from for too long");
@@ -332,6 +338,26 @@ impl EventLoop {
                 tracing::debug!(%send_back_addr, %error, "incoming connection failed");
             }
             _ => {}
+        }
+    }
+
+    /// Dials what the dialer says is due: bootstraps while alone, known fog nodes while fewer
+    /// than the target are connected.
+    fn redial(&mut self) {
+        let view = self.mesh.view();
+        let known: Vec<(PeerId, Vec<Multiaddr>)> =
+            view.remotes().map(|peer| (peer, self.addrs_of(&peer))).collect();
+        for dial in self.dialer.due(Instant::now(), &self.fog_peers, known) {
+            let (what, result) = match dial {
+                Dial::Bootstrap(addr) => (addr.to_string(), self.swarm.dial(addr)),
+                Dial::Known(peer, addrs) => {
+                    (peer.to_string(), self.swarm.dial(DialOpts::peer_id(peer).addresses(addrs).build()))
+                }
+            };
+            match result {
+                Ok(()) => tracing::debug!(peer = %what, "dialling to stay in the mesh"),
+                Err(error) => tracing::debug!(peer = %what, %error, "cannot dial"),
+            }
         }
     }
 
@@ -672,6 +698,7 @@ impl EventLoop {
             }
         }
         if speaks(protocols::SYNC) && self.fog_peers.insert(peer) {
+            self.dialer.connected(&peer, Instant::now());
             // Anti-entropy on every new connection: a late joiner converges without waiting
             // for the next publish.
             self.sync_with(peer);
@@ -684,13 +711,26 @@ impl EventLoop {
         self.swarm.behaviour_mut().sync.send_request(&peer, request);
     }
 
-    /// Periodic anti-entropy with one connected fog node, in turn: whatever gossip lost (a
-    /// command published before the mesh formed, a partition) is repaired within a few rounds.
-    fn sync_with_next_peer(&mut self) {
+    /// Periodic anti-entropy: with one connected fog node in turn, so that whatever gossip lost
+    /// (a command published before the mesh formed, a partition) is repaired within a few
+    /// rounds; and with every connected fog node whose latest summary gossip did not bring in
+    /// time (a partition cut its gossip paths), so that a connected node is never reported
+    /// stale.
+    fn anti_entropy(&mut self) {
         self.sync_round = self.sync_round.wrapping_add(1);
-        let peers: Vec<PeerId> = self.fog_peers.iter().copied().collect();
-        if !peers.is_empty() {
-            self.sync_with(peers[self.sync_round % peers.len()]);
+        let mut peers: Vec<PeerId> = self.fog_peers.iter().copied().collect();
+        peers.sort();
+        let (now, recent) = (Instant::now(), self.config.republish_interval * 2);
+        let behind: Vec<PeerId> =
+            peers.iter().copied().filter(|peer| !self.mesh.view().heard_within(peer, recent, now)).collect();
+        let mut targets = behind;
+        if let Some(next) = (!peers.is_empty()).then(|| peers[self.sync_round % peers.len()]) {
+            if !targets.contains(&next) {
+                targets.push(next);
+            }
+        }
+        for peer in targets {
+            self.sync_with(peer);
         }
     }
 
@@ -812,6 +852,11 @@ fn split_peer(addr: &Multiaddr) -> Option<(PeerId, Multiaddr)> {
         _ => None,
     }
 }
+
+/// How many fog nodes a node keeps connected by dialling (gossipsub's mesh degree).
+const DIAL_TARGET: usize = 4;
+/// How often the dialer is asked what is due.
+const REDIAL_EVERY: Duration = Duration::from_secs(1);
 
 /// How long a node waits for a peer's part of a routed or fanned-out answer.
 pub(super) const PEER_ANSWER_TIMEOUT: Duration = Duration::from_secs(3);

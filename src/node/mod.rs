@@ -4,6 +4,7 @@
 //! front end: HTTP and MQTT are started beside it by the application ([`crate::app`]).
 
 mod answers;
+mod dialer;
 mod event_loop;
 mod identity;
 mod local;
