@@ -32,12 +32,16 @@ pub struct Config {
     pub name: String,
     /// Discover peers on the LAN with mDNS (never finds loopback-only nodes).
     pub mdns: bool,
-    /// Publish the summary at least this often, even with no change (liveness).
+    /// Say this often that the node is alive (a small signed message when its summary has not
+    /// changed), and sync with a peer.
     #[serde(with = "humantime_serde")]
     pub republish_interval: Duration,
-    /// Shortest time between two summaries after a change (debounce).
+    /// Wait this long after a change before publishing, to gather more changes (debounce).
     #[serde(with = "humantime_serde")]
     pub publish_debounce: Duration,
+    /// Publish the summary at most once per this, however fast readings arrive.
+    #[serde(with = "humantime_serde")]
+    pub publish_interval: Duration,
     /// A node not heard from within this is reported stale.
     #[serde(with = "humantime_serde")]
     pub stale_after: Duration,
@@ -96,11 +100,12 @@ impl Default for Config {
             fog_nodes: Vec::new(),
             name: default_name(),
             mdns: false,
-            republish_interval: Duration::from_secs(10),
-            publish_debounce: Duration::from_millis(200),
-            stale_after: Duration::from_secs(35),
+            republish_interval: Duration::from_secs(30),
+            publish_debounce: Duration::from_millis(100),
+            publish_interval: Duration::from_secs(1),
+            stale_after: Duration::from_secs(105),
             forget_after: Duration::from_secs(24 * 3600),
-            gossip_heartbeat: Duration::from_millis(500),
+            gossip_heartbeat: Duration::from_secs(1),
             top_k: 100,
             ingest_queue_batches: 64,
             max_pending_requests: 256,

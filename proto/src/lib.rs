@@ -12,8 +12,8 @@
 //! - [`query`]: `/hydromesh/query/2`, questions from clients and their answers.
 //! - [`peer`]: `/hydromesh/peer/1`, what a node asks another about the other's own meters.
 //! - [`control`]: signed admin commands (policy, blocks, payments) on `hydromesh/control/1`.
-//! - [`summary`]: the node summary gossiped on `hydromesh/summary/1` and exchanged by
-//!   `/hydromesh/sync/1`.
+//! - [`summary`]: the node summary and liveness gossiped on `hydromesh/summary/2`, and the
+//!   digests `/hydromesh/sync/2` pulls them by.
 //! - [`wire`]: envelope, version, codec and its errors.
 //! - [`limits`] and [`protocols`]: the constants every side agrees on.
 
@@ -37,14 +37,15 @@ pub mod protocols {
     pub const QUERY: &str = "/hydromesh/query/2";
     /// Request-response: what a fog node asks another about the other's own meters (routing).
     pub const PEER: &str = "/hydromesh/peer/1";
-    /// Request-response: anti-entropy, whole summary maps.
-    pub const SYNC: &str = "/hydromesh/sync/1";
+    /// Request-response: anti-entropy by digest. Version 1 exchanged whole maps; a version-1
+    /// node and a version-2 node do not sync (nor gossip: the topic changed too).
+    pub const SYNC: &str = "/hydromesh/sync/2";
     /// Kademlia protocol name of the hydromesh DHT.
     pub const KAD: &str = "/hydromesh/kad/1";
     /// Identify protocol version string.
     pub const IDENTIFY: &str = "/hydromesh/id/1";
-    /// Gossipsub topic of node summaries.
-    pub const SUMMARY_TOPIC: &str = "hydromesh/summary/1";
+    /// Gossipsub topic of node summaries and liveness ([`crate::summary::Gossip`]).
+    pub const SUMMARY_TOPIC: &str = "hydromesh/summary/2";
     /// Gossipsub topic of signed admin commands.
     pub const CONTROL_TOPIC: &str = "hydromesh/control/1";
 }
@@ -59,8 +60,14 @@ pub mod limits {
     pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
     /// Largest encoded signed summary (gossip message), in bytes.
     pub const MAX_SUMMARY_BYTES: usize = 1024 * 1024;
-    /// Largest encoded sync message (a whole summary map), in bytes.
+    /// Largest encoded sync message (a digest, or the summaries and commands it lacks), in
+    /// bytes.
     pub const MAX_SYNC_BYTES: usize = 16 * 1024 * 1024;
+    /// Most bytes of summaries and commands one sync response carries; the rest follows in the
+    /// next exchange.
+    pub const SYNC_RESPONSE_BUDGET: usize = 2 * 1024 * 1024;
+    /// Largest encoded signed liveness message, in bytes.
+    pub const MAX_ALIVE_BYTES: usize = 512;
     /// Most readings returned by one history query; a longer window is cut and says so.
     pub const MAX_HISTORY_READINGS: usize = 100_000;
     /// Most entries a top query may ask for.

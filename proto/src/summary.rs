@@ -1,7 +1,8 @@
 //! The node summary: what a fog node tells the mesh about its meters.
 //!
-//! Gossiped on `hydromesh/summary/1` and exchanged whole by `/hydromesh/sync/1`, always inside a
-//! [`SignedSummary`] so that a summary relayed by any peer can be checked against its origin.
+//! Gossiped on `hydromesh/summary/2` (inside a [`Gossip`]) and pulled by digest with
+//! `/hydromesh/sync/2`, always inside a [`SignedSummary`] so that a summary relayed by any peer
+//! can be checked against its origin.
 
 use serde::{Deserialize, Serialize};
 
@@ -135,22 +136,85 @@ pub struct SignedSummary {
     pub signature: Vec<u8>,
 }
 
-/// `/hydromesh/sync/1` request: the asking node's whole map.
+/// Proof that a node is alive and its summary `version` is still its latest: gossiped instead of
+/// republishing an unchanged summary, so an idle mesh exchanges a few bytes per node.
+///
+/// A relayed or replayed copy proves nothing newer than its `at_ms`, by its origin's clock.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SyncRequest {
-    /// Every summary the asking node holds, its own included.
-    pub summaries: Vec<SignedSummary>,
-    /// The admin commands in force (policy, blocks, payments).
-    pub commands: Vec<SignedCommand>,
+pub struct Alive {
+    /// Peer id of the node, its bytes (an Ed25519 peer id holds its public key).
+    pub origin: Vec<u8>,
+    /// Its latest summary version.
+    pub version: u64,
+    /// When it said so, by its clock, ms since the Unix epoch.
+    pub at_ms: u64,
 }
 
-/// `/hydromesh/sync/1` response: the answering node's whole map.
+/// An [`Alive`] with its origin's signature (the key is the one in the origin's peer id).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedAlive {
+    /// The encoded [`Alive`] (a [`wire`](crate::wire) envelope).
+    pub payload: Vec<u8>,
+    /// The origin's signature of `payload`.
+    pub signature: Vec<u8>,
+}
+
+/// What travels on the summary topic.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Gossip {
+    /// A new summary.
+    Summary(SignedSummary),
+    /// The origin's summary has not changed since the version it names.
+    Alive(SignedAlive),
+}
+
+/// One origin's summary version in a [`Digest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SummaryVersion {
+    /// Peer id of the origin, its bytes.
+    pub origin: Vec<u8>,
+    /// The highest version held.
+    pub version: u64,
+}
+
+/// One admin command subject's latest command in a [`Digest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandVersion {
+    /// What it is about (`policy`, `block/<meter>`, `paid/<meter>`).
+    pub subject: String,
+    /// When the command in force was issued, ms.
+    pub issued_at_ms: u64,
+    /// The first 8 bytes of its signature, big endian: orders commands issued the same ms.
+    pub tag: u64,
+}
+
+/// What a node holds, without the things themselves: the versions of its summaries and admin
+/// commands.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Digest {
+    /// Per origin, the highest summary version held.
+    pub summaries: Vec<SummaryVersion>,
+    /// Per subject, the command in force.
+    pub commands: Vec<CommandVersion>,
+}
+
+/// `/hydromesh/sync/2` request: the asking node's digest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncRequest {
+    /// What the asking node holds.
+    pub digest: Digest,
+}
+
+/// `/hydromesh/sync/2` response: what the answering node holds newer than the digest, up to a
+/// byte budget.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncResponse {
-    /// Every summary the answering node holds, its own included.
+    /// Summaries newer than the asking node's.
     pub summaries: Vec<SignedSummary>,
-    /// The admin commands in force (policy, blocks, payments).
+    /// Admin commands newer than the asking node's.
     pub commands: Vec<SignedCommand>,
+    /// More is newer than fitted: ask again.
+    pub more: bool,
 }
 
 /// A Bloom filter of meter ids: a compact "which meters does this node hold".

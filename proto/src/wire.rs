@@ -90,7 +90,8 @@ mod tests {
     use crate::ingest::{self, MeterCommand, Outcome, Rejection, Valve};
     use crate::query::{self, Coverage, TopAnswer, TopEntry};
     use crate::summary::{
-        Alert, AlertKind, Blocked, MeterFilter, MeterSpan, NodeSummary, Point, SignedSummary, SyncRequest,
+        Alert, AlertKind, Blocked, CommandVersion, Digest, Gossip, MeterFilter, MeterSpan, NodeSummary,
+        Point, SignedAlive, SignedSummary, SummaryVersion, SyncRequest,
     };
     use crate::{Alarms, Reading};
 
@@ -186,15 +187,18 @@ mod tests {
         let payload = encode(&summary()).expect("encode");
         golden(summary(), "010008313244334b6f6f57056e6f72746803fd005e56eea101000001172f6970342f3132372e302e302e312f7463702f3430303101220107fdc01b47eea1010000fbb004fd005e56eea1010000fbd20401fd000080104208210007fd0004f4eba10100002201010701fd005e56eea101000003636170010700fd005e56eea101000000");
         golden(
+            Gossip::Summary(SignedSummary { payload, public_key: vec![1, 2], signature: vec![3] }),
+            "01000083010008313244334b6f6f57056e6f72746803fd005e56eea101000001172f6970342f3132372e302e302e312f7463702f3430303101220107fdc01b47eea1010000fbb004fd005e56eea1010000fbd20401fd000080104208210007fd0004f4eba10100002201010701fd005e56eea101000003636170010700fd005e56eea1010000000201020103",
+        );
+        golden(Gossip::Alive(SignedAlive { payload: vec![4], signature: vec![5, 6] }), "0100010104020506");
+        golden(
             SyncRequest {
-                summaries: vec![SignedSummary {
-                    payload,
-                    public_key: vec![1, 2],
-                    signature: vec![3],
-                }],
-                commands: vec![],
+                digest: Digest {
+                    summaries: vec![SummaryVersion { origin: vec![0, 1], version: 7 }],
+                    commands: vec![CommandVersion { subject: "policy".into(), issued_at_ms: 9, tag: 300 }],
+                },
             },
-            "01000183010008313244334b6f6f57056e6f72746803fd005e56eea101000001172f6970342f3132372e302e302e312f7463702f3430303101220107fdc01b47eea1010000fbb004fd005e56eea1010000fbd20401fd000080104208210007fd0004f4eba10100002201010701fd005e56eea101000003636170010700fd005e56eea101000000020102010300",
+            "010001020001070106706f6c69637909fb2c01",
         );
     }
 

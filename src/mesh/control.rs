@@ -7,10 +7,11 @@
 //! signature bytes, so every node that has seen the same commands holds the same state,
 //! whatever the order they arrived in (by the asked node, by gossip, or by sync).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use hydromesh_proto::control::{Action, Command, Policy, SignedCommand, SIGNING_CONTEXT};
 use hydromesh_proto::query::PolicyOrigin;
+use hydromesh_proto::summary::CommandVersion;
 use hydromesh_proto::{limits, MeterId};
 use libp2p::identity::ed25519;
 
@@ -123,6 +124,20 @@ impl Entry {
     fn order(&self) -> (u64, &[u8]) {
         (self.command.issued_at_ms, &self.signed.signature)
     }
+
+    /// The first 8 bytes of the signature: what a digest carries of [`Entry::order`].
+    fn tag(&self) -> u64 {
+        signature_tag(&self.signed.signature)
+    }
+}
+
+/// The first 8 bytes of a signature, big endian (fewer are zero-padded), so that tags order as
+/// the signatures do.
+fn signature_tag(signature: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    let n = signature.len().min(8);
+    bytes[..n].copy_from_slice(&signature[..n]);
+    u64::from_be_bytes(bytes)
 }
 
 /// The commands in force, one per subject.
@@ -148,6 +163,37 @@ impl ControlState {
     /// Every command in force, for sync.
     pub fn signed(&self) -> Vec<SignedCommand> {
         self.entries.values().map(|entry| entry.signed.clone()).collect()
+    }
+
+    /// Per subject, the version of the command in force.
+    pub fn versions(&self) -> Vec<CommandVersion> {
+        self.entries
+            .iter()
+            .map(|(subject, entry)| CommandVersion {
+                subject: subject.clone(),
+                issued_at_ms: entry.command.issued_at_ms,
+                tag: entry.tag(),
+            })
+            .collect()
+    }
+
+    /// The commands in force newer than `versions` says (per subject: issued later, or the
+    /// same ms with a higher signature tag; a subject it lacks counts as older).
+    pub fn newer_than<'a>(
+        &'a self,
+        versions: &'a HashMap<&str, (u64, u64)>,
+    ) -> impl Iterator<Item = &'a SignedCommand> {
+        self.entries.iter().filter_map(move |(subject, entry)| {
+            let held = versions.get(subject.as_str()).copied();
+            held.is_none_or(|held| held < (entry.command.issued_at_ms, entry.tag())).then_some(&entry.signed)
+        })
+    }
+
+    /// Whether `versions` holds a command newer than the one in force on its subject.
+    pub fn is_behind(&self, versions: &HashMap<&str, (u64, u64)>) -> bool {
+        versions.iter().any(|(subject, held)| {
+            self.entries.get(*subject).is_none_or(|entry| (entry.command.issued_at_ms, entry.tag()) < *held)
+        })
     }
 
     /// The policy in force and who set it (the default policy when none was set).

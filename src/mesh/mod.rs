@@ -11,18 +11,19 @@ pub mod control;
 pub mod summary;
 pub mod view;
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use hydromesh_proto::control::{Command, Policy, SignedCommand};
 use hydromesh_proto::query::PolicyOrigin;
-use hydromesh_proto::summary::{NodeSummary, SignedSummary};
+use hydromesh_proto::summary::{Digest, NodeSummary, SignedSummary, SummaryVersion, SyncResponse};
 use libp2p::identity::ed25519;
 use libp2p::PeerId;
 
 use crate::domain::rules::{RationingInputs, Tariff};
 pub use control::{Applied, ControlError, ControlState};
 pub use summary::SummaryError;
-pub use view::{Merged, View};
+pub use view::{Liveness, Merged, View};
 
 /// How far ahead of this node's clock an admin's timestamp may be.
 pub const MAX_ADMIN_CLOCK_AHEAD_MS: u64 = 5 * 60_000;
@@ -74,6 +75,17 @@ impl Mesh {
         self.view.merge(signed, now, restored)
     }
 
+    /// Takes a verified liveness message of `origin` (see [`View::alive`]).
+    pub fn alive(
+        &mut self,
+        origin: PeerId,
+        version: u64,
+        at_ms: u64,
+        now: Instant,
+    ) -> Result<Liveness, SummaryError> {
+        self.view.alive(origin, version, at_ms, now)
+    }
+
     /// Puts this node's own latest summary in the view.
     pub fn set_local(&mut self, summary: NodeSummary, signed: SignedSummary, now: Instant) {
         self.view.set_local(summary, signed, now);
@@ -107,9 +119,63 @@ impl Mesh {
         self.control.apply(command, signed)
     }
 
-    /// Every command in force, for sync.
+    /// Every command in force.
     pub fn signed_commands(&self) -> Vec<SignedCommand> {
         self.control.signed()
+    }
+
+    /// What this node holds, without the things themselves: what it asks a peer's sync with.
+    pub fn digest(&self) -> Digest {
+        Digest {
+            summaries: self
+                .view
+                .versions()
+                .map(|(origin, version)| SummaryVersion { origin: origin.to_bytes(), version })
+                .collect(),
+            commands: self.control.versions(),
+        }
+    }
+
+    /// The answer to a peer's sync: what this node holds newer than the peer's `digest`, up to
+    /// `budget` bytes (commands first: they are small and decide rationing); and whether the
+    /// digest holds anything newer than this node (then this node should pull from the peer).
+    pub fn answer_sync(&self, digest: &Digest, budget: usize) -> (SyncResponse, bool) {
+        let summaries: HashMap<PeerId, u64> = digest
+            .summaries
+            .iter()
+            .take(view::MAX_NODES)
+            .filter_map(|held| Some((PeerId::from_bytes(&held.origin).ok()?, held.version)))
+            .collect();
+        let commands: HashMap<&str, (u64, u64)> = digest
+            .commands
+            .iter()
+            .map(|held| (held.subject.as_str(), (held.issued_at_ms, held.tag)))
+            .collect();
+        let mut response = SyncResponse { summaries: Vec::new(), commands: Vec::new(), more: false };
+        let mut left = budget;
+        let mut fits = |bytes: usize| {
+            let fits = bytes <= left;
+            left = left.saturating_sub(bytes);
+            fits
+        };
+        for signed in self.control.newer_than(&commands) {
+            if !fits(signed.payload.len() + signed.admin_key.len() + signed.signature.len() + 16) {
+                response.more = true;
+                break;
+            }
+            response.commands.push(signed.clone());
+        }
+        for signed in self.view.newer_than(&summaries) {
+            if response.more
+                || !fits(signed.payload.len() + signed.public_key.len() + signed.signature.len() + 16)
+            {
+                response.more = true;
+                break;
+            }
+            response.summaries.push(signed.clone());
+        }
+        let behind = self.view.is_behind(&summaries) || self.control.is_behind(&commands);
+        (response, behind)
     }
 
     /// The policy in force and who set it.
@@ -189,5 +255,51 @@ mod tests {
         assert!(mesh.verify_command(&ahead, None).is_ok(), "relayed commands are not judged by our clock");
         let stranger = signed(&ed25519::Keypair::generate(), now_ms, Action::Paid { meter: 1 });
         assert!(matches!(mesh.verify_command(&stranger, Some(now_ms)), Err(ControlError::Untrusted(_))));
+    }
+
+    #[test]
+    fn sync_by_digest_sends_only_what_the_asker_lacks_and_pages() {
+        use libp2p::identity::Keypair;
+
+        use super::view::tests::signed as summary;
+
+        let admin = ed25519::Keypair::generate();
+        let (mut a, mut b) = (mesh(&admin), mesh(&admin));
+        let (k1, k2) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+        let now = Instant::now();
+        let versions = |response: &SyncResponse| -> Vec<u64> {
+            response.summaries.iter().map(|s| summary::verify(s).expect("verifies").0.version).collect()
+        };
+        for (mesh, k1_version, k2_version) in [(&mut a, 2, 1), (&mut b, 1, 3)] {
+            mesh.merge_summary(summary(&k1, k1_version, vec![]), now, false).expect("merge");
+            mesh.merge_summary(summary(&k2, k2_version, vec![]), now, false).expect("merge");
+        }
+        let block = signed(&admin, 5, Action::Block { meter: 7, reason: "leak".into() });
+        a.apply_command(a.verify_command(&block, None).expect("trusted"), block);
+
+        // a holds k1 v2 and the block newer than b; b holds k2 v3 newer than a.
+        let (to_b, a_behind) = a.answer_sync(&b.digest(), usize::MAX);
+        assert_eq!((versions(&to_b), to_b.commands.len(), to_b.more, a_behind), (vec![2], 1, false, true));
+        let (to_a, b_behind) = b.answer_sync(&a.digest(), usize::MAX);
+        assert_eq!((versions(&to_a), to_a.commands.len(), b_behind), (vec![3], 0, true));
+
+        // A budget smaller than what is newer: what fits, and "more".
+        let (paged, _) = a.answer_sync(&Digest::default(), 1);
+        assert!(paged.more && paged.summaries.is_empty() && paged.commands.is_empty());
+
+        // After both merge what they were sent, they are equal: nothing to send, nobody behind.
+        for signed in to_b.summaries {
+            b.merge_summary(signed, now, false).expect("merge");
+        }
+        for signed in to_b.commands {
+            b.apply_command(b.verify_command(&signed, None).expect("trusted"), signed);
+        }
+        for signed in to_a.summaries {
+            a.merge_summary(signed, now, false).expect("merge");
+        }
+        let (nothing, behind) = a.answer_sync(&b.digest(), usize::MAX);
+        assert!(nothing.summaries.is_empty() && nothing.commands.is_empty() && !behind);
+        let (nothing, behind) = b.answer_sync(&a.digest(), usize::MAX);
+        assert!(nothing.summaries.is_empty() && nothing.commands.is_empty() && !behind);
     }
 }

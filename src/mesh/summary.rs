@@ -2,7 +2,7 @@
 //! peer can relay them (by gossip or by sync) without being able to forge them, and checked
 //! before they are merged.
 
-use hydromesh_proto::summary::{Alert, Blocked, NodeSummary, SignedSummary};
+use hydromesh_proto::summary::{Alert, Alive, Blocked, NodeSummary, SignedAlive, SignedSummary};
 use hydromesh_proto::{limits, WireError};
 use libp2p::identity::{Keypair, PublicKey};
 use libp2p::PeerId;
@@ -14,8 +14,9 @@ pub const MAX_TOP_K: usize = 1000;
 /// Most addresses a summary may list, and the longest address.
 const MAX_ADDRS: usize = 32;
 const MAX_ADDR_BYTES: usize = 256;
-/// Signatures cover this prefix and the payload, so they cannot be replayed for another use.
+/// Signatures cover a prefix and the payload, so they cannot be replayed for another use.
 const SIGNING_CONTEXT: &[u8] = b"hydromesh/summary/1:";
+const ALIVE_CONTEXT: &[u8] = b"hydromesh/alive/1:";
 
 /// Why a received summary was refused.
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +125,30 @@ pub fn verify(signed: &SignedSummary) -> Result<(NodeSummary, PeerId), SummaryEr
     }
     check(&summary)?;
     Ok((summary, signer))
+}
+
+/// Signs a liveness message with the node's key.
+pub fn sign_alive(keypair: &Keypair, alive: &Alive) -> Result<SignedAlive, SummaryError> {
+    let payload = hydromesh_proto::encode(alive)?;
+    let signature = keypair
+        .sign(&[ALIVE_CONTEXT, &payload].concat())
+        .map_err(|e| SummaryError::Signing(e.to_string()))?;
+    Ok(SignedAlive { payload, signature })
+}
+
+/// Checks a signed liveness message against the key in its origin's peer id.
+pub fn verify_alive(signed: &SignedAlive) -> Result<(Alive, PeerId), SummaryError> {
+    let alive: Alive = hydromesh_proto::decode(&signed.payload, limits::MAX_ALIVE_BYTES)?;
+    let origin = PeerId::from_bytes(&alive.origin).map_err(|_| SummaryError::PublicKey)?;
+    // An Ed25519 peer id is its public key (identity multihash, code 0).
+    let key = (origin.as_ref().code() == 0)
+        .then(|| PublicKey::try_decode_protobuf(origin.as_ref().digest()).ok())
+        .flatten()
+        .ok_or(SummaryError::PublicKey)?;
+    if !key.verify(&[ALIVE_CONTEXT, &signed.payload].concat(), &signed.signature) {
+        return Err(SummaryError::Signature);
+    }
+    Ok((alive, origin))
 }
 
 fn check(summary: &NodeSummary) -> Result<(), SummaryError> {
@@ -248,6 +273,24 @@ mod tests {
         assert!(summary.blocked[0].detail.len() <= 64 && summary.name.len() <= limits::MAX_NAME_BYTES);
         let (verified, _) = verify(&sign(&key, &summary).expect("sign")).expect("a built summary verifies");
         assert_eq!(verified, summary);
+    }
+
+    #[test]
+    fn liveness_verifies_against_the_peer_id_and_tampering_is_caught() {
+        let key = Keypair::generate_ed25519();
+        let origin = key.public().to_peer_id();
+        let alive = Alive { origin: origin.to_bytes(), version: 4, at_ms: 5 };
+        let mut signed = sign_alive(&key, &alive).expect("sign");
+        assert_eq!(verify_alive(&signed).expect("verify"), (alive.clone(), origin));
+        let other = Keypair::generate_ed25519();
+        let forged = Alive { origin: other.public().to_peer_id().to_bytes(), ..alive };
+        let forged =
+            SignedAlive { payload: hydromesh_proto::encode(&forged).expect("encode"), ..signed.clone() };
+        assert!(matches!(verify_alive(&forged), Err(SummaryError::Signature)), "another origin's name");
+        if let Some(byte) = signed.payload.last_mut() {
+            *byte ^= 1;
+        }
+        assert!(matches!(verify_alive(&signed), Err(SummaryError::Signature)));
     }
 
     #[test]

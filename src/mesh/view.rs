@@ -44,6 +44,17 @@ pub enum Merged {
     OwnAhead(u64),
 }
 
+/// What a liveness message told the view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Liveness {
+    /// The origin's latest summary is the one held: it is fresh again (relay it).
+    Refreshed,
+    /// The origin has a newer summary than the one held: pull it.
+    Behind,
+    /// Nothing new (a duplicate, a replay, an older version, or this node's own).
+    Old,
+}
+
 /// Most fog nodes a view holds: a bound on memory whatever peers send.
 pub const MAX_NODES: usize = 4096;
 
@@ -116,6 +127,63 @@ impl View {
         let heard_at = (!restored).then(|| now.checked_sub(age).unwrap_or(now));
         self.entries.insert(origin, Entry { summary, signed, heard_at, known_since: now });
         Ok(Merged::Newer(origin))
+    }
+
+    /// Takes a verified liveness message of `origin`: its summary `version` was still its latest
+    /// at `at_ms` by its clock.
+    pub fn alive(
+        &mut self,
+        origin: PeerId,
+        version: u64,
+        at_ms: u64,
+        now: Instant,
+    ) -> Result<Liveness, SummaryError> {
+        if !self.admits(&origin) {
+            return Err(SummaryError::NotMember(origin));
+        }
+        if origin == self.local {
+            return Ok(Liveness::Old);
+        }
+        let Some(entry) = self.entries.get_mut(&origin) else { return Ok(Liveness::Behind) };
+        if entry.summary.version < version {
+            return Ok(Liveness::Behind);
+        }
+        let age = Duration::from_millis(now_ms().saturating_sub(at_ms));
+        let heard_at = now.checked_sub(age).unwrap_or(now);
+        if entry.summary.version > version || entry.heard_at.is_some_and(|at| at >= heard_at) {
+            return Ok(Liveness::Old);
+        }
+        entry.heard_at = Some(heard_at);
+        Ok(Liveness::Refreshed)
+    }
+
+    /// Per origin, the highest summary version held.
+    pub fn versions(&self) -> impl Iterator<Item = (PeerId, u64)> + '_ {
+        self.entries.iter().map(|(origin, entry)| (*origin, entry.summary.version))
+    }
+
+    /// The signed summaries held that are newer than `versions` says (an origin it lacks
+    /// counts as version 0), freshest origins first.
+    pub fn newer_than<'a>(
+        &'a self,
+        versions: &'a HashMap<PeerId, u64>,
+    ) -> impl Iterator<Item = &'a SignedSummary> {
+        let mut newer: Vec<&Entry> = self
+            .entries
+            .iter()
+            .filter(|(origin, entry)| versions.get(origin).is_none_or(|held| *held < entry.summary.version))
+            .map(|(_, entry)| entry)
+            .collect();
+        newer.sort_by_key(|entry| std::cmp::Reverse(entry.heard_at));
+        newer.into_iter().map(|entry| &entry.signed)
+    }
+
+    /// Whether `versions` holds a summary newer than this view's, of an origin it admits.
+    pub fn is_behind(&self, versions: &HashMap<PeerId, u64>) -> bool {
+        versions.iter().any(|(origin, version)| {
+            self.admits(origin)
+                && self.entries.get(origin).is_none_or(|entry| entry.summary.version < *version)
+        })
     }
 
     /// Puts this node's own latest summary in the view.
@@ -308,7 +376,7 @@ impl View {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use hydromesh_proto::summary::{MeterFilter, MeterSpan, Point};
     use libp2p::identity::Keypair;
 
@@ -323,7 +391,8 @@ mod tests {
         }
     }
 
-    fn signed(key: &Keypair, version: u64, top: Vec<MeterSpan>) -> SignedSummary {
+    /// A summary of `key`'s node at `version`, made now, holding `top`.
+    pub(crate) fn signed(key: &Keypair, version: u64, top: Vec<MeterSpan>) -> SignedSummary {
         let mut filter = MeterFilter::with_capacity(top.len());
         top.iter().for_each(|s| filter.insert(s.meter));
         let summary = NodeSummary {
@@ -431,5 +500,35 @@ mod tests {
         view.set_local(summary, ours.clone(), now);
         assert_eq!(view.merge(ours, now, false).expect("merge"), Merged::Known);
         assert_eq!(view.merge(signed(&local, 7, vec![]), now, false).expect("merge"), Merged::OwnAhead(7));
+    }
+
+    #[test]
+    fn liveness_refreshes_the_version_held_and_asks_for_a_newer_one() {
+        let (local, remote) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+        let origin = remote.public().to_peer_id();
+        let start = Instant::now();
+        let mut view = View::new(local.public().to_peer_id(), Duration::from_secs(30));
+        assert_eq!(view.alive(origin, 1, now_ms(), start).expect("admitted"), Liveness::Behind, "unknown");
+        view.merge(signed(&remote, 2, vec![]), start, true).expect("merge");
+        let later = start + Duration::from_secs(60);
+        assert!(
+            view.stats(later, now_ms()).coverage.stale.contains(&origin.to_string()),
+            "restored, not heard"
+        );
+        assert_eq!(view.alive(origin, 2, now_ms(), later).expect("admitted"), Liveness::Refreshed);
+        assert!(view.stats(later, now_ms()).coverage.stale.is_empty(), "fresh again");
+        assert_eq!(
+            view.alive(origin, 2, now_ms() - 5_000, later).expect("admitted"),
+            Liveness::Old,
+            "a replay"
+        );
+        assert_eq!(
+            view.alive(origin, 1, now_ms(), later).expect("admitted"),
+            Liveness::Old,
+            "an older version"
+        );
+        assert_eq!(view.alive(origin, 3, now_ms(), later).expect("admitted"), Liveness::Behind);
+        view.restrict_to([]);
+        assert!(matches!(view.alive(origin, 3, now_ms(), later), Err(SummaryError::NotMember(_))));
     }
 }

@@ -16,7 +16,7 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use hydromesh_proto::control::{Command as AdminCommand, SignedCommand};
-use hydromesh_proto::summary::{SignedSummary, SyncRequest, SyncResponse};
+use hydromesh_proto::summary::{Alive, Gossip, SignedSummary, SyncRequest, SyncResponse};
 use hydromesh_proto::{ingest, limits, peer, protocols, query, Reading};
 use libp2p::core::transport::ListenerId;
 use libp2p::identity::Keypair;
@@ -36,7 +36,7 @@ use crate::clock::{now_ms, sleep_until};
 use crate::config::Config;
 use crate::domain::rules::RationingInputs;
 use crate::ingest::{IngestError, LocalSnapshot, Pipeline};
-use crate::mesh::{self, control, summary, Applied, Merged, Mesh};
+use crate::mesh::{self, control, summary, Applied, Liveness, Merged, Mesh};
 use crate::metrics::{Metrics, OriginLabels};
 use crate::p2p::behaviour::{control_topic, summary_topic, Behaviour, BehaviourEvent};
 use crate::store::Store;
@@ -102,6 +102,17 @@ pub(super) struct Requests {
     pub follows: Arc<std::sync::atomic::AtomicUsize>,
 }
 
+/// When this node's summary goes out: at most once per `publish_interval` however fast
+/// readings arrive (the first change after a quiet spell goes at once, after the debounce), and
+/// an unchanged summary is not sent again: a small signed liveness message says it still holds.
+#[derive(Default)]
+struct Publishing {
+    /// When the next summary is due, if one is.
+    at: Option<tokio::time::Instant>,
+    /// The version and time of the last summary published.
+    last: Option<(u64, tokio::time::Instant)>,
+}
+
 /// The loop's listeners and the addresses it announces.
 struct Listening {
     listeners: Vec<ListenerId>,
@@ -125,12 +136,14 @@ pub(super) struct EventLoop {
     pub(super) commands: mpsc::Sender<Command>,
     command_rx: mpsc::Receiver<Command>,
     listening: Listening,
-    publish_at: Option<tokio::time::Instant>,
+    publish: Publishing,
     /// Connected peers that speak sync (fog nodes), for periodic anti-entropy.
     fog_peers: HashSet<PeerId>,
     /// Who to dial to stay in the mesh.
     dialer: Dialer,
     sync_round: usize,
+    /// Fog nodes a sync request is out to: one at a time per peer.
+    syncing: HashSet<PeerId>,
     pub(super) closing: bool,
     cancel: CancellationToken,
 }
@@ -208,10 +221,11 @@ impl EventLoop {
             commands,
             command_rx,
             listening: Listening { listeners, addrs: Vec::new(), addrs_tx },
-            publish_at: None,
+            publish: Publishing::default(),
             fog_peers: HashSet::new(),
             dialer,
             sync_round: 0,
+            syncing: HashSet::new(),
             closing: false,
             cancel,
         })
@@ -225,7 +239,7 @@ impl EventLoop {
         let mut redial = tokio::time::interval(REDIAL_EVERY);
         redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let publish_at = self.publish_at;
+            let publish_at = self.publish.at;
             tokio::select! {
                 biased;
                 () = self.cancel.cancelled() => break,
@@ -274,7 +288,11 @@ impl EventLoop {
     fn on_republish_tick(&mut self) {
         // Time passes: debt grace times end and periods roll over.
         self.pipeline.reevaluate();
-        self.publish_summary();
+        match self.publish.last {
+            // Unchanged since it went out (a change would have scheduled a summary): say so.
+            Some((version, _)) if self.publish.at.is_none() => self.publish_alive(version),
+            _ => self.publish_summary(),
+        }
         self.anti_entropy();
         self.update_view_metrics();
         for origin in self.mesh.forget_older_than(self.config.forget_after, Instant::now()) {
@@ -375,8 +393,10 @@ impl EventLoop {
     }
 
     fn schedule_publish(&mut self) {
-        if self.publish_at.is_none() {
-            self.publish_at = Some(tokio::time::Instant::now() + self.config.publish_debounce);
+        if self.publish.at.is_none() {
+            let soonest = tokio::time::Instant::now() + self.config.publish_debounce;
+            let paced = self.publish.last.map(|(_, at)| at + self.config.publish_interval);
+            self.publish.at = Some(paced.map_or(soonest, |paced| paced.max(soonest)));
         }
     }
 
@@ -523,23 +543,29 @@ impl EventLoop {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request { request, channel, request_id } => {
-                    self.merge_sync(peer, request.summaries, request.commands);
-                    let response = SyncResponse {
-                        summaries: self.mesh.view().signed(),
-                        commands: self.mesh.signed_commands(),
-                    };
+                    let (response, behind) =
+                        self.mesh.answer_sync(&request.digest, limits::SYNC_RESPONSE_BUDGET);
                     if self.swarm.behaviour_mut().sync.send_response(channel, response).is_ok() {
                         self.requests.responding.insert(("sync", request_id));
                     }
+                    if behind {
+                        // The asker holds something newer: pull it.
+                        self.sync_with(peer);
+                    }
                 }
                 request_response::Message::Response { response, .. } => {
+                    self.syncing.remove(&peer);
                     self.merge_sync(peer, response.summaries, response.commands);
+                    if response.more {
+                        self.sync_with(peer);
+                    }
                 }
             },
             request_response::Event::InboundFailure { peer, error, request_id, .. } => {
                 self.on_inbound_failure("sync", peer, request_id, error)
             }
             request_response::Event::OutboundFailure { peer, error, .. } => {
+                self.syncing.remove(&peer);
                 tracing::debug!(%peer, %error, "sync with a peer failed");
             }
             request_response::Event::ResponseSent { request_id, .. } => {
@@ -607,12 +633,9 @@ impl EventLoop {
         let acceptance = if message.topic == control_topic().hash() {
             self.on_control_message(propagation_source, &message.data)
         } else {
-            match hydromesh_proto::decode::<SignedSummary>(&message.data, limits::MAX_SUMMARY_BYTES)
-                .map_err(summary::SummaryError::from)
-                .and_then(|signed| self.merge_summary(signed))
-            {
-                Ok(Merged::Newer(_)) => gossipsub::MessageAcceptance::Accept,
-                Ok(Merged::Known | Merged::OwnAhead(_)) => gossipsub::MessageAcceptance::Ignore,
+            match self.on_summary_message(propagation_source, &message.data) {
+                Ok(true) => gossipsub::MessageAcceptance::Accept,
+                Ok(false) => gossipsub::MessageAcceptance::Ignore,
                 Err(error) => {
                     tracing::warn!(peer = %propagation_source, %error, "refused a gossiped summary");
                     gossipsub::MessageAcceptance::Reject
@@ -624,6 +647,25 @@ impl EventLoop {
             &propagation_source,
             acceptance,
         );
+    }
+
+    /// Takes a summary or a liveness message; whether it was news (to relay).
+    fn on_summary_message(&mut self, source: PeerId, data: &[u8]) -> Result<bool, summary::SummaryError> {
+        match hydromesh_proto::decode::<Gossip>(data, limits::MAX_SUMMARY_BYTES)? {
+            Gossip::Summary(signed) => Ok(matches!(self.merge_summary(signed)?, Merged::Newer(_))),
+            Gossip::Alive(signed) => {
+                let (alive, origin) = summary::verify_alive(&signed)?;
+                match self.mesh.alive(origin, alive.version, alive.at_ms, Instant::now())? {
+                    Liveness::Refreshed => Ok(true),
+                    Liveness::Behind => {
+                        // The relay has seen the newer summary, or will have it soon.
+                        self.sync_with(source);
+                        Ok(true)
+                    }
+                    Liveness::Old => Ok(false),
+                }
+            }
+        }
     }
 
     fn on_control_message(&mut self, source: PeerId, data: &[u8]) -> gossipsub::MessageAcceptance {
@@ -705,10 +747,12 @@ impl EventLoop {
         }
     }
 
+    /// Asks `peer` for what it holds newer than this node's digest (once at a time per peer).
     fn sync_with(&mut self, peer: PeerId) {
-        let request =
-            SyncRequest { summaries: self.mesh.view().signed(), commands: self.mesh.signed_commands() };
-        self.swarm.behaviour_mut().sync.send_request(&peer, request);
+        if self.syncing.insert(peer) {
+            let request = SyncRequest { digest: self.mesh.digest() };
+            self.swarm.behaviour_mut().sync.send_request(&peer, request);
+        }
     }
 
     /// Periodic anti-entropy: with one connected fog node in turn, so that whatever gossip lost
@@ -752,7 +796,7 @@ impl EventLoop {
 
     /// Builds this node's summary from the local snapshot, signs, saves and gossips it.
     fn publish_summary(&mut self) {
-        self.publish_at = None;
+        self.publish.at = None;
         let version = match self.store.next_summary_version() {
             Ok(version) => version,
             Err(error) => return tracing::error!(%error, "cannot reserve a summary version"),
@@ -770,21 +814,33 @@ impl EventLoop {
             Ok(signed) => signed,
             Err(error) => return tracing::error!(%error, "cannot sign the summary"),
         };
-        let bytes = match hydromesh_proto::encode(&signed) {
-            Ok(bytes) => bytes,
-            Err(error) => return tracing::error!(%error, "cannot encode the summary"),
-        };
-        if let Err(error) = self.store.save_view(&built.origin, &bytes) {
-            tracing::warn!(%error, "cannot save the own summary");
-        }
+        self.save_view(&built.origin, &signed);
         tracing::debug!(version = built.version, meters = built.meter_count, "publishing summary");
-        self.mesh.set_local(built, signed, Instant::now());
-        match self.swarm.behaviour_mut().gossipsub.publish(summary_topic(), bytes) {
-            Ok(_) | Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
-            Err(error) => tracing::warn!(%error, "cannot publish the summary"),
-        }
+        self.publish.last = Some((built.version, tokio::time::Instant::now()));
+        self.mesh.set_local(built, signed.clone(), Instant::now());
+        self.gossip(&Gossip::Summary(signed));
         // This node's own figures count in the mesh-wide average too (and alone, they are it).
         self.update_inputs();
+    }
+
+    /// Tells the mesh that this node's summary `version` still holds.
+    fn publish_alive(&mut self, version: u64) {
+        let alive = Alive { origin: self.peer_id.to_bytes(), version, at_ms: now_ms() };
+        match summary::sign_alive(&self.keypair, &alive) {
+            Ok(signed) => self.gossip(&Gossip::Alive(signed)),
+            Err(error) => tracing::error!(%error, "cannot sign a liveness message"),
+        }
+    }
+
+    fn gossip(&mut self, message: &Gossip) {
+        let bytes = match hydromesh_proto::encode(message) {
+            Ok(bytes) => bytes,
+            Err(error) => return tracing::error!(%error, "cannot encode a summary message"),
+        };
+        match self.swarm.behaviour_mut().gossipsub.publish(summary_topic(), bytes) {
+            Ok(_) | Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
+            Err(error) => tracing::warn!(%error, "cannot publish on the summary topic"),
+        }
     }
 
     /// Sends a response back where its request came from.

@@ -38,6 +38,7 @@ pub fn config(dir: PathBuf, name: &str, bootstrap: Vec<Multiaddr>) -> Config {
         name: name.to_owned(),
         republish_interval: Duration::from_secs(2),
         publish_debounce: Duration::from_millis(50),
+        publish_interval: Duration::from_millis(200),
         stale_after: Duration::from_secs(20),
         gossip_heartbeat: Duration::from_millis(200),
         http: None,
