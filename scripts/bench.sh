@@ -16,6 +16,8 @@
 #   mqtt_ingest     MQTT QoS 1 readings/s into a node (PUBACK once durable), mosquitto_relay the
 #                   same messages through a plain mosquitto, and their ratio (bench/src/bin/mqtt_bench.rs)
 #   http_top        GET /api/v1/top latency at 1,000 requests/s (bench/src/bin/http_latency.rs)
+#   scale_*, mesh_sim_*   100 real nodes, then 1,000 simulated ones: traffic, CPU, convergence and
+#                   query times at scale (scripts/scale.sh, ~10 minutes, root; SKIP_SCALE=1 skips)
 #
 # Works in run/bench-YYYYmmdd-HHMMSS/ under the repository, removed at the end unless the run
 # failed or KEEP_RUN=1. Every process it starts is stopped on exit.
@@ -50,19 +52,6 @@ build() {
     BIN="$(release_dir)/hydromesh"
     DRIVERS="$(release_dir)"
     [[ -x "$BIN" ]] || die "cargo finished but $BIN is missing"
-}
-
-# "2 cores, 23.5 GiB": what the figures were measured on, repeated in every line.
-describe_machine() {
-    local kib
-    kib="$(sed -n 's/^MemTotal: *\([0-9]*\) kB$/\1/p' /proc/meminfo)"
-    MACHINE="$(nproc) cores, $(awk -v k="$kib" 'BEGIN { printf "%.1f GiB", k / 1048576 }')"
-}
-
-# Prints a JSON line on stdout with the machine appended (LINE is an object without it).
-emit() {
-    local line="$1"
-    printf '%s,"machine":"%s"}\n' "${line%\}}" "$MACHINE"
 }
 
 make_run_dir() {
@@ -301,6 +290,10 @@ main() {
     bench_query
     bench_rules
     bench_http
+    if [[ "${SKIP_SCALE:-0}" != 1 ]]; then
+        # Its own nodes, namespace and run folder; its lines join these.
+        "$ROOT/scripts/scale.sh" || FAILED=1
+    fi
     log "done in $(($(date +%s) - started)) s"
     ((FAILED == 0)) || die "some benchmarks failed; see above"
 }

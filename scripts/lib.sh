@@ -88,3 +88,16 @@ node_addr() {
         sleep 0.1
     done
 }
+
+# "2 cores, 23.5 GiB": what the figures were measured on, repeated in every line; sets MACHINE.
+describe_machine() {
+    local kib
+    kib="$(sed -n 's/^MemTotal: *\([0-9]*\) kB$/\1/p' /proc/meminfo)"
+    MACHINE="$(nproc) cores, $(awk -v k="$kib" 'BEGIN { printf "%.1f GiB", k / 1048576 }')"
+}
+
+# Prints a JSON line on stdout with the machine appended (LINE is an object without it).
+emit() {
+    local line="$1"
+    printf '%s,"machine":"%s"}\n' "${line%\}}" "$MACHINE"
+}

@@ -42,6 +42,9 @@ pub struct Config {
     /// Publish the summary at most once per this, however fast readings arrive.
     #[serde(with = "humantime_serde")]
     pub publish_interval: Duration,
+    /// Bytes per second of summaries the publishing nodes may send every node together: a busy
+    /// mesh publishes less often than `publish_interval`, so that traffic stays bounded.
+    pub summary_budget: u64,
     /// A node not heard from within this is reported stale.
     #[serde(with = "humantime_serde")]
     pub stale_after: Duration,
@@ -60,7 +63,7 @@ pub struct Config {
     pub max_pending_requests: usize,
     /// Most inbound connections at once (clients and peers); more are refused.
     pub max_incoming_connections: u32,
-    /// Close connections idle for this long.
+    /// Close connections idle for this long (gossip mesh peers excepted).
     #[serde(with = "humantime_serde")]
     pub idle_connection_timeout: Duration,
     /// Admin public keys (hex, from `hydromesh keygen`) whose signed commands this node applies.
@@ -100,17 +103,18 @@ impl Default for Config {
             fog_nodes: Vec::new(),
             name: default_name(),
             mdns: false,
-            republish_interval: Duration::from_secs(30),
+            republish_interval: Duration::from_secs(60),
             publish_debounce: Duration::from_millis(100),
             publish_interval: Duration::from_secs(1),
-            stale_after: Duration::from_secs(105),
+            summary_budget: 2048,
+            stale_after: Duration::from_secs(210),
             forget_after: Duration::from_secs(24 * 3600),
             gossip_heartbeat: Duration::from_secs(1),
             top_k: 100,
             ingest_queue_batches: 64,
             max_pending_requests: 256,
             max_incoming_connections: 1024,
-            idle_connection_timeout: Duration::from_secs(3600),
+            idle_connection_timeout: Duration::from_secs(120),
             admin_keys: Vec::new(),
             admin_tokens: Vec::new(),
             admin_key_file: None,
@@ -171,6 +175,9 @@ impl Config {
         ];
         if let Some((name, _)) = positive.iter().find(|(_, duration)| duration.is_zero()) {
             return invalid(format!("{name} must be longer than 0"));
+        }
+        if self.summary_budget == 0 {
+            return invalid("summary_budget must be at least 1 byte per second".into());
         }
         if self.name.len() > hydromesh_proto::limits::MAX_NAME_BYTES {
             return invalid(format!("name is longer than {} bytes", hydromesh_proto::limits::MAX_NAME_BYTES));

@@ -1,4 +1,4 @@
-//! Prometheus metrics: libp2p's own (connections, gossipsub, kademlia, identify, ping) and
+//! Prometheus metrics: libp2p's own (connections, gossipsub, identify, ping) and
 //! hydromesh's, all under one registry served at `/metrics`.
 
 use std::collections::HashMap;

@@ -66,7 +66,8 @@ async fn every_node_answers_exact_global_questions() {
         .await;
     }
 
-    // Bootstrapped to one peer only, the last node finds and connects the rest (Kademlia).
+    // Bootstrapped to one peer only, the last node learns the others' addresses from their
+    // summaries and its dialer connects them.
     eventually("the last node to connect every other node", CONVERGE, || async {
         let Response::Peers(peers) = mesh.ask(NODES - 1, Request::Peers).await? else { return None };
         (peers.peers.iter().filter(|p| !p.is_self && p.connected).count() == NODES - 1).then_some(())

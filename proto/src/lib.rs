@@ -40,8 +40,6 @@ pub mod protocols {
     /// Request-response: anti-entropy by digest. Version 1 exchanged whole maps; a version-1
     /// node and a version-2 node do not sync (nor gossip: the topic changed too).
     pub const SYNC: &str = "/hydromesh/sync/2";
-    /// Kademlia protocol name of the hydromesh DHT.
-    pub const KAD: &str = "/hydromesh/kad/1";
     /// Identify protocol version string.
     pub const IDENTIFY: &str = "/hydromesh/id/1";
     /// Gossipsub topic of node summaries and liveness ([`crate::summary::Gossip`]).

@@ -48,8 +48,10 @@ pub struct NodeSummary {
     pub total_consumption_l: u64,
     /// The node's top meters over all data held, consumption descending.
     pub top: Vec<MeterSpan>,
-    /// Which meters the node holds (may say yes wrongly, never no wrongly).
-    pub filter: MeterFilter,
+    /// SHA-256 of the encoded [`MeterFilter`] of the meters the node holds. The filter itself
+    /// grows with the meters, so it does not travel with every summary: nodes pull it by sync
+    /// when this changes, and check it against this hash.
+    pub filter_hash: Vec<u8>,
     /// The rationing period the period figures are for (start, ms).
     pub period_start_ms: u64,
     /// Total consumption of the node's meters in that period, litres.
@@ -175,6 +177,17 @@ pub struct SummaryVersion {
     pub origin: Vec<u8>,
     /// The highest version held.
     pub version: u64,
+    /// Whether the meter filter that version names is held too.
+    pub has_filter: bool,
+}
+
+/// An origin's meter filter, as named by the `filter_hash` of its summary.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OriginFilter {
+    /// Peer id of the origin, its bytes.
+    pub origin: Vec<u8>,
+    /// Its filter.
+    pub filter: MeterFilter,
 }
 
 /// One admin command subject's latest command in a [`Digest`].
@@ -213,6 +226,8 @@ pub struct SyncResponse {
     pub summaries: Vec<SignedSummary>,
     /// Admin commands newer than the asking node's.
     pub commands: Vec<SignedCommand>,
+    /// The meter filters of the summaries sent, and those the asking node lacks.
+    pub filters: Vec<OriginFilter>,
     /// More is newer than fitted: ask again.
     pub more: bool,
 }
@@ -241,6 +256,11 @@ impl MeterFilter {
     pub fn with_capacity(meters: usize) -> Self {
         let words = (meters * Self::BITS_PER_METER).div_ceil(64).clamp(1, Self::MAX_WORDS);
         MeterFilter { bits: vec![0; words], hashes: Self::HASHES }
+    }
+
+    /// Its size in memory and, within a few bytes, on the wire.
+    pub fn byte_size(&self) -> usize {
+        self.bits.len() * 8
     }
 
     /// How many meters it holds at about 1% false positives.

@@ -91,7 +91,7 @@ mod tests {
     use crate::query::{self, Coverage, TopAnswer, TopEntry};
     use crate::summary::{
         Alert, AlertKind, Blocked, CommandVersion, Digest, Gossip, MeterFilter, MeterSpan, NodeSummary,
-        Point, SignedAlive, SignedSummary, SummaryVersion, SyncRequest,
+        OriginFilter, Point, SignedAlive, SignedSummary, SummaryVersion, SyncRequest, SyncResponse,
     };
     use crate::{Alarms, Reading};
 
@@ -100,8 +100,6 @@ mod tests {
     }
 
     fn summary() -> NodeSummary {
-        let mut filter = MeterFilter::with_capacity(1);
-        filter.insert(7);
         NodeSummary {
             origin: "12D3KooW".into(),
             name: "north".into(),
@@ -115,7 +113,7 @@ mod tests {
                 first: Point { ts_ms: 1_794_999_000_000, litres: 1200 },
                 last: Point { ts_ms: 1_795_000_000_000, litres: 1234 },
             }],
-            filter,
+            filter_hash: vec![0xab; 4],
             period_start_ms: 1_794_960_000_000,
             period_consumption_l: 34,
             period_meters: 1,
@@ -185,20 +183,31 @@ mod tests {
     #[test]
     fn golden_summary_and_sync() {
         let payload = encode(&summary()).expect("encode");
-        golden(summary(), "010008313244334b6f6f57056e6f72746803fd005e56eea101000001172f6970342f3132372e302e302e312f7463702f3430303101220107fdc01b47eea1010000fbb004fd005e56eea1010000fbd20401fd000080104208210007fd0004f4eba10100002201010701fd005e56eea101000003636170010700fd005e56eea101000000");
+        golden(summary(), "010008313244334b6f6f57056e6f72746803fd005e56eea101000001172f6970342f3132372e302e302e312f7463702f3430303101220107fdc01b47eea1010000fbb004fd005e56eea1010000fbd20404ababababfd0004f4eba10100002201010701fd005e56eea101000003636170010700fd005e56eea101000000");
         golden(
             Gossip::Summary(SignedSummary { payload, public_key: vec![1, 2], signature: vec![3] }),
-            "01000083010008313244334b6f6f57056e6f72746803fd005e56eea101000001172f6970342f3132372e302e302e312f7463702f3430303101220107fdc01b47eea1010000fbb004fd005e56eea1010000fbd20401fd000080104208210007fd0004f4eba10100002201010701fd005e56eea101000003636170010700fd005e56eea1010000000201020103",
+            "0100007d010008313244334b6f6f57056e6f72746803fd005e56eea101000001172f6970342f3132372e302e302e312f7463702f3430303101220107fdc01b47eea1010000fbb004fd005e56eea1010000fbd20404ababababfd0004f4eba10100002201010701fd005e56eea101000003636170010700fd005e56eea1010000000201020103",
         );
         golden(Gossip::Alive(SignedAlive { payload: vec![4], signature: vec![5, 6] }), "0100010104020506");
         golden(
             SyncRequest {
                 digest: Digest {
-                    summaries: vec![SummaryVersion { origin: vec![0, 1], version: 7 }],
+                    summaries: vec![SummaryVersion { origin: vec![0, 1], version: 7, has_filter: true }],
                     commands: vec![CommandVersion { subject: "policy".into(), issued_at_ms: 9, tag: 300 }],
                 },
             },
-            "010001020001070106706f6c69637909fb2c01",
+            "01000102000107010106706f6c69637909fb2c01",
+        );
+        let mut filter = MeterFilter::with_capacity(1);
+        filter.insert(7);
+        golden(
+            SyncResponse {
+                summaries: vec![],
+                commands: vec![],
+                filters: vec![OriginFilter { origin: vec![0, 1], filter }],
+                more: true,
+            },
+            "010000000102000101fd00008010420821000701",
         );
     }
 

@@ -39,7 +39,7 @@ pub struct Args {
     /// Discover peers on the local network with mDNS (does not work on loopback).
     #[arg(long, env = "HYDROMESH_MDNS")]
     mdns: bool,
-    /// Say the node is alive (and sync with a peer) this often [default: 30s].
+    /// Say the node is alive (and sync with a peer) this often [default: 60s].
     #[arg(long, env = "HYDROMESH_REPUBLISH", value_parser = humantime::parse_duration, value_name = "DURATION")]
     republish: Option<Duration>,
     /// Report a node stale when not heard from within this long [default: 3.5 × republish].

@@ -12,11 +12,14 @@ pub mod summary;
 pub mod view;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hydromesh_proto::control::{Command, Policy, SignedCommand};
 use hydromesh_proto::query::PolicyOrigin;
-use hydromesh_proto::summary::{Digest, NodeSummary, SignedSummary, SummaryVersion, SyncResponse};
+use hydromesh_proto::summary::{
+    Digest, MeterFilter, NodeSummary, OriginFilter, SignedSummary, SummaryVersion, SyncResponse,
+};
 use libp2p::identity::ed25519;
 use libp2p::PeerId;
 
@@ -86,9 +89,15 @@ impl Mesh {
         self.view.alive(origin, version, at_ms, now)
     }
 
-    /// Puts this node's own latest summary in the view.
-    pub fn set_local(&mut self, summary: NodeSummary, signed: SignedSummary, now: Instant) {
-        self.view.set_local(summary, signed, now);
+    /// Puts this node's own latest summary, and the filter it names, in the view.
+    pub fn set_local(
+        &mut self,
+        summary: NodeSummary,
+        signed: SignedSummary,
+        filter: Arc<MeterFilter>,
+        now: Instant,
+    ) {
+        self.view.set_local(summary, signed, filter, now);
     }
 
     /// Forgets fog nodes not heard from within `forget_after`; returns them.
@@ -130,28 +139,36 @@ impl Mesh {
             summaries: self
                 .view
                 .versions()
-                .map(|(origin, version)| SummaryVersion { origin: origin.to_bytes(), version })
+                .map(|(origin, version, has_filter)| SummaryVersion {
+                    origin: origin.to_bytes(),
+                    version,
+                    has_filter,
+                })
                 .collect(),
             commands: self.control.versions(),
         }
     }
 
     /// The answer to a peer's sync: what this node holds newer than the peer's `digest`, up to
-    /// `budget` bytes (commands first: they are small and decide rationing); and whether the
-    /// digest holds anything newer than this node (then this node should pull from the peer).
+    /// `budget` bytes (commands first: they are small and decide rationing; then summaries with
+    /// the filters they name); and whether the digest holds anything newer than this node (then
+    /// this node should pull from the peer).
     pub fn answer_sync(&self, digest: &Digest, budget: usize) -> (SyncResponse, bool) {
-        let summaries: HashMap<PeerId, u64> = digest
+        let summaries: HashMap<PeerId, (u64, bool)> = digest
             .summaries
             .iter()
             .take(view::MAX_NODES)
-            .filter_map(|held| Some((PeerId::from_bytes(&held.origin).ok()?, held.version)))
+            .filter_map(|held| {
+                Some((PeerId::from_bytes(&held.origin).ok()?, (held.version, held.has_filter)))
+            })
             .collect();
         let commands: HashMap<&str, (u64, u64)> = digest
             .commands
             .iter()
             .map(|held| (held.subject.as_str(), (held.issued_at_ms, held.tag)))
             .collect();
-        let mut response = SyncResponse { summaries: Vec::new(), commands: Vec::new(), more: false };
+        let mut response =
+            SyncResponse { summaries: Vec::new(), commands: Vec::new(), filters: Vec::new(), more: false };
         let mut left = budget;
         let mut fits = |bytes: usize| {
             let fits = bytes <= left;
@@ -165,17 +182,27 @@ impl Mesh {
             }
             response.commands.push(signed.clone());
         }
-        for signed in self.view.newer_than(&summaries) {
-            if response.more
-                || !fits(signed.payload.len() + signed.public_key.len() + signed.signature.len() + 16)
-            {
+        for (origin, signed, filter) in self.view.newer_than(&summaries) {
+            let bytes = signed.map_or(0, |s| s.payload.len() + s.public_key.len() + s.signature.len() + 16)
+                + filter.map_or(0, |f| f.byte_size() + 48);
+            if response.more || !fits(bytes) {
                 response.more = true;
                 break;
             }
-            response.summaries.push(signed.clone());
+            response.summaries.extend(signed.cloned());
+            if let Some(filter) = filter {
+                response
+                    .filters
+                    .push(OriginFilter { origin: origin.to_bytes(), filter: filter.as_ref().clone() });
+            }
         }
         let behind = self.view.is_behind(&summaries) || self.control.is_behind(&commands);
         (response, behind)
+    }
+
+    /// Takes `origin`'s meter filter if it is the one its summary names; whether it was taken.
+    pub fn set_filter(&mut self, origin: &PeerId, filter: MeterFilter) -> bool {
+        self.view.set_filter(origin, filter)
     }
 
     /// The policy in force and who set it.
@@ -261,7 +288,7 @@ mod tests {
     fn sync_by_digest_sends_only_what_the_asker_lacks_and_pages() {
         use libp2p::identity::Keypair;
 
-        use super::view::tests::signed as summary;
+        use super::view::tests::{filter, signed as summary};
 
         let admin = ed25519::Keypair::generate();
         let (mut a, mut b) = (mesh(&admin), mesh(&admin));
@@ -274,12 +301,21 @@ mod tests {
             mesh.merge_summary(summary(&k1, k1_version, vec![]), now, false).expect("merge");
             mesh.merge_summary(summary(&k2, k2_version, vec![]), now, false).expect("merge");
         }
+        // Only a holds k2's filter (of the version both hold).
+        assert!(a.set_filter(&k2.public().to_peer_id(), filter(&[])));
         let block = signed(&admin, 5, Action::Block { meter: 7, reason: "leak".into() });
         a.apply_command(a.verify_command(&block, None).expect("trusted"), block);
 
-        // a holds k1 v2 and the block newer than b; b holds k2 v3 newer than a.
+        // a holds k1 v2 and the block newer than b; b holds k2 v3 newer than a. k2's filter
+        // named by v1 is no use to b, which holds v3.
         let (to_b, a_behind) = a.answer_sync(&b.digest(), usize::MAX);
         assert_eq!((versions(&to_b), to_b.commands.len(), to_b.more, a_behind), (vec![2], 1, false, true));
+        assert!(to_b.filters.is_empty());
+        // A peer at a's versions that lacks the filter is sent it.
+        let mut lacking = a.digest();
+        lacking.summaries.iter_mut().for_each(|held| held.has_filter = false);
+        let (filters, _) = a.answer_sync(&lacking, usize::MAX);
+        assert_eq!((filters.summaries.len(), filters.filters.len()), (0, 1), "the filter alone");
         let (to_a, b_behind) = b.answer_sync(&a.digest(), usize::MAX);
         assert_eq!((versions(&to_a), to_a.commands.len(), b_behind), (vec![3], 0, true));
 
@@ -297,8 +333,15 @@ mod tests {
         for signed in to_a.summaries {
             a.merge_summary(signed, now, false).expect("merge");
         }
+        // Only k2's filter is left, which b lacks (k2's v3 names the same one): b is behind.
+        let (_, b_behind) = b.answer_sync(&a.digest(), usize::MAX);
+        let (to_b, _) = a.answer_sync(&b.digest(), usize::MAX);
+        assert!(b_behind && to_b.summaries.is_empty() && to_b.commands.is_empty());
+        for OriginFilter { origin, filter } in to_b.filters {
+            assert!(b.set_filter(&PeerId::from_bytes(&origin).expect("peer id"), filter));
+        }
         let (nothing, behind) = a.answer_sync(&b.digest(), usize::MAX);
-        assert!(nothing.summaries.is_empty() && nothing.commands.is_empty() && !behind);
+        assert!(nothing.summaries.is_empty() && nothing.filters.is_empty() && !behind);
         let (nothing, behind) = b.answer_sync(&a.digest(), usize::MAX);
         assert!(nothing.summaries.is_empty() && nothing.commands.is_empty() && !behind);
     }

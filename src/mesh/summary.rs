@@ -2,15 +2,19 @@
 //! peer can relay them (by gossip or by sync) without being able to forge them, and checked
 //! before they are merged.
 
-use hydromesh_proto::summary::{Alert, Alive, Blocked, NodeSummary, SignedAlive, SignedSummary};
+use hydromesh_proto::summary::{Alert, Alive, Blocked, MeterFilter, NodeSummary, SignedAlive, SignedSummary};
 use hydromesh_proto::{limits, WireError};
 use libp2p::identity::{Keypair, PublicKey};
 use libp2p::PeerId;
+use sha2::{Digest, Sha256};
 
+use crate::domain;
 use crate::ingest::LocalSnapshot;
 
 /// Most top meters a summary may carry.
 pub const MAX_TOP_K: usize = 1000;
+/// Bytes of a filter hash (SHA-256).
+const FILTER_HASH_BYTES: usize = 32;
 /// Most addresses a summary may list, and the longest address.
 const MAX_ADDRS: usize = 32;
 const MAX_ADDR_BYTES: usize = 256;
@@ -61,11 +65,25 @@ pub struct Head {
     pub generated_at_ms: u64,
     /// Its dialable addresses.
     pub addrs: Vec<String>,
+    /// The [`filter_hash`] of the snapshot's filter.
+    pub filter_hash: Vec<u8>,
+}
+
+/// SHA-256 of a meter filter's encoding: what a summary names its filter by.
+pub fn filter_hash(filter: &MeterFilter) -> Vec<u8> {
+    let bytes = hydromesh_proto::encode(filter).unwrap_or_default();
+    Sha256::digest(&bytes).to_vec()
 }
 
 /// Builds this node's summary from its local snapshot: a copy of what the snapshot holds, cut to
 /// the sizes a summary may carry; no walk over the node's meters.
-pub fn build(head: Head, local: &LocalSnapshot, top_k: usize) -> NodeSummary {
+///
+/// The top meters are the node's top-K cut at `floor`, the K-th largest consumption in this
+/// node's merged view: a meter below it cannot be in the global top-K, because every view holds
+/// a subset of the meters with at most their true consumption, so its K-th largest is at most
+/// the true K-th largest. Global top-N stays exact for N ≤ K, and a node whose meters are all
+/// small sends none.
+pub fn build(head: Head, local: &LocalSnapshot, top_k: usize, floor: u64) -> NodeSummary {
     let alerts: Vec<Alert> =
         local.alerts.values().flatten().take(limits::MAX_SUMMARY_ENTRIES).copied().collect();
     let alert_count: usize = local.alerts.values().map(Vec::len).sum();
@@ -83,8 +101,14 @@ pub fn build(head: Head, local: &LocalSnapshot, top_k: usize) -> NodeSummary {
         addrs: head.addrs.into_iter().take(16).collect(),
         meter_count: local.meter_count,
         total_consumption_l: local.total_consumption_l,
-        top: local.top.iter().take(top_k.min(MAX_TOP_K)).copied().collect(),
-        filter: local.filter.as_ref().clone(),
+        top: local
+            .top
+            .iter()
+            .take(top_k.min(MAX_TOP_K))
+            .take_while(|span| domain::span_consumption(span) >= floor)
+            .copied()
+            .collect(),
+        filter_hash: head.filter_hash,
         period_start_ms: local.period_start_ms,
         period_consumption_l: local.period_consumption_l,
         period_meters: local.period_meters,
@@ -176,8 +200,8 @@ fn check(summary: &NodeSummary) -> Result<(), SummaryError> {
     {
         return invalid("too many blocked meters or alerts".into());
     }
-    if !summary.filter.is_valid() {
-        return invalid("malformed meter filter".into());
+    if summary.filter_hash.len() != FILTER_HASH_BYTES {
+        return invalid("malformed meter filter hash".into());
     }
     Ok(())
 }
@@ -188,8 +212,6 @@ fn signed_bytes(payload: &[u8]) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use hydromesh_proto::summary::MeterFilter;
-
     use super::*;
 
     fn summary(origin: String) -> NodeSummary {
@@ -202,7 +224,7 @@ mod tests {
             meter_count: 0,
             total_consumption_l: 0,
             top: vec![],
-            filter: MeterFilter::with_capacity(0),
+            filter_hash: filter_hash(&MeterFilter::with_capacity(0)),
             period_start_ms: 0,
             period_consumption_l: 0,
             period_meters: 0,
@@ -263,9 +285,24 @@ mod tests {
             version: 9,
             generated_at_ms: 11,
             addrs: vec!["/ip4/127.0.0.1/tcp/1".into(); 40],
+            filter_hash: vec![7; FILTER_HASH_BYTES],
         };
-        let summary = build(head, &local, 2);
+        let summary = build(head, &local, 2, 0);
         assert_eq!(summary.top, vec![span(3, 30), span(2, 20)], "the node's top-K, cut to K");
+        let head = || Head {
+            origin: key.public().to_peer_id(),
+            name: "n".into(),
+            version: 1,
+            generated_at_ms: 1,
+            addrs: vec![],
+            filter_hash: vec![7; FILTER_HASH_BYTES],
+        };
+        assert_eq!(
+            build(head(), &local, 3, 20).top,
+            vec![span(3, 30), span(2, 20)],
+            "cut at the floor, ties kept"
+        );
+        assert!(build(head(), &local, 3, 31).top.is_empty(), "no meter can be in the global top-K");
         assert_eq!((summary.meter_count, summary.total_consumption_l, summary.version), (3, 60, 9));
         assert_eq!((summary.period_start_ms, summary.period_consumption_l, summary.period_meters), (7, 5, 2));
         assert_eq!(summary.alerts.len(), limits::MAX_SUMMARY_ENTRIES);

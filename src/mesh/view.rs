@@ -7,17 +7,18 @@
 //! locally (no fan-out) and state their [`Coverage`].
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hydromesh_proto::query::{
     AlertEntry, AlertsAnswer, BlockedAnswer, BlockedEntry, Coverage, PeerInfo, PeersAnswer, StatsAnswer,
     TopAnswer,
 };
-use hydromesh_proto::summary::{AlertKind, NodeSummary, SignedSummary};
+use hydromesh_proto::summary::{AlertKind, MeterFilter, NodeSummary, SignedSummary};
 use hydromesh_proto::{limits, MeterId};
 use libp2p::PeerId;
 
-use super::summary::{verify, SummaryError};
+use super::summary::{filter_hash, verify, SummaryError};
 use crate::clock::now_ms;
 use crate::domain;
 
@@ -25,6 +26,8 @@ use crate::domain;
 struct Entry {
     summary: NodeSummary,
     signed: SignedSummary,
+    /// The meter filter the summary names, once pulled (see [`View::set_filter`]).
+    filter: Option<Arc<MeterFilter>>,
     /// When it was last refreshed; `None` for a summary restored from disk and not heard since.
     heard_at: Option<Instant>,
     /// When this node learned it (restored or heard): a restored summary is forgotten only
@@ -125,7 +128,13 @@ impl View {
         // made (by sync, from a node that still remembers a dead origin) is not fresh.
         let age = Duration::from_millis(now_ms().saturating_sub(summary.generated_at_ms));
         let heard_at = (!restored).then(|| now.checked_sub(age).unwrap_or(now));
-        self.entries.insert(origin, Entry { summary, signed, heard_at, known_since: now });
+        // The filter stays while the summaries name the same one.
+        let filter = self
+            .entries
+            .remove(&origin)
+            .filter(|old| old.summary.filter_hash == summary.filter_hash)
+            .and_then(|old| old.filter);
+        self.entries.insert(origin, Entry { summary, signed, filter, heard_at, known_since: now });
         Ok(Merged::Newer(origin))
     }
 
@@ -157,38 +166,86 @@ impl View {
         Ok(Liveness::Refreshed)
     }
 
-    /// Per origin, the highest summary version held.
-    pub fn versions(&self) -> impl Iterator<Item = (PeerId, u64)> + '_ {
-        self.entries.iter().map(|(origin, entry)| (*origin, entry.summary.version))
+    /// Per origin, the highest summary version held and whether its filter is held too.
+    pub fn versions(&self) -> impl Iterator<Item = (PeerId, u64, bool)> + '_ {
+        self.entries.iter().map(|(origin, entry)| (*origin, entry.summary.version, entry.filter.is_some()))
     }
 
-    /// The signed summaries held that are newer than `versions` says (an origin it lacks
-    /// counts as version 0), freshest origins first.
+    /// What this view holds newer than `versions` says (per origin: the version and whether its
+    /// filter is held; an origin it lacks counts as version 0), freshest origins first: the
+    /// signed summary when it is newer, and its filter when held and the other side lacks it.
     pub fn newer_than<'a>(
         &'a self,
-        versions: &'a HashMap<PeerId, u64>,
-    ) -> impl Iterator<Item = &'a SignedSummary> {
-        let mut newer: Vec<&Entry> = self
+        versions: &'a HashMap<PeerId, (u64, bool)>,
+    ) -> impl Iterator<Item = (PeerId, Option<&'a SignedSummary>, Option<&'a Arc<MeterFilter>>)> {
+        let mut newer: Vec<(PeerId, &Entry, bool)> = self
             .entries
             .iter()
-            .filter(|(origin, entry)| versions.get(origin).is_none_or(|held| *held < entry.summary.version))
-            .map(|(_, entry)| entry)
+            .filter_map(|(origin, entry)| {
+                let (version, has_filter) = versions.get(origin).copied().unwrap_or((0, false));
+                let summary = version < entry.summary.version;
+                let same = version == entry.summary.version;
+                let filter = entry.filter.is_some() && (summary || (same && !has_filter));
+                (summary || filter).then_some((*origin, entry, summary))
+            })
             .collect();
-        newer.sort_by_key(|entry| std::cmp::Reverse(entry.heard_at));
-        newer.into_iter().map(|entry| &entry.signed)
+        newer.sort_by_key(|(_, entry, _)| std::cmp::Reverse(entry.heard_at));
+        newer
+            .into_iter()
+            .map(|(origin, entry, summary)| (origin, summary.then_some(&entry.signed), entry.filter.as_ref()))
     }
 
-    /// Whether `versions` holds a summary newer than this view's, of an origin it admits.
-    pub fn is_behind(&self, versions: &HashMap<PeerId, u64>) -> bool {
-        versions.iter().any(|(origin, version)| {
+    /// Whether `versions` holds something newer than this view, of an origin it admits: a
+    /// newer summary, or the filter of the version both hold when this view lacks it.
+    pub fn is_behind(&self, versions: &HashMap<PeerId, (u64, bool)>) -> bool {
+        versions.iter().any(|(origin, (version, has_filter))| {
             self.admits(origin)
-                && self.entries.get(origin).is_none_or(|entry| entry.summary.version < *version)
+                && self.entries.get(origin).is_none_or(|entry| {
+                    entry.summary.version < *version
+                        || (entry.summary.version == *version && *has_filter && entry.filter.is_none())
+                })
         })
     }
 
-    /// Puts this node's own latest summary in the view.
-    pub fn set_local(&mut self, summary: NodeSummary, signed: SignedSummary, now: Instant) {
-        self.entries.insert(self.local, Entry { summary, signed, heard_at: Some(now), known_since: now });
+    /// Takes `origin`'s meter filter if it is the one its summary names; whether it was taken.
+    pub fn set_filter(&mut self, origin: &PeerId, filter: MeterFilter) -> bool {
+        let Some(entry) = self.entries.get_mut(origin) else { return false };
+        if entry.filter.is_some() || !filter.is_valid() || filter_hash(&filter) != entry.summary.filter_hash {
+            return false;
+        }
+        entry.filter = Some(Arc::new(filter));
+        true
+    }
+
+    /// Origins heard with a new summary within `window` of `now`, this node included: the
+    /// publishers that share the mesh's summary budget.
+    pub fn publishers_within(&self, window: Duration, now: Instant) -> usize {
+        self.entries
+            .values()
+            .filter(|entry| entry.heard_at.is_some() && now.duration_since(entry.known_since) <= window)
+            .count()
+    }
+
+    /// The version of `origin`'s summary held, if any.
+    pub fn version_of(&self, origin: &PeerId) -> Option<u64> {
+        self.entries.get(origin).map(|entry| entry.summary.version)
+    }
+
+    /// Whether a summary held names a filter not pulled yet.
+    pub fn lacks_filters(&self) -> bool {
+        self.entries.values().any(|entry| entry.filter.is_none())
+    }
+
+    /// Puts this node's own latest summary, and the filter it names, in the view.
+    pub fn set_local(
+        &mut self,
+        summary: NodeSummary,
+        signed: SignedSummary,
+        filter: Arc<MeterFilter>,
+        now: Instant,
+    ) {
+        let entry = Entry { summary, signed, filter: Some(filter), heard_at: Some(now), known_since: now };
+        self.entries.insert(self.local, entry);
     }
 
     /// Every signed summary held, for sync.
@@ -250,6 +307,19 @@ impl View {
             entry.summary.top.iter().map(move |span| (entry.summary.origin.as_str(), *span))
         });
         TopAnswer { entries: domain::rank_joined(parts, n), coverage: self.coverage(now, now_ms) }
+    }
+
+    /// The `k`-th largest consumption over all data held, 0 while fewer than `k` meters are
+    /// known: a meter below it is in no top-K (see [`super::summary::build`]).
+    pub fn kth_consumption(&self, k: usize) -> u64 {
+        let parts = self.entries.values().flat_map(|entry| {
+            entry.summary.top.iter().map(move |span| (entry.summary.origin.as_str(), *span))
+        });
+        let ranked = domain::rank_joined(parts, k);
+        if ranked.len() < k {
+            return 0;
+        }
+        ranked.last().map_or(0, |entry| entry.consumption_l)
     }
 
     /// Meters whose supply is cut, mesh-wide, by meter.
@@ -320,12 +390,15 @@ impl View {
         PeersAnswer { peers, coverage: self.coverage(now, now_ms) }
     }
 
-    /// Remote nodes that may hold `meter`, freshest first.
+    /// Remote nodes that may hold `meter`, freshest first (a node whose filter is not pulled
+    /// yet may hold any meter).
     pub fn homes_of(&self, meter: MeterId) -> Vec<PeerId> {
         let mut homes: Vec<(&PeerId, &Entry)> = self
             .entries
             .iter()
-            .filter(|(origin, entry)| **origin != self.local && entry.summary.filter.may_contain(meter))
+            .filter(|(origin, entry)| {
+                **origin != self.local && entry.filter.as_ref().is_none_or(|filter| filter.may_contain(meter))
+            })
             .collect();
         homes.sort_by_key(|(_, entry)| std::cmp::Reverse(entry.heard_at));
         homes.into_iter().map(|(origin, _)| *origin).collect()
@@ -391,10 +464,16 @@ pub(crate) mod tests {
         }
     }
 
-    /// A summary of `key`'s node at `version`, made now, holding `top`.
-    pub(crate) fn signed(key: &Keypair, version: u64, top: Vec<MeterSpan>) -> SignedSummary {
+    /// The filter of the meters in `top`.
+    pub(crate) fn filter(top: &[MeterSpan]) -> MeterFilter {
         let mut filter = MeterFilter::with_capacity(top.len());
         top.iter().for_each(|s| filter.insert(s.meter));
+        filter
+    }
+
+    /// A summary of `key`'s node at `version`, made now, holding `top` (and naming its filter).
+    pub(crate) fn signed(key: &Keypair, version: u64, top: Vec<MeterSpan>) -> SignedSummary {
+        let filter_hash = filter_hash(&filter(&top));
         let summary = NodeSummary {
             origin: key.public().to_peer_id().to_string(),
             name: format!("n{version}"),
@@ -404,7 +483,7 @@ pub(crate) mod tests {
             meter_count: top.len() as u64,
             total_consumption_l: top.iter().map(domain::span_consumption).sum(),
             top,
-            filter,
+            filter_hash,
             period_start_ms: 0,
             period_consumption_l: 0,
             period_meters: 0,
@@ -449,6 +528,17 @@ pub(crate) mod tests {
         let stats = view.stats(now, 0);
         assert_eq!((stats.meters, stats.total_consumption_l), (4, 240));
         assert!((stats.average_consumption_l() - 60.0).abs() < 1e-9);
+        assert_eq!(view.homes_of(3).len(), 2, "without their filters, either node may hold it");
+        assert!(view.lacks_filters());
+        let a_top = [span(1, (0, 0), (10, 100)), span(2, (0, 0), (10, 50))];
+        let b_top = [span(1, (10, 100), (20, 130)), span(3, (0, 0), (1, 60))];
+        assert!(
+            !view.set_filter(&a.public().to_peer_id(), filter(&b_top)),
+            "not the filter a's summary names"
+        );
+        assert!(view.set_filter(&a.public().to_peer_id(), filter(&a_top)));
+        assert!(view.set_filter(&b.public().to_peer_id(), filter(&b_top)));
+        assert!(!view.lacks_filters());
         assert_eq!(view.homes_of(3), vec![b.public().to_peer_id()]);
     }
 
@@ -497,7 +587,7 @@ pub(crate) mod tests {
         let mut view = View::new(local.public().to_peer_id(), Duration::from_secs(30));
         let ours = signed(&local, 1, vec![]);
         let (summary, _) = verify(&ours).expect("verify");
-        view.set_local(summary, ours.clone(), now);
+        view.set_local(summary, ours.clone(), Arc::new(filter(&[])), now);
         assert_eq!(view.merge(ours, now, false).expect("merge"), Merged::Known);
         assert_eq!(view.merge(signed(&local, 7, vec![]), now, false).expect("merge"), Merged::OwnAhead(7));
     }

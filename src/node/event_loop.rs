@@ -16,12 +16,13 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use hydromesh_proto::control::{Command as AdminCommand, SignedCommand};
-use hydromesh_proto::summary::{Alive, Gossip, SignedSummary, SyncRequest, SyncResponse};
+use hydromesh_proto::summary::{
+    Alive, Gossip, MeterFilter, OriginFilter, SignedSummary, SyncRequest, SyncResponse,
+};
 use hydromesh_proto::{ingest, limits, peer, protocols, query, Reading};
 use libp2p::core::transport::ListenerId;
 use libp2p::identity::Keypair;
 use libp2p::metrics::Recorder;
-use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, InboundFailure, InboundRequestId, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::SwarmEvent;
@@ -109,8 +110,11 @@ pub(super) struct Requests {
 struct Publishing {
     /// When the next summary is due, if one is.
     at: Option<tokio::time::Instant>,
-    /// The version and time of the last summary published.
-    last: Option<(u64, tokio::time::Instant)>,
+    /// The version, time and size in bytes of the last summary published.
+    last: Option<(u64, tokio::time::Instant, usize)>,
+    /// When to say again that this node is alive, once its first gossip mesh has formed: its
+    /// summary went out when no one listened, and the nodes that lack it pull it on hearing this.
+    announce_at: Option<Instant>,
 }
 
 /// The loop's listeners and the addresses it announces.
@@ -144,6 +148,13 @@ pub(super) struct EventLoop {
     sync_round: usize,
     /// Fog nodes a sync request is out to: one at a time per peer.
     syncing: HashSet<PeerId>,
+    /// The local filter last published and its hash (hashed again only when it changes).
+    filter_hash: Option<(Arc<MeterFilter>, Vec<u8>)>,
+    /// Summary versions heard of (by an alive) but not held yet.
+    wanted: HashMap<PeerId, u64>,
+    /// When to next pull what is missing (wanted summaries, filters) from a peer, and the wait
+    /// after that.
+    pull: (Instant, Duration),
     pub(super) closing: bool,
     cancel: CancellationToken,
 }
@@ -197,11 +208,6 @@ impl EventLoop {
                 .map_err(|e| NodeError::Listen { addr: addr.clone(), reason: e.to_string() })?;
             listeners.push(listener);
         }
-        for addr in &config.bootstrap {
-            if let Some((peer, bare)) = split_peer(addr) {
-                swarm.behaviour_mut().kad.add_address(&peer, bare);
-            }
-        }
         let dialer = Dialer::new(config.bootstrap.clone(), DIAL_TARGET, Instant::now());
         let peer_id = keypair.public().to_peer_id();
         let (commands, command_rx) = commands;
@@ -226,6 +232,9 @@ impl EventLoop {
             dialer,
             sync_round: 0,
             syncing: HashSet::new(),
+            filter_hash: None,
+            wanted: HashMap::new(),
+            pull: (Instant::now(), REDIAL_EVERY),
             closing: false,
             cancel,
         })
@@ -249,7 +258,7 @@ impl EventLoop {
                 Ok(()) = self.snapshot.changed() => self.schedule_publish(),
                 () = sleep_until(publish_at), if publish_at.is_some() => self.publish_summary(),
                 _ = republish.tick() => self.on_republish_tick(),
-                _ = redial.tick() => self.redial(),
+                _ = redial.tick() => self.on_redial_tick(),
             }
         }
         self.shut_down().await
@@ -290,7 +299,7 @@ impl EventLoop {
         self.pipeline.reevaluate();
         match self.publish.last {
             // Unchanged since it went out (a change would have scheduled a summary): say so.
-            Some((version, _)) if self.publish.at.is_none() => self.publish_alive(version),
+            Some((version, _, _)) if self.publish.at.is_none() => self.publish_alive(version),
             _ => self.publish_summary(),
         }
         self.anti_entropy();
@@ -317,12 +326,10 @@ impl EventLoop {
                     self.on_identified(peer_id, info);
                 }
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.metrics.p2p.record(&event),
             SwarmEvent::Behaviour(BehaviourEvent::Ping(event)) => self.metrics.p2p.record(&event),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                 for (peer, addr) in found {
                     tracing::debug!(%peer, %addr, "mDNS discovered a peer");
-                    self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
                     if !self.swarm.is_connected(&peer) {
                         let _ = self.swarm.dial(addr);
                     }
@@ -361,6 +368,68 @@ impl EventLoop {
 
     /// Dials what the dialer says is due: bootstraps while alone, known fog nodes while fewer
     /// than the target are connected.
+    /// Every second: dials what keeps the node in the mesh, closes what it does not need, and
+    /// pulls missing filters.
+    fn on_redial_tick(&mut self) {
+        if self.publish.announce_at.is_some_and(|at| Instant::now() >= at) {
+            self.publish.announce_at = None;
+            if let Some((version, _, _)) = self.publish.last {
+                self.publish_alive(version);
+            }
+        }
+        self.redial();
+        self.trim_connections();
+        self.pull_missing();
+    }
+
+    /// Keeps at most `MAX_FOG_PEERS` fog nodes connected. Gossipsub holds a stream open on every
+    /// connection, so connections that peers opened to this node, or that routed questions
+    /// opened, would never idle out, and a node of a large mesh (a bootstrap node above all)
+    /// would end up connected to every other, paying for each (pings, gossip control). The extra ones outside the gossip mesh with no sync in flight
+    /// are closed; they reopen when a question needs them.
+    fn trim_connections(&mut self) {
+        if self.fog_peers.len() <= MAX_FOG_PEERS {
+            return;
+        }
+        let gossip = &self.swarm.behaviour().gossipsub;
+        let in_mesh: HashSet<PeerId> = [summary_topic().hash(), control_topic().hash()]
+            .iter()
+            .flat_map(|topic| gossip.mesh_peers(topic).copied().collect::<Vec<_>>())
+            .collect();
+        let mut spare: Vec<PeerId> = self
+            .fog_peers
+            .iter()
+            .filter(|peer| !in_mesh.contains(peer) && !self.syncing.contains(peer))
+            .copied()
+            .collect();
+        spare.sort();
+        for peer in spare.into_iter().take(self.fog_peers.len() - MAX_FOG_PEERS) {
+            tracing::debug!(%peer, "closing a spare connection");
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+    }
+
+    /// While a summary heard of is not held, or a summary held names a filter not pulled yet,
+    /// syncs with one connected node in turn: at once, then backing off to `republish_interval`
+    /// (what no reachable node holds is not asked for every second). Gossip relays an alive
+    /// before the relays hold the summary it names, so asking the relay alone is not enough.
+    fn pull_missing(&mut self) {
+        let now = Instant::now();
+        let view = self.mesh.view();
+        self.wanted.retain(|origin, version| view.version_of(origin).is_none_or(|held| held < *version));
+        if now < self.pull.0 || (self.wanted.is_empty() && !view.lacks_filters()) {
+            return;
+        }
+        let delay = self.pull.1;
+        self.pull = (now + delay, (delay * 2).min(self.config.republish_interval));
+        let mut peers: Vec<PeerId> = self.fog_peers.iter().copied().collect();
+        peers.sort();
+        self.sync_round = self.sync_round.wrapping_add(1);
+        if let Some(peer) = (!peers.is_empty()).then(|| peers[self.sync_round % peers.len()]) {
+            self.sync_with(peer);
+        }
+    }
+
     fn redial(&mut self) {
         let view = self.mesh.view();
         let known: Vec<(PeerId, Vec<Multiaddr>)> =
@@ -395,9 +464,21 @@ impl EventLoop {
     fn schedule_publish(&mut self) {
         if self.publish.at.is_none() {
             let soonest = tokio::time::Instant::now() + self.config.publish_debounce;
-            let paced = self.publish.last.map(|(_, at)| at + self.config.publish_interval);
+            let paced = self.publish.last.map(|(_, at, _)| at + self.publish_pace());
             self.publish.at = Some(paced.map_or(soonest, |paced| paced.max(soonest)));
         }
+    }
+
+    /// The shortest time between two summaries: `publish_interval`, or longer when the nodes
+    /// publishing (those heard with a new summary within a minute) would together send every
+    /// node more than `summary_budget` bytes a second at this node's summary size. The mesh's
+    /// summary traffic is then bounded however many nodes take readings, and a node that was
+    /// quiet still publishes its first change at once.
+    fn publish_pace(&self) -> Duration {
+        let Some((_, _, bytes)) = self.publish.last else { return self.config.publish_interval };
+        let publishers = self.mesh.view().publishers_within(PUBLISHERS_WINDOW, Instant::now()).max(1);
+        let fair = bytes as f64 * publishers as f64 / self.config.summary_budget.max(1) as f64;
+        Duration::from_secs_f64(fair.min(MAX_PACE.as_secs_f64())).max(self.config.publish_interval)
     }
 
     fn on_ingest_event(&mut self, event: request_response::Event<ingest::Request, ingest::Response>) {
@@ -555,8 +636,9 @@ impl EventLoop {
                 }
                 request_response::Message::Response { response, .. } => {
                     self.syncing.remove(&peer);
-                    self.merge_sync(peer, response.summaries, response.commands);
-                    if response.more {
+                    let more = response.more;
+                    self.merge_sync(peer, response);
+                    if more {
                         self.sync_with(peer);
                     }
                 }
@@ -574,13 +656,19 @@ impl EventLoop {
         }
     }
 
-    fn merge_sync(&mut self, from: PeerId, summaries: Vec<SignedSummary>, commands: Vec<SignedCommand>) {
-        for signed in summaries {
+    fn merge_sync(&mut self, from: PeerId, response: SyncResponse) {
+        for signed in response.summaries {
             if let Err(error) = self.merge_summary(signed) {
                 tracing::warn!(peer = %from, %error, "refused a summary in sync");
             }
         }
-        for signed in commands {
+        for OriginFilter { origin, filter } in response.filters {
+            // A filter that is not the one its summary names is old or forged: dropped.
+            if let Ok(origin) = PeerId::from_bytes(&origin) {
+                self.mesh.set_filter(&origin, filter);
+            }
+        }
+        for signed in response.commands {
             match self.mesh.verify_command(&signed, None) {
                 // Older commands than those in force are superseded and change nothing.
                 Ok(command) => {
@@ -597,6 +685,8 @@ impl EventLoop {
         match merged {
             Merged::Newer(origin) => {
                 tracing::debug!(%origin, "merged a newer summary");
+                // Its filter may be new: pull it soon.
+                self.pull = (Instant::now(), REDIAL_EVERY);
                 self.save_view(&origin.to_string(), &signed);
                 // The mesh-wide average may have moved.
                 self.update_inputs();
@@ -658,8 +748,10 @@ impl EventLoop {
                 match self.mesh.alive(origin, alive.version, alive.at_ms, Instant::now())? {
                     Liveness::Refreshed => Ok(true),
                     Liveness::Behind => {
-                        // The relay has seen the newer summary, or will have it soon.
+                        // The relay may hold the newer summary; if not, other peers are asked.
                         self.sync_with(source);
+                        self.wanted.insert(origin, alive.version);
+                        self.pull = (Instant::now(), REDIAL_EVERY);
                         Ok(true)
                     }
                     Liveness::Old => Ok(false),
@@ -734,10 +826,9 @@ impl EventLoop {
 
     fn on_identified(&mut self, peer: PeerId, info: identify::Info) {
         let speaks = |name: &str| info.protocols.iter().any(|p| p.as_ref() == name);
-        if speaks(protocols::KAD) {
-            for addr in &info.listen_addrs {
-                self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
-            }
+        if speaks(protocols::SYNC) && self.fog_peers.is_empty() {
+            // Gossip meshes form over a few heartbeats.
+            self.publish.announce_at = Some(Instant::now() + self.config.gossip_heartbeat * 3);
         }
         if speaks(protocols::SYNC) && self.fog_peers.insert(peer) {
             self.dialer.connected(&peer, Instant::now());
@@ -801,24 +892,34 @@ impl EventLoop {
             Ok(version) => version,
             Err(error) => return tracing::error!(%error, "cannot reserve a summary version"),
         };
+        let local = self.snapshot.borrow_and_update().clone();
+        let filter_hash = match &self.filter_hash {
+            Some((filter, hash)) if Arc::ptr_eq(filter, &local.filter) => hash.clone(),
+            _ => {
+                let hash = summary::filter_hash(&local.filter);
+                self.filter_hash = Some((local.filter.clone(), hash.clone()));
+                hash
+            }
+        };
         let head = summary::Head {
             origin: self.peer_id,
             name: self.config.name.clone(),
             version,
             generated_at_ms: now_ms(),
             addrs: self.listening.addrs.iter().map(ToString::to_string).collect(),
+            filter_hash,
         };
-        let local = self.snapshot.borrow_and_update().clone();
-        let built = summary::build(head, &local, self.config.top_k);
+        let floor = self.mesh.view().kth_consumption(self.config.top_k);
+        let built = summary::build(head, &local, self.config.top_k, floor);
         let signed = match summary::sign(&self.keypair, &built) {
             Ok(signed) => signed,
             Err(error) => return tracing::error!(%error, "cannot sign the summary"),
         };
         self.save_view(&built.origin, &signed);
         tracing::debug!(version = built.version, meters = built.meter_count, "publishing summary");
-        self.publish.last = Some((built.version, tokio::time::Instant::now()));
-        self.mesh.set_local(built, signed.clone(), Instant::now());
-        self.gossip(&Gossip::Summary(signed));
+        self.mesh.set_local(built.clone(), signed.clone(), local.filter.clone(), Instant::now());
+        let bytes = self.gossip(&Gossip::Summary(signed));
+        self.publish.last = Some((built.version, tokio::time::Instant::now(), bytes));
         // This node's own figures count in the mesh-wide average too (and alone, they are it).
         self.update_inputs();
     }
@@ -827,20 +928,28 @@ impl EventLoop {
     fn publish_alive(&mut self, version: u64) {
         let alive = Alive { origin: self.peer_id.to_bytes(), version, at_ms: now_ms() };
         match summary::sign_alive(&self.keypair, &alive) {
-            Ok(signed) => self.gossip(&Gossip::Alive(signed)),
+            Ok(signed) => {
+                self.gossip(&Gossip::Alive(signed));
+            }
             Err(error) => tracing::error!(%error, "cannot sign a liveness message"),
         }
     }
 
-    fn gossip(&mut self, message: &Gossip) {
+    /// Publishes on the summary topic; returns the message's size.
+    fn gossip(&mut self, message: &Gossip) -> usize {
         let bytes = match hydromesh_proto::encode(message) {
             Ok(bytes) => bytes,
-            Err(error) => return tracing::error!(%error, "cannot encode a summary message"),
+            Err(error) => {
+                tracing::error!(%error, "cannot encode a summary message");
+                return 0;
+            }
         };
+        let size = bytes.len();
         match self.swarm.behaviour_mut().gossipsub.publish(summary_topic(), bytes) {
             Ok(_) | Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
             Err(error) => tracing::warn!(%error, "cannot publish on the summary topic"),
         }
+        size
     }
 
     /// Sends a response back where its request came from.
@@ -900,14 +1009,13 @@ fn ingest_refusal(error: IngestError) -> ingest::Response {
     }
 }
 
-/// The peer id at the end of an address, and the address without it.
-fn split_peer(addr: &Multiaddr) -> Option<(PeerId, Multiaddr)> {
-    let mut bare = addr.clone();
-    match bare.pop() {
-        Some(Protocol::P2p(peer)) => Some((peer, bare)),
-        _ => None,
-    }
-}
+/// Nodes heard with a new summary within this count as publishing (see `publish_pace`).
+const PUBLISHERS_WINDOW: Duration = Duration::from_secs(60);
+/// The longest the summary budget may delay a node's summary.
+const MAX_PACE: Duration = Duration::from_secs(60);
+
+/// Most fog nodes a node stays connected to (see `trim_connections`).
+const MAX_FOG_PEERS: usize = 12;
 
 /// How many fog nodes a node keeps connected by dialling (gossipsub's mesh degree).
 const DIAL_TARGET: usize = 4;

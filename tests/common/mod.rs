@@ -39,6 +39,8 @@ pub fn config(dir: PathBuf, name: &str, bootstrap: Vec<Multiaddr>) -> Config {
         republish_interval: Duration::from_secs(2),
         publish_debounce: Duration::from_millis(50),
         publish_interval: Duration::from_millis(200),
+        // Tests wait for convergence, not for bandwidth.
+        summary_budget: 1 << 20,
         stale_after: Duration::from_secs(20),
         gossip_heartbeat: Duration::from_millis(200),
         http: None,
