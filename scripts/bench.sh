@@ -48,7 +48,7 @@ log() { printf '[bench] %s\n' "$*" >&2; }
 
 build() {
     log "building hydromesh and the benchmark drivers (release)..."
-    (cd "$ROOT" && cargo build --release --bin hydromesh -p hydromesh-bench)
+    (cd "$ROOT" && cargo build --release -p hydromesh -p hydromesh-bench --bins)
     BIN="$(release_dir)/hydromesh"
     DRIVERS="$(release_dir)"
     [[ -x "$BIN" ]] || die "cargo finished but $BIN is missing"

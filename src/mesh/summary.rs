@@ -313,6 +313,47 @@ mod tests {
     }
 
     #[test]
+    fn a_summary_is_no_larger_for_a_node_with_more_meters() {
+        use std::sync::Arc;
+
+        use hydromesh_proto::summary::{MeterSpan, Point};
+
+        let key = Keypair::generate_ed25519();
+        let encoded_size = |meters: u64| {
+            let mut filter = MeterFilter::with_capacity(meters as usize);
+            (0..meters).for_each(|meter| filter.insert(meter));
+            let top = (0..100)
+                .map(|meter| MeterSpan {
+                    meter,
+                    first: Point { ts_ms: 1_795_000_000_000, litres: 0 },
+                    last: Point { ts_ms: 1_795_003_600_000, litres: 1_000_000 - meter },
+                })
+                .collect();
+            let local = LocalSnapshot {
+                meter_count: meters,
+                total_consumption_l: 999_999_999,
+                top,
+                filter: Arc::new(filter),
+                ..LocalSnapshot::default()
+            };
+            let head = Head {
+                origin: key.public().to_peer_id(),
+                name: "north".into(),
+                version: 9,
+                generated_at_ms: 1_795_003_600_000,
+                addrs: vec![],
+                filter_hash: filter_hash(&local.filter),
+            };
+            hydromesh_proto::encode(&sign(&key, &build(head, &local, 100, 0)).expect("sign"))
+                .expect("encode")
+                .len()
+        };
+        // The filter travels apart, named by its hash: only the meter count's varint grows.
+        let (small, large) = (encoded_size(100), encoded_size(100_000));
+        assert!(large <= small + 4, "{small} bytes for 100 meters, {large} for 100,000");
+    }
+
+    #[test]
     fn liveness_verifies_against_the_peer_id_and_tampering_is_caught() {
         let key = Keypair::generate_ed25519();
         let origin = key.public().to_peer_id();

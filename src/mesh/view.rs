@@ -33,6 +33,9 @@ struct Entry {
     /// When this node learned it (restored or heard): a restored summary is forgotten only
     /// `forget_after` after the restart, not at once.
     known_since: Instant,
+    /// When the version before this one was learned, if any: an origin with two new versions
+    /// within a window is publishing.
+    previous_since: Option<Instant>,
 }
 
 /// What merging a summary did.
@@ -128,13 +131,13 @@ impl View {
         // made (by sync, from a node that still remembers a dead origin) is not fresh.
         let age = Duration::from_millis(now_ms().saturating_sub(summary.generated_at_ms));
         let heard_at = (!restored).then(|| now.checked_sub(age).unwrap_or(now));
+        let old = self.entries.remove(&origin);
+        let previous_since = old.as_ref().map(|old| old.known_since);
         // The filter stays while the summaries name the same one.
-        let filter = self
-            .entries
-            .remove(&origin)
-            .filter(|old| old.summary.filter_hash == summary.filter_hash)
-            .and_then(|old| old.filter);
-        self.entries.insert(origin, Entry { summary, signed, filter, heard_at, known_since: now });
+        let filter =
+            old.filter(|old| old.summary.filter_hash == summary.filter_hash).and_then(|old| old.filter);
+        let entry = Entry { summary, signed, filter, heard_at, known_since: now, previous_since };
+        self.entries.insert(origin, entry);
         Ok(Merged::Newer(origin))
     }
 
@@ -217,12 +220,16 @@ impl View {
         true
     }
 
-    /// Origins heard with a new summary within `window` of `now`, this node included: the
-    /// publishers that share the mesh's summary budget.
+    /// Origins heard with two new summaries within `window` of `now`, this node included: the
+    /// publishers that share the mesh's summary budget (a node's one summary at start or after a
+    /// single change is not a stream).
     pub fn publishers_within(&self, window: Duration, now: Instant) -> usize {
         self.entries
             .values()
-            .filter(|entry| entry.heard_at.is_some() && now.duration_since(entry.known_since) <= window)
+            .filter(|entry| {
+                entry.heard_at.is_some()
+                    && entry.previous_since.is_some_and(|since| now.duration_since(since) <= window)
+            })
             .count()
     }
 
@@ -244,7 +251,15 @@ impl View {
         filter: Arc<MeterFilter>,
         now: Instant,
     ) {
-        let entry = Entry { summary, signed, filter: Some(filter), heard_at: Some(now), known_since: now };
+        let previous_since = self.entries.get(&self.local).map(|old| old.known_since);
+        let entry = Entry {
+            summary,
+            signed,
+            filter: Some(filter),
+            heard_at: Some(now),
+            known_since: now,
+            previous_since,
+        };
         self.entries.insert(self.local, entry);
     }
 

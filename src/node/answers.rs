@@ -93,10 +93,17 @@ impl EventLoop {
     /// `every_home` (a meter that moved has readings at both).
     fn homes(&self, meter: MeterId, every_home: bool) -> Homes {
         let held = self.local.holds(meter);
+        let view = self.mesh.view();
         let remote = if held && !every_home {
             Vec::new()
         } else {
-            self.mesh.view().homes_of(meter).into_iter().map(|peer| (peer, self.addrs_of(&peer))).collect()
+            let mut homes = view.homes_of(meter);
+            if homes.is_empty() && !held {
+                // A meter newer than every filter this node holds (its home's next summary, or
+                // that summary's filter, is still on its way): ask every live node.
+                homes = view.live_remotes(Instant::now());
+            }
+            homes.into_iter().map(|peer| (peer, self.addrs_of(&peer))).collect()
         };
         Homes { local: held.then(|| self.local.clone()), remote }
     }

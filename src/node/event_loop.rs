@@ -1011,8 +1011,9 @@ fn ingest_refusal(error: IngestError) -> ingest::Response {
 
 /// Nodes heard with a new summary within this count as publishing (see `publish_pace`).
 const PUBLISHERS_WINDOW: Duration = Duration::from_secs(60);
-/// The longest the summary budget may delay a node's summary.
-const MAX_PACE: Duration = Duration::from_secs(60);
+/// The longest the summary budget may delay a node's summary: a new meter is routable, and
+/// a change counted, within this (plus the gossip) however busy the mesh.
+const MAX_PACE: Duration = Duration::from_secs(5);
 
 /// Most fog nodes a node stays connected to (see `trim_connections`).
 const MAX_FOG_PEERS: usize = 12;

@@ -1,0 +1,101 @@
+//! The view benchmark of `scripts/bench.sh`: how long a node takes to answer the global `top 10`
+//! and `stats` from its merged view of NODES fog nodes, without the network or the event loop.
+//!
+//! It builds NODES signed summaries, each with TOP meters (the worst case: every node holds some
+//! of the global top-K), merges them into a view, and times `View::top(10)` and `View::stats`
+//! over many calls. It prints one JSON line.
+//!
+//! ```text
+//! cargo run --release -p hydromesh-bench --bin view_bench -- [--nodes 1000] [--top 100]
+//! ```
+
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use hydromesh::mesh::summary::{filter_hash, sign};
+use hydromesh::mesh::View;
+use hydromesh_proto::summary::{MeterFilter, MeterSpan, NodeSummary, Point};
+use libp2p::identity::Keypair;
+use serde_json::json;
+
+/// What to measure.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Fog nodes in the view.
+    #[arg(long, default_value_t = 1000)]
+    nodes: u64,
+    /// Top meters in each node's summary.
+    #[arg(long, default_value_t = 100)]
+    top: u64,
+    /// Calls of each kind.
+    #[arg(long, default_value_t = 2000)]
+    calls: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let now_ms = hydromesh::clock::now_ms();
+    let local = Keypair::generate_ed25519().public().to_peer_id();
+    let mut view = View::new(local, Duration::from_secs(3600));
+    let empty_filter = filter_hash(&MeterFilter::with_capacity(0));
+    for node in 0..args.nodes {
+        let key = Keypair::generate_ed25519();
+        let top: Vec<MeterSpan> = (0..args.top)
+            .map(|k| {
+                let meter = node * 1_000_000 + k;
+                let litres = (meter.wrapping_mul(2_654_435_761) % 1_000_000) + 1;
+                MeterSpan {
+                    meter,
+                    first: Point { ts_ms: now_ms - 3_600_000, litres: 0 },
+                    last: Point { ts_ms: now_ms, litres },
+                }
+            })
+            .collect();
+        let mut sorted = top;
+        sorted.sort_by_key(|span| std::cmp::Reverse(span.last.litres));
+        let summary = NodeSummary {
+            origin: key.public().to_peer_id().to_string(),
+            name: format!("fog-{node}"),
+            version: 1,
+            generated_at_ms: now_ms,
+            addrs: vec![],
+            meter_count: args.top,
+            total_consumption_l: sorted.iter().map(|s| s.last.litres).sum(),
+            top: sorted,
+            filter_hash: empty_filter.clone(),
+            period_start_ms: 0,
+            period_consumption_l: 0,
+            period_meters: 0,
+            blocked: vec![],
+            alerts: vec![],
+            truncated: false,
+        };
+        view.merge(sign(&key, &summary)?, Instant::now(), false)?;
+    }
+    let time = |f: &mut dyn FnMut()| -> (u64, u64) {
+        let mut nanos: Vec<u64> = (0..args.calls)
+            .map(|_| {
+                let start = Instant::now();
+                f();
+                start.elapsed().as_nanos() as u64
+            })
+            .collect();
+        nanos.sort_unstable();
+        (nanos[nanos.len() / 2] / 1000, nanos[nanos.len() * 99 / 100] / 1000)
+    };
+    let (top_p50, top_p99) = time(&mut || {
+        std::hint::black_box(view.top(10, Instant::now(), now_ms));
+    });
+    let (stats_p50, stats_p99) = time(&mut || {
+        std::hint::black_box(view.stats(Instant::now(), now_ms));
+    });
+    println!(
+        "{}",
+        json!({
+            "bench": "view_answers", "nodes": args.nodes, "top_meters_per_node": args.top,
+            "top10_p50_us": top_p50, "top10_p99_us": top_p99,
+            "stats_p50_us": stats_p50, "stats_p99_us": stats_p99,
+        })
+    );
+    Ok(())
+}
