@@ -106,7 +106,7 @@ impl Default for Config {
             republish_interval: Duration::from_secs(60),
             publish_debounce: Duration::from_millis(100),
             publish_interval: Duration::from_secs(1),
-            summary_budget: 4096,
+            summary_budget: 1536,
             stale_after: Duration::from_secs(210),
             forget_after: Duration::from_secs(24 * 3600),
             gossip_heartbeat: Duration::from_secs(1),

@@ -368,8 +368,8 @@ impl EventLoop {
 
     /// Dials what the dialer says is due: bootstraps while alone, known fog nodes while fewer
     /// than the target are connected.
-    /// Every second: dials what keeps the node in the mesh, closes what it does not need, and
-    /// pulls missing filters.
+    /// Every second: says once that the node is alive after its first gossip mesh formed, dials
+    /// what keeps the node in the mesh, closes what it does not need, and pulls what is missing.
     fn on_redial_tick(&mut self) {
         if self.publish.announce_at.is_some_and(|at| Instant::now() >= at) {
             self.publish.announce_at = None;
@@ -385,8 +385,9 @@ impl EventLoop {
     /// Keeps at most `MAX_FOG_PEERS` fog nodes connected. Gossipsub holds a stream open on every
     /// connection, so connections that peers opened to this node, or that routed questions
     /// opened, would never idle out, and a node of a large mesh (a bootstrap node above all)
-    /// would end up connected to every other, paying for each (pings, gossip control). The extra ones outside the gossip mesh with no sync in flight
-    /// are closed; they reopen when a question needs them.
+    /// would end up connected to every other, paying for each (pings, gossip control). The
+    /// extra ones outside the gossip mesh with no sync in flight are closed; they reopen when a
+    /// question needs them.
     fn trim_connections(&mut self) {
         if self.fog_peers.len() <= MAX_FOG_PEERS {
             return;
@@ -469,11 +470,10 @@ impl EventLoop {
         }
     }
 
-    /// The shortest time between two summaries: `publish_interval`, or longer when the nodes
-    /// publishing (those heard with a new summary within a minute) would together send every
-    /// node more than `summary_budget` bytes a second at this node's summary size. The mesh's
-    /// summary traffic is then bounded however many nodes take readings, and a node that was
-    /// quiet still publishes its first change at once.
+    /// The shortest time between two summaries: `publish_interval`, or longer (up to
+    /// `MAX_PACE`) when the nodes publishing (those heard with two new summaries within a
+    /// minute) would together send every node more than `summary_budget` bytes a second at this
+    /// node's summary size. A node that was quiet still publishes its first change at once.
     fn publish_pace(&self) -> Duration {
         let Some((_, _, bytes)) = self.publish.last else { return self.config.publish_interval };
         let publishers = self.mesh.view().publishers_within(PUBLISHERS_WINDOW, Instant::now()).max(1);
