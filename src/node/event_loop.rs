@@ -423,18 +423,29 @@ impl EventLoop {
         }
         let delay = self.pull.1;
         self.pull = (now + delay, (delay * 2).min(self.config.republish_interval));
-        let mut peers: Vec<PeerId> = self.fog_peers.iter().copied().collect();
-        peers.sort();
-        self.sync_round = self.sync_round.wrapping_add(1);
-        if let Some(peer) = (!peers.is_empty()).then(|| peers[self.sync_round % peers.len()]) {
+        if let Some(peer) = self.next_fog_peer() {
             self.sync_with(peer);
         }
     }
 
+    /// Something may be missing (a new summary's filter, a version heard of): pull it at the
+    /// next tick, and back off from there.
+    fn pull_soon(&mut self) {
+        self.pull = (Instant::now(), REDIAL_EVERY);
+    }
+
+    /// The next connected fog node in turn (in peer id order, so every one gets its turn).
+    fn next_fog_peer(&mut self) -> Option<PeerId> {
+        let mut peers: Vec<PeerId> = self.fog_peers.iter().copied().collect();
+        peers.sort();
+        self.sync_round = self.sync_round.wrapping_add(1);
+        (!peers.is_empty()).then(|| peers[self.sync_round % peers.len()])
+    }
+
     fn redial(&mut self) {
+        // Lazy: the dialer reads the known nodes' addresses only when it has dials to make.
         let view = self.mesh.view();
-        let known: Vec<(PeerId, Vec<Multiaddr>)> =
-            view.remotes().map(|peer| (peer, self.addrs_of(&peer))).collect();
+        let known = view.remotes().map(|peer| (peer, parse_addrs(&view.addrs_of(&peer))));
         for dial in self.dialer.due(Instant::now(), &self.fog_peers, known) {
             let (what, result) = match dial {
                 Dial::Bootstrap(addr) => (addr.to_string(), self.swarm.dial(addr)),
@@ -685,8 +696,8 @@ impl EventLoop {
         match merged {
             Merged::Newer(origin) => {
                 tracing::debug!(%origin, "merged a newer summary");
-                // Its filter may be new: pull it soon.
-                self.pull = (Instant::now(), REDIAL_EVERY);
+                // Its filter may be new.
+                self.pull_soon();
                 self.save_view(&origin.to_string(), &signed);
                 // The mesh-wide average may have moved.
                 self.update_inputs();
@@ -751,7 +762,7 @@ impl EventLoop {
                         // The relay may hold the newer summary; if not, other peers are asked.
                         self.sync_with(source);
                         self.wanted.insert(origin, alive.version);
-                        self.pull = (Instant::now(), REDIAL_EVERY);
+                        self.pull_soon();
                         Ok(true)
                     }
                     Liveness::Old => Ok(false),
@@ -852,18 +863,12 @@ impl EventLoop {
     /// time (a partition cut its gossip paths), so that a connected node is never reported
     /// stale.
     fn anti_entropy(&mut self) {
-        self.sync_round = self.sync_round.wrapping_add(1);
-        let mut peers: Vec<PeerId> = self.fog_peers.iter().copied().collect();
-        peers.sort();
         let (now, recent) = (Instant::now(), self.config.republish_interval * 2);
-        let behind: Vec<PeerId> =
-            peers.iter().copied().filter(|peer| !self.mesh.view().heard_within(peer, recent, now)).collect();
-        let mut targets = behind;
-        if let Some(next) = (!peers.is_empty()).then(|| peers[self.sync_round % peers.len()]) {
-            if !targets.contains(&next) {
-                targets.push(next);
-            }
-        }
+        let view = self.mesh.view();
+        let mut targets: Vec<PeerId> =
+            self.fog_peers.iter().copied().filter(|peer| !view.heard_within(peer, recent, now)).collect();
+        targets.extend(self.next_fog_peer());
+        // One sync at a time per peer: a peer both late and next is asked once.
         for peer in targets {
             self.sync_with(peer);
         }
@@ -968,7 +973,7 @@ impl EventLoop {
 
     /// The addresses a node announced in its summary.
     pub(super) fn addrs_of(&self, peer: &PeerId) -> Vec<Multiaddr> {
-        self.mesh.view().addrs_of(peer).iter().filter_map(|addr| addr.parse().ok()).collect()
+        parse_addrs(&self.mesh.view().addrs_of(peer))
     }
 }
 
@@ -1007,6 +1012,11 @@ fn ingest_refusal(error: IngestError) -> ingest::Response {
         IngestError::Busy => ingest::Response::Busy { retry_after_ms: 100 },
         error => ingest::Response::Refused { reason: error.to_string() },
     }
+}
+
+/// The announced addresses that parse.
+fn parse_addrs(addrs: &[String]) -> Vec<Multiaddr> {
+    addrs.iter().filter_map(|addr| addr.parse().ok()).collect()
 }
 
 /// Nodes heard with a new summary within this count as publishing (see `publish_pace`).
