@@ -4,6 +4,8 @@
 //! carry a [`Coverage`]. Raw-data questions (`Meter`, `Bill`, `Follow`) are routed by the asked
 //! node to the meter's home over the peer protocol ([`crate::peer`]).
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::control::{Policy, SignedCommand};
@@ -104,8 +106,9 @@ pub enum Response {
 /// Which fog nodes an answer includes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Coverage {
-    /// Peer ids of the fog nodes whose state is included (fresh and stale).
-    pub included: Vec<String>,
+    /// Peer ids of the fog nodes whose state is included (fresh and stale), sorted; shared
+    /// between answers (a node keeps one list and hands it to every answer).
+    pub included: Arc<[String]>,
     /// Peer ids of the included nodes not heard from within `stale_after`.
     pub stale: Vec<String>,
     /// Peer ids of fog nodes known to the asked node whose data is not included (they did not

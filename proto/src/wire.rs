@@ -170,7 +170,7 @@ mod tests {
             query::Response::Top(TopAnswer {
                 entries: vec![TopEntry { meter: 7, consumption_l: 34, home: "12D3KooW".into() }],
                 coverage: Coverage {
-                    included: vec!["12D3KooW".into()],
+                    included: vec!["12D3KooW".into()].into(),
                     stale: vec![],
                     missing: vec![],
                     oldest_data_age_ms: 5,

@@ -111,7 +111,7 @@ mod tests {
     #[test]
     fn coverage_names_stale_and_missing_nodes() {
         let coverage = Coverage {
-            included: vec!["a".into(), "b".into()],
+            included: vec!["a".into(), "b".into()].into(),
             stale: vec!["b".into()],
             missing: vec!["c".into()],
             oldest_data_age_ms: 2500,

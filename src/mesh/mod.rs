@@ -8,6 +8,7 @@
 //! - [`control`]: signed admin commands and the control state.
 
 pub mod control;
+mod index;
 pub mod summary;
 pub mod view;
 

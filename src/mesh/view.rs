@@ -18,12 +18,14 @@ use hydromesh_proto::summary::{AlertKind, MeterFilter, NodeSummary, SignedSummar
 use hydromesh_proto::{limits, MeterId};
 use libp2p::PeerId;
 
+use super::index::{Contribution, Index};
 use super::summary::{filter_hash, verify, SummaryError};
 use crate::clock::now_ms;
-use crate::domain;
 
 /// One origin's latest summary.
 struct Entry {
+    /// The origin's peer id as text, shared with the index.
+    origin: Arc<str>,
     summary: NodeSummary,
     signed: SignedSummary,
     /// The meter filter the summary names, once pulled (see [`View::set_filter`]).
@@ -36,6 +38,17 @@ struct Entry {
     /// When the version before this one was learned, if any: an origin with two new versions
     /// within a window is publishing.
     previous_since: Option<Instant>,
+}
+
+impl Entry {
+    fn contribution(&self) -> Contribution<'_> {
+        Contribution {
+            origin: &self.origin,
+            top: &self.summary.top,
+            meter_count: self.summary.meter_count,
+            total_consumption_l: self.summary.total_consumption_l,
+        }
+    }
 }
 
 /// What merging a summary did.
@@ -71,12 +84,14 @@ pub struct View {
     stale_after: Duration,
     /// When set, only these fog nodes' summaries are merged (a closed mesh).
     members: Option<HashSet<PeerId>>,
+    /// Kept up to date with `entries` by [`View::put`] and [`View::heard`].
+    index: Index,
 }
 
 impl View {
     /// An empty view for the node `local`.
     pub fn new(local: PeerId, stale_after: Duration) -> Self {
-        View { local, entries: HashMap::new(), stale_after, members: None }
+        View { local, entries: HashMap::new(), stale_after, members: None, index: Index::default() }
     }
 
     /// Merges only the summaries of `members` (and this node's own) from now on.
@@ -131,13 +146,22 @@ impl View {
         // made (by sync, from a node that still remembers a dead origin) is not fresh.
         let age = Duration::from_millis(now_ms().saturating_sub(summary.generated_at_ms));
         let heard_at = (!restored).then(|| now.checked_sub(age).unwrap_or(now));
-        let old = self.entries.remove(&origin);
-        let previous_since = old.as_ref().map(|old| old.known_since);
+        let old = self.entries.get(&origin);
+        let previous_since = old.map(|old| old.known_since);
         // The filter stays while the summaries name the same one.
-        let filter =
-            old.filter(|old| old.summary.filter_hash == summary.filter_hash).and_then(|old| old.filter);
-        let entry = Entry { summary, signed, filter, heard_at, known_since: now, previous_since };
-        self.entries.insert(origin, entry);
+        let filter = old
+            .filter(|old| old.summary.filter_hash == summary.filter_hash)
+            .and_then(|old| old.filter.clone());
+        let entry = Entry {
+            origin: summary.origin.as_str().into(),
+            summary,
+            signed,
+            filter,
+            heard_at,
+            known_since: now,
+            previous_since,
+        };
+        self.put(origin, Some(entry));
         Ok(Merged::Newer(origin))
     }
 
@@ -165,7 +189,8 @@ impl View {
         if entry.summary.version > version || entry.heard_at.is_some_and(|at| at >= heard_at) {
             return Ok(Liveness::Old);
         }
-        entry.heard_at = Some(heard_at);
+        let was = entry.heard_at.replace(heard_at);
+        self.index.heard(origin, Some(was), Some(Some(heard_at)));
         Ok(Liveness::Refreshed)
     }
 
@@ -253,6 +278,7 @@ impl View {
     ) {
         let previous_since = self.entries.get(&self.local).map(|old| old.known_since);
         let entry = Entry {
+            origin: summary.origin.as_str().into(),
             summary,
             signed,
             filter: Some(filter),
@@ -260,7 +286,19 @@ impl View {
             known_since: now,
             previous_since,
         };
-        self.entries.insert(self.local, entry);
+        self.put(self.local, Some(entry));
+    }
+
+    /// Puts `origin`'s entry in the view, or removes it (`None`), keeping the index up to date:
+    /// the one place `entries` gains or loses an entry.
+    fn put(&mut self, origin: PeerId, entry: Option<Entry>) {
+        let old = match entry {
+            Some(entry) => self.entries.insert(origin, entry),
+            None => self.entries.remove(&origin),
+        };
+        let new = self.entries.get(&origin);
+        self.index.replace(old.as_ref().map(Entry::contribution), new.map(Entry::contribution));
+        self.index.heard(origin, old.map(|old| old.heard_at), new.map(|new| new.heard_at));
     }
 
     /// Every signed summary held, for sync.
@@ -281,7 +319,7 @@ impl View {
             .map(|(origin, _)| *origin)
             .collect();
         for origin in &old {
-            self.entries.remove(origin);
+            self.put(*origin, None);
         }
         old
     }
@@ -292,25 +330,28 @@ impl View {
 
     /// Which nodes the view includes, which are stale, and the age of the oldest data.
     pub fn coverage(&self, now: Instant, now_ms: u64) -> Coverage {
-        let mut included: Vec<String> = self.entries.values().map(|e| e.summary.origin.clone()).collect();
-        included.sort();
+        let origin_text =
+            |origin: PeerId| self.entries.get(&origin).map(|entry| entry.summary.origin.clone());
         let mut stale: Vec<String> = self
-            .entries
-            .iter()
-            .filter(|(origin, entry)| self.is_stale(origin, entry, now))
-            .map(|(_, entry)| entry.summary.origin.clone())
+            .index
+            .unheard_since(now, self.stale_after)
+            .filter(|origin| *origin != self.local)
+            .filter_map(origin_text)
             .collect();
-        stale.sort();
-        let oldest_data_age_ms = self
-            .entries
-            .values()
-            .map(|entry| match entry.heard_at {
-                Some(at) => now.duration_since(at).as_millis() as u64,
-                None => now_ms.saturating_sub(entry.summary.generated_at_ms),
-            })
-            .max()
-            .unwrap_or(0);
-        Coverage { included, stale, missing: Vec::new(), oldest_data_age_ms }
+        stale.sort_unstable();
+        let heard_age = self.index.oldest_heard().map(|at| now.duration_since(at).as_millis() as u64);
+        let restored_age = self
+            .index
+            .never_heard()
+            .filter_map(|origin| self.entries.get(&origin))
+            .map(|entry| now_ms.saturating_sub(entry.summary.generated_at_ms))
+            .max();
+        Coverage {
+            included: self.index.included(),
+            stale,
+            missing: Vec::new(),
+            oldest_data_age_ms: heard_age.max(restored_age).unwrap_or(0),
+        }
     }
 
     /// The `n` highest consumers over all data held, merged from every node's top meters.
@@ -318,23 +359,13 @@ impl View {
     /// Exact for `n` up to the nodes' top-K: a meter in the global top-N is in its home's
     /// top-K. A meter held by several nodes is counted once, over the join of its spans.
     pub fn top(&self, n: usize, now: Instant, now_ms: u64) -> TopAnswer {
-        let parts = self.entries.values().flat_map(|entry| {
-            entry.summary.top.iter().map(move |span| (entry.summary.origin.as_str(), *span))
-        });
-        TopAnswer { entries: domain::rank_joined(parts, n), coverage: self.coverage(now, now_ms) }
+        TopAnswer { entries: self.index.top(n), coverage: self.coverage(now, now_ms) }
     }
 
     /// The `k`-th largest consumption over all data held, 0 while fewer than `k` meters are
     /// known: a meter below it is in no top-K (see [`super::summary::build`]).
     pub fn kth_consumption(&self, k: usize) -> u64 {
-        let parts = self.entries.values().flat_map(|entry| {
-            entry.summary.top.iter().map(move |span| (entry.summary.origin.as_str(), *span))
-        });
-        let ranked = domain::rank_joined(parts, k);
-        if ranked.len() < k {
-            return 0;
-        }
-        ranked.last().map_or(0, |entry| entry.consumption_l)
+        self.index.kth(k).unwrap_or(0)
     }
 
     /// Meters whose supply is cut, mesh-wide, by meter.
@@ -374,14 +405,8 @@ impl View {
 
     /// Mesh-wide meters and total consumption over all data held.
     pub fn stats(&self, now: Instant, now_ms: u64) -> StatsAnswer {
-        StatsAnswer {
-            meters: self.entries.values().fold(0u64, |sum, e| sum.saturating_add(e.summary.meter_count)),
-            total_consumption_l: self
-                .entries
-                .values()
-                .fold(0u64, |sum, e| sum.saturating_add(e.summary.total_consumption_l)),
-            coverage: self.coverage(now, now_ms),
-        }
+        let (meters, total_consumption_l) = self.index.sums();
+        StatsAnswer { meters, total_consumption_l, coverage: self.coverage(now, now_ms) }
     }
 
     /// Every node known.
@@ -469,6 +494,7 @@ pub(crate) mod tests {
     use libp2p::identity::Keypair;
 
     use super::*;
+    use crate::domain;
     use crate::mesh::summary::sign;
 
     fn span(meter: MeterId, first: (u64, u64), last: (u64, u64)) -> MeterSpan {
@@ -555,6 +581,65 @@ pub(crate) mod tests {
         assert!(view.set_filter(&b.public().to_peer_id(), filter(&b_top)));
         assert!(!view.lacks_filters());
         assert_eq!(view.homes_of(3), vec![b.public().to_peer_id()]);
+    }
+
+    #[test]
+    fn answers_kept_up_to_date_equal_a_full_recount_after_merges_and_forgets() {
+        let keys: Vec<Keypair> = (0..6).map(|_| Keypair::generate_ed25519()).collect();
+        let mut view = View::new(Keypair::generate_ed25519().public().to_peer_id(), Duration::from_secs(30));
+        let mut held: HashMap<PeerId, Vec<MeterSpan>> = HashMap::new();
+        let mut versions = [0u64; 6];
+        let mut seed = 7u64;
+        let mut next = |bound: u64| {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) % bound
+        };
+        let (start, mut forgotten) = (Instant::now(), 0);
+        for round in 0..200u64 {
+            let now = start + Duration::from_secs(round);
+            let node = next(6) as usize;
+            // A node's top: distinct meters, shared with other nodes (meters that moved); its
+            // last readings are at this round's time, so the latest reading of a meter is unique.
+            let mut top: Vec<MeterSpan> = Vec::new();
+            for _ in 0..next(8) {
+                let meter = next(12);
+                if top.iter().all(|s| s.meter != meter) {
+                    let first = next(500);
+                    top.push(span(meter, (round, first), (round * 10 + 5, first + next(1000))));
+                }
+            }
+            versions[node] += 1;
+            view.merge(signed(&keys[node], versions[node], top.clone()), now, false).expect("merge");
+            held.insert(keys[node].public().to_peer_id(), top);
+            if round % 20 == 19 {
+                for origin in view.forget_older_than(Duration::from_secs(5), now) {
+                    held.remove(&origin).expect("forgot a node held");
+                    forgotten += 1;
+                }
+            }
+            let parts = held.iter().flat_map(|(o, top)| top.iter().map(move |s| (o.to_string(), *s)));
+            for n in [3, 100] {
+                assert_eq!(
+                    view.top(n, now, 0).entries,
+                    domain::rank_joined(parts.clone(), n),
+                    "round {round}"
+                );
+            }
+            let all: Vec<&MeterSpan> = held.values().flatten().collect();
+            let stats = view.stats(now, 0);
+            assert_eq!(stats.meters, all.len() as u64);
+            assert_eq!(
+                stats.total_consumption_l,
+                all.iter().map(|s| domain::span_consumption(s)).sum::<u64>()
+            );
+            let mut included: Vec<String> = held.keys().map(PeerId::to_string).collect();
+            included.sort();
+            assert_eq!(&*stats.coverage.included, included.as_slice());
+            let ranked = domain::rank_joined(parts, 4);
+            let kth = if ranked.len() < 4 { 0 } else { ranked[3].consumption_l };
+            assert_eq!(view.kth_consumption(4), kth);
+        }
+        assert!(forgotten > 0, "some nodes were forgotten along the way");
     }
 
     #[test]

@@ -338,7 +338,7 @@ fn top_answer(n: u32, answers: Vec<(PeerId, Result<peer::Response, AskError>)>) 
     let spans = parts.iter().flat_map(|(peer, spans)| spans.iter().map(move |span| (peer, *span)));
     query::Response::Top(TopAnswer {
         entries: domain::rank_joined(spans, n as usize),
-        coverage: Coverage { included, stale: Vec::new(), missing, oldest_data_age_ms: 0 },
+        coverage: Coverage { included: included.into(), stale: Vec::new(), missing, oldest_data_age_ms: 0 },
     })
 }
 
