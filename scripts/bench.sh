@@ -16,6 +16,8 @@
 #   mqtt_ingest     MQTT QoS 1 readings/s into a node (PUBACK once durable), mosquitto_relay the
 #                   same messages through a plain mosquitto, and their ratio (bench/src/bin/mqtt_bench.rs)
 #   http_top        GET /api/v1/top latency at 1,000 requests/s (bench/src/bin/http_latency.rs)
+#   partition_heal  4 nodes in network namespaces: a partition, a restart while cut off, the heal
+#                   (scripts/partition.sh, ~2 minutes, root; SKIP_SCALE=1 skips it with the next)
 #   scale_*, mesh_sim_*   100 real nodes, then 1,000 simulated ones: traffic, CPU, convergence and
 #                   query times at scale (scripts/scale.sh, ~10 minutes, root; SKIP_SCALE=1 skips)
 #
@@ -291,7 +293,8 @@ main() {
     bench_rules
     bench_http
     if [[ "${SKIP_SCALE:-0}" != 1 ]]; then
-        # Its own nodes, namespace and run folder; its lines join these.
+        # Their own nodes, namespaces and run folders; their lines join these.
+        "$ROOT/scripts/partition.sh" || FAILED=1
         "$ROOT/scripts/scale.sh" || FAILED=1
     fi
     log "done in $(($(date +%s) - started)) s"

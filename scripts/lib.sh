@@ -32,6 +32,9 @@ new_run_dir() {
     printf '%s\n' "$dir"
 }
 
+# Nanoseconds since the epoch.
+now_ns() { date +%s%N; }
+
 # Whether PID is a live process; a zombie (exited, not yet reaped) counts as gone.
 is_alive() {
     local pid="$1" stat

@@ -144,8 +144,6 @@ lo_tx_bytes() {
     in_ns cat /sys/class/net/lo/statistics/tx_bytes
 }
 
-now_ns() { date +%s%N; }
-
 # Starts fog-I in the namespace with the bootstrap addresses that follow; warn-level logs only,
 # so that 100 logs do not fill the disk.
 start_node() {

@@ -11,8 +11,6 @@ use libp2p::{Multiaddr, PeerId};
 
 /// First wait before dialling the same peer again.
 const FIRST_RETRY: Duration = Duration::from_secs(1);
-/// Longest wait between two dials of the same peer.
-const MAX_RETRY: Duration = Duration::from_secs(60);
 
 /// A dial to make.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,13 +32,13 @@ impl Backoff {
         Backoff { next_at: now, delay: FIRST_RETRY }
     }
 
-    /// Whether a dial is due at `now`; if so, the next one waits twice as long.
-    fn take(&mut self, now: Instant) -> bool {
+    /// Whether a dial is due at `now`; if so, the next one waits twice as long, up to `longest`.
+    fn take(&mut self, now: Instant, longest: Duration) -> bool {
         if now < self.next_at {
             return false;
         }
         self.next_at = now + self.delay;
-        self.delay = (self.delay * 2).min(MAX_RETRY);
+        self.delay = (self.delay * 2).min(longest.max(FIRST_RETRY));
         true
     }
 }
@@ -48,15 +46,19 @@ impl Backoff {
 /// Who to dial, and when.
 pub struct Dialer {
     target: usize,
+    /// Longest wait between two dials of the same peer: a peer cut off and back is dialled
+    /// again within it.
+    longest: Duration,
     bootstrap: Vec<(Multiaddr, Backoff)>,
     known: HashMap<PeerId, Backoff>,
 }
 
 impl Dialer {
-    /// A dialer that keeps `target` fog nodes connected, starting from `bootstrap`.
-    pub fn new(bootstrap: Vec<Multiaddr>, target: usize, now: Instant) -> Self {
+    /// A dialer that keeps `target` fog nodes connected, starting from `bootstrap`, waiting at
+    /// most `longest` between two dials of the same peer.
+    pub fn new(bootstrap: Vec<Multiaddr>, target: usize, longest: Duration, now: Instant) -> Self {
         let bootstrap = bootstrap.into_iter().map(|addr| (addr, Backoff::new(now))).collect();
-        Dialer { target: target.max(1), bootstrap, known: HashMap::new() }
+        Dialer { target: target.max(1), longest, bootstrap, known: HashMap::new() }
     }
 
     /// What to dial at `now`, given the fog nodes connected and those known (with their
@@ -73,7 +75,7 @@ impl Dialer {
         let mut dials = Vec::new();
         if connected.is_empty() {
             for (addr, backoff) in &mut self.bootstrap {
-                if backoff.take(now) {
+                if backoff.take(now, self.longest) {
                     dials.push(Dial::Bootstrap(addr.clone()));
                 }
             }
@@ -90,7 +92,7 @@ impl Dialer {
             if dialled == wanted {
                 break;
             }
-            if self.known.entry(peer).or_insert_with(|| Backoff::new(now)).take(now) {
+            if self.known.entry(peer).or_insert_with(|| Backoff::new(now)).take(now, self.longest) {
                 dials.push(Dial::Known(peer, addrs));
                 dialled += 1;
             }
@@ -111,6 +113,8 @@ impl Dialer {
 mod tests {
     use super::*;
 
+    const LONGEST: Duration = Duration::from_secs(10);
+
     fn peer() -> PeerId {
         libp2p::identity::Keypair::generate_ed25519().public().to_peer_id()
     }
@@ -124,7 +128,7 @@ mod tests {
         let start = Instant::now();
         let (a, b) = (peer(), peer());
         let known = vec![(a, vec![addr(2)]), (b, vec![addr(3)])];
-        let mut dialer = Dialer::new(vec![addr(1)], 4, start);
+        let mut dialer = Dialer::new(vec![addr(1)], 4, LONGEST, start);
         let none = HashSet::new();
         let first = dialer.due(start, &none, known.clone());
         assert_eq!(first.len(), 3, "the bootstrap and both known nodes: {first:?}");
@@ -133,10 +137,10 @@ mod tests {
         // The next wait is 2 s: nothing at 2.5 s, everything again at 3 s.
         assert!(dialer.due(start + Duration::from_millis(2500), &none, known.clone()).is_empty());
         assert_eq!(dialer.due(start + Duration::from_secs(3), &none, known.clone()).len(), 3);
-        // Waits stop growing at a minute.
+        // Waits stop growing at the longest.
         let mut at = start + Duration::from_secs(3);
         for _ in 0..20 {
-            at += MAX_RETRY;
+            at += LONGEST;
             assert_eq!(dialer.due(at, &none, known.clone()).len(), 3);
         }
     }
@@ -145,11 +149,11 @@ mod tests {
     fn connected_enough_it_dials_nothing_and_a_lost_peer_is_dialled_at_once() {
         let start = Instant::now();
         let (a, b) = (peer(), peer());
-        let mut dialer = Dialer::new(vec![addr(1)], 1, start);
+        let mut dialer = Dialer::new(vec![addr(1)], 1, LONGEST, start);
         let known = vec![(a, vec![addr(2)]), (b, vec![addr(3)])];
         let with_a = HashSet::from([a]);
         assert!(dialer.due(start, &with_a, known.clone()).is_empty(), "the target of one is met");
-        let mut lonely = Dialer::new(vec![addr(1)], 2, start);
+        let mut lonely = Dialer::new(vec![addr(1)], 2, LONGEST, start);
         let dials = lonely.due(start, &with_a, known.clone());
         assert_eq!(dials, vec![Dial::Known(b, vec![addr(3)])], "no bootstrap while a fog node is connected");
         lonely.connected(&b, start);

@@ -26,7 +26,7 @@ use libp2p::metrics::Recorder;
 use libp2p::request_response::{self, InboundFailure, InboundRequestId, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::SwarmEvent;
-use libp2p::{gossipsub, identify, mdns, Multiaddr, PeerId, Swarm};
+use libp2p::{gossipsub, identify, mdns, ping, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -208,7 +208,9 @@ impl EventLoop {
                 .map_err(|e| NodeError::Listen { addr: addr.clone(), reason: e.to_string() })?;
             listeners.push(listener);
         }
-        let dialer = Dialer::new(config.bootstrap.clone(), DIAL_TARGET, Instant::now());
+        // A peer cut off and back is dialled again within a republish interval.
+        let dialer =
+            Dialer::new(config.bootstrap.clone(), DIAL_TARGET, config.republish_interval, Instant::now());
         let peer_id = keypair.public().to_peer_id();
         let (commands, command_rx) = commands;
         Ok(EventLoop {
@@ -326,7 +328,15 @@ impl EventLoop {
                     self.on_identified(peer_id, info);
                 }
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Ping(event)) => self.metrics.p2p.record(&event),
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(event)) => {
+                self.metrics.p2p.record(&event);
+                if let Err(ping::Failure::Timeout) = event.result {
+                    // A cut link: TCP would keep the connection (and what gossip queued on it)
+                    // for minutes; closed, the peer is dialled again and synced on reconnection.
+                    tracing::debug!(peer = %event.peer, "closing a connection that stopped answering pings");
+                    self.swarm.close_connection(event.connection);
+                }
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                 for (peer, addr) in found {
                     tracing::debug!(%peer, %addr, "mDNS discovered a peer");

@@ -21,6 +21,8 @@ pub struct Settings {
     pub max_incoming_connections: u32,
     /// Gossipsub heartbeat.
     pub gossip_heartbeat: Duration,
+    /// How often each connection is pinged; a ping unanswered for as long (at most 20 s) fails.
+    pub ping_interval: Duration,
 }
 
 // No Kademlia: every summary carries its node's addresses, so a node that reached one member
@@ -78,9 +80,13 @@ impl Behaviour {
                 identify::Config::new(protocols::IDENTIFY.to_owned(), keypair.public())
                     .with_push_listen_addr_updates(true),
             ),
-            // Gossip and sync already show a fog peer alive; a slow ping costs little per
-            // connection.
-            ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(30))),
+            // A slow ping costs little per connection; the node closes a connection whose ping
+            // times out (a cut link), so that it dials again rather than wait for TCP.
+            ping: ping::Behaviour::new(
+                ping::Config::new()
+                    .with_interval(settings.ping_interval)
+                    .with_timeout(settings.ping_interval.min(Duration::from_secs(20))),
+            ),
             mdns: mdns.into(),
         })
     }
