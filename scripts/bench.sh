@@ -264,13 +264,7 @@ cleanup() {
     for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
         terminate "${PIDS[i]}"
     done
-    if [[ -n "$RUN_DIR" ]]; then
-        if ((status == 0)) && [[ "${KEEP_RUN:-0}" != 1 ]]; then
-            rm -rf "$RUN_DIR"
-        else
-            log "run folder kept: $RUN_DIR"
-        fi
-    fi
+    finish_run_dir "$status"
     exit "$status"
 }
 

@@ -35,6 +35,18 @@ new_run_dir() {
 # Nanoseconds since the epoch.
 now_ns() { date +%s%N; }
 
+# At exit with STATUS: removes RUN_DIR (when set) after a successful run, unless KEEP_RUN=1;
+# keeps it, and says where, after a failure.
+finish_run_dir() {
+    local status="$1"
+    [[ -n "$RUN_DIR" ]] || return 0
+    if ((status == 0)) && [[ "${KEEP_RUN:-0}" != 1 ]]; then
+        rm -rf "$RUN_DIR"
+    else
+        log "run folder kept: $RUN_DIR"
+    fi
+}
+
 # Whether PID is a live process; a zombie (exited, not yet reaped) counts as gone.
 is_alive() {
     local pid="$1" stat

@@ -197,13 +197,7 @@ cleanup() {
     for ns in "${NAMESPACES[@]}"; do
         ip netns delete "$ns" 2>/dev/null || true
     done
-    if [[ -n "$RUN_DIR" ]]; then
-        if ((status == 0)) && [[ "${KEEP_RUN:-0}" != 1 ]]; then
-            rm -rf "$RUN_DIR"
-        else
-            log "run folder kept: $RUN_DIR"
-        fi
-    fi
+    finish_run_dir "$status"
     exit "$status"
 }
 

@@ -417,14 +417,8 @@ cleanup() {
     if [[ -n "$NS" ]]; then
         ip netns delete "$NS" || log "warning: could not delete network namespace $NS"
     fi
-    if [[ -n "$RUN_DIR" ]]; then
-        summarise_logs
-        if ((status == 0)) && [[ "${KEEP_RUN:-0}" != 1 ]]; then
-            rm -rf "$RUN_DIR"
-        else
-            log "run folder kept: $RUN_DIR"
-        fi
-    fi
+    [[ -z "$RUN_DIR" ]] || summarise_logs
+    finish_run_dir "$status"
     exit "$status"
 }
 
