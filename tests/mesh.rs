@@ -204,3 +204,38 @@ async fn a_restarted_node_keeps_its_identity_data_and_view() {
     assert_eq!(peers.peers.len(), 2);
     assert!(peers.peers.iter().any(|p| p.is_self && !p.stale));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_node_says_it_is_alive_without_publishing_new_summaries() {
+    let mut mesh = Mesh::new();
+    for i in 0..2 {
+        let bootstrap = if i == 0 { vec![] } else { vec![mesh.nodes[0].addr.clone()] };
+        let mut config = common::config(mesh.root.path().join(format!("n{i}")), &format!("n{i}"), bootstrap);
+        config.republish_interval = Duration::from_millis(300);
+        mesh.start(config).await;
+    }
+    // What node 0 holds of node 1: its summary version and how long ago it was last heard.
+    let seen = || async {
+        let Response::Peers(peers) = mesh.ask(0, Request::Peers).await? else {
+            return None;
+        };
+        let other = peers.peers.iter().find(|p| p.name == "n1")?;
+        Some((other.version, other.last_heard_ms_ago?))
+    };
+    let (version, mut age) = eventually("node 0 to hear node 1", CONVERGE, seen).await;
+    // Each alive resets the age of what node 0 heard; wait for three of them (a second apart at
+    // least: republish ticks are 300 ms apart, the checks 50 ms).
+    let three_alives = async {
+        let mut refreshes = 0;
+        while refreshes < 3 {
+            let (now_version, now_age) = eventually("node 0 to answer", CONVERGE, seen).await;
+            assert_eq!(now_version, version, "an idle node published a new summary instead of an alive");
+            if now_age < age {
+                refreshes += 1;
+            }
+            age = now_age;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(CONVERGE, three_alives).await.expect("three alives of node 1 within the deadline");
+}

@@ -27,7 +27,7 @@ const MIN_FILTER_METERS: usize = 1024;
 
 /// What this node knows of its own meters at one moment: what its summary carries and what its
 /// answers about its meters need. Cheap to clone (shared parts are behind `Arc`).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LocalSnapshot {
     /// Meters held.
     pub meter_count: u64,

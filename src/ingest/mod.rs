@@ -216,7 +216,16 @@ impl Writer {
         self.publish();
     }
 
+    /// Publishes the snapshot if it changed: an unchanged one would make the node publish an
+    /// identical summary under a new version (every republish tick re-evaluates the meters).
     fn publish(&self) {
-        self.channels.snapshot.send_replace(Arc::new(self.local.snapshot()));
+        let snapshot = self.local.snapshot();
+        self.channels.snapshot.send_if_modified(|current| {
+            let changed = **current != snapshot;
+            if changed {
+                *current = Arc::new(snapshot);
+            }
+            changed
+        });
     }
 }

@@ -245,7 +245,14 @@ impl EventLoop {
     /// Runs until cancelled, then shuts down in order; the result is the final flush's.
     pub(super) async fn run(mut self) -> Result<(), NodeError> {
         tracing::info!(peer_id = %self.peer_id, name = %self.config.name, "fog node started");
-        let mut republish = tokio::time::interval(self.config.republish_interval);
+        // Each node's ticks at a phase of its own (from its peer id): nodes started together (a
+        // mass restart after a power cut) would otherwise send their alives and syncs in bursts.
+        let period = self.config.republish_interval;
+        let phase = self.peer_id.to_bytes().iter().fold(0u64, |h, b| h.rotate_left(8) ^ u64::from(*b));
+        let offset = Duration::from_millis(phase % (period.as_millis().max(1) as u64));
+        let mut republish = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
+        // The first tick at once: the node's own summary is in its view from the start.
+        self.on_republish_tick();
         republish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut redial = tokio::time::interval(REDIAL_EVERY);
         redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
