@@ -39,6 +39,14 @@ pub enum StoreError {
     /// A read or write failed.
     #[error("storage error: {0}")]
     Sled(#[from] sled::Error),
+    /// A file of the store could not be read, written or removed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
     /// Writes could not be made durable (the flush failed).
     #[error("the store could not make writes durable: {0}")]
     Durability(String),
@@ -75,6 +83,7 @@ pub struct Appended {
 impl Store {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        remove_unfinished_snapshots(dir)?;
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(128 * 1024 * 1024)
@@ -354,6 +363,30 @@ impl Store {
     }
 }
 
+/// Removes the snapshot files sled left unfinished (`snap.*.generating`). sled writes a snapshot
+/// of its page table at every start under that name and renames it when complete; killed before
+/// the rename, it leaves a file that sorts after the last complete snapshot, and sled 0.34 then
+/// reads it first and refuses to open ("corrupt snapshot file found, crc does not match"). The
+/// snapshot is only a summary of the log, which sled replays from the previous snapshot (still
+/// there: old ones are removed only after the rename), so removing the unfinished one loses
+/// nothing.
+fn remove_unfinished_snapshots(dir: &Path) -> Result<(), StoreError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(StoreError::Io { path: dir.to_path_buf(), source: error }),
+    };
+    for entry in entries {
+        let path = entry.map_err(|source| StoreError::Io { path: dir.to_path_buf(), source })?.path();
+        let name = path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            tracing::warn!(path = %path.display(), "removing a snapshot file left unfinished by a crash");
+            std::fs::remove_file(&path).map_err(|source| StoreError::Io { path: path.clone(), source })?;
+        }
+    }
+    Ok(())
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding the lock cannot leave the index half-updated (every update is one
     // insert), so a poisoned lock is still safe to use.
@@ -439,6 +472,23 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("open");
         (dir, store)
+    }
+
+    #[test]
+    fn a_snapshot_left_unfinished_by_a_crash_does_not_stop_the_store_opening() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = Store::open(dir.path()).expect("open");
+            store.append(&[reading(7, T0, 100), reading(7, T0 + 10, 150)], NOW).expect("append");
+            store.flush().expect("flush");
+        }
+        // What a kill during sled's start-up snapshot leaves: a partial file, named to sort last.
+        let unfinished = dir.path().join("snap.FFFFFFFFFFFFFFFF.generating");
+        std::fs::write(&unfinished, b"half a snapshot, no checksum").expect("write");
+        let store = Store::open(dir.path()).expect("opens despite the unfinished snapshot");
+        assert!(!unfinished.exists());
+        let span = store.span(7).expect("the meter survived");
+        assert_eq!((span.first.litres, span.last.litres), (100, 150));
     }
 
     #[test]
