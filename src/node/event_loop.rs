@@ -112,8 +112,9 @@ struct Publishing {
     at: Option<tokio::time::Instant>,
     /// The version, time and size in bytes of the last summary published.
     last: Option<(u64, tokio::time::Instant, usize)>,
-    /// When to say again that this node is alive, once its first gossip mesh has formed: its
-    /// summary went out when no one listened, and the nodes that lack it pull it on hearing this.
+    /// When to publish the summary again, once the node's gossip mesh has formed (after it had
+    /// no fog peer): the last one went out when no one listened. Relayed by gossip, it reaches
+    /// every node at once; pulls alone spread it from node to node over minutes in a large mesh.
     announce_at: Option<Instant>,
 }
 
@@ -385,14 +386,13 @@ impl EventLoop {
 
     /// Dials what the dialer says is due: bootstraps while alone, known fog nodes while fewer
     /// than the target are connected.
-    /// Every second: says once that the node is alive after its first gossip mesh formed, dials
+    /// Every second: publishes the summary again once the node's gossip mesh has formed, dials
     /// what keeps the node in the mesh, closes what it does not need, and pulls what is missing.
     fn on_redial_tick(&mut self) {
         if self.publish.announce_at.is_some_and(|at| Instant::now() >= at) {
             self.publish.announce_at = None;
-            if let Some((version, _, _)) = self.publish.last {
-                self.publish_alive(version);
-            }
+            // A new version: the same bytes again would be a duplicate to gossip.
+            self.schedule_publish();
         }
         self.redial();
         self.trim_connections();
