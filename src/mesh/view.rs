@@ -84,7 +84,8 @@ pub struct View {
     stale_after: Duration,
     /// When set, only these fog nodes' summaries are merged (a closed mesh).
     members: Option<HashSet<PeerId>>,
-    /// Kept up to date with `entries` by [`View::put`] and [`View::heard`].
+    /// Kept up to date with `entries` by [`View::put`] (entries in and out) and [`View::alive`]
+    /// (last heard).
     index: Index,
 }
 
