@@ -29,8 +29,9 @@ pub struct MeterSpan {
     pub last: Point,
 }
 
-/// What a fog node gossips about itself.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// What a fog node gossips about itself. (`Default` is for fixtures: a real summary names its
+/// origin, version and filter.)
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeSummary {
     /// Peer id of the node that made it.
     pub origin: String,

@@ -25,6 +25,12 @@ pub(super) struct Contribution<'a> {
     pub total_consumption_l: u64,
 }
 
+/// Whether an origin last heard at `heard` (never, since a restart: `None`) is not heard within
+/// `stale_after` of `now`: the one staleness rule.
+pub(super) fn unheard(heard: Option<Instant>, now: Instant, stale_after: Duration) -> bool {
+    heard.is_none_or(|at| now.duration_since(at) > stale_after)
+}
+
 #[derive(Default)]
 pub(super) struct Index {
     /// Per meter in some summary's top: each origin's span of it, by origin.
@@ -149,7 +155,7 @@ impl Index {
     pub fn unheard_since(&self, now: Instant, stale_after: Duration) -> impl Iterator<Item = PeerId> + '_ {
         self.by_heard
             .iter()
-            .take_while(move |(heard, _)| heard.is_none_or(|at| now.duration_since(at) > stale_after))
+            .take_while(move |(heard, _)| unheard(*heard, now, stale_after))
             .map(|(_, origin)| *origin)
     }
 

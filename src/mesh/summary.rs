@@ -219,18 +219,8 @@ mod tests {
             origin,
             name: "north".into(),
             version: 1,
-            generated_at_ms: 0,
-            addrs: vec![],
-            meter_count: 0,
-            total_consumption_l: 0,
-            top: vec![],
             filter_hash: filter_hash(&MeterFilter::with_capacity(0)),
-            period_start_ms: 0,
-            period_consumption_l: 0,
-            period_meters: 0,
-            blocked: vec![],
-            alerts: vec![],
-            truncated: false,
+            ..NodeSummary::default()
         }
     }
 

@@ -18,7 +18,7 @@ use hydromesh_proto::summary::{AlertKind, MeterFilter, NodeSummary, SignedSummar
 use hydromesh_proto::{limits, MeterId};
 use libp2p::PeerId;
 
-use super::index::{Contribution, Index};
+use super::index::{unheard, Contribution, Index};
 use super::summary::{filter_hash, verify, SummaryError};
 use crate::clock::now_ms;
 
@@ -326,7 +326,7 @@ impl View {
     }
 
     fn is_stale(&self, origin: &PeerId, entry: &Entry, now: Instant) -> bool {
-        *origin != self.local && entry.heard_at.is_none_or(|at| now.duration_since(at) > self.stale_after)
+        *origin != self.local && unheard(entry.heard_at, now, self.stale_after)
     }
 
     /// Which nodes the view includes, which are stale, and the age of the oldest data.
@@ -521,17 +521,11 @@ pub(crate) mod tests {
             name: format!("n{version}"),
             version,
             generated_at_ms: now_ms(),
-            addrs: vec![],
             meter_count: top.len() as u64,
             total_consumption_l: top.iter().map(domain::span_consumption).sum(),
             top,
             filter_hash,
-            period_start_ms: 0,
-            period_consumption_l: 0,
-            period_meters: 0,
-            blocked: vec![],
-            alerts: vec![],
-            truncated: false,
+            ..NodeSummary::default()
         };
         sign(key, &summary).expect("sign")
     }

@@ -57,17 +57,11 @@ fn main() -> anyhow::Result<()> {
             name: format!("fog-{node}"),
             version,
             generated_at_ms: now_ms,
-            addrs: vec![],
             meter_count: args.top,
             total_consumption_l: top.iter().map(|s| s.last.litres).sum(),
             top,
             filter_hash: empty_filter.clone(),
-            period_start_ms: 0,
-            period_consumption_l: 0,
-            period_meters: 0,
-            blocked: vec![],
-            alerts: vec![],
-            truncated: false,
+            ..NodeSummary::default()
         };
         Ok(sign(key, &summary)?)
     };
