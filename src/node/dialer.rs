@@ -1,8 +1,18 @@
-//! Staying in the mesh: while a node has fewer fog-node connections than its target, it dials
-//! its bootstrap addresses (until any fog node is connected) and the fog nodes it knows from its
-//! view (restored from disk after a restart), each with its own exponential backoff. A node
-//! whose bootstrap peers are down at start therefore rejoins through any node it knew, as soon
-//! as one is reachable, and keeps trying the bootstraps meanwhile.
+//! Staying in the mesh, the way a random overlay stays connected: every node keeps `target`
+//! connections that it dialled itself, to fog nodes picked at random among those it knows (its
+//! view, restored from disk after a restart), each with its own exponential backoff; it dials
+//! its bootstrap addresses while it has no fog node at all. Connections other nodes opened to
+//! it do not count: were they to, a group of nodes that happened to dial one another first
+//! would be content with each other and never reach out. Random picks from whole views make
+//! the dialled connections a random graph, connected with high probability.
+//!
+//! Two more rules keep it connected when views are partial or the network was cut:
+//! - a node whose view names fog nodes it has not heard from dials one of them now and then
+//!   (a feeler): after a partition heals, each side's dialled connections all lie on its own
+//!   side, and without feelers nothing would cross;
+//! - a node over its connection budget closes spare connections that others opened to it,
+//!   picked at random (never the same ones on every node), and the nodes that lose them dial
+//!   someone else.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -13,7 +23,7 @@ use libp2p::{Multiaddr, PeerId};
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 
 /// A dial to make.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Dial {
     /// A bootstrap address (its peer id may be unknown).
     Bootstrap(Multiaddr),
@@ -32,9 +42,13 @@ impl Backoff {
         Backoff { next_at: now, delay: FIRST_RETRY }
     }
 
+    fn is_due(&self, now: Instant) -> bool {
+        now >= self.next_at
+    }
+
     /// Whether a dial is due at `now`; if so, the next one waits twice as long, up to `longest`.
     fn take(&mut self, now: Instant, longest: Duration) -> bool {
-        if now < self.next_at {
+        if !self.is_due(now) {
             return false;
         }
         self.next_at = now + self.delay;
@@ -51,25 +65,29 @@ pub struct Dialer {
     longest: Duration,
     bootstrap: Vec<(Multiaddr, Backoff)>,
     known: HashMap<PeerId, Backoff>,
+    rng: SplitMix,
 }
 
 impl Dialer {
-    /// A dialer that keeps `target` fog nodes connected, starting from `bootstrap`, waiting at
-    /// most `longest` between two dials of the same peer.
-    pub fn new(bootstrap: Vec<Multiaddr>, target: usize, longest: Duration, now: Instant) -> Self {
+    /// A dialer that keeps `target` dialled fog nodes connected, starting from `bootstrap`,
+    /// waiting at most `longest` between two dials of the same peer; `seed` makes its random
+    /// picks its own (nodes started together do not pick alike).
+    pub fn new(bootstrap: Vec<Multiaddr>, target: usize, longest: Duration, seed: u64, now: Instant) -> Self {
         let bootstrap = bootstrap.into_iter().map(|addr| (addr, Backoff::new(now))).collect();
-        Dialer { target: target.max(1), longest, bootstrap, known: HashMap::new() }
+        Dialer { target: target.max(1), longest, bootstrap, known: HashMap::new(), rng: SplitMix(seed) }
     }
 
-    /// What to dial at `now`, given the fog nodes connected and those known (with their
-    /// addresses). Nothing while the target is met.
+    /// What to dial at `now`, given the fog nodes connected, how many of them this node
+    /// dialled, and the fog nodes known (with their addresses). Nothing while the target is
+    /// met.
     pub fn due(
         &mut self,
         now: Instant,
         connected: &HashSet<PeerId>,
+        dialled: usize,
         known: impl IntoIterator<Item = (PeerId, Vec<Multiaddr>)>,
     ) -> Vec<Dial> {
-        if connected.len() >= self.target {
+        if dialled >= self.target {
             return Vec::new();
         }
         let mut dials = Vec::new();
@@ -80,31 +98,86 @@ impl Dialer {
                 }
             }
         }
-        let wanted = self.target - connected.len();
-        let mut candidates: Vec<(PeerId, Vec<Multiaddr>)> = known
-            .into_iter()
-            .filter(|(peer, addrs)| !connected.contains(peer) && !addrs.is_empty())
-            .collect();
-        // The longest-waiting first, so that every known node gets its turn.
-        candidates.sort_by_key(|(peer, _)| self.known.get(peer).map(|backoff| backoff.next_at));
-        let mut dialled = 0;
-        for (peer, addrs) in candidates {
-            if dialled == wanted {
-                break;
-            }
-            if self.known.entry(peer).or_insert_with(|| Backoff::new(now)).take(now, self.longest) {
-                dials.push(Dial::Known(peer, addrs));
-                dialled += 1;
-            }
-        }
+        let wanted = self.target - dialled;
+        let candidates = known.into_iter().filter(|(peer, _)| !connected.contains(peer));
+        dials.extend(
+            self.pick(now, candidates, wanted).into_iter().map(|(peer, addrs)| Dial::Known(peer, addrs)),
+        );
         dials
     }
 
-    /// A fog node is connected: the next time it is lost, it is dialled again at once.
+    /// A feeler: one of `unheard` (known fog nodes not heard from lately, not connected),
+    /// at random among those whose backoff allows.
+    pub fn feeler(
+        &mut self,
+        now: Instant,
+        unheard: impl IntoIterator<Item = (PeerId, Vec<Multiaddr>)>,
+    ) -> Option<Dial> {
+        self.pick(now, unheard, 1).pop().map(|(peer, addrs)| Dial::Known(peer, addrs))
+    }
+
+    /// Up to `wanted` of `candidates` with addresses and a dial due, picked at random; their
+    /// backoffs are taken.
+    fn pick(
+        &mut self,
+        now: Instant,
+        candidates: impl IntoIterator<Item = (PeerId, Vec<Multiaddr>)>,
+        wanted: usize,
+    ) -> Vec<(PeerId, Vec<Multiaddr>)> {
+        let mut due: Vec<(PeerId, Vec<Multiaddr>)> = candidates
+            .into_iter()
+            .filter(|(peer, addrs)| {
+                !addrs.is_empty() && self.known.get(peer).is_none_or(|backoff| backoff.is_due(now))
+            })
+            .collect();
+        self.rng.shuffle(&mut due);
+        due.truncate(wanted);
+        for (peer, _) in &due {
+            self.known.entry(*peer).or_insert_with(|| Backoff::new(now)).take(now, self.longest);
+        }
+        due
+    }
+
+    /// `excess` of `spare` connections to close, picked at random.
+    pub fn spare_to_close(&mut self, mut spare: Vec<PeerId>, excess: usize) -> Vec<PeerId> {
+        self.rng.shuffle(&mut spare);
+        spare.truncate(excess);
+        spare
+    }
+
+    /// A fog node is connected: the bootstraps may be dialled at once when the node is alone
+    /// again.
     pub fn connected(&mut self, peer: &PeerId, now: Instant) {
         self.known.remove(peer);
         for (_, backoff) in &mut self.bootstrap {
             *backoff = Backoff::new(now);
+        }
+    }
+
+    /// A fog node is no longer connected: it may be dialled again after the first retry wait
+    /// (not at once: the node that closed a spare connection would only close it again).
+    pub fn lost(&mut self, peer: &PeerId, now: Instant) {
+        self.known.insert(*peer, Backoff { next_at: now + FIRST_RETRY, delay: FIRST_RETRY * 2 });
+    }
+}
+
+/// A small, fast, seedable generator (SplitMix64) for the dialer's random picks.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Fisher–Yates.
+    fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            let j = (self.next() % (i as u64 + 1)) as usize;
+            items.swap(i, j);
         }
     }
 }
@@ -128,36 +201,89 @@ mod tests {
         let start = Instant::now();
         let (a, b) = (peer(), peer());
         let known = vec![(a, vec![addr(2)]), (b, vec![addr(3)])];
-        let mut dialer = Dialer::new(vec![addr(1)], 4, LONGEST, start);
+        let mut dialer = Dialer::new(vec![addr(1)], 4, LONGEST, 1, start);
         let none = HashSet::new();
-        let first = dialer.due(start, &none, known.clone());
+        let first = dialer.due(start, &none, 0, known.clone());
         assert_eq!(first.len(), 3, "the bootstrap and both known nodes: {first:?}");
-        assert!(dialer.due(start + Duration::from_millis(500), &none, known.clone()).is_empty());
-        assert_eq!(dialer.due(start + Duration::from_secs(1), &none, known.clone()).len(), 3);
+        assert!(dialer.due(start + Duration::from_millis(500), &none, 0, known.clone()).is_empty());
+        assert_eq!(dialer.due(start + Duration::from_secs(1), &none, 0, known.clone()).len(), 3);
         // The next wait is 2 s: nothing at 2.5 s, everything again at 3 s.
-        assert!(dialer.due(start + Duration::from_millis(2500), &none, known.clone()).is_empty());
-        assert_eq!(dialer.due(start + Duration::from_secs(3), &none, known.clone()).len(), 3);
+        assert!(dialer.due(start + Duration::from_millis(2500), &none, 0, known.clone()).is_empty());
+        assert_eq!(dialer.due(start + Duration::from_secs(3), &none, 0, known.clone()).len(), 3);
         // Waits stop growing at the longest.
         let mut at = start + Duration::from_secs(3);
         for _ in 0..20 {
             at += LONGEST;
-            assert_eq!(dialer.due(at, &none, known.clone()).len(), 3);
+            assert_eq!(dialer.due(at, &none, 0, known.clone()).len(), 3);
         }
     }
 
     #[test]
-    fn connected_enough_it_dials_nothing_and_a_lost_peer_is_dialled_at_once() {
+    fn only_connections_it_dialled_count_towards_its_target() {
         let start = Instant::now();
         let (a, b) = (peer(), peer());
-        let mut dialer = Dialer::new(vec![addr(1)], 1, LONGEST, start);
         let known = vec![(a, vec![addr(2)]), (b, vec![addr(3)])];
         let with_a = HashSet::from([a]);
-        assert!(dialer.due(start, &with_a, known.clone()).is_empty(), "the target of one is met");
-        let mut lonely = Dialer::new(vec![addr(1)], 2, LONGEST, start);
-        let dials = lonely.due(start, &with_a, known.clone());
-        assert_eq!(dials, vec![Dial::Known(b, vec![addr(3)])], "no bootstrap while a fog node is connected");
-        lonely.connected(&b, start);
-        let dials = lonely.due(start, &with_a, known);
-        assert_eq!(dials, vec![Dial::Known(b, vec![addr(3)])], "a lost peer is dialled again at once");
+        let mut dialer = Dialer::new(vec![addr(1)], 1, LONGEST, 1, start);
+        assert!(
+            dialer.due(start, &with_a, 1, known.clone()).is_empty(),
+            "a dialled a: the target of one is met"
+        );
+        let dials = dialer.due(start, &with_a, 0, known);
+        assert_eq!(
+            dials,
+            vec![Dial::Known(b, vec![addr(3)])],
+            "a dialled this node: b is dialled, no bootstrap"
+        );
+    }
+
+    #[test]
+    fn a_lost_peer_is_dialled_again_after_the_first_wait() {
+        let start = Instant::now();
+        let a = peer();
+        let known = vec![(a, vec![addr(2)])];
+        let none = HashSet::new();
+        let mut dialer = Dialer::new(Vec::new(), 1, LONGEST, 1, start);
+        dialer.connected(&a, start);
+        let lost_at = start + Duration::from_secs(100);
+        dialer.lost(&a, lost_at);
+        assert!(dialer.due(lost_at, &none, 0, known.clone()).is_empty(), "not at once");
+        let dials = dialer.due(lost_at + FIRST_RETRY, &none, 0, known);
+        assert_eq!(dials, vec![Dial::Known(a, vec![addr(2)])]);
+    }
+
+    #[test]
+    fn picks_are_random_and_each_node_picks_its_own() {
+        let start = Instant::now();
+        let known: Vec<(PeerId, Vec<Multiaddr>)> = (0..10).map(|i| (peer(), vec![addr(10 + i)])).collect();
+        let none = HashSet::new();
+        let picked: HashSet<Dial> = (0..30)
+            .map(|seed| {
+                let mut dialer = Dialer::new(Vec::new(), 1, LONGEST, seed, start);
+                dialer.due(start, &none, 0, known.clone()).pop().expect("one dial")
+            })
+            .collect();
+        assert!(picked.len() >= 5, "30 nodes picked only {} of 10 known nodes", picked.len());
+        let mut dialer = Dialer::new(Vec::new(), 1, LONGEST, 7, start);
+        let mut feelers = HashSet::new();
+        while let Some(dial) = dialer.feeler(start, known.clone()) {
+            assert!(feelers.insert(dial), "a feeler's backoff keeps it from being picked twice at once");
+        }
+        assert_eq!(feelers.len(), known.len(), "every unheard node gets its feeler");
+    }
+
+    #[test]
+    fn spare_connections_to_close_are_picked_at_random() {
+        let spare: Vec<PeerId> = (0..8).map(|_| peer()).collect();
+        let mut firsts = HashSet::new();
+        for seed in 0..20 {
+            let closed =
+                Dialer::new(Vec::new(), 1, LONGEST, seed, Instant::now()).spare_to_close(spare.clone(), 3);
+            assert_eq!(closed.len(), 3);
+            assert_eq!(closed.iter().collect::<HashSet<_>>().len(), 3, "three distinct ones");
+            assert!(closed.iter().all(|peer| spare.contains(peer)));
+            firsts.insert(closed[0]);
+        }
+        assert!(firsts.len() >= 4, "20 nodes would close the same connections: {}", firsts.len());
     }
 }

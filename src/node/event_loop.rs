@@ -25,7 +25,7 @@ use libp2p::identity::Keypair;
 use libp2p::metrics::Recorder;
 use libp2p::request_response::{self, InboundFailure, InboundRequestId, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::DialOpts;
-use libp2p::swarm::SwarmEvent;
+use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{gossipsub, identify, mdns, ping, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -142,8 +142,11 @@ pub(super) struct EventLoop {
     command_rx: mpsc::Receiver<Command>,
     listening: Listening,
     publish: Publishing,
-    /// Connected peers that speak sync (fog nodes), for periodic anti-entropy.
-    fog_peers: HashSet<PeerId>,
+    /// Connected peers that speak sync (fog nodes), and since when.
+    fog_peers: HashMap<PeerId, Instant>,
+    /// Open connections this node dialled, and to whom: only these count towards the dialer's
+    /// target.
+    dialled: HashMap<ConnectionId, PeerId>,
     /// Who to dial to stay in the mesh.
     dialer: Dialer,
     sync_round: usize,
@@ -209,10 +212,15 @@ impl EventLoop {
                 .map_err(|e| NodeError::Listen { addr: addr.clone(), reason: e.to_string() })?;
             listeners.push(listener);
         }
-        // A peer cut off and back is dialled again within a republish interval.
-        let dialer =
-            Dialer::new(config.bootstrap.clone(), DIAL_TARGET, config.republish_interval, Instant::now());
         let peer_id = keypair.public().to_peer_id();
+        // A peer cut off and back is dialled again within a republish interval.
+        let dialer = Dialer::new(
+            config.bootstrap.clone(),
+            DIAL_TARGET,
+            config.republish_interval,
+            peer_seed(&peer_id),
+            Instant::now(),
+        );
         let (commands, command_rx) = commands;
         Ok(EventLoop {
             config,
@@ -231,7 +239,8 @@ impl EventLoop {
             command_rx,
             listening: Listening { listeners, addrs: Vec::new(), addrs_tx },
             publish: Publishing::default(),
-            fog_peers: HashSet::new(),
+            fog_peers: HashMap::new(),
+            dialled: HashMap::new(),
             dialer,
             sync_round: 0,
             syncing: HashSet::new(),
@@ -249,8 +258,7 @@ impl EventLoop {
         // Each node's ticks at a phase of its own (from its peer id): nodes started together (a
         // mass restart after a power cut) would otherwise send their alives and syncs in bursts.
         let period = self.config.republish_interval;
-        let phase = self.peer_id.to_bytes().iter().fold(0u64, |h, b| h.rotate_left(8) ^ u64::from(*b));
-        let offset = Duration::from_millis(phase % (period.as_millis().max(1) as u64));
+        let offset = Duration::from_millis(peer_seed(&self.peer_id) % (period.as_millis().max(1) as u64));
         let mut republish = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
         // The first tick at once: the node's own summary is in its view from the start.
         self.on_republish_tick();
@@ -313,6 +321,7 @@ impl EventLoop {
             _ => self.publish_summary(),
         }
         self.anti_entropy();
+        self.feel();
         self.update_view_metrics();
         for origin in self.mesh.forget_older_than(self.config.forget_after, Instant::now()) {
             tracing::info!(%origin, "forgetting a fog node not heard from for too long");
@@ -365,13 +374,17 @@ impl EventLoop {
                 self.on_addrs_changed();
             }
             SwarmEvent::ListenerError { error, .. } => tracing::warn!(%error, "listener error"),
-            SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+            SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
                 tracing::debug!(%peer_id, addr = %endpoint.get_remote_address(), "connected");
+                if endpoint.is_dialer() {
+                    self.dialled.insert(connection_id, peer_id);
+                }
             }
-            SwarmEvent::ConnectionClosed { peer_id, cause, num_established, .. } => {
+            SwarmEvent::ConnectionClosed { peer_id, connection_id, cause, num_established, .. } => {
                 tracing::debug!(%peer_id, ?cause, "connection closed");
-                if num_established == 0 {
-                    self.fog_peers.remove(&peer_id);
+                self.dialled.remove(&connection_id);
+                if num_established == 0 && self.fog_peers.remove(&peer_id).is_some() {
+                    self.dialer.lost(&peer_id, Instant::now());
                 }
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
@@ -384,8 +397,6 @@ impl EventLoop {
         }
     }
 
-    /// Dials what the dialer says is due: bootstraps while alone, known fog nodes while fewer
-    /// than the target are connected.
     /// Every second: publishes the summary again once the node's gossip mesh has formed, dials
     /// what keeps the node in the mesh, closes what it does not need, and pulls what is missing.
     fn on_redial_tick(&mut self) {
@@ -402,13 +413,17 @@ impl EventLoop {
     /// Keeps at most `MAX_FOG_PEERS` fog nodes connected. Gossipsub holds a stream open on every
     /// connection, so connections that peers opened to this node, or that routed questions
     /// opened, would never idle out, and a node of a large mesh (a bootstrap node above all)
-    /// would end up connected to every other, paying for each (pings, gossip control). The
-    /// extra ones outside the gossip mesh with no sync in flight are closed; they reopen when a
-    /// question needs them.
+    /// would end up connected to every other, paying for each (pings, gossip control). Extra
+    /// ones that other nodes opened, outside the gossip mesh, with no sync in flight and open
+    /// for `SPARE_AFTER` (time for the other node to learn the mesh from this one), are
+    /// closed, picked at random; those nodes dial someone else, and the connections reopen
+    /// when a question needs them.
     fn trim_connections(&mut self) {
-        if self.fog_peers.len() <= MAX_FOG_PEERS {
+        let excess = self.fog_peers.len().saturating_sub(MAX_FOG_PEERS);
+        if excess == 0 {
             return;
         }
+        let (dialled, now) = (self.dialled_fog_peers(), Instant::now());
         let gossip = &self.swarm.behaviour().gossipsub;
         let in_mesh: HashSet<PeerId> = [summary_topic().hash(), control_topic().hash()]
             .iter()
@@ -417,11 +432,17 @@ impl EventLoop {
         let mut spare: Vec<PeerId> = self
             .fog_peers
             .iter()
-            .filter(|peer| !in_mesh.contains(peer) && !self.syncing.contains(peer))
-            .copied()
+            .filter(|(peer, since)| {
+                !in_mesh.contains(peer)
+                    && !self.syncing.contains(peer)
+                    && !dialled.contains(peer)
+                    && now.duration_since(**since) >= SPARE_AFTER
+            })
+            .map(|(peer, _)| *peer)
             .collect();
+        // In a set order first: the dialer's random pick is then the same for the same state.
         spare.sort();
-        for peer in spare.into_iter().take(self.fog_peers.len() - MAX_FOG_PEERS) {
+        for peer in self.dialer.spare_to_close(spare, excess) {
             tracing::debug!(%peer, "closing a spare connection");
             let _ = self.swarm.disconnect_peer_id(peer);
         }
@@ -453,17 +474,48 @@ impl EventLoop {
 
     /// The next connected fog node in turn (in peer id order, so every one gets its turn).
     fn next_fog_peer(&mut self) -> Option<PeerId> {
-        let mut peers: Vec<PeerId> = self.fog_peers.iter().copied().collect();
+        let mut peers: Vec<PeerId> = self.fog_peers.keys().copied().collect();
         peers.sort();
         self.sync_round = self.sync_round.wrapping_add(1);
         (!peers.is_empty()).then(|| peers[self.sync_round % peers.len()])
     }
 
+    /// Fog nodes connected through a connection this node dialled.
+    fn dialled_fog_peers(&self) -> HashSet<PeerId> {
+        self.dialled.values().filter(|peer| self.fog_peers.contains_key(peer)).copied().collect()
+    }
+
+    /// Dials what the dialer says is due: bootstraps while alone, known fog nodes while fewer
+    /// than the target are connected through connections this node dialled.
     fn redial(&mut self) {
+        let dialled = self.dialled_fog_peers().len();
         // Lazy: the dialer reads the known nodes' addresses only when it has dials to make.
         let view = self.mesh.view();
         let known = view.remotes().map(|peer| (peer, parse_addrs(&view.addrs_of(&peer))));
-        for dial in self.dialer.due(Instant::now(), &self.fog_peers, known) {
+        let connected = self.fog_peers.keys().copied().collect();
+        let dials = self.dialer.due(Instant::now(), &connected, dialled, known);
+        self.dial(dials);
+    }
+
+    /// Once per republish interval, while this node has not dialled more than its target: a
+    /// feeler to one known fog node not heard from lately and not connected. After a
+    /// partition, this is what joins the two sides again (see `dialer`).
+    fn feel(&mut self) {
+        if self.dialled_fog_peers().len() > DIAL_TARGET {
+            return;
+        }
+        let (now, recent) = (Instant::now(), self.config.republish_interval * 2);
+        let view = self.mesh.view();
+        let unheard = view
+            .remotes()
+            .filter(|peer| !self.fog_peers.contains_key(peer) && !view.heard_within(peer, recent, now))
+            .map(|peer| (peer, parse_addrs(&view.addrs_of(&peer))));
+        let feeler = self.dialer.feeler(now, unheard);
+        self.dial(feeler);
+    }
+
+    fn dial(&mut self, dials: impl IntoIterator<Item = Dial>) {
+        for dial in dials {
             let (what, result) = match dial {
                 Dial::Bootstrap(addr) => (addr.to_string(), self.swarm.dial(addr)),
                 Dial::Known(peer, addrs) => {
@@ -858,7 +910,7 @@ impl EventLoop {
             // Gossip meshes form over a few heartbeats.
             self.publish.announce_at = Some(Instant::now() + self.config.gossip_heartbeat * 3);
         }
-        if speaks(protocols::SYNC) && self.fog_peers.insert(peer) {
+        if speaks(protocols::SYNC) && self.fog_peers.insert(peer, Instant::now()).is_none() {
             self.dialer.connected(&peer, Instant::now());
             // Anti-entropy on every new connection: a late joiner converges without waiting
             // for the next publish.
@@ -883,7 +935,7 @@ impl EventLoop {
         let (now, recent) = (Instant::now(), self.config.republish_interval * 2);
         let view = self.mesh.view();
         let mut targets: Vec<PeerId> =
-            self.fog_peers.iter().copied().filter(|peer| !view.heard_within(peer, recent, now)).collect();
+            self.fog_peers.keys().copied().filter(|peer| !view.heard_within(peer, recent, now)).collect();
         targets.extend(self.next_fog_peer());
         // One sync at a time per peer: a peer both late and next is asked once.
         for peer in targets {
@@ -1031,6 +1083,12 @@ fn ingest_refusal(error: IngestError) -> ingest::Response {
     }
 }
 
+/// A number of this node's own, from its peer id: the phase of its ticks, the seed of its
+/// random picks.
+fn peer_seed(peer: &PeerId) -> u64 {
+    peer.to_bytes().iter().fold(0u64, |h, b| h.rotate_left(8) ^ u64::from(*b))
+}
+
 /// The announced addresses that parse.
 fn parse_addrs(addrs: &[String]) -> Vec<Multiaddr> {
     addrs.iter().filter_map(|addr| addr.parse().ok()).collect()
@@ -1044,6 +1102,10 @@ const MAX_PACE: Duration = Duration::from_secs(5);
 
 /// Most fog nodes a node stays connected to (see `trim_connections`).
 const MAX_FOG_PEERS: usize = 12;
+/// How long a connection another node opened is kept whatever the budget: a joining node
+/// learns the mesh from its bootstrap node (a sync, a few gossip heartbeats) before that node
+/// closes the connection.
+const SPARE_AFTER: Duration = Duration::from_secs(10);
 
 /// How many fog nodes a node keeps connected by dialling (gossipsub's mesh degree).
 const DIAL_TARGET: usize = 4;

@@ -207,6 +207,9 @@ async fn wait_formed(clients: &[NodeClient], deadline: Duration) -> anyhow::Resu
         }
         pending = still;
         if Instant::now() > end {
+            for &i in pending.iter().take(5) {
+                describe(i, &clients[i]).await;
+            }
             let seen = included(&clients[pending[0]]).await;
             bail!(
                 "{} nodes still do not see the whole mesh (node {} sees {seen})",
@@ -221,6 +224,21 @@ async fn wait_formed(clients: &[NodeClient], deadline: Duration) -> anyhow::Resu
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     Ok(())
+}
+
+/// What a node that does not see the whole mesh knows of it, for the log.
+async fn describe(index: usize, client: &NodeClient) {
+    if let Response::Peers(answer) = client.query(Request::Peers).await {
+        let known = answer.peers.len();
+        let stale = answer.peers.iter().filter(|peer| peer.stale).count();
+        let connected: Vec<&str> =
+            answer.peers.iter().filter(|peer| peer.connected).map(|peer| peer.name.as_str()).collect();
+        let fresh: Vec<&str> =
+            answer.peers.iter().filter(|peer| !peer.stale).map(|peer| peer.name.as_str()).collect();
+        eprintln!(
+            "[mesh_sim] node {index}: knows {known}, {stale} stale; connected to {connected:?}; hears {fresh:?}"
+        );
+    }
 }
 
 async fn included(client: &NodeClient) -> usize {
