@@ -6,6 +6,10 @@
 #                   (durable acknowledgements), and the node's bytes on disk per reading
 #   sled_baseline   the same readings written straight into sled (bench/src/bin/sled_baseline.rs)
 #   ingest_vs_sled  ingest readings/s divided by sled's
+#   store_year_read one meter's year of 15-minute readings read back from the store, and its
+#                   bytes on disk per reading (bench/src/bin/store_bench.rs)
+#   store_fill, store_restart   a node started on a store of 100k, then 1M meters: start to
+#                   first answer, resident memory (STORE_METERS sets the counts)
 #   convergence     ack at the first node of a 5-node chain to the new top-10 at the last
 #                   (bench/src/bin/convergence.rs)
 #   query           wall time of `hydromesh query top` as a fresh process, 30 runs
@@ -30,6 +34,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/lib.sh"
 READINGS=1000000
 METERS=10000
+# Meters of the stores a node is started on (bench_restart).
+STORE_METERS="${STORE_METERS:-100000 1000000}"
 CHAIN_NODES=5
 QUERY_RUNS=30
 ADDRS_TIMEOUT_S=30
@@ -167,6 +173,43 @@ bench_sled() {
     rm -rf "$RUN_DIR/sled-baseline"
 }
 
+# c. The store itself: one meter's year read back; a node started on a store of many meters.
+bench_store() {
+    local out meters
+    log "store: a year of one meter's 15-minute readings, read back..."
+    out="$("$DRIVERS/store_bench" year "$RUN_DIR/store-year")" || die "store_bench year failed"
+    emit "$out"
+    rm -rf "$RUN_DIR/store-year"
+    for meters in $STORE_METERS; do
+        bench_restart "$meters"
+    done
+}
+
+# A node started on a store of METERS meters (2 readings each): start to first answer, and its
+# resident memory once answering.
+bench_restart() {
+    local meters="$1" name="restart-$1" out start end pid addr deadline rss
+    log "store: a node holding $meters meters..."
+    mkdir -p "$RUN_DIR/$name"
+    out="$("$DRIVERS/store_bench" fill "$RUN_DIR/$name/db" "$meters" 2)" || die "store_bench fill failed"
+    emit "$out"
+    start="$(now_ns)"
+    start_node "$name"
+    pid="${PIDS[-1]}"
+    addr="$(bench_addr "$name")"
+    deadline=$(($(date +%s) + READY_TIMEOUT_S))
+    until "$BIN" query --peer "$addr" --timeout 2s --json stats >/dev/null 2>&1; do
+        (($(date +%s) < deadline)) || die "the node on $meters meters did not answer within ${READY_TIMEOUT_S} s"
+        sleep 0.05
+    done
+    end="$(now_ns)"
+    rss="$(awk '/^VmRSS:/ { print $2 * 1024 }' "/proc/$pid/status")"
+    emit "$(printf '{"bench":"store_restart","meters":%s,"start_to_answer_s":%s,"rss_bytes":%s}' \
+        "$meters" "$(awk -v ns=$((end - start)) 'BEGIN { printf "%.3f", ns / 1e9 }')" "$rss")"
+    stop_pid "$pid"
+    rm -rf "${RUN_DIR:?}/$name"
+}
+
 CHAIN_ADDRS=()
 
 # Whether node ADDR sees N live nodes.
@@ -278,6 +321,7 @@ main() {
     make_run_dir
     bench_ingest
     bench_sled
+    bench_store
     bench_mqtt
     ADMIN_KEY="$RUN_DIR/admin.key"
     ADMIN_PUBKEY="$("$BIN" keygen --out "$ADMIN_KEY" 2>/dev/null)" || die "cannot create an admin key"

@@ -304,7 +304,7 @@ impl EventLoop {
         }
         self.pipeline.stop().await?;
         let store = self.store.clone();
-        let flushed = super::local::blocking(move || store.flush()).await;
+        let flushed = super::local::blocking(move || store.close()).await;
         match &flushed {
             Ok(()) => tracing::info!("store flushed; node stopped"),
             Err(error) => tracing::error!(%error, "final flush failed"),

@@ -2,20 +2,34 @@
 //! version, the persisted merged view and the admin commands. Nothing else in hydromesh touches
 //! sled, and the store holds no rule state: that is the ingest writer's.
 //!
-//! Readings are keyed by `meter (u64 BE) ‖ ts_ms (u64 BE)`, so one meter's readings are one
-//! contiguous, time-ordered key range. An in-memory index keeps each meter's first and last
-//! reading, rebuilt at open with two seeks per meter, so the common case of ingest (a reading
-//! newer than the meter's last) validates without touching the disk. The index is locked per
-//! reading, never for a whole batch, so readers wait microseconds at most.
+//! Readings are kept the way a time-series database keeps them:
+//! - **chunks** (tree `chunks`): each meter's readings in runs of up to [`CHUNK_READINGS`],
+//!   compressed column by column ([`chunk`]: a few bytes a reading), keyed by
+//!   `meter (u64 BE) ‖ first ts_ms (u64 BE)`, so one meter's chunks are one contiguous,
+//!   time-ordered key range;
+//! - a **write-ahead part** (tree `wal`): every accepted batch as one record, written before
+//!   its acknowledgement, so a batch writes O(batch) bytes; its readings are also held in memory
+//!   (`pending`) and folded into the chunks once [`FOLD_AT`] of them have gathered (and at
+//!   close). Folding writes the chunks before it removes the records, and merging a reading
+//!   into a chunk that already holds it changes nothing: a crash at any point of a fold loses
+//!   nothing and counts nothing twice;
+//! - a **meter index** (tree `meters`): each meter's first and last reading, kept with the
+//!   chunks, read at open (with the write-ahead records) instead of scanning the readings. In
+//!   memory, it lets the common case of ingest (a reading newer than the meter's last) validate
+//!   without touching the disk; it is locked per reading, never for a whole batch, so readers
+//!   wait microseconds at most.
+//!
+//! A store written by an earlier version (one key per reading, tree `readings`) is migrated into
+//! chunks when it is opened.
 
-use std::collections::HashMap;
+mod chunk;
+
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use hydromesh_proto::ingest::{Outcome, Rejection};
 use hydromesh_proto::query::MeterHistory;
-use std::ops::Bound;
-
 use hydromesh_proto::summary::{MeterSpan, Point};
 use hydromesh_proto::{Alarms, MeterId, Reading};
 
@@ -24,6 +38,13 @@ use crate::domain;
 /// How many summary versions are reserved on disk at a time (see [`Store::next_summary_version`]).
 const VERSION_BLOCK: u64 = 1024;
 const KEY_VERSION_RESERVED: &[u8] = b"summary_version_reserved";
+/// Readings a chunk is filled to before a new one starts.
+pub const CHUNK_READINGS: usize = 128;
+/// Readings held in the write-ahead part before they are folded into chunks: enough that a
+/// fold adds many readings to each chunk it rewrites, few enough to stay a few MB of memory.
+pub const FOLD_AT: usize = 200_000;
+/// Readings migrated from the old layout per write.
+const MIGRATE_BATCH: usize = 100_000;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -61,14 +82,26 @@ pub enum StoreError {
 /// The sled-backed store of one node.
 pub struct Store {
     db: sled::Db,
-    readings: sled::Tree,
+    chunks: sled::Tree,
+    wal: sled::Tree,
+    meter_index: sled::Tree,
     meta: sled::Tree,
     views: sled::Tree,
+    control: sled::Tree,
     /// Each meter's first and last reading over all data held. Written by the one writer.
     meters: Mutex<HashMap<MeterId, MeterSpan>>,
-    control: sled::Tree,
+    /// The readings of the write-ahead records, not folded into chunks yet. Written by the one
+    /// writer.
+    pending: Mutex<Pending>,
     /// Next summary version to hand out, and the first one not yet reserved on disk.
     versions: Mutex<(u64, u64)>,
+}
+
+#[derive(Default)]
+struct Pending {
+    readings: BTreeMap<(MeterId, u64), Reading>,
+    /// Key of the next write-ahead record.
+    next_record: u64,
 }
 
 /// What [`Store::append`] did.
@@ -81,7 +114,7 @@ pub struct Appended {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir`.
+    /// Opens (or creates) the store in `dir`, migrating a store of the old layout.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         remove_unfinished_snapshots(dir)?;
         let db = sled::Config::new()
@@ -90,16 +123,27 @@ impl Store {
             .mode(sled::Mode::HighThroughput)
             .open()
             .map_err(|source| StoreError::Open { path: dir.to_path_buf(), source })?;
-        let readings = db.open_tree("readings")?;
         let meta = db.open_tree("meta")?;
-        let views = db.open_tree("views")?;
-        let control = db.open_tree("control")?;
-        let meters = Mutex::new(index_meters(&readings)?);
         let reserved = match meta.get(KEY_VERSION_RESERVED)? {
             Some(bytes) => u64_at(&bytes, 0)?,
             None => 1,
         };
-        Ok(Store { db, readings, meta, views, meters, control, versions: Mutex::new((reserved, reserved)) })
+        let store = Store {
+            chunks: db.open_tree("chunks")?,
+            wal: db.open_tree("wal")?,
+            meter_index: db.open_tree("meters")?,
+            views: db.open_tree("views")?,
+            control: db.open_tree("control")?,
+            meta,
+            meters: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Pending::default()),
+            versions: Mutex::new((reserved, reserved)),
+            db,
+        };
+        store.load_index()?;
+        store.replay_records()?;
+        store.migrate_old_layout()?;
+        Ok(store)
     }
 
     /// Validates and writes readings, returning one outcome per reading in order and the new
@@ -107,17 +151,27 @@ impl Store {
     /// [`Store::flush`]. Only one thread may append (the ingest writer).
     pub fn append(&self, readings: &[Reading], now_ms: u64) -> Result<Appended, StoreError> {
         let mut appended = Appended { outcomes: Vec::with_capacity(readings.len()), spans: HashMap::new() };
+        let mut accepted = Vec::new();
         for reading in readings {
             let outcome = match domain::check_fields(reading, now_ms) {
                 Err(rejection) => Outcome::Rejected(rejection),
                 Ok(()) => self.place(reading)?,
             };
             if outcome == Outcome::Accepted {
+                accepted.push(*reading);
                 if let Some(span) = self.span(reading.meter) {
                     appended.spans.insert(reading.meter, span);
                 }
             }
             appended.outcomes.push(outcome);
+        }
+        if !accepted.is_empty() {
+            let record = lock(&self.pending).next_record;
+            self.wal.insert(record.to_be_bytes(), chunk::encode_record(&accepted))?;
+            lock(&self.pending).next_record = record + 1;
+        }
+        if lock(&self.pending).readings.len() >= FOLD_AT {
+            self.fold()?;
         }
         Ok(appended)
     }
@@ -140,16 +194,14 @@ impl Store {
         from_ms: u64,
         max: usize,
     ) -> Result<Vec<Reading>, StoreError> {
-        let mut recent = Vec::new();
-        for entry in self.readings.range(reading_key(meter, 0)..=reading_key(meter, u64::MAX)).rev() {
-            let reading = decode_reading(meter, entry)?;
-            let before_window = reading.ts_ms < from_ms;
-            recent.push(reading);
-            if before_window || recent.len() == max {
-                break;
+        let mut recent = self.readings_between(meter, from_ms, u64::MAX)?;
+        if let Some(before) = from_ms.checked_sub(1) {
+            if let Some(reading) = self.at_or_before(meter, before)? {
+                recent.insert(0, reading);
             }
         }
-        recent.reverse();
+        let cut = recent.len().saturating_sub(max);
+        recent.drain(..cut);
         Ok(recent)
     }
 
@@ -158,9 +210,7 @@ impl Store {
         if to_ms <= from_ms {
             return Ok(0);
         }
-        let last = point_of(
-            self.readings.range(reading_key(meter, from_ms)..reading_key(meter, to_ms)).next_back(),
-        )?;
+        let last = self.at_or_before(meter, to_ms - 1)?.filter(|reading| reading.ts_ms >= from_ms);
         let base = self.window_base(meter, from_ms)?;
         Ok(match (base, last) {
             (Some(base), Some(last)) => last.litres.saturating_sub(base.litres),
@@ -171,13 +221,11 @@ impl Store {
     /// The reading a window starting at `from_ms` counts from: the last at or before it, else
     /// the first after it.
     pub fn window_base(&self, meter: MeterId, from_ms: u64) -> Result<Option<Point>, StoreError> {
-        let mut before = self.readings.range(reading_key(meter, 0)..=reading_key(meter, from_ms));
-        match point_of(before.next_back())? {
-            Some(point) => Ok(Some(point)),
-            None => point_of(
-                self.readings.range(reading_key(meter, from_ms)..=reading_key(meter, u64::MAX)).next(),
-            ),
-        }
+        let base = match self.at_or_before(meter, from_ms)? {
+            Some(reading) => Some(reading),
+            None => self.at_or_after(meter, from_ms)?,
+        };
+        Ok(base.as_ref().map(domain::point))
     }
 
     /// Saves an admin command under its subject.
@@ -192,25 +240,22 @@ impl Store {
     }
 
     fn place(&self, reading: &Reading) -> Result<Outcome, StoreError> {
-        let key = reading_key(reading.meter, reading.ts_ms);
         let span = self.span(reading.meter);
         let neighbours = match span {
             None => (None, None),
             Some(span) if reading.ts_ms > span.last.ts_ms => (Some(span.last), None),
             Some(span) if reading.ts_ms < span.first.ts_ms => (None, Some(span.first)),
             Some(_) => {
-                if let Some(stored) = self.readings.get(key)? {
-                    return Ok(if stored.as_ref() == encode_value(reading).as_slice() {
+                let before = self.at_or_before(reading.meter, reading.ts_ms)?;
+                if let Some(stored) = before.filter(|stored| stored.ts_ms == reading.ts_ms) {
+                    return Ok(if stored == *reading {
                         Outcome::Duplicate
                     } else {
-                        Outcome::Rejected(Rejection::ConflictingDuplicate {
-                            stored_litres: u64_at(&stored, 0)?,
-                        })
+                        Outcome::Rejected(Rejection::ConflictingDuplicate { stored_litres: stored.litres })
                     });
                 }
-                let before = self.readings.range(reading_key(reading.meter, 0)..key).next_back();
-                let after = self.readings.range(key..=reading_key(reading.meter, u64::MAX)).next();
-                (point_of(before)?, point_of(after)?)
+                let after = self.at_or_after(reading.meter, reading.ts_ms)?;
+                (before.as_ref().map(domain::point), after.as_ref().map(domain::point))
             }
         };
         if let Some(earlier) = neighbours.0.filter(|p| p.litres > reading.litres) {
@@ -225,7 +270,7 @@ impl Store {
                 later_litres: later.litres,
             }));
         }
-        self.readings.insert(key, encode_value(reading).as_slice())?;
+        lock(&self.pending).readings.insert((reading.meter, reading.ts_ms), *reading);
         let point = domain::point(reading);
         let new = MeterSpan { meter: reading.meter, first: point, last: point };
         lock(&self.meters).insert(reading.meter, span.map_or(new, |span| domain::join_spans(span, new)));
@@ -236,6 +281,13 @@ impl Store {
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         Ok(())
+    }
+
+    /// Folds the write-ahead part into the chunks and makes everything durable: what a node
+    /// does when it stops, so that the next start has nothing to replay.
+    pub fn close(&self) -> Result<(), StoreError> {
+        self.fold()?;
+        self.flush()
     }
 
     /// Whether this node holds readings of `meter`.
@@ -255,37 +307,22 @@ impl Store {
         if !self.holds(meter) {
             return Ok(None);
         }
-        let from = reading_key(meter, from_ms.unwrap_or(0));
-        let window = (
-            Bound::Included(from),
-            match to_ms {
-                Some(to) => Bound::Excluded(reading_key(meter, to)),
-                None => Bound::Included(reading_key(meter, u64::MAX)),
-            },
-        );
-        let before = match from_ms {
-            Some(from_ms) => {
-                self.readings.range(reading_key(meter, 0)..=reading_key(meter, from_ms)).next_back()
-            }
+        let from = from_ms.unwrap_or(0);
+        let mut baseline = match from_ms {
+            Some(from_ms) => self.at_or_before(meter, from_ms)?,
             None => None,
         };
-        let mut baseline = before.map(|entry| decode_reading(meter, entry)).transpose()?;
-        let mut readings = Vec::new();
-        let mut truncated = false;
-        if to_ms.is_none_or(|to| to > from_ms.unwrap_or(0)) {
-            for entry in self.readings.range(window).rev() {
-                if readings.len() == limit {
-                    truncated = true;
-                    break;
-                }
-                readings.push(decode_reading(meter, entry)?);
-            }
-        }
-        readings.reverse();
-        if truncated && baseline.is_none() {
+        let mut readings = match to_ms {
+            Some(to) if to <= from => Vec::new(),
+            Some(to) => self.readings_between(meter, from, to - 1)?,
+            None => self.readings_between(meter, from, u64::MAX)?,
+        };
+        let truncated = readings.len() > limit;
+        if truncated {
+            let cut = readings.len() - limit;
             // The window's first reading is cut off, but consumption still counts from it.
-            let first = self.readings.range(window).next();
-            baseline = first.map(|entry| decode_reading(meter, entry)).transpose()?;
+            let first = readings.drain(..cut).next();
+            baseline = baseline.or(first);
         }
         Ok(Some(MeterHistory { baseline, readings, truncated }))
     }
@@ -297,19 +334,208 @@ impl Store {
             lock(&self.meters).values().filter(|span| span.last.ts_ms >= from_ms).copied().collect();
         let mut spans = Vec::with_capacity(candidates.len());
         for span in candidates {
-            let meter = span.meter;
-            let mut at_or_before = self.readings.range(reading_key(meter, 0)..=reading_key(meter, from_ms));
-            let base = match point_of(at_or_before.next_back())? {
-                Some(point) => Some(point),
-                None => point_of(
-                    self.readings.range(reading_key(meter, from_ms)..=reading_key(meter, u64::MAX)).next(),
-                )?,
-            };
-            if let Some(first) = base {
-                spans.push(MeterSpan { meter, first, last: span.last });
+            if let Some(first) = self.window_base(span.meter, from_ms)? {
+                spans.push(MeterSpan { meter: span.meter, first, last: span.last });
             }
         }
         Ok(domain::rank(spans, n))
+    }
+
+    /// The meter's readings with `from_ms <= ts <= to_ms`, by time: from the chunks that may
+    /// hold them and from the write-ahead part.
+    fn readings_between(&self, meter: MeterId, from_ms: u64, to_ms: u64) -> Result<Vec<Reading>, StoreError> {
+        let start = match self.chunk_at(meter, from_ms)? {
+            Some((key, _)) => key.to_vec(),
+            None => chunk_key(meter, from_ms).to_vec(),
+        };
+        let mut readings = Vec::new();
+        for entry in self.chunks.range(start..=chunk_key(meter, to_ms).to_vec()) {
+            let (key, value) = entry?;
+            let chunk = decode_chunk(&key, &value)?;
+            readings.extend(chunk.into_iter().filter(|r| (from_ms..=to_ms).contains(&r.ts_ms)));
+        }
+        let pending = lock(&self.pending);
+        readings.extend(pending.readings.range((meter, from_ms)..=(meter, to_ms)).map(|(_, r)| *r));
+        drop(pending);
+        // A fold in progress may have put a pending reading into a chunk already.
+        readings.sort_by_key(|r| r.ts_ms);
+        readings.dedup_by_key(|r| r.ts_ms);
+        Ok(readings)
+    }
+
+    /// The meter's last reading at or before `ts_ms`.
+    fn at_or_before(&self, meter: MeterId, ts_ms: u64) -> Result<Option<Reading>, StoreError> {
+        let stored = match self.chunk_at(meter, ts_ms)? {
+            Some((key, value)) => {
+                decode_chunk(&key, &value)?.into_iter().take_while(|r| r.ts_ms <= ts_ms).last()
+            }
+            None => None,
+        };
+        let pending =
+            lock(&self.pending).readings.range((meter, 0)..=(meter, ts_ms)).next_back().map(|(_, r)| *r);
+        Ok(stored.into_iter().chain(pending).max_by_key(|r| r.ts_ms))
+    }
+
+    /// The meter's first reading at or after `ts_ms`.
+    fn at_or_after(&self, meter: MeterId, ts_ms: u64) -> Result<Option<Reading>, StoreError> {
+        let mut stored = None;
+        let start = match self.chunk_at(meter, ts_ms)? {
+            Some((key, _)) => key.to_vec(),
+            None => chunk_key(meter, ts_ms).to_vec(),
+        };
+        for entry in self.chunks.range(start..=chunk_key(meter, u64::MAX).to_vec()) {
+            let (key, value) = entry?;
+            stored = decode_chunk(&key, &value)?.into_iter().find(|r| r.ts_ms >= ts_ms);
+            if stored.is_some() {
+                break;
+            }
+        }
+        let pending =
+            lock(&self.pending).readings.range((meter, ts_ms)..=(meter, u64::MAX)).next().map(|(_, r)| *r);
+        Ok(stored.into_iter().chain(pending).min_by_key(|r| r.ts_ms))
+    }
+
+    /// The chunk that `ts_ms` falls in: the meter's last one starting at or before it.
+    fn chunk_at(&self, meter: MeterId, ts_ms: u64) -> Result<Option<(sled::IVec, sled::IVec)>, StoreError> {
+        Ok(self.chunks.range(chunk_key(meter, 0)..=chunk_key(meter, ts_ms)).next_back().transpose()?)
+    }
+
+    /// Folds the pending readings into the chunks, then removes their write-ahead records.
+    fn fold(&self) -> Result<(), StoreError> {
+        let (readings, records_below) = {
+            let pending = lock(&self.pending);
+            (pending.readings.values().copied().collect::<Vec<_>>(), pending.next_record)
+        };
+        if readings.is_empty() {
+            return Ok(());
+        }
+        self.write_chunks(&readings)?;
+        // The chunks durable before the records go.
+        self.db.flush()?;
+        let mut records = sled::Batch::default();
+        for entry in self.wal.range(..records_below.to_be_bytes()) {
+            records.remove(entry?.0);
+        }
+        self.wal.apply_batch(records)?;
+        let mut pending = lock(&self.pending);
+        for reading in &readings {
+            pending.readings.remove(&(reading.meter, reading.ts_ms));
+        }
+        Ok(())
+    }
+
+    /// Merges `readings` (by meter, then time) into the chunks and the meter index.
+    fn write_chunks(&self, readings: &[Reading]) -> Result<(), StoreError> {
+        let mut chunks = sled::Batch::default();
+        let mut index = sled::Batch::default();
+        for new in readings.chunk_by(|a, b| a.meter == b.meter) {
+            let meter = new[0].meter;
+            // The chunks the readings may fall in: from the one the earliest falls in to the
+            // meter's last (one chunk when readings arrive in order).
+            let start = match self.chunk_at(meter, new[0].ts_ms)? {
+                Some((key, _)) => key.to_vec(),
+                None => chunk_key(meter, 0).to_vec(),
+            };
+            let existing = self
+                .chunks
+                .range(start..=chunk_key(meter, u64::MAX).to_vec())
+                .collect::<Result<Vec<_>, _>>()?;
+            // Each reading goes into the chunk it falls in, one before the first into the first.
+            let firsts = existing.iter().map(|(key, _)| u64_at(key, 8)).collect::<Result<Vec<_>, _>>()?;
+            let mut groups: Vec<Vec<Reading>> = vec![Vec::new(); existing.len().max(1)];
+            for reading in new {
+                groups[firsts.partition_point(|first| *first <= reading.ts_ms).saturating_sub(1)]
+                    .push(*reading);
+            }
+            for (at, added) in groups.into_iter().enumerate().filter(|(_, added)| !added.is_empty()) {
+                let mut merged = match existing.get(at) {
+                    Some((key, value)) => decode_chunk(key, value)?,
+                    None => Vec::new(),
+                };
+                let held = merged.len();
+                merged.extend(added);
+                // Stable: a reading the chunk already holds stays and its copy is dropped (a
+                // fold interrupted by a crash is replayed).
+                merged.sort_by_key(|r| r.ts_ms);
+                merged.dedup_by_key(|r| r.ts_ms);
+                if merged.len() == held {
+                    continue;
+                }
+                if let Some((key, _)) = existing.get(at) {
+                    chunks.remove(key.clone());
+                }
+                for piece in merged.chunks(CHUNK_READINGS) {
+                    chunks.insert(&chunk_key(meter, piece[0].ts_ms), chunk::encode(piece));
+                }
+            }
+            if let Some(span) = self.span(meter) {
+                index.insert(&meter.to_be_bytes(), &encode_span(&span));
+            }
+        }
+        self.chunks.apply_batch(chunks)?;
+        self.meter_index.apply_batch(index)?;
+        Ok(())
+    }
+
+    /// Reads the meter index.
+    fn load_index(&self) -> Result<(), StoreError> {
+        let mut meters = lock(&self.meters);
+        for entry in self.meter_index.iter() {
+            let (key, value) = entry?;
+            let span = decode_span(&key, &value)?;
+            meters.insert(span.meter, span);
+        }
+        Ok(())
+    }
+
+    /// Takes the write-ahead records back into memory (and their readings into the index).
+    fn replay_records(&self) -> Result<(), StoreError> {
+        let mut pending = lock(&self.pending);
+        let mut meters = lock(&self.meters);
+        for entry in self.wal.iter() {
+            let (key, value) = entry?;
+            let record = u64_at(&key, 0)?;
+            let readings = chunk::decode_record(&value)
+                .map_err(|e| StoreError::Corrupt(format!("write-ahead record {record}: {e}")))?;
+            for reading in readings {
+                let point = domain::point(&reading);
+                let new = MeterSpan { meter: reading.meter, first: point, last: point };
+                let span = meters.get(&reading.meter).map_or(new, |span| domain::join_spans(*span, new));
+                meters.insert(reading.meter, span);
+                pending.readings.insert((reading.meter, reading.ts_ms), reading);
+            }
+            pending.next_record = record + 1;
+        }
+        Ok(())
+    }
+
+    /// Moves the readings of an earlier version's layout (one key per reading in tree
+    /// `readings`) into chunks, then drops that tree.
+    fn migrate_old_layout(&self) -> Result<(), StoreError> {
+        if !self.db.tree_names().iter().any(|name| name.as_ref() == b"readings") {
+            return Ok(());
+        }
+        let old = self.db.open_tree("readings")?;
+        tracing::info!(readings = old.len(), "migrating readings into compressed chunks");
+        let mut batch = Vec::with_capacity(MIGRATE_BATCH);
+        for entry in old.iter() {
+            let reading = decode_old_reading(entry)?;
+            let point = domain::point(&reading);
+            let new = MeterSpan { meter: reading.meter, first: point, last: point };
+            let span = self.span(reading.meter).map_or(new, |span| domain::join_spans(span, new));
+            lock(&self.meters).insert(reading.meter, span);
+            batch.push(reading);
+            if batch.len() == MIGRATE_BATCH {
+                self.write_chunks(&batch)?;
+                batch.clear();
+            }
+        }
+        self.write_chunks(&batch)?;
+        self.db.flush()?;
+        self.db.drop_tree("readings")?;
+        self.db.flush()?;
+        tracing::info!("migration done");
+        Ok(())
     }
 
     /// Hands out the next summary version: strictly greater than every version handed out
@@ -357,6 +583,21 @@ impl Store {
         self.views.iter().values().map(|v| Ok(v?.to_vec())).collect()
     }
 
+    /// Bytes of keys and values in the chunk and index trees (what the readings take, before
+    /// the storage engine's own overhead).
+    pub fn live_bytes(&self) -> Result<(u64, u64), StoreError> {
+        let mut sizes = (0, 0);
+        for entry in self.chunks.iter() {
+            let (key, value) = entry?;
+            sizes.0 += (key.len() + value.len()) as u64;
+        }
+        for entry in self.meter_index.iter() {
+            let (key, value) = entry?;
+            sizes.1 += (key.len() + value.len()) as u64;
+        }
+        Ok(sizes)
+    }
+
     /// Bytes the database takes on disk.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
         Ok(self.db.size_on_disk()?)
@@ -393,39 +634,42 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn index_meters(readings: &sled::Tree) -> Result<HashMap<MeterId, MeterSpan>, StoreError> {
-    let mut meters = HashMap::new();
-    let mut next = readings.first()?;
-    while let Some((key, value)) = next {
-        let meter = u64_at(&key, 0)?;
-        let first = decode_point(&key, &value)?;
-        let last = point_of(readings.range(..=reading_key(meter, u64::MAX)).next_back())?
-            .ok_or_else(|| StoreError::Corrupt(format!("meter {meter} has no last reading")))?;
-        meters.insert(meter, MeterSpan { meter, first, last });
-        next = match meter.checked_add(1) {
-            Some(following) => readings.range(reading_key(following, 0)..).next().transpose()?,
-            None => None,
-        };
-    }
-    Ok(meters)
-}
-
-fn reading_key(meter: MeterId, ts_ms: u64) -> [u8; 16] {
+fn chunk_key(meter: MeterId, ts_ms: u64) -> [u8; 16] {
     let mut key = [0; 16];
     key[..8].copy_from_slice(&meter.to_be_bytes());
     key[8..].copy_from_slice(&ts_ms.to_be_bytes());
     key
 }
 
-/// Value: litres (u64 BE), alarm bits (u8), then flow (u32 BE) when the meter reported one.
-fn encode_value(reading: &Reading) -> Vec<u8> {
-    let mut value = Vec::with_capacity(13);
-    value.extend_from_slice(&reading.litres.to_be_bytes());
-    value.push(reading.alarms.bits());
-    if let Some(flow) = reading.flow_lph {
-        value.extend_from_slice(&flow.to_be_bytes());
+fn decode_chunk(key: &[u8], value: &[u8]) -> Result<Vec<Reading>, StoreError> {
+    let (meter, first_ts) = (u64_at(key, 0)?, u64_at(key, 8)?);
+    chunk::decode(meter, value)
+        .map_err(|e| StoreError::Corrupt(format!("the chunk of meter {meter} from {first_ts} ms: {e}")))
+}
+
+/// A meter index entry: first ts, first litres, last ts, last litres (u64 BE each).
+fn encode_span(span: &MeterSpan) -> [u8; 32] {
+    let mut value = [0; 32];
+    for (at, number) in
+        [span.first.ts_ms, span.first.litres, span.last.ts_ms, span.last.litres].into_iter().enumerate()
+    {
+        value[at * 8..at * 8 + 8].copy_from_slice(&number.to_be_bytes());
     }
     value
+}
+
+fn decode_span(key: &[u8], value: &[u8]) -> Result<MeterSpan, StoreError> {
+    if value.len() != 32 {
+        return Err(StoreError::Corrupt(format!(
+            "a meter index entry of {} bytes instead of 32",
+            value.len()
+        )));
+    }
+    Ok(MeterSpan {
+        meter: u64_at(key, 0)?,
+        first: Point { ts_ms: u64_at(value, 0)?, litres: u64_at(value, 8)? },
+        last: Point { ts_ms: u64_at(value, 16)?, litres: u64_at(value, 24)? },
+    })
 }
 
 fn u64_at(bytes: &[u8], at: usize) -> Result<u64, StoreError> {
@@ -436,19 +680,11 @@ fn u64_at(bytes: &[u8], at: usize) -> Result<u64, StoreError> {
         .ok_or_else(|| StoreError::Corrupt(format!("expected 8 bytes at {at}, found {}", bytes.len())))
 }
 
-type Entry = sled::Result<(sled::IVec, sled::IVec)>;
-
-fn decode_point(key: &[u8], value: &[u8]) -> Result<Point, StoreError> {
-    Ok(Point { ts_ms: u64_at(key, 8)?, litres: u64_at(value, 0)? })
-}
-
-/// The point of an optional entry from a range scan.
-fn point_of(entry: Option<Entry>) -> Result<Option<Point>, StoreError> {
-    entry.transpose()?.map(|(key, value)| decode_point(&key, &value)).transpose()
-}
-
-fn decode_reading(meter: MeterId, entry: Entry) -> Result<Reading, StoreError> {
+/// A reading of the earlier layout: key `meter ‖ ts_ms`, value litres (u64 BE), alarm bits
+/// (u8), then flow (u32 BE) when the meter reported one.
+fn decode_old_reading(entry: sled::Result<(sled::IVec, sled::IVec)>) -> Result<Reading, StoreError> {
     let (key, value) = entry?;
+    let meter = u64_at(&key, 0)?;
     let alarms = value
         .get(8)
         .and_then(|bits| Alarms::from_bits(*bits))
@@ -472,6 +708,151 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("open");
         (dir, store)
+    }
+
+    /// A small deterministic generator for the property tests.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, bound: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % bound.max(1)
+        }
+    }
+
+    /// Random batches (mostly in order, with back-fills, duplicates and conflicts) against a
+    /// plain ordered map of what was accepted, with folds into chunks and reopenings (replays
+    /// of the write-ahead part) in between: every answer the store gives matches the map.
+    #[test]
+    fn chunks_and_the_write_ahead_part_answer_like_a_plain_map() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Store::open(dir.path()).expect("open");
+        let mut model: BTreeMap<(MeterId, u64), Reading> = BTreeMap::new();
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let mut next_ts: HashMap<MeterId, u64> = HashMap::new();
+        for round in 0..40 {
+            let mut batch = Vec::new();
+            for _ in 0..60 {
+                let meter = 1 + rng.below(4);
+                let sent = next_ts.get(&meter).map_or(1, |ts| ts - T0 + 1);
+                let ts = match rng.below(8) {
+                    // A back-fill anywhere in what was sent so far.
+                    0 | 1 => T0 + rng.below(sent),
+                    // The same time as a reading sent before: a duplicate or a conflict.
+                    2 => T0 + rng.below(sent) / 1000 * 1000,
+                    _ => {
+                        let ts = next_ts.entry(meter).or_insert(T0);
+                        *ts += 1000;
+                        *ts
+                    }
+                };
+                // Registers roughly follow time; some readings break the rules and are refused.
+                let litres = (ts - T0) / 100 + rng.below(12);
+                batch.push(Reading {
+                    flow_lph: (rng.below(2) == 0).then_some(7),
+                    ..reading(meter, ts, litres)
+                });
+            }
+            let outcomes = store.append(&batch, NOW).expect("append").outcomes;
+            for (reading, outcome) in batch.iter().zip(outcomes) {
+                let held = model.get(&(reading.meter, reading.ts_ms)).copied();
+                match outcome {
+                    Outcome::Accepted => {
+                        assert!(held.is_none(), "round {round}: {reading:?} accepted twice");
+                        model.insert((reading.meter, reading.ts_ms), *reading);
+                    }
+                    Outcome::Duplicate => assert_eq!(held, Some(*reading), "round {round}"),
+                    Outcome::Rejected(_) => {}
+                }
+            }
+            match round % 5 {
+                1 => store.close().expect("fold"),
+                3 => {
+                    drop(store);
+                    store = Store::open(dir.path()).expect("reopen");
+                }
+                _ => {}
+            }
+            check_against(&store, &model, &mut rng);
+        }
+        assert!(store.chunks.len() > 8, "several chunks per meter: {}", store.chunks.len());
+        let backfilled = model.iter().filter(|((_, ts), _)| !(ts - T0).is_multiple_of(1000)).count();
+        assert!(backfilled > 100, "{backfilled} back-fills accepted");
+    }
+
+    fn check_against(store: &Store, model: &BTreeMap<(MeterId, u64), Reading>, rng: &mut Rng) {
+        for meter in 1..=4 {
+            let held: Vec<Reading> = model.range((meter, 0)..=(meter, u64::MAX)).map(|(_, r)| *r).collect();
+            assert!(
+                held.windows(2).all(|pair| pair[0].litres <= pair[1].litres),
+                "accepted readings keep the register rules"
+            );
+            let history = store.meter_history(meter, None, None, usize::MAX).expect("history");
+            assert_eq!(history.map(|h| h.readings).unwrap_or_default(), held, "meter {meter}");
+            if let (Some(first), Some(last)) = (held.first(), held.last()) {
+                let span = store.span(meter).expect("span");
+                assert_eq!((span.first, span.last), (domain::point(first), domain::point(last)));
+            }
+            let (from, to) = (T0 + rng.below(200_000), T0 + rng.below(200_000));
+            let in_window: Vec<&Reading> = held.iter().filter(|r| r.ts_ms >= from && r.ts_ms < to).collect();
+            let base =
+                held.iter().rev().find(|r| r.ts_ms <= from).or_else(|| held.iter().find(|r| r.ts_ms >= from));
+            let expected = match (base, in_window.last()) {
+                (Some(base), Some(last)) if to > from => last.litres.saturating_sub(base.litres),
+                _ => 0,
+            };
+            assert_eq!(
+                store.window_consumption(meter, from, to).expect("window"),
+                expected,
+                "meter {meter} [{from}, {to})"
+            );
+            let recent = store.recent_readings(meter, from, 5).expect("recent");
+            let mut want: Vec<Reading> = held.iter().rev().take_while(|r| r.ts_ms >= from).copied().collect();
+            want.extend(held.iter().rev().find(|r| r.ts_ms < from));
+            want.truncate(5);
+            want.reverse();
+            assert_eq!(recent, want, "meter {meter} from {from}");
+        }
+    }
+
+    #[test]
+    fn a_store_of_the_old_layout_is_migrated_into_chunks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let readings: Vec<Reading> = (0..300)
+            .map(|i| Reading {
+                flow_lph: (i % 3 == 0).then_some(i as u32),
+                ..reading(5 + i % 2, T0 + i * 1000, 10 * i)
+            })
+            .collect();
+        {
+            let db = sled::open(dir.path()).expect("sled");
+            let old = db.open_tree("readings").expect("tree");
+            for r in &readings {
+                let mut value = r.litres.to_be_bytes().to_vec();
+                value.push(r.alarms.bits());
+                if let Some(flow) = r.flow_lph {
+                    value.extend_from_slice(&flow.to_be_bytes());
+                }
+                old.insert(chunk_key(r.meter, r.ts_ms), value).expect("insert");
+            }
+            db.flush().expect("flush");
+        }
+        let store = Store::open(dir.path()).expect("open and migrate");
+        assert!(
+            !store.db.tree_names().iter().any(|name| name.as_ref() == b"readings"),
+            "the old tree is gone"
+        );
+        for meter in [5, 6] {
+            let want: Vec<Reading> = readings.iter().filter(|r| r.meter == meter).copied().collect();
+            let history = store.meter_history(meter, None, None, usize::MAX).expect("read").expect("held");
+            assert_eq!(history.readings, want);
+            assert_eq!(store.span(meter).map(|s| s.last), want.last().map(domain::point));
+        }
+        drop(store);
+        let store = Store::open(dir.path()).expect("reopen");
+        assert_eq!(store.spans().len(), 2, "the index was written with the chunks");
     }
 
     #[test]
