@@ -43,6 +43,10 @@ pub const CHUNK_READINGS: usize = 128;
 /// Readings held in the write-ahead part before they are folded into chunks: enough that a
 /// fold adds many readings to each chunk it rewrites, few enough to stay a few MB of memory.
 pub const FOLD_AT: usize = 200_000;
+/// The file beside sled's that says how many meters the store held at its last fold.
+const HELD_FILE: &str = "meters-held";
+/// How long a database lock held by this process's last handle is waited for (see `open_sled`).
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Readings migrated from the old layout per write.
 const MIGRATE_BATCH: usize = 100_000;
 
@@ -77,10 +81,38 @@ pub enum StoreError {
     /// Stored bytes are not what this version wrote.
     #[error("corrupt store: {0}")]
     Corrupt(String),
+    /// The database opened with fewer meters than it held when last written: sled, finding
+    /// its log damaged or cut short, keeps what precedes the damage and drops the rest.
+    #[error(
+        "the store in {path} held {held} meters when last written but opens with {found}: its \
+         database file was damaged or cut short. Nothing was changed: restore this folder from a \
+         backup, or move it away to start with an empty store"
+    )]
+    Damaged {
+        /// The store's folder.
+        path: PathBuf,
+        /// Meters it held.
+        held: usize,
+        /// Meters it opens with.
+        found: usize,
+    },
+    /// The database cannot be read at all.
+    #[error(
+        "cannot read the database in {path} ({reason}): it is damaged. Nothing was changed: \
+         restore this folder from a backup, or move it away to start with an empty store"
+    )]
+    Unreadable {
+        /// The store's folder.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 /// The sled-backed store of one node.
 pub struct Store {
+    /// The store's folder.
+    dir: PathBuf,
     db: sled::Db,
     chunks: sled::Tree,
     wal: sled::Tree,
@@ -117,18 +149,14 @@ impl Store {
     /// Opens (or creates) the store in `dir`, migrating a store of the old layout.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         remove_unfinished_snapshots(dir)?;
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(128 * 1024 * 1024)
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(|source| StoreError::Open { path: dir.to_path_buf(), source })?;
+        let db = open_sled(dir)?;
         let meta = db.open_tree("meta")?;
         let reserved = match meta.get(KEY_VERSION_RESERVED)? {
             Some(bytes) => u64_at(&bytes, 0)?,
             None => 1,
         };
         let store = Store {
+            dir: dir.to_path_buf(),
             chunks: db.open_tree("chunks")?,
             wal: db.open_tree("wal")?,
             meter_index: db.open_tree("meters")?,
@@ -143,6 +171,7 @@ impl Store {
         store.load_index()?;
         store.replay_records()?;
         store.migrate_old_layout()?;
+        store.check_meters_held()?;
         Ok(store)
     }
 
@@ -412,6 +441,7 @@ impl Store {
         self.write_chunks(&readings)?;
         // The chunks durable before the records go.
         self.db.flush()?;
+        self.note_meters_held()?;
         let mut records = sled::Batch::default();
         for entry in self.wal.range(..records_below.to_be_bytes()) {
             records.remove(entry?.0);
@@ -474,6 +504,34 @@ impl Store {
         }
         self.chunks.apply_batch(chunks)?;
         self.meter_index.apply_batch(index)?;
+        Ok(())
+    }
+
+    /// Writes how many meters the store holds (durably: called after a flush) to a file beside
+    /// sled's, for [`Store::check_meters_held`].
+    fn note_meters_held(&self) -> Result<(), StoreError> {
+        let (path, tmp) = (self.dir.join(HELD_FILE), self.dir.join(format!("{HELD_FILE}.tmp")));
+        let held = format!("{}\n", lock(&self.meters).len());
+        std::fs::write(&tmp, held)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|source| StoreError::Io { path, source })
+    }
+
+    /// Refuses a store that opens with fewer meters than it held when last written (meters are
+    /// never removed): never start empty, or with part of the data, silently.
+    fn check_meters_held(&self) -> Result<(), StoreError> {
+        let path = self.dir.join(HELD_FILE);
+        let held = match std::fs::read_to_string(&path) {
+            Ok(text) => text.trim().parse::<usize>().map_err(|_| {
+                StoreError::Corrupt(format!("{} does not hold a count of meters: {text:?}", path.display()))
+            })?,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => return Err(StoreError::Io { path, source }),
+        };
+        let found = lock(&self.meters).len();
+        if found < held {
+            return Err(StoreError::Damaged { path: self.dir.clone(), held, found });
+        }
         Ok(())
     }
 
@@ -626,6 +684,45 @@ fn remove_unfinished_snapshots(dir: &Path) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+/// Opens sled in `dir`. sled 0.34 panics on some damaged files ("tried to serialize
+/// Uninitialized"): that is refused as a damaged store (nothing of the open is used again). A
+/// database of this process that was just dropped keeps its file lock until sled's background
+/// threads notice, so a lock held is tried again for a while before it is reported.
+fn open_sled(dir: &Path) -> Result<sled::Db, StoreError> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        let open = || {
+            sled::Config::new()
+                .path(dir)
+                .cache_capacity(128 * 1024 * 1024)
+                .mode(sled::Mode::HighThroughput)
+                .open()
+        };
+        let opened = std::panic::catch_unwind(open).map_err(|panic| StoreError::Unreadable {
+            path: dir.to_path_buf(),
+            reason: panic_message(&*panic),
+        })?;
+        match opened {
+            Err(sled::Error::Io(error))
+                if error.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            opened => return opened.map_err(|source| StoreError::Open { path: dir.to_path_buf(), source }),
+        }
+    }
+}
+
+/// What a panic said.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(message), _) => (*message).to_owned(),
+        (_, Some(message)) => message.clone(),
+        _ => "sled panicked".to_owned(),
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -853,6 +950,70 @@ mod tests {
         drop(store);
         let store = Store::open(dir.path()).expect("reopen");
         assert_eq!(store.spans().len(), 2, "the index was written with the chunks");
+    }
+
+    #[test]
+    fn a_damaged_database_file_is_refused_by_name_never_opened_empty_or_in_part() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = Store::open(dir.path()).expect("open");
+            let readings: Vec<Reading> = (0..2_000).map(|i| reading(i % 500, T0 + i * 10, i)).collect();
+            store.append(&readings, NOW).expect("append");
+            store.close().expect("close");
+        }
+        // The folder as a backup would hold it.
+        let backup: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .filter_map(Result::ok)
+            .filter(|entry| entry.path().is_file())
+            .map(|entry| (entry.path(), std::fs::read(entry.path()).expect("read")))
+            .collect();
+        let restore = || {
+            for entry in std::fs::read_dir(dir.path()).expect("dir").filter_map(Result::ok) {
+                if entry.path().is_file() {
+                    std::fs::remove_file(entry.path()).expect("remove");
+                }
+            }
+            for (path, bytes) in &backup {
+                std::fs::write(path, bytes).expect("write");
+            }
+        };
+        let file = dir.path().join("db");
+        let intact = std::fs::read(&file).expect("read");
+        let histories = |store: &Store| -> Result<Vec<Vec<Reading>>, StoreError> {
+            (0..500)
+                .map(|meter| {
+                    Ok(store
+                        .meter_history(meter, None, None, usize::MAX)?
+                        .map(|h| h.readings)
+                        .unwrap_or_default())
+                })
+                .collect()
+        };
+        let whole = histories(&Store::open(dir.path()).expect("open")).expect("read");
+        let mut refused = 0;
+        for cut in [0, intact.len() / 4, intact.len() / 2, intact.len() - 1024] {
+            restore();
+            std::fs::write(&file, &intact[..cut]).expect("cut");
+            // Refused at open, or every meter read back whole, or a read refused: never less data
+            // answered as if it were all.
+            match Store::open(dir.path()) {
+                Err(error) => {
+                    refused += 1;
+                    let message = error.to_string();
+                    assert!(message.contains(&dir.path().display().to_string()), "cut at {cut}: {message}");
+                    assert!(message.contains("restore this folder from a backup"), "cut at {cut}: {message}");
+                }
+                Ok(store) => {
+                    if let Ok(read) = histories(&store) {
+                        assert!(read == whole, "cut at {cut} of {}: data lost silently", intact.len());
+                    }
+                }
+            }
+        }
+        assert!(refused >= 1, "a database file cut to nothing is refused");
+        restore();
+        assert_eq!(Store::open(dir.path()).expect("the restored store opens").spans().len(), 500);
     }
 
     #[test]
