@@ -35,6 +35,12 @@ pub enum Response {
         /// Why, for a person.
         reason: String,
     },
+    /// The node could not store the batch: its storage failed (a full disk, a write error).
+    /// Nothing of the batch was stored; send it again later. Not a fault of the readings.
+    Unavailable {
+        /// What failed, for a person.
+        reason: String,
+    },
 }
 
 /// What happened to one reading.

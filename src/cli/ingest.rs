@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use hydromesh_proto::limits::MAX_BATCH_READINGS;
 
-use super::{PeerArgs, EXIT_REFUSED};
+use super::{PeerArgs, EXIT_ERROR, EXIT_REFUSED};
 use crate::present::input::{Format, Readings};
 use crate::present::report::Report;
 
@@ -117,10 +117,11 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     progress.finish_and_clear();
     let mut report = report.into_inner();
     report.rejected.sort();
+    report.not_stored.sort();
     if args.json {
         println!("{}", report.json("line"));
     } else {
-        for (line, error) in &report.rejected {
+        for (line, error) in report.rejected.iter().chain(&report.not_stored) {
             eprintln!("line {line}: {error}");
         }
         for command in &report.commands {
@@ -132,8 +133,20 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
             report.duplicates,
             report.rejected.len()
         );
+        if !report.not_stored.is_empty() {
+            eprintln!(
+                "{} readings not stored: the node's storage failed (not a fault of the data; send them again later)",
+                report.not_stored.len()
+            );
+        }
     }
-    Ok(if report.rejected.is_empty() { 0 } else { EXIT_REFUSED })
+    Ok(if !report.not_stored.is_empty() {
+        EXIT_ERROR
+    } else if !report.rejected.is_empty() {
+        EXIT_REFUSED
+    } else {
+        0
+    })
 }
 
 /// Cuts the parsed file into batches, recording parse errors as rejected lines on the way.

@@ -115,6 +115,9 @@ async fn send(client: &mut Client, fleet: &mut Fleet, readings: Vec<Reading>) ->
                 commands.extend(received);
             }
             ingest::Response::Refused { reason } => tracing::warn!(%reason, "the node refused a batch"),
+            ingest::Response::Unavailable { reason } => {
+                tracing::warn!(%reason, "the node could not store a batch")
+            }
             ingest::Response::Busy { .. } => {}
         })
         .await?;

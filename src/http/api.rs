@@ -331,6 +331,12 @@ pub(super) async fn ingest(
             ingest::Response::Refused { reason } => {
                 return Err(ApiError::internal(format!("the node refused the batch: {reason}")));
             }
+            ingest::Response::Unavailable { reason } => {
+                return Err(ApiError::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    format!("the node could not store the readings ({reason}); none was stored: send them again later"),
+                ));
+            }
             done => report.record(&indices, done),
         }
     }

@@ -220,7 +220,8 @@ impl Batcher {
                 );
                 Some(self.send(batch, Some(delay)))
             }
-            ingest::Response::Refused { reason } => {
+            // A storage failure too: no PUBACK, so the client (or the bridge) sends them again.
+            ingest::Response::Refused { reason } | ingest::Response::Unavailable { reason } => {
                 if self.cancel.is_cancelled() {
                     tracing::debug!(%reason, "batch refused while stopping; its messages are not acknowledged");
                 } else {

@@ -1079,6 +1079,7 @@ impl Respond for peer::Response {
 fn ingest_refusal(error: IngestError) -> ingest::Response {
     match error {
         IngestError::Busy => ingest::Response::Busy { retry_after_ms: 100 },
+        IngestError::Storage(error) => ingest::Response::Unavailable { reason: error.to_string() },
         error => ingest::Response::Refused { reason: error.to_string() },
     }
 }

@@ -13,6 +13,9 @@ pub struct Report {
     pub duplicates: u64,
     /// Rejected items: (position, rule broken).
     pub rejected: Vec<(usize, String)>,
+    /// Items the node could not store because its storage failed: (position, what failed).
+    /// Not a fault of the data; they can be sent again.
+    pub not_stored: Vec<(usize, String)>,
     /// Valve commands the node sent back.
     pub commands: Vec<ingest::MeterCommand>,
 }
@@ -35,25 +38,66 @@ impl Report {
                 self.rejected
                     .extend(lines.iter().map(|line| (*line, format!("batch refused by the node: {reason}"))));
             }
+            ingest::Response::Unavailable { reason } => {
+                self.not_stored.extend(lines.iter().map(|line| (*line, format!("not stored: {reason}"))));
+            }
             ingest::Response::Busy { .. } => {
                 // Busy batches are sent again (or the caller answers busy): never reported.
             }
         }
     }
 
-    /// The report as JSON, rejected items named by `position` (`line` or `index`).
+    /// The report as JSON, rejected and not stored items named by `position` (`line` or
+    /// `index`).
     pub fn json(&self, position: &str) -> serde_json::Value {
-        let mut rejected = self.rejected.clone();
-        rejected.sort();
-        let rejected: Vec<_> =
-            rejected.iter().map(|(at, error)| json!({ position: at, "error": error })).collect();
+        let items = |items: &[(usize, String)]| -> Vec<serde_json::Value> {
+            let mut items = items.to_vec();
+            items.sort();
+            items.iter().map(|(at, error)| json!({ position: at, "error": error })).collect()
+        };
         let commands: Vec<_> =
             self.commands.iter().map(|c| json!({"meter": c.meter, "valve": c.valve.as_str()})).collect();
-        json!({
+        let mut report = json!({
             "accepted": self.accepted,
             "duplicates": self.duplicates,
-            "rejected": rejected,
+            "rejected": items(&self.rejected),
             "commands": commands,
-        })
+        });
+        // Only when the node's storage failed: the usual report keeps its shape.
+        if !self.not_stored.is_empty() {
+            report["not_stored"] = items(&self.not_stored).into();
+        }
+        report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hydromesh_proto::ingest::Rejection;
+
+    #[test]
+    fn stored_rejected_and_not_stored_items_are_told_apart() {
+        let mut report = Report::default();
+        let done = ingest::Response::Done {
+            outcomes: vec![
+                Outcome::Accepted,
+                Outcome::Duplicate,
+                Outcome::Rejected(Rejection::ConflictingDuplicate { stored_litres: 9 }),
+            ],
+            commands: Vec::new(),
+        };
+        report.record(&[2, 3, 4], done);
+        report.record(&[5, 6], ingest::Response::Unavailable { reason: "No space left on device".into() });
+        report.record(&[7], ingest::Response::Busy { retry_after_ms: 100 });
+        let json = report.json("line");
+        assert_eq!((json["accepted"].as_u64(), json["duplicates"].as_u64()), (Some(1), Some(1)));
+        assert_eq!(json["rejected"].as_array().map(Vec::len), Some(1), "{json}");
+        let not_stored = json["not_stored"].as_array().cloned().unwrap_or_default();
+        assert_eq!(
+            not_stored.iter().map(|item| item["line"].as_u64()).collect::<Vec<_>>(),
+            vec![Some(5), Some(6)]
+        );
+        assert!(not_stored[0]["error"].as_str().is_some_and(|e| e.contains("No space left")), "{json}");
     }
 }
