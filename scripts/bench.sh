@@ -10,6 +10,8 @@
 #                   bytes on disk per reading (bench/src/bin/store_bench.rs)
 #   store_fill, store_restart   a node started on a store of 100k, then 1M meters: start to
 #                   first answer, resident memory (STORE_METERS sets the counts)
+#   crash           a node killed (SIGKILL) 100 times at random moments, during start-up and
+#                   ingest, then every acknowledged reading checked (bench/src/bin/crash_bench.rs)
 #   convergence     ack at the first node of a 5-node chain to the new top-10 at the last
 #                   (bench/src/bin/convergence.rs)
 #   query           wall time of `hydromesh query top` as a fresh process, 30 runs
@@ -210,6 +212,16 @@ bench_restart() {
     rm -rf "${RUN_DIR:?}/$name"
 }
 
+# d. A node killed with SIGKILL 100 times at random moments while it ingests, then every
+# acknowledged reading checked.
+bench_crash() {
+    local out
+    log "crash: 100 kills at random moments, then every acknowledged reading checked..."
+    out="$("$DRIVERS/crash_bench" "$BIN" "$RUN_DIR/crash" 100)" || die "crash_bench failed: $out"
+    emit "$out"
+    rm -rf "${RUN_DIR:?}/crash"
+}
+
 CHAIN_ADDRS=()
 
 # Whether node ADDR sees N live nodes.
@@ -322,6 +334,7 @@ main() {
     bench_ingest
     bench_sled
     bench_store
+    bench_crash
     bench_mqtt
     ADMIN_KEY="$RUN_DIR/admin.key"
     ADMIN_PUBKEY="$("$BIN" keygen --out "$ADMIN_KEY" 2>/dev/null)" || die "cannot create an admin key"
