@@ -223,12 +223,28 @@ impl Store {
         from_ms: u64,
         max: usize,
     ) -> Result<Vec<Reading>, StoreError> {
-        let mut recent = self.readings_between(meter, from_ms, u64::MAX)?;
-        if let Some(before) = from_ms.checked_sub(1) {
-            if let Some(reading) = self.at_or_before(meter, before)? {
-                recent.insert(0, reading);
+        // The meter's chunks from its latest back, until one reaches before the window: one
+        // scan (a node's start asks this of every meter).
+        let mut recent = Vec::new();
+        for entry in
+            self.chunks.range(chunk_key(meter, 0).to_vec()..=chunk_key(meter, u64::MAX).to_vec()).rev()
+        {
+            let (key, value) = entry?;
+            let chunk = decode_chunk(&key, &value)?;
+            let reaches_before = chunk.first().is_some_and(|first| first.ts_ms < from_ms);
+            recent.extend(chunk);
+            if reaches_before || recent.len() > max {
+                break;
             }
         }
+        let pending = lock(&self.pending);
+        recent.extend(pending.readings.range((meter, 0)..=(meter, u64::MAX)).map(|(_, r)| *r));
+        drop(pending);
+        recent.sort_by_key(|r| r.ts_ms);
+        recent.dedup_by_key(|r| r.ts_ms);
+        // From the window's start, and the last reading before it.
+        let first_in_window = recent.partition_point(|r| r.ts_ms < from_ms);
+        recent.drain(..first_in_window.saturating_sub(1));
         let cut = recent.len().saturating_sub(max);
         recent.drain(..cut);
         Ok(recent)
