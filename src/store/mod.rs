@@ -223,31 +223,7 @@ impl Store {
         from_ms: u64,
         max: usize,
     ) -> Result<Vec<Reading>, StoreError> {
-        // The meter's chunks from its latest back, until one reaches before the window: one
-        // scan (a node's start asks this of every meter).
-        let mut recent = Vec::new();
-        for entry in
-            self.chunks.range(chunk_key(meter, 0).to_vec()..=chunk_key(meter, u64::MAX).to_vec()).rev()
-        {
-            let (key, value) = entry?;
-            let chunk = decode_chunk(&key, &value)?;
-            let reaches_before = chunk.first().is_some_and(|first| first.ts_ms < from_ms);
-            recent.extend(chunk);
-            if reaches_before || recent.len() > max {
-                break;
-            }
-        }
-        let pending = lock(&self.pending);
-        recent.extend(pending.readings.range((meter, 0)..=(meter, u64::MAX)).map(|(_, r)| *r));
-        drop(pending);
-        recent.sort_by_key(|r| r.ts_ms);
-        recent.dedup_by_key(|r| r.ts_ms);
-        // From the window's start, and the last reading before it.
-        let first_in_window = recent.partition_point(|r| r.ts_ms < from_ms);
-        recent.drain(..first_in_window.saturating_sub(1));
-        let cut = recent.len().saturating_sub(max);
-        recent.drain(..cut);
-        Ok(recent)
+        self.scan_back(meter, from_ms, u64::MAX, max)
     }
 
     /// Consumption over `[from_ms, to_ms)` by the one definition.
@@ -359,15 +335,17 @@ impl Store {
         };
         let mut readings = match to_ms {
             Some(to) if to <= from => Vec::new(),
-            Some(to) => self.readings_between(meter, from, to - 1)?,
-            None => self.readings_between(meter, from, u64::MAX)?,
+            Some(to) => self.scan_back(meter, from, to - 1, limit.saturating_add(1))?,
+            None => self.scan_back(meter, from, u64::MAX, limit.saturating_add(1))?,
         };
+        readings.retain(|reading| reading.ts_ms >= from);
         let truncated = readings.len() > limit;
         if truncated {
-            let cut = readings.len() - limit;
+            readings.remove(0);
             // The window's first reading is cut off, but consumption still counts from it.
-            let first = readings.drain(..cut).next();
-            baseline = baseline.or(first);
+            if baseline.is_none() {
+                baseline = self.at_or_after(meter, from)?;
+            }
         }
         Ok(Some(MeterHistory { baseline, readings, truncated }))
     }
@@ -386,25 +364,39 @@ impl Store {
         Ok(domain::rank(spans, n))
     }
 
-    /// The meter's readings with `from_ms <= ts <= to_ms`, by time: from the chunks that may
-    /// hold them and from the write-ahead part.
-    fn readings_between(&self, meter: MeterId, from_ms: u64, to_ms: u64) -> Result<Vec<Reading>, StoreError> {
-        let start = match self.chunk_at(meter, from_ms)? {
-            Some((key, _)) => key.to_vec(),
-            None => chunk_key(meter, from_ms).to_vec(),
-        };
+    /// The meter's latest `max` readings at or before `to_ms`, going back to the last one before
+    /// `from_ms` at most, by time: its chunks read from the latest back (one scan, stopping
+    /// once enough are found), and its readings in the write-ahead part.
+    fn scan_back(
+        &self,
+        meter: MeterId,
+        from_ms: u64,
+        to_ms: u64,
+        max: usize,
+    ) -> Result<Vec<Reading>, StoreError> {
         let mut readings = Vec::new();
-        for entry in self.chunks.range(start..=chunk_key(meter, to_ms).to_vec()) {
+        let (mut in_window, range) = (0, chunk_key(meter, 0).to_vec()..=chunk_key(meter, to_ms).to_vec());
+        for entry in self.chunks.range(range).rev() {
             let (key, value) = entry?;
             let chunk = decode_chunk(&key, &value)?;
-            readings.extend(chunk.into_iter().filter(|r| (from_ms..=to_ms).contains(&r.ts_ms)));
+            let reaches_before = chunk.first().is_some_and(|first| first.ts_ms < from_ms);
+            let kept = chunk.into_iter().filter(|reading| reading.ts_ms <= to_ms);
+            readings.extend(kept.inspect(|reading| in_window += usize::from(reading.ts_ms >= from_ms)));
+            if reaches_before || in_window >= max {
+                break;
+            }
         }
         let pending = lock(&self.pending);
-        readings.extend(pending.readings.range((meter, from_ms)..=(meter, to_ms)).map(|(_, r)| *r));
+        readings.extend(pending.readings.range((meter, 0)..=(meter, to_ms)).map(|(_, r)| *r));
         drop(pending);
         // A fold in progress may have put a pending reading into a chunk already.
         readings.sort_by_key(|r| r.ts_ms);
         readings.dedup_by_key(|r| r.ts_ms);
+        // From the last reading before the window, then the latest `max`.
+        let first_in_window = readings.partition_point(|r| r.ts_ms < from_ms);
+        readings.drain(..first_in_window.saturating_sub(1));
+        let cut = readings.len().saturating_sub(max);
+        readings.drain(..cut);
         Ok(readings)
     }
 
@@ -921,6 +913,16 @@ mod tests {
                 expected,
                 "meter {meter} [{from}, {to})"
             );
+            let history = store.meter_history(meter, Some(from), Some(to), 3).expect("history");
+            if let Some(history) = history {
+                let window: Vec<Reading> = in_window.iter().map(|r| **r).collect();
+                let cut = window.len().saturating_sub(3);
+                assert_eq!(history.readings, window[cut..], "meter {meter} [{from}, {to}) at most 3");
+                assert_eq!(history.truncated, cut > 0);
+                let before = held.iter().rev().find(|r| r.ts_ms <= from).copied();
+                let want = if cut > 0 { before.or(window.first().copied()) } else { before };
+                assert_eq!(history.baseline, want, "meter {meter} [{from}, {to}) baseline");
+            }
             let recent = store.recent_readings(meter, from, 5).expect("recent");
             let mut want: Vec<Reading> = held.iter().rev().take_while(|r| r.ts_ms >= from).copied().collect();
             want.extend(held.iter().rev().find(|r| r.ts_ms < from));
