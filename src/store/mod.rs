@@ -374,18 +374,21 @@ impl Store {
         to_ms: u64,
         max: usize,
     ) -> Result<Vec<Reading>, StoreError> {
-        let mut readings = Vec::new();
+        let mut chunks = Vec::new();
         let (mut in_window, range) = (0, chunk_key(meter, 0).to_vec()..=chunk_key(meter, to_ms).to_vec());
         for entry in self.chunks.range(range).rev() {
             let (key, value) = entry?;
             let chunk = decode_chunk(&key, &value)?;
             let reaches_before = chunk.first().is_some_and(|first| first.ts_ms < from_ms);
-            let kept = chunk.into_iter().filter(|reading| reading.ts_ms <= to_ms);
-            readings.extend(kept.inspect(|reading| in_window += usize::from(reading.ts_ms >= from_ms)));
+            in_window += chunk.iter().filter(|r| (from_ms..=to_ms).contains(&r.ts_ms)).count();
+            chunks.push(chunk);
             if reaches_before || in_window >= max {
                 break;
             }
         }
+        // By time again (the sort below then finds the readings in order).
+        let mut readings: Vec<Reading> =
+            chunks.into_iter().rev().flatten().filter(|reading| reading.ts_ms <= to_ms).collect();
         let pending = lock(&self.pending);
         readings.extend(pending.readings.range((meter, 0)..=(meter, to_ms)).map(|(_, r)| *r));
         drop(pending);
