@@ -144,9 +144,10 @@ pub(super) struct EventLoop {
     publish: Publishing,
     /// Connected peers that speak sync (fog nodes), and since when.
     fog_peers: HashMap<PeerId, Instant>,
-    /// Open connections this node dialled, and to whom: only these count towards the dialer's
-    /// target.
-    dialled: HashMap<ConnectionId, PeerId>,
+    /// Connections the dialer made (to whom, once established): only these count towards its
+    /// target and are kept by `trim_connections`. Connections that routed questions opened are
+    /// not among them: they are closed as spare ones.
+    dialled: HashMap<ConnectionId, Option<PeerId>>,
     /// Who to dial to stay in the mesh.
     dialer: Dialer,
     sync_round: usize,
@@ -376,8 +377,8 @@ impl EventLoop {
             SwarmEvent::ListenerError { error, .. } => tracing::warn!(%error, "listener error"),
             SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
                 tracing::debug!(%peer_id, addr = %endpoint.get_remote_address(), "connected");
-                if endpoint.is_dialer() {
-                    self.dialled.insert(connection_id, peer_id);
+                if let Some(dialled) = self.dialled.get_mut(&connection_id) {
+                    *dialled = Some(peer_id);
                 }
             }
             SwarmEvent::ConnectionClosed { peer_id, connection_id, cause, num_established, .. } => {
@@ -387,8 +388,9 @@ impl EventLoop {
                     self.dialer.lost(&peer_id, Instant::now());
                 }
             }
-            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+            SwarmEvent::OutgoingConnectionError { connection_id, peer_id, error } => {
                 tracing::debug!(?peer_id, %error, "outgoing connection failed");
+                self.dialled.remove(&connection_id);
             }
             SwarmEvent::IncomingConnectionError { error, send_back_addr, .. } => {
                 tracing::debug!(%send_back_addr, %error, "incoming connection failed");
@@ -482,7 +484,7 @@ impl EventLoop {
 
     /// Fog nodes connected through a connection this node dialled.
     fn dialled_fog_peers(&self) -> HashSet<PeerId> {
-        self.dialled.values().filter(|peer| self.fog_peers.contains_key(peer)).copied().collect()
+        self.dialled.values().flatten().filter(|peer| self.fog_peers.contains_key(peer)).copied().collect()
     }
 
     /// Dials what the dialer says is due: bootstraps while alone, known fog nodes while fewer
@@ -516,14 +518,18 @@ impl EventLoop {
 
     fn dial(&mut self, dials: impl IntoIterator<Item = Dial>) {
         for dial in dials {
-            let (what, result) = match dial {
-                Dial::Bootstrap(addr) => (addr.to_string(), self.swarm.dial(addr)),
+            let (what, opts) = match dial {
+                Dial::Bootstrap(addr) => (addr.to_string(), DialOpts::from(addr)),
                 Dial::Known(peer, addrs) => {
-                    (peer.to_string(), self.swarm.dial(DialOpts::peer_id(peer).addresses(addrs).build()))
+                    (peer.to_string(), DialOpts::peer_id(peer).addresses(addrs).build())
                 }
             };
-            match result {
-                Ok(()) => tracing::debug!(peer = %what, "dialling to stay in the mesh"),
+            let connection = opts.connection_id();
+            match self.swarm.dial(opts) {
+                Ok(()) => {
+                    tracing::debug!(peer = %what, "dialling to stay in the mesh");
+                    self.dialled.insert(connection, None);
+                }
                 Err(error) => tracing::debug!(peer = %what, %error, "cannot dial"),
             }
         }
