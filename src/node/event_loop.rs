@@ -147,7 +147,7 @@ pub(super) struct EventLoop {
     /// Connections the dialer made (to whom, once established): only these count towards its
     /// target and are kept by `trim_connections`. Connections that routed questions opened are
     /// not among them: they are closed as spare ones.
-    dialled: HashMap<ConnectionId, Option<PeerId>>,
+    dialled: HashMap<ConnectionId, Dialled>,
     /// Who to dial to stay in the mesh.
     dialer: Dialer,
     sync_round: usize,
@@ -378,7 +378,7 @@ impl EventLoop {
             SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
                 tracing::debug!(%peer_id, addr = %endpoint.get_remote_address(), "connected");
                 if let Some(dialled) = self.dialled.get_mut(&connection_id) {
-                    *dialled = Some(peer_id);
+                    *dialled = Dialled::To(peer_id);
                 }
             }
             SwarmEvent::ConnectionClosed { peer_id, connection_id, cause, num_established, .. } => {
@@ -484,12 +484,20 @@ impl EventLoop {
 
     /// Fog nodes connected through a connection this node dialled.
     fn dialled_fog_peers(&self) -> HashSet<PeerId> {
-        self.dialled.values().flatten().filter(|peer| self.fog_peers.contains_key(peer)).copied().collect()
+        let peers = self.dialled.values().filter_map(|dialled| match dialled {
+            Dialled::To(peer) => Some(peer),
+            Dialled::Since(_) => None,
+        });
+        peers.filter(|peer| self.fog_peers.contains_key(peer)).copied().collect()
     }
 
     /// Dials what the dialer says is due: bootstraps while alone, known fog nodes while fewer
     /// than the target are connected through connections this node dialled.
     fn redial(&mut self) {
+        // A dial neither established nor failed within a minute is forgotten (the map stays
+        // bounded whatever the swarm reports).
+        self.dialled
+            .retain(|_, dialled| !matches!(dialled, Dialled::Since(at) if at.elapsed() > DIAL_FORGOTTEN));
         let dialled = self.dialled_fog_peers().len();
         // Lazy: the dialer reads the known nodes' addresses only when it has dials to make.
         let view = self.mesh.view();
@@ -528,7 +536,7 @@ impl EventLoop {
             match self.swarm.dial(opts) {
                 Ok(()) => {
                     tracing::debug!(peer = %what, "dialling to stay in the mesh");
-                    self.dialled.insert(connection, None);
+                    self.dialled.insert(connection, Dialled::Since(Instant::now()));
                 }
                 Err(error) => tracing::debug!(peer = %what, %error, "cannot dial"),
             }
@@ -1113,6 +1121,16 @@ const MAX_FOG_PEERS: usize = 12;
 /// learns the mesh from its bootstrap node (a sync, a few gossip heartbeats) before that node
 /// closes the connection.
 const SPARE_AFTER: Duration = Duration::from_secs(10);
+
+/// A dial the dialer made: in progress since then, or connected to that fog node.
+#[derive(Clone, Copy, Debug)]
+enum Dialled {
+    Since(Instant),
+    To(PeerId),
+}
+
+/// How long a dial may stay in progress before it is forgotten (see `redial`).
+const DIAL_FORGOTTEN: Duration = Duration::from_secs(60);
 
 /// How many fog nodes a node keeps connected by dialling (gossipsub's mesh degree).
 const DIAL_TARGET: usize = 4;
