@@ -290,24 +290,24 @@ const CRC_TABLE: [u32; 256] = {
 };
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     const T0: u64 = 1_795_000_000_000;
     const QUARTER_HOUR: u64 = 900_000;
 
-    /// A small deterministic generator for the property tests.
-    struct Rng(u64);
+    /// A small deterministic generator for the store's property tests (xorshift64).
+    pub(in crate::store) struct Rng(pub(in crate::store) u64);
 
     impl Rng {
-        fn next(&mut self) -> u64 {
+        pub(in crate::store) fn next(&mut self) -> u64 {
             self.0 ^= self.0 << 13;
             self.0 ^= self.0 >> 7;
             self.0 ^= self.0 << 17;
             self.0
         }
 
-        fn below(&mut self, bound: u64) -> u64 {
+        pub(in crate::store) fn below(&mut self, bound: u64) -> u64 {
             self.next() % bound.max(1)
         }
     }

@@ -292,9 +292,7 @@ impl Store {
             }));
         }
         lock(&self.pending).readings.insert((reading.meter, reading.ts_ms), *reading);
-        let point = domain::point(reading);
-        let new = MeterSpan { meter: reading.meter, first: point, last: point };
-        lock(&self.meters).insert(reading.meter, span.map_or(new, |span| domain::join_spans(span, new)));
+        widen_span(&mut lock(&self.meters), reading);
         Ok(Outcome::Accepted)
     }
 
@@ -569,10 +567,7 @@ impl Store {
             let readings = chunk::decode_record(&value)
                 .map_err(|e| StoreError::Corrupt(format!("write-ahead record {record}: {e}")))?;
             for reading in readings {
-                let point = domain::point(&reading);
-                let new = MeterSpan { meter: reading.meter, first: point, last: point };
-                let span = meters.get(&reading.meter).map_or(new, |span| domain::join_spans(*span, new));
-                meters.insert(reading.meter, span);
+                widen_span(&mut meters, &reading);
                 pending.readings.insert((reading.meter, reading.ts_ms), reading);
             }
             pending.next_record = record + 1;
@@ -591,10 +586,7 @@ impl Store {
         let mut batch = Vec::with_capacity(MIGRATE_BATCH);
         for entry in old.iter() {
             let reading = decode_old_reading(entry)?;
-            let point = domain::point(&reading);
-            let new = MeterSpan { meter: reading.meter, first: point, last: point };
-            let span = self.span(reading.meter).map_or(new, |span| domain::join_spans(span, new));
-            lock(&self.meters).insert(reading.meter, span);
+            widen_span(&mut lock(&self.meters), &reading);
             batch.push(reading);
             if batch.len() == MIGRATE_BATCH {
                 self.write_chunks(&batch)?;
@@ -744,6 +736,14 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Widens the meter's span in `meters` to take in `reading`.
+fn widen_span(meters: &mut HashMap<MeterId, MeterSpan>, reading: &Reading) {
+    let point = domain::point(reading);
+    let new = MeterSpan { meter: reading.meter, first: point, last: point };
+    let span = meters.get(&reading.meter).map_or(new, |span| domain::join_spans(*span, new));
+    meters.insert(reading.meter, span);
+}
+
 fn chunk_key(meter: MeterId, ts_ms: u64) -> [u8; 16] {
     let mut key = [0; 16];
     key[..8].copy_from_slice(&meter.to_be_bytes());
@@ -805,6 +805,7 @@ fn decode_old_reading(entry: sled::Result<(sled::IVec, sled::IVec)>) -> Result<R
 
 #[cfg(test)]
 mod tests {
+    use super::chunk::tests::Rng;
     use super::*;
 
     const T0: u64 = 1_795_000_000_000;
@@ -818,18 +819,6 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("open");
         (dir, store)
-    }
-
-    /// A small deterministic generator for the property tests.
-    struct Rng(u64);
-
-    impl Rng {
-        fn below(&mut self, bound: u64) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0 % bound.max(1)
-        }
     }
 
     /// Random batches (mostly in order, with back-fills, duplicates and conflicts) against a

@@ -23,6 +23,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
+use hydromesh_bench::disk_usage;
 
 /// Readings per `apply_batch` and per flush.
 const BATCH: u64 = 1_000;
@@ -99,16 +100,4 @@ fn reading(index: u64, meters: u64) -> ([u8; 16], [u8; 13]) {
     value[8] = 0; // no alarm
     value[9..].copy_from_slice(&flow_lph.to_be_bytes());
     (key, value)
-}
-
-/// Apparent size of a folder and everything in it, as `du -sb` counts it.
-fn disk_usage(path: &Path) -> anyhow::Result<u64> {
-    let meta = std::fs::symlink_metadata(path).with_context(|| format!("cannot stat {}", path.display()))?;
-    let mut total = meta.len();
-    if meta.is_dir() {
-        for entry in std::fs::read_dir(path)? {
-            total += disk_usage(&entry?.path())?;
-        }
-    }
-    Ok(total)
 }

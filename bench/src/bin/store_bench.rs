@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use hydromesh::store::Store;
+use hydromesh_bench::disk_usage;
 use hydromesh_proto::{Alarms, Reading};
 use serde_json::json;
 
@@ -80,7 +81,7 @@ fn year(dir: &Path) -> anyhow::Result<()> {
     }
     times.sort_by(f64::total_cmp);
     drop(store);
-    let bytes = du(dir)?;
+    let bytes = disk_usage(dir)?;
     println!(
         "{}",
         json!({
@@ -124,7 +125,7 @@ fn fill(dir: &Path, meters: u64, per_meter: u64) -> anyhow::Result<()> {
             "seconds": round3(start.elapsed().as_secs_f64()),
             "chunk_bytes_per_reading": round3(chunks as f64 / (meters * per_meter) as f64),
             "index_bytes_per_meter": round3(index as f64 / meters as f64),
-            "bytes_on_disk": du(dir)?,
+            "bytes_on_disk": disk_usage(dir)?,
         })
     );
     Ok(())
@@ -132,14 +133,4 @@ fn fill(dir: &Path, meters: u64, per_meter: u64) -> anyhow::Result<()> {
 
 fn round3(value: f64) -> f64 {
     (value * 1000.0).round() / 1000.0
-}
-
-/// Bytes of the files under `dir`, as `du -sb` counts them (folders included).
-fn du(dir: &Path) -> anyhow::Result<u64> {
-    let mut total = std::fs::metadata(dir)?.len();
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        total += if path.is_dir() { du(&path)? } else { std::fs::metadata(&path)?.len() };
-    }
-    Ok(total)
 }
