@@ -514,12 +514,13 @@ impl EventLoop {
         if self.dialled_fog_peers().len() > DIAL_TARGET {
             return;
         }
-        let (now, recent) = (Instant::now(), self.config.republish_interval * 2);
+        let now = Instant::now();
         let view = self.mesh.view();
         let unheard = view
             .remotes()
-            .filter(|peer| !self.fog_peers.contains_key(peer) && !view.heard_within(peer, recent, now))
-            .map(|peer| (peer, parse_addrs(&view.addrs_of(&peer))));
+            .filter(|peer| !self.fog_peers.contains_key(peer) && !self.heard_lately(peer, now))
+            .map(|peer| (peer, parse_addrs(&view.addrs_of(&peer))))
+            .collect::<Vec<_>>();
         let feeler = self.dialer.feeler(now, unheard);
         self.dial(feeler);
     }
@@ -946,15 +947,20 @@ impl EventLoop {
     /// time (a partition cut its gossip paths), so that a connected node is never reported
     /// stale.
     fn anti_entropy(&mut self) {
-        let (now, recent) = (Instant::now(), self.config.republish_interval * 2);
-        let view = self.mesh.view();
+        let now = Instant::now();
         let mut targets: Vec<PeerId> =
-            self.fog_peers.keys().copied().filter(|peer| !view.heard_within(peer, recent, now)).collect();
+            self.fog_peers.keys().copied().filter(|peer| !self.heard_lately(peer, now)).collect();
         targets.extend(self.next_fog_peer());
         // One sync at a time per peer: a peer both late and next is asked once.
         for peer in targets {
             self.sync_with(peer);
         }
+    }
+
+    /// Whether `peer`'s latest summary or alive came within two republish intervals: one
+    /// missed is chance, two mean its gossip paths are cut (or it is down).
+    fn heard_lately(&self, peer: &PeerId, now: Instant) -> bool {
+        self.mesh.view().heard_within(peer, self.config.republish_interval * 2, now)
     }
 
     /// Summary ages, stale nodes and disk use, for `/metrics`.
