@@ -27,6 +27,10 @@
 #   scale_*, mesh_sim_*   100 real nodes, then 1,000 simulated ones: traffic, CPU, convergence and
 #                   query times at scale (scripts/scale.sh, ~10 minutes, root; SKIP_SCALE=1 skips)
 #
+# PARTS chooses what runs (default: all of them): `storage` (ingest to crash), `mqtt`, `chain`
+# (convergence to http_top), `mesh` (partition_heal, scale_*, mesh_sim_*); e.g.
+# `PARTS="storage" scripts/bench.sh`.
+#
 # Works in run/bench-YYYYmmdd-HHMMSS/ under the repository, removed at the end unless the run
 # failed or KEEP_RUN=1. Every process it starts is stopped on exit.
 set -euo pipefail
@@ -43,6 +47,7 @@ QUERY_RUNS=30
 ADDRS_TIMEOUT_S=30
 READY_TIMEOUT_S=60
 STOP_TIMEOUT_S=10
+PARTS="${PARTS:-storage mqtt chain mesh}"
 
 RUN_DIR=""
 BIN=""
@@ -323,6 +328,9 @@ cleanup() {
     exit "$status"
 }
 
+# Whether PARTS names this part.
+wanted() { [[ " $PARTS " == *" $1 "* ]]; }
+
 main() {
     local started
     started="$(date +%s)"
@@ -331,19 +339,25 @@ main() {
     build
     describe_machine
     make_run_dir
-    bench_ingest
-    bench_sled
-    bench_store
-    bench_crash
-    bench_mqtt
-    ADMIN_KEY="$RUN_DIR/admin.key"
-    ADMIN_PUBKEY="$("$BIN" keygen --out "$ADMIN_KEY" 2>/dev/null)" || die "cannot create an admin key"
-    start_chain "$CHAIN_NODES"
-    bench_convergence
-    bench_query
-    bench_rules
-    bench_http
-    if [[ "${SKIP_SCALE:-0}" != 1 ]]; then
+    if wanted storage; then
+        bench_ingest
+        bench_sled
+        bench_store
+        bench_crash
+    fi
+    if wanted mqtt; then
+        bench_mqtt
+    fi
+    if wanted chain; then
+        ADMIN_KEY="$RUN_DIR/admin.key"
+        ADMIN_PUBKEY="$("$BIN" keygen --out "$ADMIN_KEY" 2>/dev/null)" || die "cannot create an admin key"
+        start_chain "$CHAIN_NODES"
+        bench_convergence
+        bench_query
+        bench_rules
+        bench_http
+    fi
+    if wanted mesh && [[ "${SKIP_SCALE:-0}" != 1 ]]; then
         # Their own nodes, namespaces and run folders; their lines join these.
         "$ROOT/scripts/partition.sh" || FAILED=1
         "$ROOT/scripts/scale.sh" || FAILED=1

@@ -123,6 +123,11 @@ impl LocalMeters {
         Ok(local)
     }
 
+    /// The settings it was loaded with.
+    pub fn settings(&self) -> Settings {
+        self.settings
+    }
+
     /// The state as one snapshot.
     pub fn snapshot(&self) -> LocalSnapshot {
         LocalSnapshot { top: self.top.ranked(), ..self.snapshot.clone() }

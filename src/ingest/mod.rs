@@ -165,12 +165,20 @@ impl Writer {
     fn ingest(&mut self, group: Group) {
         let now_ms = now_ms();
         let results: Vec<_> = group.iter().map(|(readings, _)| self.store.append(readings, now_ms)).collect();
-        let flushed = self.store.flush();
+        if let Err(error) = self.store.flush() {
+            // Nothing of the group is acknowledged, and the store dropped what the sync covered:
+            // the local state is read again from what the store holds.
+            tracing::error!(%error, "ingest batches not durable");
+            let reason = error.to_string();
+            for (_, reply) in group {
+                let _ = reply.send(Err(IngestError::Storage(StoreError::Durability(reason.clone()))));
+            }
+            self.reload();
+            return;
+        }
         let inputs = self.channels.inputs.borrow().clone();
         let mut accepted = Vec::new();
         for ((readings, reply), result) in group.into_iter().zip(results) {
-            // The index moved for every appended batch, flushed or not: the local state follows
-            // it, so that it always describes what the store holds.
             let appended = match result {
                 Ok(appended) => appended,
                 Err(error) => {
@@ -182,31 +190,34 @@ impl Writer {
             if let Err(error) = self.local.observe(&self.store, &readings, &appended) {
                 tracing::error!(%error, "cannot update the local meter state");
             }
-            let reply_with = match &flushed {
-                Ok(()) => {
-                    self.channels.metrics.record_outcomes(&appended.outcomes);
-                    accepted.extend(
-                        readings
-                            .iter()
-                            .zip(&appended.outcomes)
-                            .filter(|(_, outcome)| **outcome == Outcome::Accepted)
-                            .map(|(reading, _)| *reading),
-                    );
-                    let commands = self.local.judge_batch(&self.store, &readings, &inputs, now_ms);
-                    Ok(Ack { outcomes: appended.outcomes, commands })
-                }
-                Err(error) => {
-                    tracing::error!(%error, "ingest batch not durable");
-                    Err(IngestError::Storage(StoreError::Durability(error.to_string())))
-                }
-            };
+            self.channels.metrics.record_outcomes(&appended.outcomes);
+            accepted.extend(
+                readings
+                    .iter()
+                    .zip(&appended.outcomes)
+                    .filter(|(_, outcome)| **outcome == Outcome::Accepted)
+                    .map(|(reading, _)| *reading),
+            );
+            let commands = self.local.judge_batch(&self.store, &readings, &inputs, now_ms);
             // The client may have gone; its readings are stored all the same.
-            let _ = reply.send(reply_with);
+            let _ = reply.send(Ok(Ack { outcomes: appended.outcomes, commands }));
         }
         if !accepted.is_empty() {
             let _ = self.channels.accepted.send(Arc::new(accepted));
         }
         self.publish();
+    }
+
+    /// Reads the local state again from the store (after a failed sync made the store drop
+    /// batches this state had taken in).
+    fn reload(&mut self) {
+        match LocalMeters::load(&self.store, self.local.settings()) {
+            Ok(local) => {
+                self.local = local;
+                self.reevaluate();
+            }
+            Err(error) => tracing::error!(%error, "cannot read the local meter state back from the store"),
+        }
     }
 
     /// Judges every meter again and recomputes the period figures.

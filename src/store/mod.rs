@@ -1,32 +1,43 @@
-//! The node's durable state in sled, behind one type: readings and their index, the summary
-//! version, the persisted merged view and the admin commands. Nothing else in hydromesh touches
-//! sled, and the store holds no rule state: that is the ingest writer's.
+//! The node's durable state, behind one type: readings and their index, the summary version,
+//! the persisted merged view and the admin commands. Nothing else in hydromesh touches its
+//! files, and the store holds no rule state: that is the ingest writer's.
 //!
 //! Readings are kept the way a time-series database keeps them:
-//! - **chunks** (tree `chunks`): each meter's readings in runs of up to [`CHUNK_READINGS`],
-//!   compressed column by column ([`chunk`]: a few bytes a reading), keyed by
-//!   `meter (u64 BE) ‖ first ts_ms (u64 BE)`, so one meter's chunks are one contiguous,
-//!   time-ordered key range;
-//! - a **write-ahead part** (tree `wal`): every accepted batch as one record, written before
-//!   its acknowledgement, so a batch writes O(batch) bytes; its readings are also held in memory
-//!   (`pending`) and folded into the chunks once [`FOLD_AT`] of them have gathered (and at
-//!   close). Folding writes the chunks before it removes the records, and merging a reading
-//!   into a chunk that already holds it changes nothing: a crash at any point of a fold loses
-//!   nothing and counts nothing twice;
-//! - a **meter index** (tree `meters`): each meter's first and last reading, kept with the
-//!   chunks, read at open (with the write-ahead records) instead of scanning the readings. In
-//!   memory, it lets the common case of ingest (a reading newer than the meter's last) validate
-//!   without touching the disk; it is locked per reading, never for a whole batch, so readers
-//!   wait microseconds at most.
+//! - a **write-ahead log** (file `wal.log`, [`wal`]): every accepted batch as one record,
+//!   appended before its acknowledgement and made durable by one `fdatasync` per group commit,
+//!   so a batch writes O(batch) bytes. Its readings are also held in memory (`pending`) and
+//!   folded into chunks once [`FOLD_AT`] of them have gathered (and at close);
+//! - **chunks** ([`chunk`]): each meter's readings in runs of up to [`CHUNK_READINGS`],
+//!   compressed column by column (a few bytes a reading), in append-only **segment files**
+//!   (folder `chunks`, [`segments`]): each fold writes the chunks it changed into one new
+//!   segment; segments that became mostly garbage are compacted;
+//! - a **directory** (sled tree `directory`): where each chunk is, keyed by
+//!   `meter ‖ first ts`, so that one meter's chunks are one contiguous, time-ordered key range,
+//!   and how many bytes of each segment are still live;
+//! - a **meter index** (file `meters.idx`, [`index_file`]): each meter's first and last
+//!   reading, written whole by each fold and read at open. In memory, it lets the common case
+//!   of ingest (a reading newer than the meter's last) validate without touching the disk; it
+//!   is locked per reading, never for a whole batch, so readers wait microseconds at most.
 //!
-//! A store written by an earlier version (one key per reading, tree `readings`) is migrated into
-//! chunks when it is opened.
+//! A fold writes the segment, then the directory (sled, made durable), then the index, and
+//! only then empties the log; merging a reading into a chunk that already holds it changes
+//! nothing. A crash at any point of a fold loses nothing and counts nothing twice, and leaves
+//! at worst a segment nothing points to, removed at the next open.
+//!
+//! sled keeps the directory, the merged view, the admin commands and the summary versions. A
+//! store written by an earlier version (one sled key per reading; or chunks, write-ahead
+//! records and the meter index in sled) is migrated when it is opened.
 
 mod chunk;
+mod index_file;
+mod segments;
+mod wal;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use hydromesh_proto::ingest::{Outcome, Rejection};
 use hydromesh_proto::query::MeterHistory;
@@ -34,6 +45,8 @@ use hydromesh_proto::summary::{MeterSpan, Point};
 use hydromesh_proto::{Alarms, MeterId, Reading};
 
 use crate::domain;
+use segments::{Location, Pinned, Segments};
+use wal::Wal;
 
 /// How many summary versions are reserved on disk at a time (see [`Store::next_summary_version`]).
 const VERSION_BLOCK: u64 = 1024;
@@ -43,12 +56,24 @@ pub const CHUNK_READINGS: usize = 128;
 /// Readings held in the write-ahead part before they are folded into chunks: enough that a
 /// fold adds many readings to each chunk it rewrites, few enough to stay a few MB of memory.
 pub const FOLD_AT: usize = 200_000;
-/// The file beside sled's that says how many meters the store held at its last fold.
-const HELD_FILE: &str = "meters-held";
+/// The meter index file, in the store's folder.
+const INDEX_FILE: &str = "meters.idx";
+/// sled's record of the last fold (see [`index_file`]), in tree `meta`.
+const KEY_FOLD: &[u8] = b"fold";
 /// How long a database lock held by this process's last handle is waited for (see `open_sled`).
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
-/// Readings migrated from the old layout per write.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+/// Readings migrated from an earlier layout per write.
 const MIGRATE_BATCH: usize = 100_000;
+/// How soon a fold or an opening of the engine that failed is tried again.
+const RETRY: Duration = Duration::from_secs(1);
+/// The folder of the segment files, in the store's folder.
+const CHUNK_DIR: &str = "chunks";
+/// The write-ahead log, in the store's folder.
+const WAL_FILE: &str = "wal.log";
+/// First byte of a chunk's directory key.
+const CHUNK_PREFIX: u8 = b'c';
+/// First byte of a segment's directory key.
+const SEGMENT_PREFIX: u8 = b's';
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -81,24 +106,10 @@ pub enum StoreError {
     /// Stored bytes are not what this version wrote.
     #[error("corrupt store: {0}")]
     Corrupt(String),
-    /// The database opened with fewer meters than it held when last written: sled, finding
-    /// its log damaged or cut short, keeps what precedes the damage and drops the rest.
+    /// A file of the store is damaged, or the files disagree (sled, finding its log damaged or
+    /// cut short, keeps what precedes the damage and drops the rest).
     #[error(
-        "the store in {path} held {held} meters when last written but opens with {found}: its \
-         database file was damaged or cut short. Nothing was changed: restore this folder from a \
-         backup, or move it away to start with an empty store"
-    )]
-    Damaged {
-        /// The store's folder.
-        path: PathBuf,
-        /// Meters it held.
-        held: usize,
-        /// Meters it opens with.
-        found: usize,
-    },
-    /// The database cannot be read at all.
-    #[error(
-        "cannot read the database in {path} ({reason}): it is damaged. Nothing was changed: \
+        "cannot read the store in {path} ({reason}): it is damaged. Nothing was changed: \
          restore this folder from a backup, or move it away to start with an empty store"
     )]
     Unreadable {
@@ -109,31 +120,76 @@ pub enum StoreError {
     },
 }
 
-/// The sled-backed store of one node.
+/// The store of one node: sled for the directory, the meter index and the node's other state;
+/// segment files for the chunks; a log file for the write-ahead part.
 pub struct Store {
     /// The store's folder.
     dir: PathBuf,
+    /// sled and the segment files; `None` while they are opened again after a failure.
+    engine: RwLock<Option<Arc<Engine>>>,
+    wal: Mutex<Wal>,
+    /// Each meter's first and last reading over all data held. Written by the one writer.
+    meters: Mutex<HashMap<MeterId, MeterSpan>>,
+    /// The readings of the write-ahead log, not folded into chunks yet. Written by the one
+    /// writer.
+    pending: Mutex<BTreeMap<(MeterId, u64), Reading>>,
+    /// What failed, and when it is tried again.
+    trouble: Mutex<Trouble>,
+    /// Next summary version to hand out, and the first one not yet reserved on disk.
+    versions: Mutex<(u64, u64)>,
+    /// The number of the last fold.
+    folds: AtomicU64,
+}
+
+/// sled and the segment files. sled, once a write of its own failed (a full disk), refuses
+/// every later write until it is opened again: the store then drops this whole and opens it
+/// again, which replays sled's log as after a crash.
+struct Engine {
     db: sled::Db,
-    chunks: sled::Tree,
-    wal: sled::Tree,
-    meter_index: sled::Tree,
+    /// Where each chunk is (`c` ‖ meter ‖ first ts → location) and how many bytes of each
+    /// segment are live (`s` ‖ segment → live ‖ size): one tree, so that one batch moves both.
+    directory: sled::Tree,
     meta: sled::Tree,
     views: sled::Tree,
     control: sled::Tree,
-    /// Each meter's first and last reading over all data held. Written by the one writer.
-    meters: Mutex<HashMap<MeterId, MeterSpan>>,
-    /// The readings of the write-ahead records, not folded into chunks yet. Written by the one
-    /// writer.
-    pending: Mutex<Pending>,
-    /// Next summary version to hand out, and the first one not yet reserved on disk.
-    versions: Mutex<(u64, u64)>,
+    segments: Segments,
+}
+
+impl Engine {
+    /// Opens sled and the segment files; also returns the segment files nothing points to.
+    fn open(dir: &Path) -> Result<(Engine, Vec<PathBuf>), StoreError> {
+        remove_unfinished_snapshots(dir)?;
+        let db = open_sled(dir)?;
+        let directory = db.open_tree("directory")?;
+        let live = segment_stats(&directory)?.into_iter().map(|(segment, _)| segment).collect::<Vec<_>>();
+        let (segments, strays) = Segments::open(&dir.join(CHUNK_DIR), &live)?;
+        let engine = Engine {
+            directory,
+            meta: db.open_tree("meta")?,
+            views: db.open_tree("views")?,
+            control: db.open_tree("control")?,
+            segments,
+            db,
+        };
+        Ok((engine, strays))
+    }
+
+    /// The directory entry of the chunk that `ts_ms` falls in: the meter's last one starting at
+    /// or before it.
+    fn chunk_at(&self, meter: MeterId, ts_ms: u64) -> Result<Option<(sled::IVec, sled::IVec)>, StoreError> {
+        Ok(self.directory.range(chunk_key(meter, 0)..=chunk_key(meter, ts_ms)).next_back().transpose()?)
+    }
 }
 
 #[derive(Default)]
-struct Pending {
-    readings: BTreeMap<(MeterId, u64), Reading>,
-    /// Key of the next write-ahead record.
-    next_record: u64,
+struct Trouble {
+    /// When a fold last failed: tried again a second later at the earliest.
+    fold_failed_at: Option<Instant>,
+    /// When opening the engine again last failed: tried again a second later at the earliest.
+    reopen_failed_at: Option<Instant>,
+    /// Whether the memory state must be read from disk again before the next write (a sync
+    /// failed, and so did reading the log back).
+    reload: bool,
 }
 
 /// What [`Store::append`] did.
@@ -145,46 +201,92 @@ pub struct Appended {
     pub spans: HashMap<MeterId, MeterSpan>,
 }
 
+/// What an append changed in memory, undone if its record cannot be written.
+type Undo = Vec<((MeterId, u64), Option<MeterSpan>)>;
+
 impl Store {
-    /// Opens (or creates) the store in `dir`, migrating a store of the old layout.
+    /// Opens (or creates) the store in `dir`, migrating a store of an earlier layout.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        remove_unfinished_snapshots(dir)?;
-        let db = open_sled(dir)?;
-        let meta = db.open_tree("meta")?;
-        let reserved = match meta.get(KEY_VERSION_RESERVED)? {
+        let (engine, strays) = Engine::open(dir)?;
+        let reserved = match engine.meta.get(KEY_VERSION_RESERVED)? {
             Some(bytes) => u64_at(&bytes, 0)?,
             None => 1,
         };
+        let (wal, logged) = Wal::open(&dir.join(WAL_FILE))?;
         let store = Store {
             dir: dir.to_path_buf(),
-            chunks: db.open_tree("chunks")?,
-            wal: db.open_tree("wal")?,
-            meter_index: db.open_tree("meters")?,
-            views: db.open_tree("views")?,
-            control: db.open_tree("control")?,
-            meta,
+            engine: RwLock::new(Some(Arc::new(engine))),
+            wal: Mutex::new(wal),
             meters: Mutex::new(HashMap::new()),
-            pending: Mutex::new(Pending::default()),
+            pending: Mutex::new(BTreeMap::new()),
+            trouble: Mutex::new(Trouble::default()),
             versions: Mutex::new((reserved, reserved)),
-            db,
+            folds: AtomicU64::new(0),
         };
-        store.load_index()?;
-        store.replay_records()?;
-        store.migrate_old_layout()?;
-        store.check_meters_held()?;
+        store.migrate_meter_tree()?;
+        let indexed = store.load(logged)?;
+        store.check_folds(indexed)?;
+        store.migrate_old_layouts()?;
+        store.engine()?.segments.remove_files(&strays)?;
         Ok(store)
+    }
+
+    /// sled and the segment files, opened again first if a failure dropped them (a second
+    /// after the last attempt at the earliest).
+    fn engine(&self) -> Result<Arc<Engine>, StoreError> {
+        if let Some(engine) = read(&self.engine).as_ref() {
+            return Ok(engine.clone());
+        }
+        let mut trouble = lock(&self.trouble);
+        if let Some(engine) = read(&self.engine).as_ref() {
+            return Ok(engine.clone());
+        }
+        if trouble.reopen_failed_at.is_some_and(|at| at.elapsed() < RETRY) {
+            return Err(StoreError::Durability(
+                "the store is being opened again after a storage failure".into(),
+            ));
+        }
+        let opened = Engine::open(&self.dir).and_then(|(engine, strays)| {
+            engine.segments.remove_files(&strays)?;
+            Ok(Arc::new(engine))
+        });
+        match opened {
+            Ok(engine) => {
+                tracing::info!(dir = %self.dir.display(), "the store is open again");
+                trouble.reopen_failed_at = None;
+                *write(&self.engine) = Some(engine.clone());
+                Ok(engine)
+            }
+            Err(error) => {
+                trouble.reopen_failed_at = Some(Instant::now());
+                Err(error)
+            }
+        }
+    }
+
+    /// Drops sled and the segment files after a failure, to be opened again at their next use.
+    fn drop_engine(&self) {
+        write(&self.engine).take();
     }
 
     /// Validates and writes readings, returning one outcome per reading in order and the new
     /// spans of the meters that gained one. Written readings are durable only after
-    /// [`Store::flush`]. Only one thread may append (the ingest writer).
+    /// [`Store::flush`]. Only one thread may append (the ingest writer). On an error nothing of
+    /// the batch is kept.
     pub fn append(&self, readings: &[Reading], now_ms: u64) -> Result<Appended, StoreError> {
+        self.make_room()?;
         let mut appended = Appended { outcomes: Vec::with_capacity(readings.len()), spans: HashMap::new() };
-        let mut accepted = Vec::new();
+        let (mut accepted, mut undo) = (Vec::new(), Undo::new());
         for reading in readings {
             let outcome = match domain::check_fields(reading, now_ms) {
                 Err(rejection) => Outcome::Rejected(rejection),
-                Ok(()) => self.place(reading)?,
+                Ok(()) => match self.place(reading, &mut undo) {
+                    Ok(outcome) => outcome,
+                    Err(error) => {
+                        self.undo(undo);
+                        return Err(error);
+                    }
+                },
             };
             if outcome == Outcome::Accepted {
                 accepted.push(*reading);
@@ -195,14 +297,52 @@ impl Store {
             appended.outcomes.push(outcome);
         }
         if !accepted.is_empty() {
-            let record = lock(&self.pending).next_record;
-            self.wal.insert(record.to_be_bytes(), chunk::encode_record(&accepted))?;
-            lock(&self.pending).next_record = record + 1;
-        }
-        if lock(&self.pending).readings.len() >= FOLD_AT {
-            self.fold()?;
+            if let Err(error) = lock(&self.wal).append(&accepted) {
+                self.undo(undo);
+                return Err(error);
+            }
         }
         Ok(appended)
+    }
+
+    /// Before a batch: the memory state read again if a sync failed, and the write-ahead part
+    /// folded into chunks once it is large. A fold that fails (a full disk) is tried again a
+    /// second later; the log takes batches meanwhile, up to twice its usual size.
+    fn make_room(&self) -> Result<(), StoreError> {
+        if lock(&self.trouble).reload {
+            let logged = lock(&self.wal).reread()?;
+            self.load(logged)?;
+            lock(&self.trouble).reload = false;
+        }
+        let held = lock(&self.pending).len();
+        let due = lock(&self.trouble).fold_failed_at.is_none_or(|at| at.elapsed() >= RETRY);
+        if held >= FOLD_AT && due {
+            let folded = self.fold();
+            lock(&self.trouble).fold_failed_at = folded.as_ref().err().map(|_| Instant::now());
+            if let Err(error) = folded {
+                tracing::warn!(%error, "cannot fold the write-ahead log into chunks; trying again shortly");
+                // sled refuses every write after one of its own failed: opened again first.
+                self.drop_engine();
+            }
+        }
+        if lock(&self.pending).len() >= 2 * FOLD_AT {
+            return Err(StoreError::Durability(
+                "the write-ahead log is full and cannot be folded into chunks".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Undoes what a batch placed in memory.
+    fn undo(&self, undo: Undo) {
+        let (mut pending, mut meters) = (lock(&self.pending), lock(&self.meters));
+        for (key, span) in undo.into_iter().rev() {
+            pending.remove(&key);
+            match span {
+                Some(span) => meters.insert(key.0, span),
+                None => meters.remove(&key.0),
+            };
+        }
     }
 
     /// The meter's first and last reading over all data held.
@@ -251,16 +391,18 @@ impl Store {
 
     /// Saves an admin command under its subject.
     pub fn save_command(&self, subject: &str, signed: &[u8]) -> Result<(), StoreError> {
-        self.control.insert(subject.as_bytes(), signed)?;
+        let engine = self.engine()?;
+        engine.control.insert(subject.as_bytes(), signed)?;
         Ok(())
     }
 
     /// Every saved admin command.
     pub fn commands(&self) -> Result<Vec<Vec<u8>>, StoreError> {
-        self.control.iter().values().map(|v| Ok(v?.to_vec())).collect()
+        let engine = self.engine()?;
+        engine.control.iter().values().map(|v| Ok(v?.to_vec())).collect()
     }
 
-    fn place(&self, reading: &Reading) -> Result<Outcome, StoreError> {
+    fn place(&self, reading: &Reading, undo: &mut Undo) -> Result<Outcome, StoreError> {
         let span = self.span(reading.meter);
         let neighbours = match span {
             None => (None, None),
@@ -291,22 +433,34 @@ impl Store {
                 later_litres: later.litres,
             }));
         }
-        lock(&self.pending).readings.insert((reading.meter, reading.ts_ms), *reading);
+        let key = (reading.meter, reading.ts_ms);
+        undo.push((key, span));
+        lock(&self.pending).insert(key, *reading);
         widen_span(&mut lock(&self.meters), reading);
         Ok(Outcome::Accepted)
     }
 
-    /// Makes everything written so far durable.
+    /// Makes everything appended so far durable (one sync of the write-ahead log). If that
+    /// fails, what the sync covered is dropped from the log and from memory: it is not
+    /// acknowledged, and the client sends it again.
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        Ok(())
+        let mut wal = lock(&self.wal);
+        let Err(error) = wal.sync() else { return Ok(()) };
+        let reloaded = wal.reread().and_then(|logged| self.load(logged));
+        if let Err(reload) = reloaded {
+            tracing::error!(%reload, "cannot read the store back after a failed sync; trying again at the next batch");
+            lock(&self.trouble).reload = true;
+        }
+        Err(error)
     }
 
     /// Folds the write-ahead part into the chunks and makes everything durable: what a node
     /// does when it stops, so that the next start has nothing to replay.
     pub fn close(&self) -> Result<(), StoreError> {
+        let engine = self.engine()?;
         self.fold()?;
-        self.flush()
+        engine.db.flush()?;
+        Ok(())
     }
 
     /// Whether this node holds readings of `meter`.
@@ -372,11 +526,13 @@ impl Store {
         to_ms: u64,
         max: usize,
     ) -> Result<Vec<Reading>, StoreError> {
+        let engine = self.engine()?;
         let mut chunks = Vec::new();
-        let (mut in_window, range) = (0, chunk_key(meter, 0).to_vec()..=chunk_key(meter, to_ms).to_vec());
-        for entry in self.chunks.range(range).rev() {
+        let (mut in_window, range) = (0, chunk_key(meter, 0)..=chunk_key(meter, to_ms));
+        let pinned = engine.segments.pin();
+        for entry in engine.directory.range(range).rev() {
             let (key, value) = entry?;
-            let chunk = decode_chunk(&key, &value)?;
+            let chunk = self.read_chunk(&pinned, &key, &value)?;
             let reaches_before = chunk.first().is_some_and(|first| first.ts_ms < from_ms);
             in_window += chunk.iter().filter(|r| (from_ms..=to_ms).contains(&r.ts_ms)).count();
             chunks.push(chunk);
@@ -384,11 +540,12 @@ impl Store {
                 break;
             }
         }
+        drop(pinned);
         // By time again (the sort below then finds the readings in order).
         let mut readings: Vec<Reading> =
             chunks.into_iter().rev().flatten().filter(|reading| reading.ts_ms <= to_ms).collect();
         let pending = lock(&self.pending);
-        readings.extend(pending.readings.range((meter, 0)..=(meter, to_ms)).map(|(_, r)| *r));
+        readings.extend(pending.range((meter, 0)..=(meter, to_ms)).map(|(_, r)| *r));
         drop(pending);
         // A fold in progress may have put a pending reading into a chunk already.
         readings.sort_by_key(|r| r.ts_ms);
@@ -403,84 +560,90 @@ impl Store {
 
     /// The meter's last reading at or before `ts_ms`.
     fn at_or_before(&self, meter: MeterId, ts_ms: u64) -> Result<Option<Reading>, StoreError> {
-        let stored = match self.chunk_at(meter, ts_ms)? {
+        let engine = self.engine()?;
+        let pinned = engine.segments.pin();
+        let stored = match engine.chunk_at(meter, ts_ms)? {
             Some((key, value)) => {
-                decode_chunk(&key, &value)?.into_iter().take_while(|r| r.ts_ms <= ts_ms).last()
+                self.read_chunk(&pinned, &key, &value)?.into_iter().take_while(|r| r.ts_ms <= ts_ms).last()
             }
             None => None,
         };
-        let pending =
-            lock(&self.pending).readings.range((meter, 0)..=(meter, ts_ms)).next_back().map(|(_, r)| *r);
+        drop(pinned);
+        let pending = lock(&self.pending).range((meter, 0)..=(meter, ts_ms)).next_back().map(|(_, r)| *r);
         Ok(stored.into_iter().chain(pending).max_by_key(|r| r.ts_ms))
     }
 
     /// The meter's first reading at or after `ts_ms`.
     fn at_or_after(&self, meter: MeterId, ts_ms: u64) -> Result<Option<Reading>, StoreError> {
+        let engine = self.engine()?;
         let mut stored = None;
-        let start = match self.chunk_at(meter, ts_ms)? {
+        let pinned = engine.segments.pin();
+        let start = match engine.chunk_at(meter, ts_ms)? {
             Some((key, _)) => key.to_vec(),
             None => chunk_key(meter, ts_ms).to_vec(),
         };
-        for entry in self.chunks.range(start..=chunk_key(meter, u64::MAX).to_vec()) {
+        for entry in engine.directory.range(start..=chunk_key(meter, u64::MAX).to_vec()) {
             let (key, value) = entry?;
-            stored = decode_chunk(&key, &value)?.into_iter().find(|r| r.ts_ms >= ts_ms);
+            stored = self.read_chunk(&pinned, &key, &value)?.into_iter().find(|r| r.ts_ms >= ts_ms);
             if stored.is_some() {
                 break;
             }
         }
-        let pending =
-            lock(&self.pending).readings.range((meter, ts_ms)..=(meter, u64::MAX)).next().map(|(_, r)| *r);
+        drop(pinned);
+        let pending = lock(&self.pending).range((meter, ts_ms)..=(meter, u64::MAX)).next().map(|(_, r)| *r);
         Ok(stored.into_iter().chain(pending).min_by_key(|r| r.ts_ms))
     }
 
-    /// The chunk that `ts_ms` falls in: the meter's last one starting at or before it.
-    fn chunk_at(&self, meter: MeterId, ts_ms: u64) -> Result<Option<(sled::IVec, sled::IVec)>, StoreError> {
-        Ok(self.chunks.range(chunk_key(meter, 0)..=chunk_key(meter, ts_ms)).next_back().transpose()?)
+    /// The readings of the chunk a directory entry points to.
+    fn read_chunk(&self, pinned: &Pinned, key: &[u8], value: &[u8]) -> Result<Vec<Reading>, StoreError> {
+        let (meter, first_ts) = (u64_at(key, 1)?, u64_at(key, 9)?);
+        let bytes = pinned.read(Location::decode(value)?)?;
+        chunk::decode(meter, &bytes)
+            .map_err(|e| StoreError::Corrupt(format!("the chunk of meter {meter} from {first_ts} ms: {e}")))
     }
 
-    /// Folds the pending readings into the chunks, then removes their write-ahead records.
+    /// Folds the pending readings into the chunks, empties the write-ahead log, then removes
+    /// or compacts the segments that became mostly garbage.
     fn fold(&self) -> Result<(), StoreError> {
-        let (readings, records_below) = {
-            let pending = lock(&self.pending);
-            (pending.readings.values().copied().collect::<Vec<_>>(), pending.next_record)
-        };
+        let readings: Vec<Reading> = lock(&self.pending).values().copied().collect();
         if readings.is_empty() {
             return Ok(());
         }
         self.write_chunks(&readings)?;
-        // The chunks durable before the records go.
-        self.db.flush()?;
-        self.note_meters_held()?;
-        let mut records = sled::Batch::default();
-        for entry in self.wal.range(..records_below.to_be_bytes()) {
-            records.remove(entry?.0);
-        }
-        self.wal.apply_batch(records)?;
+        // The chunks, the directory and the index durable before the log goes.
+        self.commit_fold()?;
+        lock(&self.wal).clear()?;
         let mut pending = lock(&self.pending);
         for reading in &readings {
-            pending.readings.remove(&(reading.meter, reading.ts_ms));
+            pending.remove(&(reading.meter, reading.ts_ms));
         }
-        Ok(())
+        drop(pending);
+        self.tidy_segments()
     }
 
-    /// Merges `readings` (by meter, then time) into the chunks and the meter index.
+    /// Merges `readings` (by meter, then time) into the chunks: the chunks they fall in are
+    /// written again, into one new segment, and the directory and the segments' live bytes are
+    /// updated in one batch.
     fn write_chunks(&self, readings: &[Reading]) -> Result<(), StoreError> {
-        let mut chunks = sled::Batch::default();
-        let mut index = sled::Batch::default();
+        let engine = self.engine()?;
+        let mut segment = engine.segments.builder();
+        let mut directory = sled::Batch::default();
+        let mut freed: HashMap<u32, u64> = HashMap::new();
+        let pinned = engine.segments.pin();
         for new in readings.chunk_by(|a, b| a.meter == b.meter) {
             let meter = new[0].meter;
             // The chunks the readings may fall in: from the one the earliest falls in to the
             // meter's last (one chunk when readings arrive in order).
-            let start = match self.chunk_at(meter, new[0].ts_ms)? {
+            let start = match engine.chunk_at(meter, new[0].ts_ms)? {
                 Some((key, _)) => key.to_vec(),
                 None => chunk_key(meter, 0).to_vec(),
             };
-            let existing = self
-                .chunks
+            let existing = engine
+                .directory
                 .range(start..=chunk_key(meter, u64::MAX).to_vec())
                 .collect::<Result<Vec<_>, _>>()?;
             // Each reading goes into the chunk it falls in, one before the first into the first.
-            let firsts = existing.iter().map(|(key, _)| u64_at(key, 8)).collect::<Result<Vec<_>, _>>()?;
+            let firsts = existing.iter().map(|(key, _)| u64_at(key, 9)).collect::<Result<Vec<_>, _>>()?;
             let mut groups: Vec<Vec<Reading>> = vec![Vec::new(); existing.len().max(1)];
             for reading in new {
                 groups[firsts.partition_point(|first| *first <= reading.ts_ms).saturating_sub(1)]
@@ -488,7 +651,7 @@ impl Store {
             }
             for (at, added) in groups.into_iter().enumerate().filter(|(_, added)| !added.is_empty()) {
                 let mut merged = match existing.get(at) {
-                    Some((key, value)) => decode_chunk(key, value)?,
+                    Some((key, value)) => self.read_chunk(&pinned, key, value)?,
                     None => Vec::new(),
                 };
                 let held = merged.len();
@@ -500,104 +663,208 @@ impl Store {
                 if merged.len() == held {
                     continue;
                 }
-                if let Some((key, _)) = existing.get(at) {
-                    chunks.remove(key.clone());
+                if let Some((key, value)) = existing.get(at) {
+                    let old = Location::decode(value)?;
+                    *freed.entry(old.segment).or_default() += old.record_bytes();
+                    directory.remove(key.clone());
                 }
                 for piece in merged.chunks(CHUNK_READINGS) {
-                    chunks.insert(&chunk_key(meter, piece[0].ts_ms), chunk::encode(piece));
+                    let at = segment.add(meter, piece[0].ts_ms, &chunk::encode(piece));
+                    directory.insert(&chunk_key(meter, piece[0].ts_ms), &at.encode());
                 }
             }
-            if let Some(span) = self.span(meter) {
-                index.insert(&meter.to_be_bytes(), &encode_span(&span));
+        }
+        // Writing a segment waits for readers to let go of the segments.
+        drop(pinned);
+        if !segment.is_empty() {
+            let stats = segment_stats(&engine.directory)?.into_iter().collect::<HashMap<_, _>>();
+            for (number, bytes) in freed {
+                let (live, size) = stats.get(&number).copied().unwrap_or_default();
+                directory.insert(&segment_key(number), &encode_stats(live.saturating_sub(bytes), size));
             }
+            let size = segment.len();
+            directory
+                .insert(&segment_key(segment.segment), &encode_stats(size - segments::MAGIC_BYTES, size));
+            engine.segments.write(segment)?;
         }
-        self.chunks.apply_batch(chunks)?;
-        self.meter_index.apply_batch(index)?;
+        engine.directory.apply_batch(directory)?;
         Ok(())
     }
 
-    /// Writes how many meters the store holds (durably: called after a flush) to a file beside
-    /// sled's, for [`Store::check_meters_held`].
-    fn note_meters_held(&self) -> Result<(), StoreError> {
-        let (path, tmp) = (self.dir.join(HELD_FILE), self.dir.join(format!("{HELD_FILE}.tmp")));
-        let held = format!("{}\n", lock(&self.meters).len());
-        std::fs::write(&tmp, held)
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(|source| StoreError::Io { path, source })
-    }
-
-    /// Refuses a store that opens with fewer meters than it held when last written (meters are
-    /// never removed): never start empty, or with part of the data, silently.
-    fn check_meters_held(&self) -> Result<(), StoreError> {
-        let path = self.dir.join(HELD_FILE);
-        let held = match std::fs::read_to_string(&path).map(|text| text.trim().parse::<usize>()) {
-            Ok(Ok(held)) => held,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            // Only a safety net: a power cut may leave it empty, which must not stop the node.
-            unreadable => {
-                tracing::warn!(path = %path.display(), ?unreadable, "cannot read how many meters the store held; not checked");
-                return Ok(());
+    /// Removes the segments no chunk is in any more, and compacts those less than half live:
+    /// their live chunks are copied into a new segment and the directory pointed there, made
+    /// durable, then the old files removed (a crash in between leaves files nothing points to,
+    /// removed at the next open).
+    fn tidy_segments(&self) -> Result<(), StoreError> {
+        let engine = self.engine()?;
+        let stats = segment_stats(&engine.directory)?;
+        let mut gone: Vec<u32> = stats.iter().filter(|(_, (live, _))| *live == 0).map(|(n, _)| *n).collect();
+        let victims: Vec<u32> =
+            stats.iter().filter(|(_, (live, size))| *live > 0 && live * 2 < *size).map(|(n, _)| *n).collect();
+        let mut batch = sled::Batch::default();
+        if !victims.is_empty() {
+            let mut segment = engine.segments.builder();
+            let pinned = engine.segments.pin();
+            for victim in &victims {
+                for (meter, first_ts, at) in engine.segments.records(*victim)? {
+                    let key = chunk_key(meter, first_ts);
+                    let current =
+                        engine.directory.get(key)?.map(|value| Location::decode(&value)).transpose()?;
+                    if current == Some(at) {
+                        let moved = segment.add(meter, first_ts, &pinned.read(at)?);
+                        batch.insert(&key, &moved.encode());
+                    }
+                }
             }
-        };
-        let found = lock(&self.meters).len();
-        if found < held {
-            return Err(StoreError::Damaged { path: self.dir.clone(), held, found });
+            drop(pinned);
+            let size = segment.len();
+            batch.insert(&segment_key(segment.segment), &encode_stats(size - segments::MAGIC_BYTES, size));
+            engine.segments.write(segment)?;
+            gone.extend(victims);
         }
-        Ok(())
-    }
-
-    /// Reads the meter index.
-    fn load_index(&self) -> Result<(), StoreError> {
-        let mut meters = lock(&self.meters);
-        for entry in self.meter_index.iter() {
-            let (key, value) = entry?;
-            let span = decode_span(&key, &value)?;
-            meters.insert(span.meter, span);
-        }
-        Ok(())
-    }
-
-    /// Takes the write-ahead records back into memory (and their readings into the index).
-    fn replay_records(&self) -> Result<(), StoreError> {
-        let mut pending = lock(&self.pending);
-        let mut meters = lock(&self.meters);
-        for entry in self.wal.iter() {
-            let (key, value) = entry?;
-            let record = u64_at(&key, 0)?;
-            let readings = chunk::decode_record(&value)
-                .map_err(|e| StoreError::Corrupt(format!("write-ahead record {record}: {e}")))?;
-            for reading in readings {
-                widen_span(&mut meters, &reading);
-                pending.readings.insert((reading.meter, reading.ts_ms), reading);
-            }
-            pending.next_record = record + 1;
-        }
-        Ok(())
-    }
-
-    /// Moves the readings of an earlier version's layout (one key per reading in tree
-    /// `readings`) into chunks, then drops that tree.
-    fn migrate_old_layout(&self) -> Result<(), StoreError> {
-        if !self.db.tree_names().iter().any(|name| name.as_ref() == b"readings") {
+        if gone.is_empty() {
             return Ok(());
         }
-        let old = self.db.open_tree("readings")?;
-        tracing::info!(readings = old.len(), "migrating readings into compressed chunks");
+        for number in &gone {
+            batch.remove(&segment_key(*number));
+        }
+        engine.directory.apply_batch(batch)?;
+        engine.db.flush()?;
+        engine.segments.remove(&gone)
+    }
+
+    /// Ends a fold: its number noted in sled, sled made durable, then the meter index written
+    /// under the same number.
+    fn commit_fold(&self) -> Result<(), StoreError> {
+        let engine = self.engine()?;
+        let fold = self.folds.load(Ordering::Relaxed) + 1;
+        engine.meta.insert(KEY_FOLD, &fold.to_be_bytes())?;
+        engine.db.flush()?;
+        let spans = self.spans();
+        index_file::write(&self.dir.join(INDEX_FILE), fold, &spans)?;
+        self.folds.store(fold, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Refuses a store whose sled lost writes that the meter index saw (the index was written
+    /// by a fold sled does not know, or sled knows folds but the index is gone): never start
+    /// empty, or with part of the data, silently.
+    fn check_folds(&self, indexed: Option<u64>) -> Result<(), StoreError> {
+        let engine = self.engine()?;
+        let noted = match engine.meta.get(KEY_FOLD)? {
+            Some(bytes) => u64_at(&bytes, 0)?,
+            None => 0,
+        };
+        let damaged = |reason: String| StoreError::Unreadable { path: self.dir.clone(), reason };
+        match indexed {
+            Some(fold) if fold > noted => {
+                return Err(damaged(format!(
+                    "its database file lost writes: the meter index was written by fold {fold}, the \
+                     database has seen {noted}"
+                )))
+            }
+            None if noted > 0 => {
+                return Err(damaged(format!(
+                    "its meter index {} is missing",
+                    self.dir.join(INDEX_FILE).display()
+                )))
+            }
+            _ => {}
+        }
+        self.folds.store(noted, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Reads the memory state from disk: the meter index, then the readings of the write-ahead
+    /// log (`logged`), which are also the pending ones. Returns the fold that wrote the index.
+    fn load(&self, logged: Vec<Reading>) -> Result<Option<u64>, StoreError> {
+        let (fold, spans) = match index_file::read(&self.dir.join(INDEX_FILE))? {
+            Some((fold, spans)) => (Some(fold), spans),
+            None => (None, Vec::new()),
+        };
+        let mut meters: HashMap<MeterId, MeterSpan> =
+            spans.into_iter().map(|span| (span.meter, span)).collect();
+        let mut pending = BTreeMap::new();
+        for reading in logged {
+            widen_span(&mut meters, &reading);
+            pending.insert((reading.meter, reading.ts_ms), reading);
+        }
+        *lock(&self.meters) = meters;
+        *lock(&self.pending) = pending;
+        Ok(fold)
+    }
+
+    /// Moves the meter index of the earlier layout (sled tree `meters`) into the index file.
+    fn migrate_meter_tree(&self) -> Result<(), StoreError> {
+        let engine = self.engine()?;
+        if !engine.db.tree_names().iter().any(|name| name.as_ref() == b"meters") {
+            return Ok(());
+        }
+        let tree = engine.db.open_tree("meters")?;
+        let spans = tree
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry?;
+                decode_span(&key, &value)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        tracing::info!(meters = spans.len(), "moving the meter index into its own file");
+        *lock(&self.meters) = spans.into_iter().map(|span| (span.meter, span)).collect();
+        self.commit_fold()?;
+        engine.db.drop_tree("meters")?;
+        engine.db.flush()?;
+        Ok(())
+    }
+
+    /// Moves the readings of earlier layouts into chunks, then drops their trees: one key per
+    /// reading (tree `readings`); chunks and write-ahead records held in sled (trees `chunks`
+    /// and `wal`).
+    fn migrate_old_layouts(&self) -> Result<(), StoreError> {
+        self.migrate("readings", |key, value| Ok(vec![decode_old_reading(key, value)?]))?;
+        self.migrate("chunks", |key, value| {
+            let meter = u64_at(key, 0)?;
+            chunk::decode(meter, value)
+                .map_err(|e| StoreError::Corrupt(format!("a chunk of meter {meter}: {e}")))
+        })?;
+        self.migrate("wal", |_, value| {
+            chunk::decode_record(value).map_err(|e| StoreError::Corrupt(format!("a write-ahead record: {e}")))
+        })
+    }
+
+    fn migrate(
+        &self,
+        tree: &str,
+        decode: impl Fn(&[u8], &[u8]) -> Result<Vec<Reading>, StoreError>,
+    ) -> Result<(), StoreError> {
+        let engine = self.engine()?;
+        if !engine.db.tree_names().iter().any(|name| name.as_ref() == tree.as_bytes()) {
+            return Ok(());
+        }
+        let old = engine.db.open_tree(tree)?;
+        tracing::info!(tree, entries = old.len(), "migrating readings into chunk files");
         let mut batch = Vec::with_capacity(MIGRATE_BATCH);
+        let write = |batch: &mut Vec<Reading>| -> Result<(), StoreError> {
+            batch.sort_by_key(|r| (r.meter, r.ts_ms));
+            self.write_chunks(batch)?;
+            batch.clear();
+            Ok(())
+        };
         for entry in old.iter() {
-            let reading = decode_old_reading(entry)?;
-            widen_span(&mut lock(&self.meters), &reading);
-            batch.push(reading);
-            if batch.len() == MIGRATE_BATCH {
-                self.write_chunks(&batch)?;
-                batch.clear();
+            let (key, value) = entry?;
+            for reading in decode(&key, &value)? {
+                widen_span(&mut lock(&self.meters), &reading);
+                batch.push(reading);
+            }
+            if batch.len() >= MIGRATE_BATCH {
+                write(&mut batch)?;
             }
         }
-        self.write_chunks(&batch)?;
-        self.db.flush()?;
-        self.db.drop_tree("readings")?;
-        self.db.flush()?;
-        tracing::info!("migration done");
+        write(&mut batch)?;
+        self.commit_fold()?;
+        engine.db.drop_tree(tree)?;
+        engine.db.flush()?;
+        self.tidy_segments()?;
+        tracing::info!(tree, "migration done");
         Ok(())
     }
 
@@ -605,12 +872,13 @@ impl Store {
     /// before, across restarts. Versions are reserved on disk a block at a time, so only one
     /// call in [`VERSION_BLOCK`] waits for a flush.
     pub fn next_summary_version(&self) -> Result<u64, StoreError> {
+        let engine = self.engine()?;
         let mut versions = lock(&self.versions);
         let (next, reserved) = *versions;
         if next >= reserved {
             let new_reserved = next + VERSION_BLOCK;
-            self.meta.insert(KEY_VERSION_RESERVED, &new_reserved.to_be_bytes())?;
-            self.db.flush()?;
+            engine.meta.insert(KEY_VERSION_RESERVED, &new_reserved.to_be_bytes())?;
+            engine.db.flush()?;
             versions.1 = new_reserved;
         }
         versions.0 = next + 1;
@@ -631,39 +899,43 @@ impl Store {
 
     /// Saves the latest signed summary of `origin` (the merged view survives restarts).
     pub fn save_view(&self, origin: &str, signed: &[u8]) -> Result<(), StoreError> {
-        self.views.insert(origin.as_bytes(), signed)?;
+        let engine = self.engine()?;
+        engine.views.insert(origin.as_bytes(), signed)?;
         Ok(())
     }
 
     /// Forgets `origin`'s summary.
     pub fn forget_view(&self, origin: &str) -> Result<(), StoreError> {
-        self.views.remove(origin.as_bytes())?;
+        let engine = self.engine()?;
+        engine.views.remove(origin.as_bytes())?;
         Ok(())
     }
 
     /// Every saved signed summary.
     pub fn views(&self) -> Result<Vec<Vec<u8>>, StoreError> {
-        self.views.iter().values().map(|v| Ok(v?.to_vec())).collect()
+        let engine = self.engine()?;
+        engine.views.iter().values().map(|v| Ok(v?.to_vec())).collect()
     }
 
-    /// Bytes of keys and values in the chunk and index trees (what the readings take, before
-    /// the storage engine's own overhead).
+    /// Bytes of the live chunks (in segment files, record headers included), and bytes of
+    /// keys and values in sled's directory and meter index: what the readings take, before
+    /// garbage not yet compacted and the storage engine's own overhead.
     pub fn live_bytes(&self) -> Result<(u64, u64), StoreError> {
-        let mut sizes = (0, 0);
-        for entry in self.chunks.iter() {
+        let engine = self.engine()?;
+        let chunks = segment_stats(&engine.directory)?.into_iter().map(|(_, (live, _))| live).sum();
+        let mut index = 0;
+        for entry in engine.directory.scan_prefix([CHUNK_PREFIX]) {
             let (key, value) = entry?;
-            sizes.0 += (key.len() + value.len()) as u64;
+            index += (key.len() + value.len()) as u64;
         }
-        for entry in self.meter_index.iter() {
-            let (key, value) = entry?;
-            sizes.1 += (key.len() + value.len()) as u64;
-        }
-        Ok(sizes)
+        index += (lock(&self.meters).len() * 40) as u64;
+        Ok((chunks, index))
     }
 
-    /// Bytes the database takes on disk.
+    /// Bytes the store takes on disk: sled's files, the segments and the write-ahead log.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
-        Ok(self.db.size_on_disk()?)
+        let engine = self.engine()?;
+        Ok(engine.db.size_on_disk()? + engine.segments.size() + lock(&self.wal).len())
     }
 }
 
@@ -696,7 +968,7 @@ fn remove_unfinished_snapshots(dir: &Path) -> Result<(), StoreError> {
 /// database of this process that was just dropped keeps its file lock until sled's background
 /// threads notice, so a lock held is tried again for a while before it is reported.
 fn open_sled(dir: &Path) -> Result<sled::Db, StoreError> {
-    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    let deadline = Instant::now() + LOCK_WAIT;
     loop {
         let open = || {
             sled::Config::new()
@@ -711,10 +983,9 @@ fn open_sled(dir: &Path) -> Result<sled::Db, StoreError> {
         })?;
         match opened {
             Err(sled::Error::Io(error))
-                if error.to_string().contains("could not acquire lock")
-                    && std::time::Instant::now() < deadline =>
+                if error.to_string().contains("could not acquire lock") && Instant::now() < deadline =>
             {
-                std::thread::sleep(std::time::Duration::from_millis(20));
+                std::thread::sleep(Duration::from_millis(20));
             }
             opened => return opened.map_err(|source| StoreError::Open { path: dir.to_path_buf(), source }),
         }
@@ -728,6 +999,14 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         (_, Some(message)) => message.clone(),
         _ => "sled panicked".to_owned(),
     }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -744,20 +1023,50 @@ fn widen_span(meters: &mut HashMap<MeterId, MeterSpan>, reading: &Reading) {
     meters.insert(reading.meter, span);
 }
 
-fn chunk_key(meter: MeterId, ts_ms: u64) -> [u8; 16] {
-    let mut key = [0; 16];
-    key[..8].copy_from_slice(&meter.to_be_bytes());
-    key[8..].copy_from_slice(&ts_ms.to_be_bytes());
+/// Directory key of a chunk: `c` ‖ meter ‖ first ts (u64 BE each), so that one meter's chunks
+/// are one contiguous, time-ordered key range.
+fn chunk_key(meter: MeterId, ts_ms: u64) -> [u8; 17] {
+    let mut key = [CHUNK_PREFIX; 17];
+    key[1..9].copy_from_slice(&meter.to_be_bytes());
+    key[9..].copy_from_slice(&ts_ms.to_be_bytes());
     key
 }
 
-fn decode_chunk(key: &[u8], value: &[u8]) -> Result<Vec<Reading>, StoreError> {
-    let (meter, first_ts) = (u64_at(key, 0)?, u64_at(key, 8)?);
-    chunk::decode(meter, value)
-        .map_err(|e| StoreError::Corrupt(format!("the chunk of meter {meter} from {first_ts} ms: {e}")))
+/// Directory key of a segment's live and total bytes: `s` ‖ segment (u32 BE).
+fn segment_key(segment: u32) -> [u8; 5] {
+    let mut key = [SEGMENT_PREFIX; 5];
+    key[1..].copy_from_slice(&segment.to_be_bytes());
+    key
 }
 
-/// A meter index entry: first ts, first litres, last ts, last litres (u64 BE each).
+/// A segment's live bytes and its size.
+type SegmentStats = (u64, u64);
+
+fn encode_stats(live: u64, size: u64) -> [u8; 16] {
+    let mut value = [0; 16];
+    value[..8].copy_from_slice(&live.to_be_bytes());
+    value[8..].copy_from_slice(&size.to_be_bytes());
+    value
+}
+
+/// Every segment in the directory, with its live and total bytes.
+fn segment_stats(directory: &sled::Tree) -> Result<Vec<(u32, SegmentStats)>, StoreError> {
+    let mut stats = Vec::new();
+    for entry in directory.scan_prefix([SEGMENT_PREFIX]) {
+        let (key, value) = entry?;
+        let number = key
+            .get(1..5)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_be_bytes)
+            .ok_or_else(|| StoreError::Corrupt(format!("a segment key of {} bytes", key.len())))?;
+        stats.push((number, (u64_at(&value, 0)?, u64_at(&value, 8)?)));
+    }
+    Ok(stats)
+}
+
+/// A meter index entry of the earlier layout: first ts, first litres, last ts, last litres
+/// (u64 BE each).
+#[cfg(test)]
 fn encode_span(span: &MeterSpan) -> [u8; 32] {
     let mut value = [0; 32];
     for (at, number) in
@@ -768,6 +1077,7 @@ fn encode_span(span: &MeterSpan) -> [u8; 32] {
     value
 }
 
+/// Reads [`encode_span`]'s form.
 fn decode_span(key: &[u8], value: &[u8]) -> Result<MeterSpan, StoreError> {
     if value.len() != 32 {
         return Err(StoreError::Corrupt(format!(
@@ -792,15 +1102,14 @@ fn u64_at(bytes: &[u8], at: usize) -> Result<u64, StoreError> {
 
 /// A reading of the earlier layout: key `meter ‖ ts_ms`, value litres (u64 BE), alarm bits
 /// (u8), then flow (u32 BE) when the meter reported one.
-fn decode_old_reading(entry: sled::Result<(sled::IVec, sled::IVec)>) -> Result<Reading, StoreError> {
-    let (key, value) = entry?;
-    let meter = u64_at(&key, 0)?;
+fn decode_old_reading(key: &[u8], value: &[u8]) -> Result<Reading, StoreError> {
+    let meter = u64_at(key, 0)?;
     let alarms = value
         .get(8)
         .and_then(|bits| Alarms::from_bits(*bits))
         .ok_or_else(|| StoreError::Corrupt(format!("reading of meter {meter} has no valid alarm bits")))?;
     let flow_lph = value.get(9..13).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes);
-    Ok(Reading { meter, ts_ms: u64_at(&key, 8)?, litres: u64_at(&value, 0)?, flow_lph, alarms })
+    Ok(Reading { meter, ts_ms: u64_at(key, 8)?, litres: u64_at(value, 0)?, flow_lph, alarms })
 }
 
 #[cfg(test)]
@@ -876,7 +1185,13 @@ mod tests {
             }
             check_against(&store, &model, &mut rng);
         }
-        assert!(store.chunks.len() > 8, "several chunks per meter: {}", store.chunks.len());
+        let chunks = store.engine().expect("engine").directory.scan_prefix([CHUNK_PREFIX]).count();
+        assert!(chunks > 8, "several chunks per meter: {chunks}");
+        for (segment, (live, size)) in
+            segment_stats(&store.engine().expect("engine").directory).expect("stats")
+        {
+            assert!(live * 2 >= size, "segment {segment} is {live} of {size} bytes live: not compacted");
+        }
         let backfilled = model.iter().filter(|((_, ts), _)| !(ts - T0).is_multiple_of(1000)).count();
         assert!(backfilled > 100, "{backfilled} back-fills accepted");
     }
@@ -926,8 +1241,10 @@ mod tests {
         }
     }
 
+    /// Stores of the earlier layouts: one sled key per reading (meter 5), then chunks and
+    /// write-ahead records held in sled (meter 6), all in one store as an upgrade finds them.
     #[test]
-    fn a_store_of_the_old_layout_is_migrated_into_chunks() {
+    fn stores_of_earlier_layouts_are_migrated_into_chunk_files() {
         let dir = tempfile::tempdir().expect("tempdir");
         let readings: Vec<Reading> = (0..300)
             .map(|i| Reading {
@@ -935,33 +1252,62 @@ mod tests {
                 ..reading(5 + i % 2, T0 + i * 1000, 10 * i)
             })
             .collect();
+        let old_key = |meter: MeterId, ts: u64| [meter.to_be_bytes(), ts.to_be_bytes()].concat();
         {
             let db = sled::open(dir.path()).expect("sled");
-            let old = db.open_tree("readings").expect("tree");
-            for r in &readings {
+            let tree = |name: &str| db.open_tree(name).expect("tree");
+            let (one_each, chunks, wal) = (tree("readings"), tree("chunks"), tree("wal"));
+            let meter_index = db.open_tree("meters").expect("tree");
+            for r in readings.iter().filter(|r| r.meter == 5) {
                 let mut value = r.litres.to_be_bytes().to_vec();
                 value.push(r.alarms.bits());
                 if let Some(flow) = r.flow_lph {
                     value.extend_from_slice(&flow.to_be_bytes());
                 }
-                old.insert(chunk_key(r.meter, r.ts_ms), value).expect("insert");
+                one_each.insert(old_key(r.meter, r.ts_ms), value).expect("insert");
+            }
+            let six: Vec<Reading> = readings.iter().filter(|r| r.meter == 6).copied().collect();
+            for piece in six[..100].chunks(CHUNK_READINGS) {
+                chunks.insert(old_key(6, piece[0].ts_ms), chunk::encode(piece)).expect("insert");
+            }
+            let span = MeterSpan { meter: 6, first: domain::point(&six[0]), last: domain::point(&six[99]) };
+            meter_index.insert(6u64.to_be_bytes(), &encode_span(&span)).expect("insert");
+            for (record, batch) in six[100..].chunks(7).enumerate() {
+                wal.insert((record as u64).to_be_bytes(), chunk::encode_record(batch)).expect("insert");
             }
             db.flush().expect("flush");
         }
         let store = Store::open(dir.path()).expect("open and migrate");
-        assert!(
-            !store.db.tree_names().iter().any(|name| name.as_ref() == b"readings"),
-            "the old tree is gone"
-        );
-        for meter in [5, 6] {
-            let want: Vec<Reading> = readings.iter().filter(|r| r.meter == meter).copied().collect();
-            let history = store.meter_history(meter, None, None, usize::MAX).expect("read").expect("held");
-            assert_eq!(history.readings, want);
-            assert_eq!(store.span(meter).map(|s| s.last), want.last().map(domain::point));
+        for tree in ["readings", "chunks", "wal"] {
+            assert!(
+                !store
+                    .engine()
+                    .expect("engine")
+                    .db
+                    .tree_names()
+                    .iter()
+                    .any(|name| name.as_ref() == tree.as_bytes()),
+                "{tree} is gone"
+            );
         }
+        let check = |store: &Store| {
+            for meter in [5, 6] {
+                let want: Vec<Reading> = readings.iter().filter(|r| r.meter == meter).copied().collect();
+                let history =
+                    store.meter_history(meter, None, None, usize::MAX).expect("read").expect("held");
+                assert_eq!(history.readings, want);
+                let span = store.span(meter).expect("span");
+                assert_eq!(
+                    (span.first, span.last),
+                    (domain::point(&want[0]), domain::point(&want[want.len() - 1]))
+                );
+            }
+        };
+        check(&store);
         drop(store);
         let store = Store::open(dir.path()).expect("reopen");
         assert_eq!(store.spans().len(), 2, "the index was written with the chunks");
+        check(&store);
     }
 
     #[test]
@@ -1026,9 +1372,10 @@ mod tests {
         assert!(refused >= 1, "a database file cut to nothing is refused");
         restore();
         assert_eq!(Store::open(dir.path()).expect("the restored store opens").spans().len(), 500);
-        // A power cut may leave the note empty: the store still opens.
-        std::fs::write(dir.path().join(HELD_FILE), b"").expect("empty the note");
-        assert_eq!(Store::open(dir.path()).expect("opens without its note").spans().len(), 500);
+        // The meter index gone: refused by name, not opened empty.
+        std::fs::remove_file(dir.path().join(INDEX_FILE)).expect("remove the index");
+        let error = Store::open(dir.path()).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains(INDEX_FILE) && error.contains("is missing"), "{error}");
     }
 
     #[test]

@@ -114,6 +114,29 @@ where
     }
 }
 
+/// Polls `check` every 20 ms until it returns `Some`, or fails the test after `deadline` (for
+/// tests that drive real processes, without a runtime).
+pub fn wait_for<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A child process killed when dropped (a failing test leaves nothing running).
+pub struct Running(pub std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Now, in ms since the Unix epoch.
 pub fn now_ms() -> u64 {
     hydromesh::clock::now_ms()

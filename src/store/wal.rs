@@ -1,0 +1,226 @@
+//! The write-ahead log: one append-only file of the batches accepted since the last fold, each
+//! record `length (u32 LE) ‖ record` (a [`chunk::encode_record`], which carries its own CRC).
+//! A batch is appended before its acknowledgement and made durable by [`Wal::sync`] (the group
+//! commit: one `fdatasync` for every batch waiting); a fold empties the file once its readings
+//! are in chunks.
+//!
+//! Nothing half-written is ever followed by more: a failed append cuts the file back to where
+//! it stood, and a failed sync cuts it back to what the last good sync made durable.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use hydromesh_proto::Reading;
+
+use super::{chunk, StoreError};
+
+/// Largest record accepted when reading the log back (a batch is far smaller): a damaged
+/// length never allocates without bound.
+const MAX_RECORD_BYTES: usize = 64 * 1024 * 1024;
+
+/// The open log.
+pub struct Wal {
+    path: PathBuf,
+    file: File,
+    /// Bytes written: the file's length.
+    len: u64,
+    /// Bytes made durable by the last good sync.
+    synced: u64,
+}
+
+impl Wal {
+    /// Opens (or creates) the log at `path` and reads back the readings of every whole record.
+    /// The log ends at its first record that is cut short or fails its checksum: what a crash
+    /// interrupted before the sync that would have acknowledged it. That tail is cut off (with a
+    /// warning) so that new records follow whole ones.
+    pub fn open(path: &Path) -> Result<(Wal, Vec<Reading>), StoreError> {
+        let io = |source| StoreError::Io { path: path.to_path_buf(), source };
+        let mut file =
+            OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(io)?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(io)?;
+        let (readings, whole) = read_records(&bytes);
+        if whole < bytes.len() {
+            tracing::warn!(
+                path = %path.display(),
+                bytes = bytes.len() - whole,
+                "cutting off the end of the write-ahead log: a write interrupted before it was \
+                 made durable (never acknowledged)"
+            );
+            file.set_len(whole as u64).and_then(|()| file.sync_all()).map_err(io)?;
+        }
+        sync_parent(path)?;
+        let len = whole as u64;
+        Ok((Wal { path: path.to_path_buf(), file, len, synced: len }, readings))
+    }
+
+    /// Appends one record of `readings`. On failure the file is cut back to where it stood.
+    pub fn append(&mut self, readings: &[Reading]) -> Result<(), StoreError> {
+        let record = chunk::encode_record(readings);
+        let mut framed = Vec::with_capacity(4 + record.len());
+        framed.extend_from_slice(&(record.len() as u32).to_le_bytes());
+        framed.extend_from_slice(&record);
+        // Appended at the length this log knows, whatever a failed write left past it.
+        let written = std::os::unix::fs::FileExt::write_all_at(&self.file, &framed, self.len);
+        match written {
+            Ok(()) => {
+                self.len += framed.len() as u64;
+                Ok(())
+            }
+            Err(source) => {
+                // Whatever part of the record reached the file is cut off (best effort: the next
+                // append overwrites it anyway, and `open` stops at it).
+                let _ = self.file.set_len(self.len);
+                Err(StoreError::Io { path: self.path.clone(), source })
+            }
+        }
+    }
+
+    /// Makes every record appended so far durable. On failure, everything appended since the
+    /// last good sync is cut off (its batches were not acknowledged, and a second sync after a
+    /// failed one may report success for pages the system dropped); the caller reloads what the
+    /// log holds.
+    pub fn sync(&mut self) -> Result<(), StoreError> {
+        if self.synced == self.len {
+            return Ok(());
+        }
+        match self.file.sync_data() {
+            Ok(()) => {
+                self.synced = self.len;
+                Ok(())
+            }
+            Err(source) => {
+                let error = StoreError::Io { path: self.path.clone(), source };
+                self.len = self.synced;
+                if let Err(cut) = self.file.set_len(self.synced).and_then(|()| self.file.sync_all()) {
+                    tracing::error!(path = %self.path.display(), %cut, "cannot cut the write-ahead log back");
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Empties the log (its readings are all in chunks, durably).
+    pub fn clear(&mut self) -> Result<(), StoreError> {
+        self.file
+            .set_len(0)
+            .and_then(|()| self.file.sync_all())
+            .map_err(|source| StoreError::Io { path: self.path.clone(), source })?;
+        (self.len, self.synced) = (0, 0);
+        Ok(())
+    }
+
+    /// The readings of every record in the file, as the file stands (after a failed sync).
+    pub fn reread(&mut self) -> Result<Vec<Reading>, StoreError> {
+        let mut bytes = vec![0; self.len as usize];
+        std::os::unix::fs::FileExt::read_exact_at(&self.file, &mut bytes, 0)
+            .map_err(|source| StoreError::Io { path: self.path.clone(), source })?;
+        Ok(read_records(&bytes).0)
+    }
+
+    /// Bytes in the log.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+}
+
+/// The readings of the whole records at the start of `bytes`, and where they end.
+fn read_records(bytes: &[u8]) -> (Vec<Reading>, usize) {
+    let (mut readings, mut at) = (Vec::new(), 0);
+    while let Some(header) = bytes.get(at..at + 4) {
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        if len == 0 || len > MAX_RECORD_BYTES {
+            break;
+        }
+        let Some(record) = bytes.get(at + 4..at + 4 + len) else { break };
+        let Ok(batch) = chunk::decode_record(record) else { break };
+        readings.extend(batch);
+        at += 4 + len;
+    }
+    (readings, at)
+}
+
+/// Makes a file's creation durable (its directory entry).
+pub fn sync_parent(path: &Path) -> Result<(), StoreError> {
+    let parent = path.parent().unwrap_or(Path::new("."));
+    File::open(parent)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|source| StoreError::Io { path: parent.to_path_buf(), source })
+}
+
+/// Writes `bytes` to a new file at `path`, durably.
+pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let io = |source| StoreError::Io { path: path.to_path_buf(), source };
+    let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(path).map_err(io)?;
+    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(io)?;
+    sync_parent(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hydromesh_proto::Alarms;
+
+    fn batch(meter: u64, n: u64) -> Vec<Reading> {
+        (0..n)
+            .map(|i| Reading {
+                meter,
+                ts_ms: 1_000 + i,
+                litres: i * 3,
+                flow_lph: None,
+                alarms: Alarms::empty(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn records_survive_reopening_and_a_cut_tail_is_dropped_and_written_over() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wal.log");
+        let (mut wal, read) = Wal::open(&path).expect("open");
+        assert!(read.is_empty());
+        wal.append(&batch(1, 3)).expect("append");
+        wal.append(&batch(2, 2)).expect("append");
+        wal.sync().expect("sync");
+        let whole = wal.len();
+        drop(wal);
+        // A crash in the middle of the next record's write.
+        let mut bytes = std::fs::read(&path).expect("read");
+        let next = {
+            let record = chunk::encode_record(&batch(3, 4));
+            let mut framed = (record.len() as u32).to_le_bytes().to_vec();
+            framed.extend_from_slice(&record);
+            framed
+        };
+        bytes.extend_from_slice(&next[..next.len() - 3]);
+        std::fs::write(&path, &bytes).expect("write");
+        let (mut wal, read) = Wal::open(&path).expect("reopen");
+        assert_eq!(read, [batch(1, 3), batch(2, 2)].concat());
+        assert_eq!(wal.len(), whole, "the cut record is gone");
+        wal.append(&batch(4, 1)).expect("append");
+        wal.sync().expect("sync");
+        drop(wal);
+        let (mut wal, read) = Wal::open(&path).expect("reopen");
+        assert_eq!(read, [batch(1, 3), batch(2, 2), batch(4, 1)].concat());
+        wal.clear().expect("clear");
+        drop(wal);
+        assert!(Wal::open(&path).expect("reopen").1.is_empty());
+    }
+
+    #[test]
+    fn a_damaged_record_ends_the_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wal.log");
+        let (mut wal, _) = Wal::open(&path).expect("open");
+        wal.append(&batch(1, 3)).expect("append");
+        let first = wal.len() as usize;
+        wal.append(&batch(2, 3)).expect("append");
+        wal.sync().expect("sync");
+        drop(wal);
+        let mut bytes = std::fs::read(&path).expect("read");
+        bytes[first + 6] ^= 0xFF;
+        std::fs::write(&path, &bytes).expect("write");
+        assert_eq!(Wal::open(&path).expect("reopen").1, batch(1, 3));
+    }
+}
