@@ -183,12 +183,110 @@ fn query_answers_with_tables_and_json_flags_anywhere() {
     let human = text(&human.stdout);
     assert!(human.contains("2.500"), "{human}");
     assert!(human.contains("1 fog node, 0 stale"), "{human}");
+    // Homes by name, as the dashboard shows them, not by 52-character peer id.
+    assert!(human.contains("cli-test") && !human.contains("12D3KooW"), "{human}");
+    // HOST:PORT for the node's TCP port, and --since as a time as well as a duration.
+    let port = node.addr.split('/').nth(4).expect("port");
+    let two_hours_ago = hydromesh_proto::format_rfc3339(now_ms() - 7_200_000);
+    let since =
+        hydromesh(&["query", "--peer", &format!("127.0.0.1:{port}"), "top", "--since", &two_hours_ago]);
+    assert_eq!(since.status.code(), Some(0), "{}", text(&since.stderr));
+    assert!(text(&since.stdout).contains("2.500"), "{}", text(&since.stdout));
+    let future = hydromesh(&["query", "--peer", &node.addr, "top", "--since", "2999-01-01T00:00:00Z"]);
+    assert_eq!(future.status.code(), Some(2));
+    assert!(text(&future.stderr).contains("in the future"), "{}", text(&future.stderr));
+    let bad = hydromesh(&["query", "--peer", "localhost", "stats"]);
+    assert!(text(&bad.stderr).contains("HOST:PORT"), "{}", text(&bad.stderr));
+
+    // A closed pipe (`| head`) ends the command quietly.
+    let closed = Command::new(BIN)
+        .args(["query", "--peer", &node.addr, "peers"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("query runs");
+    let Child { stdout, stderr, .. } = closed;
+    drop(stdout);
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut stderr.expect("stderr"), &mut said).expect("stderr");
+    assert!(!said.contains("panicked") && !said.contains("Broken pipe"), "{said}");
     let peers = hydromesh(&["query", "peers", "--peer", &node.addr]);
     assert!(text(&peers.stdout).contains("cli-test"), "{}", text(&peers.stdout));
 
     let unknown = hydromesh(&["query", "meter", "77", "--peer", &node.addr]);
     assert_eq!(unknown.status.code(), Some(1));
     assert!(text(&unknown.stderr).contains("meter 77"));
+
+    // `query meter` shows the latest 20 readings; --all shows them all.
+    let t = now_ms() - 7_200_000;
+    let mut csv = String::from("meter,ts,litres\n");
+    for i in 0..30 {
+        csv.push_str(&format!("9,{},{}\n", t + i * 60_000, 100 + i));
+    }
+    let out = hydromesh_with_stdin(&["ingest", "--peer", &node.addr, "-"], &csv);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let rows = |args: &[&str]| {
+        let out = hydromesh(&[&["query", "--peer", &node.addr, "meter", "9"], args].concat());
+        let said = text(&out.stdout);
+        (said.lines().filter(|line| line.starts_with("20") && line.contains(" 0.1")).count(), said)
+    };
+    let (latest, said) = rows(&[]);
+    assert_eq!(latest, 20, "{said}");
+    assert!(said.contains("over 30 reading(s)") && said.contains("--all"), "{said}");
+    assert!(said.contains("0.129") && !said.contains("0.100 "), "the latest ones: {said}");
+    let (all, said) = rows(&["--all"]);
+    assert_eq!(all, 30, "{said}");
+}
+
+#[test]
+fn a_second_node_on_a_taken_port_or_data_dir_refuses_to_start() {
+    let first = NodeProcess::start();
+    let port = first.addr.split('/').nth(4).expect("port").to_owned();
+    let second = |listen: &str, data: &Path| {
+        Command::new(BIN)
+            .args(["node", "--listen", listen, "--http", "off", "--mqtt", "off", "--data-dir"])
+            .arg(data)
+            .output()
+            .expect("node runs")
+    };
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let out = second(&format!("/ip4/127.0.0.1/tcp/{port}"), elsewhere.path());
+    assert_eq!(out.status.code(), Some(2));
+    let said = text(&out.stderr);
+    assert!(said.contains(&format!("cannot listen on /ip4/127.0.0.1/tcp/{port}")), "{said}");
+    assert!(said.contains("the port is in use"), "{said}");
+    let out = second("/ip4/127.0.0.1/tcp/0", &first._dir.path().join("data"));
+    assert_eq!(out.status.code(), Some(2));
+    let said = text(&out.stderr);
+    assert_eq!(said.matches("another hydromesh node is using").count(), 1, "said once: {said}");
+    assert!(said.contains("--data-dir"), "{said}");
+    // The first node is untouched.
+    let out = hydromesh(&["query", "--peer", &first.addr, "stats"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+#[test]
+fn simulate_says_what_it_does() {
+    let node = NodeProcess::start();
+    let out = hydromesh(&[
+        "simulate",
+        "--peer",
+        &node.addr,
+        "--meters",
+        "3",
+        "--interval",
+        "200ms",
+        "--duration",
+        "1s",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let said = text(&out.stdout);
+    assert!(said.contains("simulating 3 meters"), "{said}");
+    assert!(
+        said.lines().last().is_some_and(|line| line.starts_with("done: ") && line.contains("readings sent")),
+        "{said}"
+    );
+    assert!(!said.contains("INFO") && !text(&out.stderr).contains("INFO"), "no log lines: {said}");
 }
 
 #[test]
@@ -197,7 +295,10 @@ fn a_dead_address_is_a_clear_error_with_exit_2() {
     let started = Instant::now();
     let out = hydromesh(&["query", "--peer", &format!("/ip4/127.0.0.1/tcp/{port}"), "stats"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("cannot connect to /ip4/127.0.0.1/tcp/"), "{}", text(&out.stderr));
+    let said = text(&out.stderr);
+    assert!(said.contains("cannot connect to /ip4/127.0.0.1/tcp/"), "{said}");
+    assert!(said.contains("connection refused: no node listens there"), "{said}");
+    assert_eq!(said.trim_end().lines().count(), 1, "one line: {said}");
     assert!(started.elapsed() < Duration::from_secs(30), "gave up within the dial timeout");
     let out = hydromesh(&["query", "stats"]);
     assert_eq!(out.status.code(), Some(2));
@@ -370,6 +471,8 @@ fn admin_commands_are_signed_checked_and_enforced() {
     });
     assert_eq!(blocked["blocked"][0]["meter"], 3);
     assert_eq!(blocked["blocked"][0]["reason"], "cap");
+    let detail = blocked["blocked"][0]["detail"].as_str().unwrap_or_default();
+    assert!(detail.starts_with("0.101 m³ in the period, cap 0.100 m³"), "volumes in m³: {detail}");
     let out = admin(&["--key", key_path, "block", "3", "--reason", "inspection"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let bill = hydromesh(&["query", "bill", "3", "--json", "--peer", &node.addr]);

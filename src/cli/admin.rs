@@ -9,6 +9,8 @@ use hydromesh_proto::control::{Action, Command, Policy};
 use hydromesh_proto::query;
 use serde_json::json;
 
+use super::output::cubic_metres;
+
 use super::keygen::read_secret;
 use super::{PeerArgs, EXIT_ERROR, EXIT_REFUSED};
 use crate::clock::now_ms;
@@ -125,15 +127,15 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     match client.query(query::Request::Admin(signed)).await? {
         query::Response::Applied(message) => {
             if args.json {
-                println!("{}", json!({"applied": true, "message": message}));
+                say!("{}", json!({"applied": true, "message": message}));
             } else {
-                println!("{message}");
+                say!("{message}");
             }
             Ok(0)
         }
         query::Response::Error(reason) => {
             if args.json {
-                println!("{}", json!({"applied": false, "error": reason}));
+                say!("{}", json!({"applied": false, "error": reason}));
             }
             eprintln!("refused: {reason}");
             Ok(EXIT_REFUSED)
@@ -154,21 +156,24 @@ fn permille(factor: f64) -> anyhow::Result<Option<u32>> {
 fn print_policy(policy: &Policy, origin: Option<&query::PolicyOrigin>, json: bool) {
     let factor = policy.above_average_permille.map(|p| f64::from(p) / 1000.0);
     if json {
-        println!("{}", policy_json(policy, origin));
+        say!("{}", policy_json(policy, origin));
         return;
     }
-    println!("period         {}", humantime::format_duration(Duration::from_millis(policy.period_ms)));
-    println!("cap            {}", policy.cap_l.map_or_else(|| "none".into(), |c| format!("{c} L")));
-    println!(
+    say!("period         {}", humantime::format_duration(Duration::from_millis(policy.period_ms)));
+    say!(
+        "cap            {}",
+        policy.cap_l.map_or_else(|| "none".into(), |c| format!("{} m³", cubic_metres(c)))
+    );
+    say!(
         "above average  {}",
         factor.map_or_else(|| "none".into(), |f| format!("{f} × the mesh-wide average"))
     );
     match origin {
-        Some(origin) => println!(
+        Some(origin) => say!(
             "set by         {} at {}",
             origin.admin,
             hydromesh_proto::format_rfc3339(origin.issued_at_ms)
         ),
-        None => println!("set by         nobody (default policy)"),
+        None => say!("set by         nobody (default policy)"),
     }
 }

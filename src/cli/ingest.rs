@@ -119,15 +119,15 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     report.rejected.sort();
     report.not_stored.sort();
     if args.json {
-        println!("{}", report.json("line"));
+        say!("{}", report.json("line"));
     } else {
         for (line, error) in report.rejected.iter().chain(&report.not_stored) {
             eprintln!("line {line}: {error}");
         }
         for command in &report.commands {
-            println!("meter {}: valve {}", command.meter, command.valve.as_str());
+            say!("meter {}: valve {}", command.meter, command.valve.as_str());
         }
-        println!(
+        say!(
             "accepted {}, duplicates {}, rejected {}",
             report.accepted,
             report.duplicates,

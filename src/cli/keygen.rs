@@ -20,7 +20,7 @@ pub struct Args {
 pub async fn run(args: Args) -> anyhow::Result<u8> {
     let key = ed25519::Keypair::generate();
     write_secret(&args.out, &key)?;
-    println!("{}", to_hex(&key.public().to_bytes()));
+    say!("{}", to_hex(&key.public().to_bytes()));
     eprintln!(
         "secret key written to {}; start nodes with --admin-pubkey {}",
         args.out.display(),

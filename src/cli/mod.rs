@@ -1,6 +1,14 @@
 //! The `hydromesh` command line: one module per subcommand, and what they share (connecting to
 //! a node, exit codes, output formatting).
 
+/// Prints a line to stdout like `println!`, but a closed pipe (`hydromesh query top | head -1`)
+/// ends the command quietly with status 0 instead of a panic: there is no one left to read.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::cli::output::say(format_args!($($arg)*))
+    };
+}
+
 pub mod admin;
 pub mod ingest;
 pub mod keygen;
@@ -68,10 +76,11 @@ impl Cli {
     }
 }
 
-/// Starts logging to stderr: `RUST_LOG` when set, else `info` for a node and `warn` otherwise.
+/// Starts logging to stderr: `RUST_LOG` when set, else `info` for a node and `warn` otherwise
+/// (the other commands say what they do on stdout).
 pub fn init_tracing(cli: &Cli) {
     let default = match cli.command {
-        Command::Node(_) | Command::Simulate(_) => "info",
+        Command::Node(_) => "info",
         _ => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -83,12 +92,36 @@ pub fn init_tracing(cli: &Cli) {
 /// How a client command reaches a node.
 #[derive(Debug, Clone, clap::Args)]
 pub struct PeerArgs {
-    /// Address of any fog node, e.g. /ip4/127.0.0.1/tcp/4001 (with or without /p2p/<peer id>).
-    #[arg(long, env = "HYDROMESH_PEER", global = true, value_name = "MULTIADDR")]
+    /// Address of any fog node, e.g. /ip4/127.0.0.1/tcp/4001 (with or without /p2p/<peer id>),
+    /// or HOST:PORT for its TCP port.
+    #[arg(long, env = "HYDROMESH_PEER", global = true, value_name = "MULTIADDR", value_parser = parse_peer)]
     pub peer: Option<Multiaddr>,
     /// Give up on the node after this long.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, global = true, value_name = "DURATION")]
     pub timeout: Duration,
+}
+
+/// A node's address: a multiaddr, or `HOST:PORT` (an IP address or a DNS name) for its TCP port.
+pub fn parse_peer(text: &str) -> Result<Multiaddr, String> {
+    let hint = "give a multiaddr such as /ip4/127.0.0.1/tcp/4001, or HOST:PORT";
+    if text.starts_with('/') {
+        return text.parse().map_err(|error| format!("`{text}` is not a multiaddr ({error}): {hint}"));
+    }
+    if let Ok(socket) = text.parse::<std::net::SocketAddr>() {
+        let ip = match socket.ip() {
+            std::net::IpAddr::V4(ip) => format!("/ip4/{ip}"),
+            std::net::IpAddr::V6(ip) => format!("/ip6/{ip}"),
+        };
+        return format!("{ip}/tcp/{}", socket.port()).parse().map_err(|e| format!("`{text}`: {e}"));
+    }
+    match text.rsplit_once(':') {
+        Some((host, port))
+            if !host.is_empty() && port.parse::<u16>().is_ok() && !host.contains(['/', ':']) =>
+        {
+            format!("/dns/{host}/tcp/{port}").parse().map_err(|e| format!("`{text}`: {e}"))
+        }
+        _ => Err(format!("`{text}` is not an address: {hint}")),
+    }
 }
 
 impl PeerArgs {

@@ -2,10 +2,17 @@
 
 use hydromesh_proto::query::Coverage;
 
-/// Litres as cubic metres with three decimals (exact: 1 L = 0.001 m³).
-pub fn cubic_metres(litres: u64) -> String {
-    format!("{}.{:03}", litres / 1000, litres % 1000)
+/// Writes `line` and a newline to stdout; a write that fails (the reader went away) ends the
+/// process quietly with status 0. Used through `say!`.
+pub fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+        std::process::exit(0);
+    }
 }
+
+pub use crate::domain::cubic_metres;
 
 /// An age in ms as a short human duration ("2 s", "3 min", "1 h").
 pub fn age(ms: u64) -> String {
@@ -17,8 +24,8 @@ pub fn age(ms: u64) -> String {
     }
 }
 
-/// "3 fog nodes, 0 stale, data as of 2 s ago", plus the nodes left out, if any.
-pub fn coverage_line(coverage: &Coverage) -> String {
+/// "3 fog nodes, 0 stale, data as of 2 s ago", plus the nodes left out, if any, named by `name`.
+pub fn coverage_line(coverage: &Coverage, name: impl Fn(&str) -> String) -> String {
     let nodes = coverage.included.len();
     let mut line = format!(
         "{nodes} fog node{}, {} stale, data as of {} ago",
@@ -26,11 +33,12 @@ pub fn coverage_line(coverage: &Coverage) -> String {
         coverage.stale.len(),
         age(coverage.oldest_data_age_ms)
     );
+    let list = |peers: &[String]| peers.iter().map(|peer| name(peer)).collect::<Vec<_>>().join(", ");
     if !coverage.stale.is_empty() {
-        line += &format!("\nstale: {}", coverage.stale.join(", "));
+        line += &format!("\nstale: {}", list(&coverage.stale));
     }
     if !coverage.missing.is_empty() {
-        line += &format!("\nnot included (did not answer): {}", coverage.missing.join(", "));
+        line += &format!("\nnot included (did not answer): {}", list(&coverage.missing));
     }
     line
 }
@@ -117,8 +125,8 @@ mod tests {
             oldest_data_age_ms: 2500,
         };
         assert_eq!(
-            coverage_line(&coverage),
-            "2 fog nodes, 1 stale, data as of 2 s ago\nstale: b\nnot included (did not answer): c"
+            coverage_line(&coverage, |peer| format!("node-{peer}")),
+            "2 fog nodes, 1 stale, data as of 2 s ago\nstale: node-b\nnot included (did not answer): node-c"
         );
     }
 }

@@ -1,17 +1,22 @@
 //! `hydromesh query`: global questions answered by any node, and one meter's history routed to
 //! its home.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::time::Duration;
 
 use clap::Subcommand;
 use hydromesh_proto::query::{
-    self, AlertsAnswer, Bill, BlockedAnswer, MeterAnswer, MeterStatus, PeersAnswer, StatsAnswer, TopAnswer,
+    self, AlertsAnswer, Bill, BlockedAnswer, Coverage, MeterAnswer, MeterStatus, PeersAnswer, StatsAnswer,
+    TopAnswer,
 };
 use hydromesh_proto::summary::AlertKind;
 
 use super::output::{age, coverage_line, cubic_metres, Table};
 use super::{PeerArgs, EXIT_ERROR, EXIT_REFUSED};
+
+/// Readings a `query meter` table shows unless asked for more.
+const LATEST_ROWS: usize = 20;
 use crate::p2p::client::Client;
 use crate::present::input::{format_timestamp, parse_timestamp};
 use crate::present::json::{
@@ -37,8 +42,9 @@ enum What {
         /// How many meters.
         #[arg(long, short, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=i64::from(hydromesh_proto::limits::MAX_TOP_N)))]
         n: u32,
-        /// Only consumption within this long before now (e.g. 1h, 7d); default: all data held.
-        #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+        /// Only consumption since this long before now (e.g. 1h, 7d) or since this time (RFC
+        /// 3339 or Unix ms); default: all data held.
+        #[arg(long, value_parser = parse_since, value_name = "DURATION|TIME")]
         since: Option<Duration>,
     },
     /// Meters, total consumption and the exact weighted average across the mesh.
@@ -66,8 +72,11 @@ enum What {
         /// The meter id.
         id: u64,
         /// Keep printing each new reading as its home stores it (Ctrl-C to stop).
-        #[arg(long, conflicts_with_all = ["from", "to"])]
+        #[arg(long, conflicts_with_all = ["from", "to", "all"])]
         follow: bool,
+        /// Show every reading held (by default the table shows the latest 20).
+        #[arg(long)]
+        all: bool,
         /// Window start (RFC 3339 or Unix ms), inclusive.
         #[arg(long, value_parser = parse_time, value_name = "TIME")]
         from: Option<u64>,
@@ -80,6 +89,20 @@ enum What {
 fn parse_kind(text: &str) -> Result<AlertKind, String> {
     AlertKind::from_name(text)
         .ok_or_else(|| format!("unknown alert kind `{text}` (expected leak, burst, tamper, backflow or dry)"))
+}
+
+/// A window's start as how long before now: a duration, or a time in the past.
+fn parse_since(text: &str) -> Result<Duration, String> {
+    if let Ok(duration) = humantime::parse_duration(text) {
+        return Ok(duration);
+    }
+    let at = parse_timestamp(text)
+        .map_err(|_| format!("`{text}` is neither a duration (1h, 7d) nor a time (RFC 3339 or Unix ms)"))?;
+    let now = crate::clock::now_ms();
+    match now.checked_sub(at) {
+        Some(ago) => Ok(Duration::from_millis(ago)),
+        None => Err(format!("`{text}` is in the future")),
+    }
 }
 
 fn parse_time(text: &str) -> Result<u64, String> {
@@ -112,14 +135,7 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     };
     let mut client = args.peer.connect().await?;
     let response = client.query(request).await?;
-    let (json, text) = match response {
-        query::Response::Top(answer) => (top_json(&answer), top_text(&answer)),
-        query::Response::Stats(answer) => (stats_json(&answer), stats_text(&answer)),
-        query::Response::Peers(answer) => (peers_json(&answer), peers_text(&answer)),
-        query::Response::Meter(answer) => (meter_json(&answer), meter_text(&answer)),
-        query::Response::Blocked(answer) => (blocked_json(&answer), blocked_text(&answer)),
-        query::Response::Alerts(answer) => (alerts_json(&answer), alerts_text(&answer)),
-        query::Response::Bill(Some(bill)) => (bill_json(&bill), bill_text(&bill)),
+    match &response {
         query::Response::NotFound(what) => {
             eprintln!("not found: {what}");
             return Ok(EXIT_REFUSED);
@@ -132,40 +148,103 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
             eprintln!("error: the node refused the question: {error}");
             return Ok(EXIT_ERROR);
         }
+        _ => {}
+    }
+    if args.json {
+        let json = match response {
+            query::Response::Top(answer) => top_json(&answer),
+            query::Response::Stats(answer) => stats_json(&answer),
+            query::Response::Peers(answer) => peers_json(&answer),
+            query::Response::Meter(answer) => meter_json(&answer),
+            query::Response::Blocked(answer) => blocked_json(&answer),
+            query::Response::Alerts(answer) => alerts_json(&answer),
+            query::Response::Bill(Some(bill)) => bill_json(&bill),
+            other => anyhow::bail!("the node sent an answer to another question: {other:?}"),
+        };
+        say!("{json}");
+        return Ok(0);
+    }
+    // Tables name fog nodes by their names, as the dashboard does (one more question).
+    let names = match &response {
+        query::Response::Peers(answer) => Names::of(answer),
+        _ => match client.query(query::Request::Peers).await {
+            Ok(query::Response::Peers(answer)) => Names::of(&answer),
+            _ => Names::default(),
+        },
+    };
+    let text = match response {
+        query::Response::Top(answer) => top_text(&answer, &names),
+        query::Response::Stats(answer) => stats_text(&answer, &names),
+        query::Response::Peers(answer) => peers_text(&answer, &names),
+        query::Response::Meter(answer) => meter_text(&answer, &names, rows_shown(&args.what)),
+        query::Response::Blocked(answer) => blocked_text(&answer, &names),
+        query::Response::Alerts(answer) => alerts_text(&answer, &names),
+        query::Response::Bill(Some(bill)) => bill_text(&bill, &names),
         other => anyhow::bail!("the node sent an answer to another question: {other:?}"),
     };
-    if args.json {
-        println!("{json}");
-    } else {
-        println!("{text}");
-    }
+    say!("{text}");
     Ok(0)
 }
 
-fn top_text(answer: &TopAnswer) -> String {
+/// Readings a `query meter` table shows: the latest [`LATEST_ROWS`], unless a window or
+/// `--all` asks for more.
+fn rows_shown(what: &What) -> usize {
+    match what {
+        What::Meter { all: false, from: None, to: None, .. } => LATEST_ROWS,
+        _ => usize::MAX,
+    }
+}
+
+/// Fog nodes' names by peer id.
+#[derive(Default)]
+struct Names(HashMap<String, String>);
+
+impl Names {
+    fn of(answer: &PeersAnswer) -> Names {
+        Names(
+            answer
+                .peers
+                .iter()
+                .filter(|p| !p.name.is_empty())
+                .map(|p| (p.peer.clone(), p.name.clone()))
+                .collect(),
+        )
+    }
+
+    /// The node's name, or its peer id when it has none known.
+    fn name(&self, peer: &str) -> String {
+        self.0.get(peer).cloned().unwrap_or_else(|| peer.to_owned())
+    }
+
+    fn coverage(&self, coverage: &Coverage) -> String {
+        coverage_line(coverage, |peer| self.name(peer))
+    }
+}
+
+fn top_text(answer: &TopAnswer, names: &Names) -> String {
     let mut table = Table::new(&[("RANK", true), ("METER", true), ("CONSUMPTION m³", true), ("HOME", false)]);
     for (rank, entry) in answer.entries.iter().enumerate() {
         table.row(vec![
             (rank + 1).to_string(),
             entry.meter.to_string(),
             cubic_metres(entry.consumption_l),
-            entry.home.clone(),
+            names.name(&entry.home),
         ]);
     }
-    format!("{}\n{}", table.render(), coverage_line(&answer.coverage))
+    format!("{}\n{}", table.render(), names.coverage(&answer.coverage))
 }
 
-fn stats_text(answer: &StatsAnswer) -> String {
+fn stats_text(answer: &StatsAnswer, names: &Names) -> String {
     let mut table = Table::new(&[("", false), ("", true)]);
     table.row(vec!["meters".into(), answer.meters.to_string()]);
     table.row(vec!["total consumption m³".into(), cubic_metres(answer.total_consumption_l)]);
     table.row(vec!["average per meter m³".into(), format!("{:.3}", answer.average_consumption_l() / 1000.0)]);
     let rendered = table.render();
     let body = rendered.lines().skip(1).collect::<Vec<_>>().join("\n");
-    format!("{body}\n{}", coverage_line(&answer.coverage))
+    format!("{body}\n{}", names.coverage(&answer.coverage))
 }
 
-fn peers_text(answer: &PeersAnswer) -> String {
+fn peers_text(answer: &PeersAnswer, names: &Names) -> String {
     let mut table = Table::new(&[
         ("NAME", false),
         ("PEER", false),
@@ -189,7 +268,7 @@ fn peers_text(answer: &PeersAnswer) -> String {
             peer.addrs.first().cloned().unwrap_or_default(),
         ]);
     }
-    format!("{}\n{}", table.render(), coverage_line(&answer.coverage))
+    format!("{}\n{}", table.render(), names.coverage(&answer.coverage))
 }
 
 /// Money in cents as units with two decimals.
@@ -197,11 +276,11 @@ fn money(cents: u64) -> String {
     format!("{}.{:02}", cents / 100, cents % 100)
 }
 
-fn bill_text(bill: &Bill) -> String {
+fn bill_text(bill: &Bill, names: &Names) -> String {
     format!(
         "meter {}  home {}\nperiod {} – {}\nconsumption {} m³\namount {} {} ({})",
         bill.meter,
-        bill.home,
+        names.name(&bill.home),
         format_timestamp(bill.period_start_ms),
         format_timestamp(bill.period_end_ms),
         cubic_metres(bill.consumption_l),
@@ -211,7 +290,7 @@ fn bill_text(bill: &Bill) -> String {
     )
 }
 
-fn blocked_text(answer: &BlockedAnswer) -> String {
+fn blocked_text(answer: &BlockedAnswer, names: &Names) -> String {
     let mut table = Table::new(&[
         ("METER", true),
         ("REASON", false),
@@ -225,25 +304,25 @@ fn blocked_text(answer: &BlockedAnswer) -> String {
             e.blocked.reason.as_str().into(),
             format_timestamp(e.blocked.since_ms),
             e.blocked.detail.clone(),
-            e.home.clone(),
+            names.name(&e.home),
         ]);
     }
     let none = if answer.blocked.is_empty() { "(no meter is blocked)\n" } else { "" };
-    format!("{}\n{none}{}", table.render(), coverage_line(&answer.coverage))
+    format!("{}\n{none}{}", table.render(), names.coverage(&answer.coverage))
 }
 
-fn alerts_text(answer: &AlertsAnswer) -> String {
+fn alerts_text(answer: &AlertsAnswer, names: &Names) -> String {
     let mut table = Table::new(&[("METER", true), ("KIND", false), ("SINCE", false), ("HOME", false)]);
     for e in &answer.alerts {
         table.row(vec![
             e.alert.meter.to_string(),
             e.alert.kind.as_str().into(),
             format_timestamp(e.alert.since_ms),
-            e.home.clone(),
+            names.name(&e.home),
         ]);
     }
     let none = if answer.alerts.is_empty() { "(no active alert)\n" } else { "" };
-    format!("{}\n{none}{}", table.render(), coverage_line(&answer.coverage))
+    format!("{}\n{none}{}", table.render(), names.coverage(&answer.coverage))
 }
 
 fn status_text(status: &MeterStatus) -> String {
@@ -325,10 +404,12 @@ async fn follow(client: &mut Client, meter: u64, json: bool) -> anyhow::Result<u
     }
 }
 
-fn meter_text(answer: &MeterAnswer) -> String {
+fn meter_text(answer: &MeterAnswer, names: &Names, rows: usize) -> String {
     let mut table =
         Table::new(&[("TIME", false), ("REGISTER m³", true), ("FLOW L/h", true), ("ALARMS", false)]);
-    for r in &answer.history.readings {
+    let readings = &answer.history.readings;
+    let shown = &readings[readings.len().saturating_sub(rows)..];
+    for r in shown {
         table.row(vec![
             format_timestamp(r.ts_ms),
             cubic_metres(r.litres),
@@ -336,17 +417,23 @@ fn meter_text(answer: &MeterAnswer) -> String {
             r.alarms.to_string(),
         ]);
     }
+    let cut = if shown.len() < readings.len() {
+        format!(" (the latest {} shown: --all for every one, --from/--to for a window)", shown.len())
+    } else if answer.history.truncated {
+        " (only the latest are shown)".to_owned()
+    } else {
+        String::new()
+    };
     let mut text = format!(
-        "meter {}  home {}\n{}\nconsumption {} m³ over {} reading(s){}\n{}",
+        "meter {}  home {}\n{}\nconsumption {} m³ over {} reading(s){cut}\n{}",
         answer.meter,
-        answer.home,
+        names.name(&answer.home),
         status_text(&answer.status),
         cubic_metres(answer.consumption_l),
-        answer.history.readings.len(),
-        if answer.history.truncated { " (only the latest are shown)" } else { "" },
+        readings.len(),
         table.render()
     );
-    if answer.history.readings.is_empty() {
+    if readings.is_empty() {
         text.push_str("\n(no reading in this window)");
     }
     text

@@ -68,7 +68,13 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     let span_ms =
         args.duration.unwrap_or(Duration::from_secs(3600)).as_millis() as f64 * (args.time_scale - 1.0);
     let device_start = start_ms.saturating_sub(span_ms as u64);
-    tracing::info!(meters = fleet.len(), profile = %args.profile, peer = %client.peer_id(), "simulating");
+    say!(
+        "simulating {} meters ({} profile) against node {} every {}; Ctrl-C stops",
+        fleet.len(),
+        args.profile,
+        client.peer_id(),
+        humantime::format_duration(args.interval)
+    );
     if let Some(backfill) = args.backfill {
         anyhow::ensure!(args.time_scale == 1.0, "--backfill and --time-scale do not combine");
         let mut history = Vec::new();
@@ -79,13 +85,16 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         }
         let count = history.len();
         send(&mut client, &mut fleet, history).await?;
-        tracing::info!(readings = count, "history sent");
+        say!("history: {count} readings sent");
     }
     let mut ticker = tokio::time::interval(args.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut sent, mut ticks) = (0u64, 0u64);
     loop {
-        ticker.tick().await;
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = tokio::signal::ctrl_c() => break,
+        }
         let elapsed = real_start.elapsed();
         if args.duration.is_some_and(|d| elapsed > d) {
             break;
@@ -96,10 +105,14 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         send(&mut client, &mut fleet, readings).await?;
         ticks += 1;
         if ticks % 30 == 1 {
-            tracing::info!(sent, closed_valves = fleet.closed_meters(), "simulating");
+            say!("{sent} readings sent, {} valves closed", fleet.closed_meters());
         }
     }
-    tracing::info!(sent, "simulation finished");
+    say!(
+        "done: {sent} readings sent in {}, {} valves closed",
+        humantime::format_duration(Duration::from_secs(real_start.elapsed().as_secs())),
+        fleet.closed_meters()
+    );
     Ok(0)
 }
 

@@ -50,6 +50,12 @@ pub fn check_fields(reading: &Reading, now_ms: u64) -> Result<(), Rejection> {
     Ok(())
 }
 
+/// Litres as cubic metres with three decimals (exact: 1 L = 0.001 m³), as every figure is
+/// shown to people.
+pub fn cubic_metres(litres: u64) -> String {
+    format!("{}.{:03}", litres / 1000, litres % 1000)
+}
+
 /// A reading's register as a point.
 pub fn point(reading: &Reading) -> Point {
     Point { ts_ms: reading.ts_ms, litres: reading.litres }

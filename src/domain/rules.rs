@@ -11,6 +11,8 @@ use hydromesh_proto::control::{BlockReason, Policy};
 use hydromesh_proto::summary::{Alert, AlertKind};
 use hydromesh_proto::{Alarms, MeterId, Reading};
 
+use super::cubic_metres;
+
 /// A day, the leak rule's window.
 pub const LEAK_WINDOW_MS: u64 = 24 * 3_600_000;
 /// A standstill this long (or longer) within the window clears a leak.
@@ -324,7 +326,11 @@ impl RationingInputs {
         if let Some(cap) = self.policy.cap_l.filter(|cap| consumption.current_l > *cap) {
             return Some((
                 BlockReason::Cap,
-                format!("{} L in the period, cap {cap} L", consumption.current_l),
+                format!(
+                    "{} m³ in the period, cap {} m³",
+                    cubic_metres(consumption.current_l),
+                    cubic_metres(cap)
+                ),
             ));
         }
         if let (Some(permille), Some(average)) = (self.policy.above_average_permille, self.average_l) {
@@ -333,10 +339,12 @@ impl RationingInputs {
                 return Some((
                     BlockReason::AboveAverage,
                     format!(
-                        "{} L in the period, limit {limit:.0} L ({}.{:03} × average {average:.1} L)",
-                        consumption.current_l,
+                        "{} m³ in the period, limit {} m³ ({}.{:03} × average {} m³)",
+                        cubic_metres(consumption.current_l),
+                        cubic_metres(limit.round() as u64),
                         permille / 1000,
-                        permille % 1000
+                        permille % 1000,
+                        cubic_metres(average.round() as u64)
                     ),
                 ));
             }

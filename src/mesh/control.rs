@@ -97,7 +97,9 @@ pub fn describe(action: &Action) -> String {
         Action::Policy(policy) => format!(
             "policy: period {}, cap {}, above average {}",
             humantime::format_duration(std::time::Duration::from_millis(policy.period_ms)),
-            policy.cap_l.map_or_else(|| "none".into(), |cap| format!("{cap} L")),
+            policy
+                .cap_l
+                .map_or_else(|| "none".into(), |cap| format!("{} m³", crate::domain::cubic_metres(cap))),
             policy
                 .above_average_permille
                 .map_or_else(|| "none".into(), |p| format!("{}.{:03} ×", p / 1000, p % 1000)),

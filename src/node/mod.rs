@@ -100,6 +100,7 @@ impl Node {
     /// peers, and runs until [`NodeHandle::shutdown`].
     pub async fn spawn(config: Config) -> Result<NodeHandle, NodeError> {
         config.validate()?;
+        check_ports_free(&config.listen)?;
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| NodeError::DataDir { path: config.data_dir.clone(), source })?;
         let keypair = identity::load_or_create(&config.data_dir)?;
@@ -168,6 +169,42 @@ impl Node {
 
 /// The mesh state saved on disk: summaries (stale until heard again) and the admin commands of
 /// keys still trusted.
+/// Refuses a listen address whose fixed port something else holds. libp2p binds its listeners
+/// with `SO_REUSEPORT`, so a second node on a taken TCP port would otherwise start and share
+/// the first one's incoming connections; a probe socket without that option finds the port
+/// taken. Port 0 (any free port) is not checked.
+fn check_ports_free(listen: &[Multiaddr]) -> Result<(), NodeError> {
+    use libp2p::multiaddr::Protocol;
+    for addr in listen {
+        let (mut ip, mut tcp, mut udp) = (None, None, None);
+        for protocol in addr.iter() {
+            match protocol {
+                Protocol::Ip4(v4) => ip = Some(std::net::IpAddr::V4(v4)),
+                Protocol::Ip6(v6) => ip = Some(std::net::IpAddr::V6(v6)),
+                Protocol::Tcp(port) => tcp = Some(port),
+                Protocol::Udp(port) => udp = Some(port),
+                _ => {}
+            }
+        }
+        let taken = match (ip, tcp, udp) {
+            (Some(ip), Some(port), _) if port != 0 => std::net::TcpListener::bind((ip, port)).err(),
+            (Some(ip), None, Some(port)) if port != 0 => std::net::UdpSocket::bind((ip, port)).err(),
+            _ => None,
+        };
+        if let Some(error) = taken {
+            let reason = if error.kind() == std::io::ErrorKind::AddrInUse {
+                "the port is in use (another hydromesh node, or another program, listens there): \
+                 stop it or choose another port"
+                    .to_owned()
+            } else {
+                error.to_string()
+            };
+            return Err(NodeError::Listen { addr: addr.clone(), reason });
+        }
+    }
+    Ok(())
+}
+
 fn restore_mesh(peer_id: PeerId, config: &Config, store: &Store) -> Result<Mesh, NodeError> {
     if config.fog_nodes.is_empty() {
         tracing::warn!("no fog_nodes configured: any peer may join this mesh and publish figures");

@@ -68,7 +68,7 @@ impl Client {
                 match swarm.select_next_some().await {
                     SwarmEvent::ConnectionEstablished { peer_id, .. } => return Ok(peer_id),
                     SwarmEvent::OutgoingConnectionError { error, .. } => {
-                        return Err(connect_error(error.to_string()))
+                        return Err(connect_error(dial_reason(&error)))
                     }
                     _ => {}
                 }
@@ -205,5 +205,38 @@ impl Client {
                 _ => {}
             }
         }
+    }
+}
+
+/// A failed dial as one line: libp2p nests the same cause several times over ("Failed to
+/// negotiate transport protocol(s): [(…: Multiple dial errors occurred: - Connection refused
+/// …)]"); this names the innermost cause of each attempt once, with a hint where one helps.
+fn dial_reason(error: &libp2p::swarm::DialError) -> String {
+    use libp2p::swarm::DialError;
+    match error {
+        DialError::Transport(attempts) => {
+            let mut causes: Vec<String> = attempts.iter().map(|(_, error)| innermost(error)).collect();
+            causes.dedup();
+            causes.join("; ")
+        }
+        DialError::WrongPeerId { obtained, .. } => {
+            format!("the node there is {obtained}, not the one the address names (check its /p2p/ part)")
+        }
+        other => innermost(other),
+    }
+}
+
+/// The deepest cause of an error, in words a user can act on.
+fn innermost(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    // The transports' own error types end the chain (their causes are not exposed as sources).
+    let said = cause.to_string();
+    if said.starts_with("Connection refused") {
+        "connection refused: no node listens there".into()
+    } else {
+        said
     }
 }

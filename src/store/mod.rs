@@ -86,6 +86,15 @@ pub enum StoreError {
         /// What sled said.
         source: sled::Error,
     },
+    /// Another process (another node) holds the store's lock.
+    #[error(
+        "another hydromesh node is using {path} (its database is locked): stop that node, or give \
+         this one a data dir of its own (--data-dir)"
+    )]
+    InUse {
+        /// The store's folder.
+        path: PathBuf,
+    },
     /// A read or write failed.
     #[error("storage error: {0}")]
     Sled(#[from] sled::Error),
@@ -982,9 +991,10 @@ fn open_sled(dir: &Path) -> Result<sled::Db, StoreError> {
             reason: panic_message(&*panic),
         })?;
         match opened {
-            Err(sled::Error::Io(error))
-                if error.to_string().contains("could not acquire lock") && Instant::now() < deadline =>
-            {
+            Err(sled::Error::Io(error)) if error.to_string().contains("could not acquire lock") => {
+                if Instant::now() >= deadline {
+                    return Err(StoreError::InUse { path: dir.to_path_buf() });
+                }
                 std::thread::sleep(Duration::from_millis(20));
             }
             opened => return opened.map_err(|source| StoreError::Open { path: dir.to_path_buf(), source }),
