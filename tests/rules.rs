@@ -139,6 +139,19 @@ async fn a_policy_set_through_one_node_cuts_a_meter_homed_on_another() {
     let (_, over) = ingest(&mut on_late, vec![reading(900, t + 2000, 1001 + cap_l)]).await;
     assert_eq!(over, vec![MeterCommand { meter: 900, valve: Valve::Closed }]);
 
+    // A back-fill that moves the period's base, days before the latest reading, closes the
+    // valve in its own acknowledgement.
+    let t = now_ms();
+    let (_, under) = ingest(
+        &mut on_late,
+        vec![reading(901, t - 2 * HOUR_MS, 1000), reading(901, t - HOUR_MS, 1000 + cap_l - 50)],
+    )
+    .await;
+    assert!(under.is_empty(), "{under:?}");
+    let (outcomes, backfill) = ingest(&mut on_late, vec![reading(901, t - 72 * HOUR_MS, 100)]).await;
+    assert_eq!(outcomes, vec![Outcome::Accepted]);
+    assert_eq!(backfill, vec![MeterCommand { meter: 901, valve: Valve::Closed }]);
+
     // Lifting the cap reopens the valves at their next acknowledgement.
     let answer = admin(&mut mesh.client(a).await, &key, Action::Policy(Policy::default())).await;
     assert!(matches!(answer, Response::Applied(_)), "{answer:?}");

@@ -420,7 +420,10 @@ impl Store {
             Some(_) => {
                 let before = self.at_or_before(reading.meter, reading.ts_ms)?;
                 if let Some(stored) = before.filter(|stored| stored.ts_ms == reading.ts_ms) {
-                    return Ok(if stored == *reading {
+                    // The register is the reading: a re-send with the same litres is the same
+                    // reading even if a gateway added or dropped its flow or alarms (the stored
+                    // copy stays); another register at the same time is a conflict.
+                    return Ok(if stored.litres == reading.litres {
                         Outcome::Duplicate
                     } else {
                         Outcome::Rejected(Rejection::ConflictingDuplicate { stored_litres: stored.litres })
@@ -1181,7 +1184,9 @@ mod tests {
                         assert!(held.is_none(), "round {round}: {reading:?} accepted twice");
                         model.insert((reading.meter, reading.ts_ms), *reading);
                     }
-                    Outcome::Duplicate => assert_eq!(held, Some(*reading), "round {round}"),
+                    Outcome::Duplicate => {
+                        assert_eq!(held.map(|h| h.litres), Some(reading.litres), "round {round}")
+                    }
                     Outcome::Rejected(_) => {}
                 }
             }
@@ -1410,11 +1415,14 @@ mod tests {
         let (_dir, store) = open();
         let batch = [reading(1, T0, 100), reading(1, T0 + 10, 110)];
         assert_eq!(store.append(&batch, NOW).expect("append").outcomes, vec![Outcome::Accepted; 2]);
-        let again = [reading(1, T0, 100), reading(1, T0 + 10, 111), reading(1, T0 + 10, 110)];
+        let with_flow = Reading { flow_lph: Some(40), alarms: Alarms::LEAK, ..reading(1, T0, 100) };
+        let again = [with_flow, reading(1, T0 + 10, 111), reading(1, T0 + 10, 110)];
         let outcomes = store.append(&again, NOW).expect("append").outcomes;
-        assert_eq!(outcomes[0], Outcome::Duplicate);
+        assert_eq!(outcomes[0], Outcome::Duplicate, "same register, other extras: the same reading");
         assert_eq!(outcomes[1], Outcome::Rejected(Rejection::ConflictingDuplicate { stored_litres: 110 }));
         assert_eq!(outcomes[2], Outcome::Duplicate);
+        let held = store.meter_history(1, None, None, 10).expect("read").expect("held").readings;
+        assert_eq!(held[0], reading(1, T0, 100), "the stored copy stays");
     }
 
     #[test]
