@@ -50,7 +50,7 @@ pub struct Metrics {
     /// Seconds to answer a question.
     pub query_seconds: Histogram,
     /// Age of each node's latest summary, seconds.
-    pub summary_age_seconds: Family<OriginLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub node_data_age_seconds: Family<OriginLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// Fog nodes reported stale.
     pub stale_nodes: Gauge,
     /// Bytes the database takes on disk.
@@ -75,11 +75,11 @@ impl Metrics {
         );
         let query_seconds = Histogram::new(exponential_buckets(0.00005, 2.0, 18));
         sub.register("query_seconds", "Time to answer a question", query_seconds.clone());
-        let summary_age_seconds = Family::default();
+        let node_data_age_seconds = Family::default();
         sub.register(
-            "summary_age_seconds",
-            "Age of each fog node's latest summary",
-            summary_age_seconds.clone(),
+            "node_data_age_seconds",
+            "Age of the latest figures of each fog node (its signed summary)",
+            node_data_age_seconds.clone(),
         );
         let stale_nodes = Gauge::default();
         sub.register("stale_nodes", "Fog nodes not heard from within stale_after", stale_nodes.clone());
@@ -92,7 +92,7 @@ impl Metrics {
             refused,
             ingest_batch_seconds,
             query_seconds,
-            summary_age_seconds,
+            node_data_age_seconds,
             stale_nodes,
             disk_bytes,
         }
@@ -115,7 +115,7 @@ impl Metrics {
         histogram.observe(elapsed.as_secs_f64());
     }
 
-    /// The metrics in Prometheus' text format.
+    /// The metrics in the OpenMetrics text format (`application/openmetrics-text`).
     pub fn encode(&self) -> String {
         let mut text = String::new();
         let registry = self.registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -124,6 +124,48 @@ impl Metrics {
         }
         text
     }
+
+    /// The metrics in Prometheus' classic text format (`text/plain; version=0.0.4`), for
+    /// scrapers that do not ask for OpenMetrics.
+    pub fn encode_classic(&self) -> String {
+        classic(&self.encode())
+    }
+}
+
+/// OpenMetrics text as Prometheus' classic text format: a counter family is named with its
+/// `_total` suffix in its HELP and TYPE lines (OpenMetrics names the family without it), and
+/// the `# UNIT` and `# EOF` lines, which the classic format does not have, are dropped.
+fn classic(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    // A family's HELP line waits for its TYPE line, which says whether it is a counter.
+    let mut help: Option<&str> = None;
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            help = Some(line);
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
+            let name = if kind == "counter" { format!("{name}_total") } else { name.to_owned() };
+            if let Some(help) = help.take() {
+                let text =
+                    help.strip_prefix("# HELP ").and_then(|h| h.split_once(' ')).map_or("", |(_, t)| t);
+                out.push_str(&format!("# HELP {name} {text}\n"));
+            }
+            out.push_str(&format!("# TYPE {name} {kind}\n"));
+            continue;
+        }
+        if let Some(help) = help.take() {
+            out.push_str(help);
+            out.push('\n');
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }
 
 impl Default for Metrics {
@@ -209,5 +251,18 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("libp2p"), "libp2p's metrics are registered too");
+        assert!(text.ends_with("# EOF\n"), "OpenMetrics ends with # EOF");
+    }
+
+    #[test]
+    fn the_classic_format_names_counters_with_total_and_has_no_eof() {
+        let metrics = Metrics::new();
+        metrics.refuse("http", "bad_request");
+        let text = metrics.encode_classic();
+        assert!(text.contains("# HELP hydromesh_refused_total Input refused"), "{text}");
+        assert!(text.contains("# TYPE hydromesh_refused_total counter"), "{text}");
+        assert!(text.contains("# TYPE hydromesh_stale_nodes gauge"), "{text}");
+        assert!(!text.contains("# EOF") && !text.contains("# UNIT"), "{text}");
+        assert!(text.contains("hydromesh_refused_total{source=\"http\",reason=\"bad_request\"} 1"), "{text}");
     }
 }

@@ -414,6 +414,30 @@ async fn every_route_answers_like_the_cli() {
         })
         .and_then(|count| count.trim().parse::<u64>().ok());
     assert!(bad_requests.is_some_and(|count| count > 0), "{}", metrics.text());
+    // The classic text format, as its Content-Type says, clean for Prometheus' own checker.
+    assert_eq!(metrics.header("content-type"), Some("text/plain; version=0.0.4; charset=utf-8"));
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (scripts/install-test-deps.sh installs it)");
+    std::io::Write::write_all(&mut promtool.stdin.take().expect("stdin"), metrics.text().as_bytes())
+        .expect("write metrics");
+    let checked = promtool.wait_with_output().expect("promtool ends");
+    let findings =
+        format!("{}{}", String::from_utf8_lossy(&checked.stdout), String::from_utf8_lossy(&checked.stderr));
+    assert!(checked.status.success() && findings.trim().is_empty(), "promtool check metrics: {findings}");
+    // OpenMetrics to a scraper that asks for it.
+    let open =
+        send(addr, "GET", "/metrics", &[("accept", "application/openmetrics-text; version=1.0.0")], b"")
+            .await;
+    assert_eq!(
+        open.header("content-type"),
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    );
+    assert!(open.text().ends_with("# EOF\n"), "{}", open.text());
 
     let dashboard = get(addr, "/").await;
     assert_eq!(dashboard.status, 200);

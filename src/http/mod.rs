@@ -190,9 +190,22 @@ async fn count_bad_requests(
     response
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
-    let text = state.context.metrics.encode();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+/// `GET /metrics`: OpenMetrics to a scraper that asks for it (Prometheus does), else the
+/// classic text format; each with the Content-Type of what it is.
+async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .any(|accept| accept.contains("application/openmetrics-text"));
+    let metrics = &state.context.metrics;
+    if openmetrics {
+        let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+        ([(header::CONTENT_TYPE, content_type)], metrics.encode()).into_response()
+    } else {
+        ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], metrics.encode_classic())
+            .into_response()
+    }
 }
 
 async fn no_route(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {

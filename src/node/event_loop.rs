@@ -966,11 +966,11 @@ impl EventLoop {
     /// Summary ages, stale nodes and disk use, for `/metrics`.
     fn update_view_metrics(&self) {
         let peers = self.mesh.view().peers(Instant::now(), now_ms());
-        self.metrics.summary_age_seconds.clear();
+        self.metrics.node_data_age_seconds.clear();
         for peer in &peers.peers {
             if let Some(ms) = peer.last_heard_ms_ago {
                 let labels = OriginLabels { origin: peer.peer.clone() };
-                self.metrics.summary_age_seconds.get_or_create(&labels).set(ms as f64 / 1000.0);
+                self.metrics.node_data_age_seconds.get_or_create(&labels).set(ms as f64 / 1000.0);
             }
         }
         self.metrics.stale_nodes.set(peers.peers.iter().filter(|p| p.stale).count() as i64);
