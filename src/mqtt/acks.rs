@@ -8,8 +8,11 @@ use std::collections::VecDeque;
 pub enum AckState {
     /// Its reading is not durable yet.
     Waiting,
-    /// It may be sent: the reading is durable, or the message was refused.
+    /// It may be sent: the reading is durable.
     Ready,
+    /// It may be sent: the message was received but is not a reading (MQTT 5 says so in
+    /// its reason code).
+    Refused,
     /// Its reading could not be stored: it must never be sent.
     Failed,
 }
@@ -21,6 +24,8 @@ pub struct PendingAck {
     pub pkid: u16,
     /// PUBREC (QoS 2) rather than PUBACK (QoS 1).
     pub rec: bool,
+    /// The message was refused (see [`AckState::Refused`]).
+    pub refused: bool,
     /// Whether it may be sent.
     pub state: AckState,
 }
@@ -39,7 +44,7 @@ pub struct AckQueue {
 impl AckQueue {
     /// Adds the acknowledgement of the latest publish; returns its sequence number.
     pub fn push(&mut self, pkid: u16, rec: bool, state: AckState) -> u64 {
-        self.entries.push_back(PendingAck { pkid, rec, state });
+        self.entries.push_back(PendingAck { pkid, rec, refused: state == AckState::Refused, state });
         self.front_seq + self.entries.len() as u64 - 1
     }
 
@@ -68,7 +73,7 @@ impl AckQueue {
         match self.entries.front()?.state {
             AckState::Waiting => None,
             AckState::Failed => Some(Err(())),
-            AckState::Ready => {
+            AckState::Ready | AckState::Refused => {
                 self.front_seq += 1;
                 self.entries.pop_front().map(Ok)
             }

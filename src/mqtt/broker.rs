@@ -27,12 +27,11 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use hydromesh_proto::ingest::MeterCommand;
 use hydromesh_proto::Reading;
-use rumqttc::mqttbytes::v4::{
-    ConnAck, Connect, ConnectReturnCode, Packet, PingResp, PubAck, PubComp, PubRec, Publish, SubAck,
-    Subscribe, SubscribeReasonCode, UnsubAck, Unsubscribe,
-};
-use rumqttc::mqttbytes::{Error as CodecError, Protocol, QoS};
+use rumqttc::mqttbytes::v4::{Connect, Packet, Publish, Subscribe, Unsubscribe};
+use rumqttc::mqttbytes::{Error as CodecError, QoS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::codec::{self, ConnectRefusal, Out, Version};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::error::TrySendError;
@@ -279,12 +278,12 @@ async fn connection(
     };
     let source = peer_source(peer.ip());
     let mut wbuf = BytesMut::with_capacity(1024);
-    let connect = match connect {
+    let (version, connect) = match connect {
         Ok(Ok(connect)) => connect,
         Ok(Err(Handshake::Unsupported)) => {
-            // MQTT asks for this answer to a protocol version the server does not speak.
-            let code = ConnectReturnCode::RefusedProtocolVersion;
-            write_packet(&mut wbuf, |buf| ConnAck::new(code, false).write(buf));
+            // MQTT asks for this answer to a protocol version the server does not speak (in
+            // 3.1.1's form, which 3.1 clients read too).
+            Version::V311.write(&mut wbuf, Out::ConnAck(Some(ConnectRefusal::ProtocolVersion)));
             let close = Close::protocol(UNSUPPORTED);
             return finish(&shared, &source, close, &mut writer, wbuf).await;
         }
@@ -294,30 +293,25 @@ async fn connection(
             return finish(&shared, &source, close, &mut writer, wbuf).await;
         }
     };
-    let refusal = match (connect.protocol, connect.client_id.is_empty(), connect.clean_session) {
-        (Protocol::V5, _, _) => Some((ConnectReturnCode::RefusedProtocolVersion, UNSUPPORTED)),
-        (_, true, false) => {
-            Some((ConnectReturnCode::BadClientId, "an empty client id needs a clean session"))
-        }
-        _ => None,
-    };
-    if let Some((code, detail)) = refusal {
-        write_packet(&mut wbuf, |buf| ConnAck::new(code, false).write(buf));
-        return finish(&shared, &source, Close::protocol(detail), &mut writer, wbuf).await;
+    if connect.client_id.is_empty() && !connect.clean_session {
+        version.write(&mut wbuf, Out::ConnAck(Some(ConnectRefusal::ClientId)));
+        let close = Close::protocol("an empty client id needs a clean session");
+        return finish(&shared, &source, close, &mut writer, wbuf).await;
     }
     let client_id: Arc<str> = match connect.client_id.as_str() {
         "" => format!("auto-{id}").into(),
         named => named.into(),
     };
     shared.registry.claim(&client_id, id, stop.clone());
-    write_packet(&mut wbuf, |buf| ConnAck::new(ConnectReturnCode::Success, false).write(buf));
-    tracing::debug!(client = %client_id, %peer, keep_alive = connect.keep_alive, "MQTT client connected");
+    version.write(&mut wbuf, Out::ConnAck(None));
+    tracing::debug!(client = %client_id, %peer, ?version, keep_alive = connect.keep_alive, "MQTT client connected");
     let (done_tx, done_rx) = mpsc::unbounded_channel();
     let (deliveries_tx, deliveries_rx) = mpsc::channel(DELIVERY_QUEUE);
     let keep_alive =
         (connect.keep_alive > 0).then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
     let mut session = Session {
         id,
+        version,
         client_id: client_id.clone(),
         shared: shared.clone(),
         rbuf,
@@ -388,13 +382,23 @@ enum Handshake {
 }
 
 /// Why a CONNECT is answered "unacceptable protocol version".
-const UNSUPPORTED: &str = "only MQTT 3.1.1 is supported";
+const UNSUPPORTED: &str = "only MQTT 3.1.1 and 5 are supported";
 
-/// Reads the first packet, which must be a CONNECT.
-async fn read_connect(reader: &mut OwnedReadHalf, rbuf: &mut BytesMut) -> Result<Connect, Handshake> {
+/// Reads the first packet, which must be a CONNECT, in the version it names.
+async fn read_connect(
+    reader: &mut OwnedReadHalf,
+    rbuf: &mut BytesMut,
+) -> Result<(Version, Connect), Handshake> {
     loop {
-        match Packet::read(rbuf, MAX_PACKET_BYTES) {
-            Ok(Packet::Connect(connect)) => return Ok(connect),
+        // The protocol level decides the codec; 3.1.1's reads anything else far enough to fail.
+        let version = match codec::connect_level(rbuf) {
+            Some(level) if rbuf.first().is_some_and(|byte| byte >> 4 == 1) => {
+                Version::of_level(level).ok_or(Handshake::Unsupported)?
+            }
+            _ => Version::V311,
+        };
+        match version.read(rbuf, MAX_PACKET_BYTES) {
+            Ok(Packet::Connect(connect)) => return Ok((version, connect)),
             Ok(_) => return Err(Handshake::Close(Close::protocol("the first packet is not CONNECT"))),
             Err(CodecError::InsufficientBytes(_)) => {
                 rbuf.reserve(READ_CHUNK);
@@ -421,17 +425,11 @@ fn codec_close(error: CodecError) -> Close {
     }
 }
 
-/// Encodes a packet into `wbuf`. Encoding only fails for packets over 256 MiB, which this
-/// server never builds.
-fn write_packet(wbuf: &mut BytesMut, write: impl FnOnce(&mut BytesMut) -> Result<usize, CodecError>) {
-    if let Err(error) = write(wbuf) {
-        tracing::error!(%error, "cannot encode an MQTT packet");
-    }
-}
-
 /// One connected client.
 struct Session {
     id: u64,
+    /// The protocol version its CONNECT named.
+    version: Version,
     client_id: Arc<str>,
     shared: Arc<Shared>,
     rbuf: BytesMut,
@@ -552,7 +550,7 @@ impl Session {
                 self.submit();
                 continue;
             }
-            match Packet::read(&mut self.rbuf, MAX_PACKET_BYTES) {
+            match self.version.read(&mut self.rbuf, MAX_PACKET_BYTES) {
                 Ok(packet) => {
                     heard = true;
                     if let Err(close) = self.handle(packet) {
@@ -582,7 +580,7 @@ impl Session {
             }
             Packet::PubRel(release) => {
                 // The PUBREC before it was sent once the message was stored.
-                write_packet(&mut self.wbuf, |buf| PubComp::new(release.pkid).write(buf));
+                self.version.write(&mut self.wbuf, Out::PubComp(release.pkid));
                 Ok(())
             }
             // This server never sends QoS 2 messages, so never expects these.
@@ -596,7 +594,7 @@ impl Session {
                 Ok(())
             }
             Packet::PingReq => {
-                write_packet(&mut self.wbuf, |buf| PingResp.write(buf));
+                self.version.write(&mut self.wbuf, Out::PingResp);
                 Ok(())
             }
             Packet::Disconnect => Err(Close::Gone),
@@ -629,7 +627,7 @@ impl Session {
                 // Received, but useless: acknowledged in its turn, so the client does not send
                 // it again and again.
                 if let Some(rec) = ack {
-                    self.acks.push(publish.pkid, rec, AckState::Ready);
+                    self.acks.push(publish.pkid, rec, AckState::Refused);
                 }
             }
         }
@@ -658,11 +656,9 @@ impl Session {
     fn flush_acks(&mut self) -> Result<(), Close> {
         while let Some(ready) = self.acks.pop_ready() {
             let Ok(ack) = ready else { return Err(Close::NotStored) };
-            if ack.rec {
-                write_packet(&mut self.wbuf, |buf| PubRec::new(ack.pkid).write(buf));
-            } else {
-                write_packet(&mut self.wbuf, |buf| PubAck::new(ack.pkid).write(buf));
-            }
+            let (pkid, refused) = (ack.pkid, ack.refused);
+            let packet = if ack.rec { Out::PubRec { pkid, refused } } else { Out::PubAck { pkid, refused } };
+            self.version.write(&mut self.wbuf, packet);
         }
         Ok(())
     }
@@ -671,7 +667,7 @@ impl Session {
         let mut codes = Vec::with_capacity(subscribe.filters.len());
         for filter in subscribe.filters {
             if !topic::valid_filter(&filter.path) {
-                codes.push(SubscribeReasonCode::Failure);
+                codes.push(None);
                 continue;
             }
             // Commands go out at QoS 0 or 1; a QoS 2 subscription is granted QoS 1.
@@ -681,10 +677,10 @@ impl Session {
             } else if self.subscriptions.len() < MAX_SUBSCRIPTIONS {
                 self.subscriptions.push((filter.path, qos));
             } else {
-                codes.push(SubscribeReasonCode::Failure);
+                codes.push(None);
                 continue;
             }
-            codes.push(SubscribeReasonCode::Success(qos));
+            codes.push(Some(qos));
         }
         self.shared.registry.subscribe(
             self.id,
@@ -692,10 +688,11 @@ impl Session {
             self.subscriptions.clone(),
             Some(self.deliveries_tx.clone()),
         );
-        write_packet(&mut self.wbuf, |buf| SubAck::new(subscribe.pkid, codes).write(buf));
+        self.version.write(&mut self.wbuf, Out::SubAck(subscribe.pkid, &codes));
     }
 
     fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe) {
+        let filters = unsubscribe.topics.len();
         self.subscriptions.retain(|(path, _)| !unsubscribe.topics.contains(path));
         self.shared.registry.subscribe(
             self.id,
@@ -703,7 +700,7 @@ impl Session {
             self.subscriptions.clone(),
             Some(self.deliveries_tx.clone()),
         );
-        write_packet(&mut self.wbuf, |buf| UnsubAck::new(unsubscribe.pkid).write(buf));
+        self.version.write(&mut self.wbuf, Out::UnsubAck(unsubscribe.pkid, filters));
     }
 
     /// Writes a command for this subscriber; at QoS 1 it waits for a PUBACK (without
@@ -725,7 +722,7 @@ impl Session {
             pkid,
             payload: delivery.payload,
         };
-        write_packet(&mut self.wbuf, |buf| publish.write(buf));
+        self.version.write(&mut self.wbuf, Out::Publish(&publish));
     }
 
     /// A packet id not in use (there are at most `MAX_OUTGOING_INFLIGHT` in use).
@@ -735,33 +732,6 @@ impl Session {
             if !self.out_inflight.contains(&self.next_pkid) {
                 return self.next_pkid;
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn arbitrary_bytes_never_panic_the_decoder() {
-        // A small deterministic generator: no dependency, same bytes every run.
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
-        for _ in 0..20_000 {
-            let len = (next() % 40) as usize;
-            let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
-            if let Some(first) = bytes.first_mut() {
-                // Mostly valid packet types, to get past the fixed header.
-                *first = (*first & 0x0f) | (((next() % 15) as u8) << 4);
-            }
-            let mut buf = BytesMut::from(&bytes[..]);
-            while let Ok(_packet) = Packet::read(&mut buf, MAX_PACKET_BYTES) {}
         }
     }
 }

@@ -19,6 +19,7 @@ mod acks;
 mod batcher;
 mod bridge;
 mod broker;
+mod codec;
 pub mod payload;
 mod topic;
 
