@@ -6,10 +6,10 @@
 //!   name the topic's meter).
 //! - `wmbusmeters` and `wmbusmeters/…`: wmbusmeters' JSON. `id` (a string of digits) is the meter,
 //!   `total_m3` the register, converted to litres **rounded to the nearest litre** (6.4086 m³ is
-//!   6409 L, 6.4084 m³ is 6408 L), `timestamp` the time (RFC 3339), `flow_m3h` (or
-//!   `current_flow_m3h`) the flow, and the words of `current_status` and `status` (space- or
-//!   comma-separated) the alarm flags: `LEAK`, `BURST`, `DRY`, `REVERSE`/`REVERSED`/`BACKFLOW`,
-//!   `TAMPER`/`FRAUD`; `OK` and the empty string mean none, and other words are ignored.
+//!   6409 L, 6.4084 m³ is 6408 L), `timestamp` the time (RFC 3339), `volume_flow_m3h` (or
+//!   `flow_m3h`, `current_flow_m3h`) the flow, and the words of `status`, `current_status` and
+//!   `current_alarms` (space- or comma-separated, any case) the alarm flags, as
+//!   [`status_alarms`] reads the words of wmbusmeters' water drivers.
 //! - `hydromesh/meters/{meter}/command`: `{"meter":N,"valve":"closed"|"open"}`, from the node.
 
 use std::borrow::Cow;
@@ -157,12 +157,15 @@ struct WmbusJson<'a> {
     total_m3: Option<f64>,
     #[serde(borrow)]
     timestamp: Option<Cow<'a, str>>,
+    volume_flow_m3h: Option<f64>,
     flow_m3h: Option<f64>,
     current_flow_m3h: Option<f64>,
     #[serde(borrow)]
     current_status: Option<Cow<'a, str>>,
     #[serde(borrow)]
     status: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    current_alarms: Option<Cow<'a, str>>,
 }
 
 fn parse_wmbus_json(payload: &[u8]) -> Result<Reading, Refusal> {
@@ -175,7 +178,7 @@ fn parse_wmbus_json(payload: &[u8]) -> Result<Reading, Refusal> {
     let timestamp = json.timestamp.ok_or_else(|| invalid("missing field `timestamp`"))?;
     let ts_ms = parse_timestamp(&timestamp)
         .map_err(|error| Refusal::InvalidReading(format!("field `timestamp`: {error}")))?;
-    let flow_lph = match json.flow_m3h.or(json.current_flow_m3h) {
+    let flow_lph = match json.volume_flow_m3h.or(json.flow_m3h).or(json.current_flow_m3h) {
         Some(m3h) => Some(
             m3_to_litres(m3h)
                 .and_then(|lph| u32::try_from(lph).ok())
@@ -183,7 +186,7 @@ fn parse_wmbus_json(payload: &[u8]) -> Result<Reading, Refusal> {
         ),
         None => None,
     };
-    let alarms = [json.current_status, json.status]
+    let alarms = [json.current_status, json.status, json.current_alarms]
         .iter()
         .flatten()
         .fold(Alarms::empty(), |alarms, status| alarms.union(status_alarms(meter, status)));
@@ -198,26 +201,58 @@ fn m3_to_litres(m3: f64) -> Option<u64> {
     (litres.is_finite() && (0.0..=MAX_WMBUS_LITRES).contains(&litres)).then_some(litres as u64)
 }
 
-/// The alarm flags of a wmbusmeters status text such as `"LEAK BURST"` or `"DRY,REVERSED"`.
+/// The alarm flags of a wmbusmeters status text such as `"ALARM LEAK_FLOW_HIGH"`,
+/// `"P_LEAK P_REVERSE_FLOW"` or IZAR's `"leakage,back_flow"`. Water drivers name the same few
+/// conditions in many words, so each word is read by what it names:
+/// - a leak: any word with `LEAK` (`LEAKAGE`, `P_LEAK`, `LEAK_FLOW_LOW`, …), `CONTINUOUS_FLOW`;
+/// - a burst: any word with `BURST`;
+/// - reverse flow: `REVERSE`, `BACKFLOW`, `BACK_FLOW`, `WRONG_FLOW_DIRECTION` in a word;
+/// - a dry pipe: `DRY`, `DRY_…`, or air in the pipe (`AIR_INSIDE`, `V1_AIR`, `…_OR_AIR`);
+/// - tampering: `FRAUD`, `TAMPER`, `MAGNETIC`, `MANIPULATION`, `REMOV` (a meter or module
+///   removed) in a word.
+///
+/// Words about the past (`PREV_…`, `WAS_…`, `…_PREV_MONTH`, `…_PAST`) and the names of dates
+/// or types (`LEAK_DATE`, `FRAUD_TYPE`) raise nothing; `OK` and `no_alarm` mean none. Other
+/// words (battery, errors, `general_alarm`) name no water alarm and are logged at debug level.
 fn status_alarms(meter: MeterId, status: &str) -> Alarms {
     let mut alarms = Alarms::empty();
     for word in status.split(|c: char| c.is_whitespace() || c == ',').filter(|word| !word.is_empty()) {
-        let upper = word.to_ascii_uppercase();
-        let flag = match upper.as_str() {
-            "OK" => continue,
-            "LEAK" | "LEAKING" | "LEAKAGE" => Alarms::LEAK,
-            "BURST" | "BURSTING" => Alarms::BURST,
-            "DRY" => Alarms::DRY,
-            "REVERSE" | "REVERSED" | "BACKFLOW" => Alarms::BACKFLOW,
-            "TAMPER" | "FRAUD" => Alarms::TAMPER,
-            _ => {
-                tracing::debug!(meter, word = %shown(word), "ignoring an unknown wmbusmeters status word");
-                continue;
+        match word_alarm(&word.to_ascii_uppercase()) {
+            Some(flag) => alarms = alarms.union(flag),
+            None => {
+                tracing::debug!(meter, word = %shown(word), "no water alarm in a wmbusmeters status word")
             }
-        };
-        alarms = alarms.union(flag);
+        }
     }
     alarms
+}
+
+/// The alarm one upper-case status word names, if any (see [`status_alarms`]).
+fn word_alarm(word: &str) -> Option<Alarms> {
+    let past = word.starts_with("PREV_")
+        || word.starts_with("WAS_")
+        || word.ends_with("_PREV_MONTH")
+        || word.ends_with("_PAST")
+        || word.ends_with("_DATE")
+        || word.ends_with("_TYPE");
+    let has = |part: &str| word.contains(part);
+    let token = |part: &str| word.split('_').any(|piece| piece == part);
+    if past || word.starts_with("CODE_") {
+        return None;
+    }
+    if has("LEAK") || word == "CONTINUOUS_FLOW" {
+        Some(Alarms::LEAK)
+    } else if has("BURST") {
+        Some(Alarms::BURST)
+    } else if has("REVERSE") || has("BACKFLOW") || has("BACK_FLOW") || has("WRONG_FLOW_DIRECTION") {
+        Some(Alarms::BACKFLOW)
+    } else if token("DRY") || token("AIR") {
+        Some(Alarms::DRY)
+    } else if has("FRAUD") || has("TAMPER") || has("MAGNETIC") || has("MANIPULATION") || has("REMOV") {
+        Some(Alarms::TAMPER)
+    } else {
+        None
+    }
 }
 
 /// A timestamp field: RFC 3339 text, or Unix milliseconds as a number or a string of digits.
@@ -347,6 +382,48 @@ mod tests {
         let ok = r#"{"id":"12","total_m3":1.9994,"timestamp":"2026-11-23T10:00:00Z","current_status":"OK","status":""}"#;
         let reading = meter("wmbusmeters/a/b", ok).expect("reading");
         assert_eq!((reading.litres, reading.alarms), (1999, Alarms::empty()));
+    }
+
+    /// Outputs of wmbusmeters' water drivers, as they publish them (field names, value forms
+    /// and status words of their own tests; values changed).
+    #[test]
+    fn alarm_words_of_real_water_drivers_become_alarm_flags() {
+        let cases = [
+            // kadenwater: a leak alarm in the TPL status byte.
+            (
+                r#"{"_":"telegram","media":"water","meter":"kadenwater","name":"Flat3","id":"19221044","max_flow_m3h":0.861,"total_m3":94.6123,"volume_flow_m3h":0,"meter_datetime":"2026-06-30 12:39","status":"ALARM LEAK_FLOW_HIGH LEAK_FLOW_LOW","timestamp":"2026-11-23T10:00:00Z"}"#,
+                Alarms::LEAK,
+            ),
+            // aptmbusna: permanent flags, a leak and reverse flow among errors with no water alarm.
+            (
+                r#"{"_":"telegram","id":"00345188","media":"water","meter":"aptmbusna","name":"W","operating_time_h":54024,"status":"PERMANENT_ERROR P_CLOCK_HAND_ERROR P_LEAK P_MINIMUM_FLOW P_REVERSE_FLOW TEMPORARY_ERROR UNKNOWN_E0","target_m3":22.1,"timestamp":"2026-11-23T10:00:00Z","total_m3":22.791,"volume_flow_m3h":0.012}"#,
+                Alarms::LEAK.union(Alarms::BACKFLOW),
+            ),
+            // izar: current alarms in lower case, comma-separated; previous ones elsewhere.
+            (
+                r#"{"_":"telegram","media":"water","meter":"izar","name":"IzarWater","id":"21242490","prefix":"C19UA","total_m3":3.488,"last_month_total_m3":3.486,"current_alarms":"leakage,back_flow,sensor_fraud","previous_alarms":"leakage","timestamp":"2026-11-23T10:00:00Z"}"#,
+                Alarms::LEAK.union(Alarms::BACKFLOW).union(Alarms::TAMPER),
+            ),
+            (
+                r#"{"_":"telegram","media":"water","meter":"izar","id":"18444399","total_m3":312.811,"current_alarms":"no_alarm","previous_alarms":"no_alarm","timestamp":"2026-11-23T10:00:00Z"}"#,
+                Alarms::empty(),
+            ),
+            // A magnet held to the meter, air in the pipe, and words about the past.
+            (
+                r#"{"id":"77","total_m3":1,"timestamp":"2026-11-23T10:00:00Z","status":"MAGNETIC_FIELD AIR_INSIDE PREV_LEAKAGE WAS_BACKFLOWING BURST_PREV_MONTH LEAK_DATE BATTERY_LOW"}"#,
+                Alarms::TAMPER.union(Alarms::DRY),
+            ),
+            (
+                r#"{"id":"78","total_m3":1,"timestamp":"2026-11-23T10:00:00Z","status":"DRY BURST MODULE_REMOVED"}"#,
+                Alarms::DRY.union(Alarms::BURST).union(Alarms::TAMPER),
+            ),
+        ];
+        for (json, alarms) in cases {
+            let reading = meter("wmbusmeters/w", json).expect("reading");
+            assert_eq!(reading.alarms, alarms, "{json}");
+        }
+        let flow = meter("wmbusmeters/w", cases[1].0).expect("reading").flow_lph;
+        assert_eq!(flow, Some(12), "volume_flow_m3h is the flow");
     }
 
     #[test]
