@@ -18,7 +18,7 @@ use super::{PeerArgs, EXIT_ERROR, EXIT_REFUSED};
 /// Readings a `query meter` table shows unless asked for more.
 const LATEST_ROWS: usize = 20;
 use crate::p2p::client::Client;
-use crate::present::input::{format_timestamp, parse_timestamp};
+use crate::present::input::{self, format_timestamp, parse_timestamp};
 use crate::present::json::{
     alerts_json, bill_json, blocked_json, follow_json, meter_json, peers_json, stats_json, top_json,
 };
@@ -93,16 +93,7 @@ fn parse_kind(text: &str) -> Result<AlertKind, String> {
 
 /// A window's start as how long before now: a duration, or a time in the past.
 fn parse_since(text: &str) -> Result<Duration, String> {
-    if let Ok(duration) = humantime::parse_duration(text) {
-        return Ok(duration);
-    }
-    let at = parse_timestamp(text)
-        .map_err(|_| format!("`{text}` is neither a duration (1h, 7d) nor a time (RFC 3339 or Unix ms)"))?;
-    let now = crate::clock::now_ms();
-    match now.checked_sub(at) {
-        Some(ago) => Ok(Duration::from_millis(ago)),
-        None => Err(format!("`{text}` is in the future")),
-    }
+    input::parse_since(text, crate::clock::now_ms()).map(Duration::from_millis)
 }
 
 fn parse_time(text: &str) -> Result<u64, String> {
@@ -128,7 +119,7 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         }
         What::Meter { id, from, to, .. } => {
             if let (Some(from), Some(to)) = (from, to) {
-                anyhow::ensure!(from < to, "--from must be before --to");
+                anyhow::ensure!(from <= to, "--from must not be after --to");
             }
             query::Request::Meter { meter: *id, from_ms: *from, to_ms: *to }
         }

@@ -15,7 +15,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
 
 use super::{ApiError, AppState};
-use crate::present::input::{parse_timestamp, reading_from_json, shown, InputError};
+use crate::present::input::{parse_since, parse_timestamp, reading_from_json, shown, InputError};
 use crate::present::json;
 use crate::present::report::Report;
 
@@ -105,14 +105,8 @@ pub(super) async fn top(
     let since_ms = params
         .get("since")
         .map(|text| {
-            humantime::parse_duration(text)
-                .map(|since| since.as_millis().min(u128::from(u64::MAX)) as u64)
-                .map_err(|e| {
-                    ApiError::bad_request(format!(
-                        "since: `{}` is not a duration like 1h or 7d: {e}",
-                        shown(text)
-                    ))
-                })
+            parse_since(text, crate::clock::now_ms())
+                .map_err(|e| ApiError::bad_request(format!("since: {e}")))
         })
         .transpose()?;
     match state.context.node.query(query::Request::Top { n, since_ms }).await {
@@ -247,8 +241,9 @@ pub(super) async fn readings(
     let params = Params::new(query, &["from", "to"])?;
     let (from_ms, to_ms) = (params.time("from")?, params.time("to")?);
     if let (Some(from), Some(to)) = (from_ms, to_ms) {
-        if from >= to {
-            return Err(ApiError::bad_request("from must be before to"));
+        // An empty window (`from == to`) is a window all the same: it holds no reading.
+        if from > to {
+            return Err(ApiError::bad_request("from must not be after to"));
         }
     }
     let answer = meter_answer(&state, meter, from_ms, to_ms).await?;

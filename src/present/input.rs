@@ -238,6 +238,18 @@ pub fn parse_timestamp(text: &str) -> Result<u64, InputError> {
     timestamp_ms(text).map_err(|rule| InputError::Timestamp(shown(text), rule))
 }
 
+/// How long before `now_ms` a window starts, given as a duration (`1h`, `7d`) or as a time in
+/// the past (RFC 3339 or Unix ms): `top --since` on the CLI and `?since=` over HTTP.
+pub fn parse_since(text: &str, now_ms: u64) -> Result<u64, String> {
+    if let Ok(duration) = humantime::parse_duration(text) {
+        return Ok(duration.as_millis().min(u128::from(u64::MAX)) as u64);
+    }
+    let at = parse_timestamp(text).map_err(|_| {
+        format!("`{}` is neither a duration (1h, 7d) nor a time (RFC 3339 or Unix ms)", shown(text))
+    })?;
+    now_ms.checked_sub(at).ok_or_else(|| format!("`{}` is in the future", shown(text)))
+}
+
 /// Writes UTC milliseconds as RFC 3339 with `Z`, with milliseconds only when not zero; after
 /// year 9999 it writes the integer milliseconds ([`parse_timestamp`] reads both back).
 pub fn format_timestamp(ms: u64) -> String {
