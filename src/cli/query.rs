@@ -18,7 +18,7 @@ use super::{PeerArgs, EXIT_ERROR, EXIT_REFUSED};
 /// Readings a `query meter` table shows unless asked for more.
 const LATEST_ROWS: usize = 20;
 use crate::p2p::client::Client;
-use crate::present::input::{self, format_timestamp, parse_timestamp};
+use crate::present::input::{self, format_timestamp};
 use crate::present::json::{
     alerts_json, bill_json, blocked_json, follow_json, meter_json, peers_json, stats_json, top_json,
 };
@@ -97,7 +97,7 @@ fn parse_since(text: &str) -> Result<Duration, String> {
 }
 
 fn parse_time(text: &str) -> Result<u64, String> {
-    parse_timestamp(text).map_err(|e| e.to_string())
+    input::parse_window_time(text).map_err(|e| e.to_string())
 }
 
 /// Runs `hydromesh query`.
@@ -117,12 +117,8 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
             let mut client = args.peer.connect().await?;
             return follow(&mut client, *id, args.json).await;
         }
-        What::Meter { id, from, to, .. } => {
-            if let (Some(from), Some(to)) = (from, to) {
-                anyhow::ensure!(from <= to, "--from must not be after --to");
-            }
-            query::Request::Meter { meter: *id, from_ms: *from, to_ms: *to }
-        }
+        // A window that ends at or before its start is empty, as over HTTP.
+        What::Meter { id, from, to, .. } => query::Request::Meter { meter: *id, from_ms: *from, to_ms: *to },
     };
     let mut client = args.peer.connect().await?;
     let response = client.query(request).await?;

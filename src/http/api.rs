@@ -15,7 +15,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
 
 use super::{ApiError, AppState};
-use crate::present::input::{parse_since, parse_timestamp, reading_from_json, shown, InputError};
+use crate::present::input::{parse_since, parse_window_time, reading_from_json, shown, InputError};
 use crate::present::json;
 use crate::present::report::Report;
 
@@ -64,7 +64,7 @@ impl Params {
     /// A time parameter: RFC 3339 or Unix milliseconds.
     fn time(&self, name: &str) -> Result<Option<u64>, ApiError> {
         self.get(name)
-            .map(|text| parse_timestamp(text).map_err(|e| ApiError::bad_request(format!("{name}: {e}"))))
+            .map(|text| parse_window_time(text).map_err(|e| ApiError::bad_request(format!("{name}: {e}"))))
             .transpose()
     }
 }
@@ -239,13 +239,8 @@ pub(super) async fn readings(
 ) -> ApiResult {
     let meter = meter_id(path)?;
     let params = Params::new(query, &["from", "to"])?;
+    // A window that ends at or before its start is empty: answered, with no reading.
     let (from_ms, to_ms) = (params.time("from")?, params.time("to")?);
-    if let (Some(from), Some(to)) = (from_ms, to_ms) {
-        // An empty window (`from == to`) is a window all the same: it holds no reading.
-        if from > to {
-            return Err(ApiError::bad_request("from must not be after to"));
-        }
-    }
     let answer = meter_answer(&state, meter, from_ms, to_ms).await?;
     Ok(Json(json::meter_json(&answer)))
 }

@@ -238,16 +238,27 @@ pub fn parse_timestamp(text: &str) -> Result<u64, InputError> {
     timestamp_ms(text).map_err(|rule| InputError::Timestamp(shown(text), rule))
 }
 
-/// How long before `now_ms` a window starts, given as a duration (`1h`, `7d`) or as a time in
-/// the past (RFC 3339 or Unix ms): `top --since` on the CLI and `?since=` over HTTP.
+/// A bound of a query window (`from`, `to`, a period's time, `since`): a time as
+/// [`parse_timestamp`] reads it, where a time before 1970 is the start of time (nothing is
+/// held before it), not an error.
+pub fn parse_window_time(text: &str) -> Result<u64, InputError> {
+    match parse_timestamp(text) {
+        Err(InputError::Timestamp(_, rule)) if rule == BEFORE_EPOCH => Ok(0),
+        parsed => parsed,
+    }
+}
+
+/// How long before `now_ms` a window starts, given as a duration (`1h`, `7d`) or as a time
+/// (RFC 3339 or Unix ms): `top --since` on the CLI and `?since=` over HTTP. A time in the
+/// future is a window that has not started: 0, which ranks nothing.
 pub fn parse_since(text: &str, now_ms: u64) -> Result<u64, String> {
     if let Ok(duration) = humantime::parse_duration(text) {
         return Ok(duration.as_millis().min(u128::from(u64::MAX)) as u64);
     }
-    let at = parse_timestamp(text).map_err(|_| {
+    let at = parse_window_time(text).map_err(|_| {
         format!("`{}` is neither a duration (1h, 7d) nor a time (RFC 3339 or Unix ms)", shown(text))
     })?;
-    now_ms.checked_sub(at).ok_or_else(|| format!("`{}` is in the future", shown(text)))
+    Ok(now_ms.saturating_sub(at))
 }
 
 /// Writes UTC milliseconds as RFC 3339 with `Z`, with milliseconds only when not zero; after
