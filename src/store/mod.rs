@@ -66,6 +66,9 @@ const LOCK_WAIT: Duration = Duration::from_secs(2);
 const MIGRATE_BATCH: usize = 100_000;
 /// How soon a fold or an opening of the engine that failed is tried again.
 const RETRY: Duration = Duration::from_secs(1);
+/// A compaction stops taking victims once its new segment holds this many bytes (segment
+/// offsets are 32-bit, and the segment is built in memory).
+const COMPACTION_BYTES: u64 = 256 * 1024 * 1024;
 /// The folder of the segment files, in the store's folder.
 const CHUNK_DIR: &str = "chunks";
 /// The write-ahead log, in the store's folder.
@@ -717,8 +720,14 @@ impl Store {
         if !victims.is_empty() {
             let mut segment = engine.segments.builder();
             let pinned = engine.segments.pin();
-            for victim in &victims {
-                for (meter, first_ts, at) in engine.segments.records(*victim)? {
+            let mut compacted = Vec::new();
+            for victim in victims {
+                // One compaction writes a bounded segment; the other victims wait for the next.
+                if segment.len() >= COMPACTION_BYTES {
+                    break;
+                }
+                compacted.push(victim);
+                for (meter, first_ts, at) in engine.segments.records(victim)? {
                     let key = chunk_key(meter, first_ts);
                     let current =
                         engine.directory.get(key)?.map(|value| Location::decode(&value)).transpose()?;
@@ -732,7 +741,7 @@ impl Store {
             let size = segment.len();
             batch.insert(&segment_key(segment.segment), &encode_stats(size - segments::MAGIC_BYTES, size));
             engine.segments.write(segment)?;
-            gone.extend(victims);
+            gone.extend(compacted);
         }
         if gone.is_empty() {
             return Ok(());
