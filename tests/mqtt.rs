@@ -247,6 +247,8 @@ async fn mqtt_5_and_3_1_1_are_spoken_and_3_1_is_refused_with_a_connack() {
         assert!(said(&output).contains("received PUBACK"), "{version}: {}", said(&output));
         assert_eq!(history(handle(&mesh, n), 55).await.len(), k + 1, "{version}: stored once acknowledged");
     }
+    // Each client ended with a normal DISCONNECT: nothing counted as a protocol error.
+    assert_eq!(refused(handle(&mesh, n), "protocol_error"), 0);
     // MQTT 5 says why a message is refused: 0x99, payload format invalid.
     let output = mosquitto_pub(
         addr,

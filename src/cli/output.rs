@@ -2,13 +2,19 @@
 
 use hydromesh_proto::query::Coverage;
 
-/// Writes `line` and a newline to stdout; a write that fails (the reader went away) ends the
-/// process quietly with status 0. Used through `say!`.
+/// Writes `line` and a newline to stdout. A closed pipe (the reader went away) ends the
+/// process quietly with status 0; any other failure (a full disk under a redirect) ends it
+/// with the error and status 2. Used through `say!`.
 pub fn say(line: std::fmt::Arguments<'_>) {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
-    if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
-        std::process::exit(0);
+    match writeln!(out, "{line}").and_then(|()| out.flush()) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(error) => {
+            eprintln!("error: cannot write the output: {error}");
+            std::process::exit(i32::from(super::EXIT_ERROR));
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 //! properties carry nothing hydromesh uses; topic aliases are not offered, so a client never
 //! sends one); packets written carry MQTT 5's reason codes where it has them.
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use rumqttc::mqttbytes::v4::{self, Packet};
 use rumqttc::mqttbytes::{Error as CodecError, Protocol, QoS};
 use rumqttc::v5::mqttbytes::v5;
@@ -73,6 +73,12 @@ impl Version {
         match self {
             Version::V311 => Packet::read(rbuf, max_bytes),
             Version::V5 => {
+                // A DISCONNECT without reason code (what clients send to end normally): rumqttc
+                // refuses any other empty packet than a ping as "payload required".
+                if rbuf.starts_with(&[0xE0, 0x00]) {
+                    rbuf.advance(2);
+                    return Ok(Packet::Disconnect);
+                }
                 let packet = v5::Packet::read(rbuf, Some(u32::try_from(max_bytes).unwrap_or(u32::MAX)))
                     .map_err(from_v5_error)?;
                 from_v5(packet)
@@ -259,6 +265,9 @@ mod tests {
         assert_eq!(connect_level(&five[..3]), None, "not enough bytes yet");
         let read = Version::V5.read(&mut five, 1 << 20).map(|p| matches!(p, Packet::Connect(_)));
         assert!(matches!(read, Ok(true)), "{read:?}");
+        let mut bye = BytesMut::from(&[0xE0u8, 0x00][..]);
+        assert!(matches!(Version::V5.read(&mut bye, 1 << 20), Ok(Packet::Disconnect)), "an empty DISCONNECT");
+        assert!(bye.is_empty());
     }
 
     #[test]

@@ -259,6 +259,15 @@ impl Store {
             ));
         }
         let opened = Engine::open(&self.dir).and_then(|(engine, strays)| {
+            // sled must have kept every fold it acknowledged before its segments are tidied.
+            let noted = engine.meta.get(KEY_FOLD)?.map(|bytes| u64_at(&bytes, 0)).transpose()?.unwrap_or(0);
+            let folds = self.folds.load(Ordering::Relaxed);
+            if noted < folds {
+                return Err(StoreError::Unreadable {
+                    path: self.dir.clone(),
+                    reason: format!("its database, opened again, has seen fold {noted} of {folds}"),
+                });
+            }
             engine.segments.remove_files(&strays)?;
             Ok(Arc::new(engine))
         });
@@ -279,6 +288,15 @@ impl Store {
     /// Drops sled and the segment files after a failure, to be opened again at their next use.
     fn drop_engine(&self) {
         write(&self.engine).take();
+    }
+
+    /// A write to sled outside a fold: if it failed, sled refuses every write from now on, so
+    /// it is dropped to be opened again (a fold's failure does the same in `make_room`).
+    fn sled_write<T>(&self, result: sled::Result<T>) -> Result<T, StoreError> {
+        result.map_err(|error| {
+            self.drop_engine();
+            StoreError::Sled(error)
+        })
     }
 
     /// Validates and writes readings, returning one outcome per reading in order and the new
@@ -404,7 +422,7 @@ impl Store {
     /// Saves an admin command under its subject.
     pub fn save_command(&self, subject: &str, signed: &[u8]) -> Result<(), StoreError> {
         let engine = self.engine()?;
-        engine.control.insert(subject.as_bytes(), signed)?;
+        self.sled_write(engine.control.insert(subject.as_bytes(), signed))?;
         Ok(())
     }
 
@@ -898,8 +916,8 @@ impl Store {
         let (next, reserved) = *versions;
         if next >= reserved {
             let new_reserved = next + VERSION_BLOCK;
-            engine.meta.insert(KEY_VERSION_RESERVED, &new_reserved.to_be_bytes())?;
-            engine.db.flush()?;
+            self.sled_write(engine.meta.insert(KEY_VERSION_RESERVED, &new_reserved.to_be_bytes()))?;
+            self.sled_write(engine.db.flush())?;
             versions.1 = new_reserved;
         }
         versions.0 = next + 1;
@@ -921,14 +939,14 @@ impl Store {
     /// Saves the latest signed summary of `origin` (the merged view survives restarts).
     pub fn save_view(&self, origin: &str, signed: &[u8]) -> Result<(), StoreError> {
         let engine = self.engine()?;
-        engine.views.insert(origin.as_bytes(), signed)?;
+        self.sled_write(engine.views.insert(origin.as_bytes(), signed))?;
         Ok(())
     }
 
     /// Forgets `origin`'s summary.
     pub fn forget_view(&self, origin: &str) -> Result<(), StoreError> {
         let engine = self.engine()?;
-        engine.views.remove(origin.as_bytes())?;
+        self.sled_write(engine.views.remove(origin.as_bytes()))?;
         Ok(())
     }
 

@@ -141,15 +141,18 @@ impl Segments {
         let (mut files, mut strays, mut last) = (HashMap::new(), Vec::new(), 0);
         for entry in std::fs::read_dir(dir).map_err(io)? {
             let path = entry.map_err(io)?.path();
-            let number = path.file_name().and_then(|name| name.to_str()).and_then(parse_segment_name);
-            last = last.max(number.unwrap_or(0));
-            match number {
-                Some(number) if live.contains(&number) => {
-                    let file =
-                        File::open(&path).map_err(|source| StoreError::Io { path: path.clone(), source })?;
-                    files.insert(number, Arc::new(file));
-                }
-                _ => strays.push(path),
+            // Only segment files are the store's: anything else in the folder is left alone.
+            let Some(number) = path.file_name().and_then(|name| name.to_str()).and_then(parse_segment_name)
+            else {
+                continue;
+            };
+            last = last.max(number);
+            if live.contains(&number) {
+                let file =
+                    File::open(&path).map_err(|source| StoreError::Io { path: path.clone(), source })?;
+                files.insert(number, Arc::new(file));
+            } else {
+                strays.push(path);
             }
         }
         if let Some(missing) = live.iter().find(|number| !files.contains_key(number)) {

@@ -45,8 +45,9 @@ impl Wal {
             tracing::warn!(
                 path = %path.display(),
                 bytes = bytes.len() - whole,
-                "cutting off the end of the write-ahead log: a write interrupted before it was \
-                 made durable (never acknowledged)"
+                "cutting off the end of the write-ahead log at its first record cut short or \
+                 damaged: a write a crash interrupted before its sync (never acknowledged), or \
+                 damage to the file"
             );
             file.set_len(whole as u64).and_then(|()| file.sync_all()).map_err(io)?;
         }
@@ -103,12 +104,19 @@ impl Wal {
 
     /// Empties the log (its readings are all in chunks, durably).
     pub fn clear(&mut self) -> Result<(), StoreError> {
-        self.file
-            .set_len(0)
-            .and_then(|()| self.file.sync_all())
-            .map_err(|source| StoreError::Io { path: self.path.clone(), source })?;
-        (self.len, self.synced) = (0, 0);
-        Ok(())
+        let io = |source| StoreError::Io { path: self.path.clone(), source };
+        match self.file.set_len(0) {
+            // The file is empty now, durable or not: the next record goes at its start.
+            Ok(()) => (self.len, self.synced) = (0, 0),
+            Err(source) => {
+                // Where the file stands, whatever the failed call did.
+                if let Ok(meta) = self.file.metadata() {
+                    (self.len, self.synced) = (meta.len(), self.synced.min(meta.len()));
+                }
+                return Err(io(source));
+            }
+        }
+        self.file.sync_all().map_err(io)
     }
 
     /// The readings of every record in the file, as the file stands (after a failed sync).
