@@ -83,7 +83,8 @@ impl Pipeline {
     ) -> std::io::Result<Self> {
         let (jobs, receiver) = mpsc::channel(capacity.max(1));
         let thread = std::thread::Builder::new().name("hydromesh-ingest".into()).spawn(move || {
-            Writer { store, local, channels }.run(receiver);
+            let loaded = store.loads();
+            Writer { store, local, loaded, channels }.run(receiver);
         })?;
         Ok(Pipeline { jobs, thread })
     }
@@ -125,6 +126,8 @@ type Group = Vec<(Vec<Reading>, oneshot::Sender<Result<Ack, IngestError>>)>;
 struct Writer {
     store: Arc<Store>,
     local: LocalMeters,
+    /// The store's [`Store::loads`] the local state was built from.
+    loaded: u64,
     channels: Channels,
 }
 
@@ -166,16 +169,18 @@ impl Writer {
         let now_ms = now_ms();
         let results: Vec<_> = group.iter().map(|(readings, _)| self.store.append(readings, now_ms)).collect();
         if let Err(error) = self.store.flush() {
-            // Nothing of the group is acknowledged, and the store dropped what the sync covered:
-            // the local state is read again from what the store holds.
+            // Nothing of the group is acknowledged; the store dropped what the sync covered.
             tracing::error!(%error, "ingest batches not durable");
             let reason = error.to_string();
             for (_, reply) in group {
                 let _ = reply.send(Err(IngestError::Storage(StoreError::Durability(reason.clone()))));
             }
-            self.reload();
+            self.follow_store();
             return;
         }
+        // The store read its memory state again (after an earlier failed sync): the local state
+        // is read again from it, this group's readings included.
+        let reloaded = self.follow_store();
         let inputs = self.channels.inputs.borrow().clone();
         let mut accepted = Vec::new();
         for ((readings, reply), result) in group.into_iter().zip(results) {
@@ -187,8 +192,10 @@ impl Writer {
                     continue;
                 }
             };
-            if let Err(error) = self.local.observe(&self.store, &readings, &appended) {
-                tracing::error!(%error, "cannot update the local meter state");
+            if !reloaded {
+                if let Err(error) = self.local.observe(&self.store, &readings, &appended) {
+                    tracing::error!(%error, "cannot update the local meter state");
+                }
             }
             self.channels.metrics.record_outcomes(&appended.outcomes);
             accepted.extend(
@@ -208,15 +215,24 @@ impl Writer {
         self.publish();
     }
 
-    /// Reads the local state again from the store (after a failed sync made the store drop
-    /// batches this state had taken in).
-    fn reload(&mut self) {
+    /// Reads the local state again from the store if the store read its own memory state again
+    /// since (a failed sync made it drop batches this state had taken in). Whether it did.
+    fn follow_store(&mut self) -> bool {
+        let loads = self.store.loads();
+        if loads == self.loaded {
+            return false;
+        }
         match LocalMeters::load(&self.store, self.local.settings()) {
             Ok(local) => {
                 self.local = local;
+                self.loaded = loads;
                 self.reevaluate();
+                true
             }
-            Err(error) => tracing::error!(%error, "cannot read the local meter state back from the store"),
+            Err(error) => {
+                tracing::error!(%error, "cannot read the local meter state back from the store");
+                false
+            }
         }
     }
 

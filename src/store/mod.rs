@@ -151,6 +151,8 @@ pub struct Store {
     versions: Mutex<(u64, u64)>,
     /// The number of the last fold.
     folds: AtomicU64,
+    /// How many times the memory state was read from disk (see [`Store::loads`]).
+    loads: AtomicU64,
 }
 
 /// sled and the segment files. sled, once a write of its own failed (a full disk), refuses
@@ -234,6 +236,7 @@ impl Store {
             trouble: Mutex::new(Trouble::default()),
             versions: Mutex::new((reserved, reserved)),
             folds: AtomicU64::new(0),
+            loads: AtomicU64::new(0),
         };
         store.migrate_meter_tree()?;
         let indexed = store.load(logged)?;
@@ -373,6 +376,13 @@ impl Store {
                 None => meters.remove(&key.0),
             };
         }
+    }
+
+    /// How many times the memory state was read from disk: at open, and again after a failed
+    /// sync dropped batches from it. State derived from the store (the ingest writer's) is read
+    /// again when this changes.
+    pub fn loads(&self) -> u64 {
+        self.loads.load(Ordering::Relaxed)
     }
 
     /// The meter's first and last reading over all data held.
@@ -830,6 +840,7 @@ impl Store {
         }
         *lock(&self.meters) = meters;
         *lock(&self.pending) = pending;
+        self.loads.fetch_add(1, Ordering::Relaxed);
         Ok(fold)
     }
 
