@@ -1,7 +1,8 @@
-//! The embedded MQTT 3.1.1 broker: an ingest endpoint for meters and gateways, not a general
-//! broker.
+//! The embedded MQTT broker (3.1.1 and 5): an ingest endpoint for meters and gateways, not a
+//! general broker.
 //!
-//! Each connection is one task. It decodes packets with rumqttc's `mqttbytes` codec, turns
+//! Each connection is one task. It decodes packets in the version its CONNECT names
+//! ([`codec`](super::codec), rumqttc's codecs), turns
 //! publishes on reading topics into readings for the [batcher](super::batcher), and writes a
 //! PUBACK (QoS 1) or PUBREC (QoS 2) for each publish in the order the publishes came, once its
 //! reading is durable (or at once when the message is refused: it was received, and sending it
