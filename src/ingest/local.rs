@@ -128,6 +128,15 @@ impl LocalMeters {
         self.settings
     }
 
+    /// Takes over from `old` (this state was just read again from the store, and judged) the
+    /// valves still owed a `valve: open`: those `old` owed, and those `old` had closed that are
+    /// no longer blocked. A meter's valve is never left shut because its state was read again.
+    pub fn owe_valves_of(&mut self, old: &LocalMeters) {
+        let was_closed = old.released.iter().chain(old.snapshot.blocked.keys());
+        let still_blocked = &self.snapshot.blocked;
+        self.released.extend(was_closed.filter(|meter| !still_blocked.contains_key(meter)));
+    }
+
     /// The state as one snapshot.
     pub fn snapshot(&self) -> LocalSnapshot {
         LocalSnapshot { top: self.top.ranked(), ..self.snapshot.clone() }
@@ -479,6 +488,35 @@ mod tests {
         let reloaded = LocalMeters::load(&store, settings).expect("reload").snapshot();
         assert_eq!((reloaded.meter_count, reloaded.total_consumption_l), (3, 170));
         assert_eq!(reloaded.top, snapshot.top);
+    }
+
+    #[test]
+    fn a_state_read_again_still_owes_the_valves_it_had_closed() {
+        use hydromesh_proto::control::Policy;
+        let (_dir, store) = store();
+        let settings = Settings { burst_flow_lph: 1_000_000, top_k: 10 };
+        let mut local = LocalMeters::load(&store, settings).expect("load");
+        let hour = 3_600_000;
+        let policy = Policy { cap_l: Some(800), ..Policy::default() };
+        let capped = RationingInputs { policy, ..RationingInputs::default() };
+        let now = policy.period_start(NOW) + 10 * 86_400_000;
+        let batch = [reading(1, now - 2 * hour, 1_000), reading(1, now - hour, 2_000)];
+        let appended = store.append(&batch, now).expect("append");
+        local.observe(&store, &batch, &appended).expect("observe");
+        assert_eq!(
+            local.judge_batch(&store, &batch, &capped, now),
+            vec![MeterCommand { meter: 1, valve: Valve::Closed }]
+        );
+        // The state is read again from the store (after a failed sync) while the cap is lifted.
+        let lifted = RationingInputs::default();
+        let mut again = LocalMeters::load(&store, settings).expect("reload");
+        again.reevaluate(&store, &lifted, now);
+        again.owe_valves_of(&local);
+        let resent = [reading(1, now - hour, 2_000)];
+        assert_eq!(
+            again.judge_batch(&store, &resent, &lifted, now),
+            vec![MeterCommand { meter: 1, valve: Valve::Open }]
+        );
     }
 
     #[test]

@@ -224,9 +224,10 @@ impl Writer {
         }
         match LocalMeters::load(&self.store, self.local.settings()) {
             Ok(local) => {
-                self.local = local;
+                let old = std::mem::replace(&mut self.local, local);
                 self.loaded = loads;
                 self.reevaluate();
+                self.local.owe_valves_of(&old);
                 true
             }
             Err(error) => {
