@@ -195,11 +195,24 @@ bench_store() {
 # A node started on a store of METERS meters (2 readings each): start to first answer, and its
 # resident memory once answering.
 bench_restart() {
-    local meters="$1" name="restart-$1" out start end pid addr deadline rss
+    local meters="$1" name="restart-$1" out pid how
     log "store: a node holding $meters meters..."
     mkdir -p "$RUN_DIR/$name"
     out="$("$DRIVERS/store_bench" fill "$RUN_DIR/$name/db" "$meters" 2)" || die "store_bench fill failed"
     emit "$out"
+    # First on the store alone (every meter's rule state rebuilt from its readings), then again
+    # after a clean stop (the state the node saved at its stop read back).
+    for how in rebuilt saved; do
+        time_start "$name" "$meters" "$how"
+        stop_pid "${PIDS[-1]}"
+    done
+    rm -rf "${RUN_DIR:?}/$name"
+}
+
+# Starts the node NAME on its store and prints its start to first answer and resident memory.
+time_start() {
+    local name="$1" meters="$2" how="$3" start end pid addr deadline rss
+    rm -f "$RUN_DIR/$name/addrs"
     start="$(now_ns)"
     start_node "$name"
     pid="${PIDS[-1]}"
@@ -211,10 +224,8 @@ bench_restart() {
     done
     end="$(now_ns)"
     rss="$(awk '/^VmRSS:/ { print $2 * 1024 }' "/proc/$pid/status")"
-    emit "$(printf '{"bench":"store_restart","meters":%s,"start_to_answer_s":%s,"rss_bytes":%s}' \
-        "$meters" "$(awk -v ns=$((end - start)) 'BEGIN { printf "%.3f", ns / 1e9 }')" "$rss")"
-    stop_pid "$pid"
-    rm -rf "${RUN_DIR:?}/$name"
+    emit "$(printf '{"bench":"store_restart","meters":%s,"state":"%s","start_to_answer_s":%s,"rss_bytes":%s}' \
+        "$meters" "$how" "$(awk -v ns=$((end - start)) 'BEGIN { printf "%.3f", ns / 1e9 }')" "$rss")"
 }
 
 # d. A node killed with SIGKILL 100 times at random moments while it ingests, then every

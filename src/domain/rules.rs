@@ -21,7 +21,7 @@ pub const STANDSTILL_MS: u64 = 3_600_000;
 pub const BURST_MIN_MS: u64 = 30 * 60_000;
 
 /// The incremental state of one meter's rules, fed its readings in time order.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Tracker {
     first_ts_ms: Option<u64>,
     last: Option<Reading>,

@@ -24,6 +24,30 @@ use crate::store::{Appended, Store, StoreError};
 const MAX_REPLAY_READINGS: usize = 20_000;
 /// Smallest membership filter, in meters (a filter is rebuilt twice as large when outgrown).
 const MIN_FILTER_METERS: usize = 1024;
+/// The checkpoint of the state, in the store's folder (see [`LocalMeters::save_checkpoint`]).
+const CHECKPOINT_FILE: &str = "local-state";
+/// Meters below which no checkpoint is saved: rebuilding their state from the readings takes
+/// a fraction of a second, and the file (about 80 bytes a meter) would only take disk space.
+const CHECKPOINT_MIN_METERS: usize = 50_000;
+/// Largest checkpoint read back (a damaged length never allocates past it).
+const CHECKPOINT_LIMIT: usize = 1 << 31;
+
+/// One meter's saved rule state: its tracker, period figures and current period consumption.
+type SavedMeter = (MeterId, Tracker, Option<PeriodFigures>, (u64, bool));
+
+/// The state a clean stop saves, so that the next start need not rebuild every meter's rules
+/// from its readings: valid only for the fold of the store it was saved at.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Checkpoint {
+    /// The store's fold when it was saved (the store then held nothing else).
+    fold: u64,
+    /// The burst limit the trackers judged with.
+    burst_flow_lph: u32,
+    meters: Vec<SavedMeter>,
+    blocked: Vec<Blocked>,
+    released: Vec<MeterId>,
+    period_start_ms: u64,
+}
 
 /// What this node knows of its own meters at one moment: what its summary carries and what its
 /// answers about its meters need. Cheap to clone (shared parts are behind `Arc`).
@@ -84,7 +108,7 @@ struct MeterState {
     current: (u64, bool),
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, serde::Serialize, serde::Deserialize)]
 struct PeriodFigures {
     period_start_ms: u64,
     period_ms: u64,
@@ -103,7 +127,9 @@ pub struct LocalMeters {
 }
 
 impl LocalMeters {
-    /// The state of every meter in the store, rule trackers rebuilt from recent readings.
+    /// The state of every meter in the store: from the checkpoint a clean stop saved, when
+    /// the store is still at the fold it was saved at, else with rule trackers rebuilt from
+    /// recent readings. The checkpoint is removed once read: it is never used twice.
     pub fn load(store: &Store, settings: Settings) -> Result<Self, StoreError> {
         let mut local = LocalMeters {
             settings,
@@ -114,6 +140,15 @@ impl LocalMeters {
         };
         let spans = store.spans();
         local.rebuild_filter(spans.iter().map(|span| span.meter), spans.len());
+        if let Some(checkpoint) = take_checkpoint(store, settings, spans.len()) {
+            if local.restore(checkpoint, &spans) {
+                return Ok(local);
+            }
+            tracing::warn!("the saved meter state does not match the store; rebuilding it from the readings");
+            local = LocalMeters { meters: HashMap::new(), top: TopK::new(settings.top_k), ..local };
+            local.snapshot =
+                LocalSnapshot { filter: local.snapshot.filter.clone(), ..LocalSnapshot::default() };
+        }
         for span in spans {
             let tracker = replay(store, &span, settings.burst_flow_lph)?;
             local.meters.insert(span.meter, MeterState { span, tracker, period: None, current: (0, false) });
@@ -121,6 +156,61 @@ impl LocalMeters {
             local.refresh_alerts(span.meter);
         }
         Ok(local)
+    }
+
+    /// Takes in a checkpoint's meters; false if they are not exactly the store's.
+    fn restore(&mut self, checkpoint: Checkpoint, spans: &[MeterSpan]) -> bool {
+        let spans: HashMap<MeterId, MeterSpan> = spans.iter().map(|span| (span.meter, *span)).collect();
+        if checkpoint.meters.len() != spans.len() {
+            return false;
+        }
+        for (meter, tracker, period, current) in checkpoint.meters {
+            let Some(span) = spans.get(&meter).copied() else { return false };
+            self.meters.insert(meter, MeterState { span, tracker, period, current });
+            self.on_span(span, 0);
+            self.refresh_alerts(meter);
+            self.snapshot.period_consumption_l += current.0;
+            self.snapshot.period_meters += u64::from(current.1);
+        }
+        self.snapshot.period_start_ms = checkpoint.period_start_ms;
+        self.snapshot.blocked = Arc::new(checkpoint.blocked.into_iter().map(|b| (b.meter, b)).collect());
+        self.released = checkpoint.released.into_iter().collect();
+        true
+    }
+
+    /// Saves the state for the next start (at a clean stop, after the store's final fold), in
+    /// a file of the store's folder. Nothing is saved if the store holds more than its last
+    /// fold wrote.
+    pub fn save_checkpoint(&self, store: &Store) -> std::io::Result<()> {
+        self.save_checkpoint_from(store, CHECKPOINT_MIN_METERS)
+    }
+
+    /// [`LocalMeters::save_checkpoint`], for a state of at least `min_meters` meters.
+    fn save_checkpoint_from(&self, store: &Store, min_meters: usize) -> std::io::Result<()> {
+        let Some(fold) = store.settled_fold() else { return Ok(()) };
+        if self.meters.len() < min_meters {
+            return Ok(());
+        }
+        let checkpoint = Checkpoint {
+            fold,
+            burst_flow_lph: self.settings.burst_flow_lph,
+            meters: self
+                .meters
+                .iter()
+                .map(|(meter, state)| (*meter, state.tracker.clone(), state.period, state.current))
+                .collect(),
+            blocked: self.snapshot.blocked.values().cloned().collect(),
+            released: self.released.iter().copied().collect(),
+            period_start_ms: self.snapshot.period_start_ms,
+        };
+        let mut bytes = bincode::serde::encode_to_vec(&checkpoint, bincode::config::standard())
+            .map_err(std::io::Error::other)?;
+        bytes.extend_from_slice(&crate::store::crc32(&bytes).to_le_bytes());
+        let (path, tmp) =
+            (store.dir().join(CHECKPOINT_FILE), store.dir().join(format!("{CHECKPOINT_FILE}.tmp")));
+        std::fs::write(&tmp, &bytes)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &path)
     }
 
     /// The settings it was loaded with.
@@ -370,6 +460,28 @@ fn period_consumption(
     Ok(Consumption { current_l, previous_l: figures.previous_l, reported })
 }
 
+/// The checkpoint in the store's folder, removed, if it is whole and was saved at the fold the
+/// store is at, with the same burst limit and as many meters.
+fn take_checkpoint(store: &Store, settings: Settings, meters: usize) -> Option<Checkpoint> {
+    let path = store.dir().join(CHECKPOINT_FILE);
+    let bytes = std::fs::read(&path).ok()?;
+    if let Err(error) = std::fs::remove_file(&path) {
+        // Left in place it could be read again at a later start: not used at all.
+        tracing::warn!(path = %path.display(), %error, "cannot remove the saved meter state; not using it");
+        return None;
+    }
+    let (body, crc) = bytes.split_at(bytes.len().checked_sub(4)?);
+    if crate::store::crc32(body).to_le_bytes() != crc {
+        tracing::warn!(path = %path.display(), "the saved meter state fails its checksum; rebuilding it");
+        return None;
+    }
+    let config = bincode::config::standard().with_limit::<CHECKPOINT_LIMIT>();
+    let (checkpoint, _): (Checkpoint, usize) = bincode::serde::decode_from_slice(body, config).ok()?;
+    let current = store.settled_fold() == Some(checkpoint.fold);
+    (current && checkpoint.burst_flow_lph == settings.burst_flow_lph && checkpoint.meters.len() == meters)
+        .then_some(checkpoint)
+}
+
 /// Rebuilds a meter's rule state from its readings of the last leak window (and the one before
 /// it, where a standstill may have started).
 fn replay(store: &Store, span: &MeterSpan, burst_flow_lph: u32) -> Result<Tracker, StoreError> {
@@ -488,6 +600,64 @@ mod tests {
         let reloaded = LocalMeters::load(&store, settings).expect("reload").snapshot();
         assert_eq!((reloaded.meter_count, reloaded.total_consumption_l), (3, 170));
         assert_eq!(reloaded.top, snapshot.top);
+    }
+
+    /// A clean stop saves the state; the next start at the same fold reads it instead of
+    /// replaying readings, and gets the same snapshot as a replay; the file is used once, and
+    /// never once the store moved on.
+    #[test]
+    fn a_saved_state_starts_like_a_replay_and_only_at_its_fold() {
+        use hydromesh_proto::control::Policy;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let settings = Settings { burst_flow_lph: 1_000_000, top_k: 2 };
+        let hour = 3_600_000;
+        let policy = Policy { cap_l: Some(800), ..Policy::default() };
+        let inputs = RationingInputs { policy, ..RationingInputs::default() };
+        let now = policy.period_start(NOW) + 10 * 86_400_000;
+        let saved = {
+            let store = Store::open(dir.path()).expect("open");
+            let mut local = LocalMeters::load(&store, settings).expect("load");
+            let batch = [
+                reading(1, now - 3 * hour, 1_000),
+                reading(1, now - 2 * hour, 2_000),
+                Reading { alarms: Alarms::TAMPER, ..reading(2, now - 2 * hour, 10) },
+                reading(3, now - hour, 5),
+                reading(3, now - hour / 2, 45),
+            ];
+            let appended = store.append(&batch, now).expect("append");
+            local.observe(&store, &batch, &appended).expect("observe");
+            local.reevaluate(&store, &inputs, now);
+            store.close().expect("close");
+            local.save_checkpoint(&store).expect("save");
+            assert!(
+                !dir.path().join(CHECKPOINT_FILE).exists(),
+                "three meters rebuild at once: nothing saved"
+            );
+            local.save_checkpoint_from(&store, 1).expect("save");
+            let snapshot = local.snapshot();
+            assert!(snapshot.blocked.contains_key(&1) && snapshot.alerts.contains_key(&2), "{snapshot:?}");
+            snapshot
+        };
+        let store = Store::open(dir.path()).expect("reopen");
+        let path = dir.path().join(CHECKPOINT_FILE);
+        assert!(path.exists());
+        let restored = LocalMeters::load(&store, settings).expect("load the saved state");
+        assert_eq!(restored.snapshot(), saved, "the saved state, as it was");
+        assert!(!path.exists(), "used once");
+        let mut replayed = LocalMeters::load(&store, settings).expect("replay");
+        replayed.reevaluate(&store, &inputs, now);
+        assert_eq!(replayed.snapshot(), saved, "what a replay rebuilds");
+        // Saved, then the store moves on: the saved state is not used.
+        restored.save_checkpoint_from(&store, 1).expect("save again");
+        let more = [reading(3, now - hour / 4, 50)];
+        store.append(&more, now).expect("append");
+        store.close().expect("fold");
+        let after = LocalMeters::load(&store, settings).expect("load after a fold");
+        assert_eq!(
+            after.snapshot().total_consumption_l,
+            saved.total_consumption_l + 5,
+            "rebuilt from the readings"
+        );
     }
 
     #[test]

@@ -69,7 +69,7 @@ pub struct Channels {
 /// The handle of the writer thread: a bounded queue in, acknowledgements out.
 pub struct Pipeline {
     jobs: mpsc::Sender<Job>,
-    thread: JoinHandle<()>,
+    thread: JoinHandle<LocalMeters>,
 }
 
 impl Pipeline {
@@ -84,7 +84,7 @@ impl Pipeline {
         let (jobs, receiver) = mpsc::channel(capacity.max(1));
         let thread = std::thread::Builder::new().name("hydromesh-ingest".into()).spawn(move || {
             let loaded = store.loads();
-            Writer { store, local, loaded, channels }.run(receiver);
+            Writer { store, local, loaded, channels }.run(receiver)
         })?;
         Ok(Pipeline { jobs, thread })
     }
@@ -110,12 +110,12 @@ impl Pipeline {
     }
 
     /// Closes the queue, lets the thread write and acknowledge what is queued and flush, and
-    /// waits for it. The result is that of the final flush.
-    pub async fn stop(self) -> Result<(), IngestError> {
+    /// waits for it. Returns the local meter state as the thread left it.
+    pub async fn stop(self) -> Result<LocalMeters, IngestError> {
         drop(self.jobs);
         let thread = self.thread;
         match tokio::task::spawn_blocking(move || thread.join()).await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(local)) => Ok(local),
             _ => Err(IngestError::Stopped),
         }
     }
@@ -132,7 +132,7 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, mut receiver: mpsc::Receiver<Job>) {
+    fn run(mut self, mut receiver: mpsc::Receiver<Job>) -> LocalMeters {
         self.reevaluate();
         while let Some(first) = receiver.blocking_recv() {
             let mut group: Group = Vec::new();
@@ -163,6 +163,7 @@ impl Writer {
         if let Err(error) = self.store.flush() {
             tracing::error!(%error, "final flush failed");
         }
+        self.local
     }
 
     fn ingest(&mut self, group: Group) {

@@ -303,9 +303,17 @@ impl EventLoop {
                 Some(command) = self.command_rx.recv() => self.on_command(command),
             }
         }
-        self.pipeline.stop().await?;
+        let local = self.pipeline.stop().await?;
         let store = self.store.clone();
-        let flushed = super::local::blocking(move || store.close()).await;
+        let flushed = super::local::blocking(move || {
+            store.close()?;
+            // The meters' rule state for a quick next start (a start without it rebuilds it).
+            if let Err(error) = local.save_checkpoint(&store) {
+                tracing::warn!(%error, "cannot save the meter state; the next start rebuilds it");
+            }
+            Ok::<_, crate::store::StoreError>(())
+        })
+        .await;
         match &flushed {
             Ok(()) => tracing::info!("store flushed; node stopped"),
             Err(error) => tracing::error!(%error, "final flush failed"),

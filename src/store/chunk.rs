@@ -269,7 +269,7 @@ impl<'a> Input<'a> {
 }
 
 /// CRC-32 (IEEE 802.3, the one of zip and PNG).
-pub(super) fn crc32(bytes: &[u8]) -> u32 {
+pub fn crc32(bytes: &[u8]) -> u32 {
     !bytes.iter().fold(!0u32, |crc, byte| CRC_TABLE[((crc ^ u32::from(*byte)) & 0xff) as usize] ^ (crc >> 8))
 }
 

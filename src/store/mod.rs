@@ -30,6 +30,8 @@
 
 mod chunk;
 mod index_file;
+
+pub use chunk::crc32;
 mod segments;
 mod wal;
 
@@ -376,6 +378,18 @@ impl Store {
                 None => meters.remove(&key.0),
             };
         }
+    }
+
+    /// The store's folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The number of the last fold if the store holds nothing besides what that fold wrote (its
+    /// write-ahead part is empty): state derived from the store can be saved under it and
+    /// trusted at the next open only if the store is still at that fold then.
+    pub fn settled_fold(&self) -> Option<u64> {
+        lock(&self.pending).is_empty().then(|| self.folds.load(Ordering::Relaxed))
     }
 
     /// How many times the memory state was read from disk: at open, and again after a failed
