@@ -195,7 +195,9 @@ bench_store() {
 # A node started on a store of METERS meters (2 readings each): start to first answer, and its
 # resident memory once answering.
 bench_restart() {
-    local meters="$1" name="restart-$1" out pid how
+    # A clean stop right after start-up finishes judging every meter, then saves their state:
+    # seconds with a million meters.
+    local meters="$1" name="restart-$1" out pid how STOP_TIMEOUT_S=60
     log "store: a node holding $meters meters..."
     mkdir -p "$RUN_DIR/$name"
     out="$("$DRIVERS/store_bench" fill "$RUN_DIR/$name/db" "$meters" 2)" || die "store_bench fill failed"

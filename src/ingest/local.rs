@@ -29,6 +29,8 @@ const CHECKPOINT_FILE: &str = "local-state";
 /// Meters below which no checkpoint is saved: rebuilding their state from the readings takes
 /// a fraction of a second, and the file (about 80 bytes a meter) would only take disk space.
 const CHECKPOINT_MIN_METERS: usize = 50_000;
+/// The first bytes of a checkpoint: its format, which changes with the layout of what it holds.
+const CHECKPOINT_MAGIC: &[u8] = b"hydromesh local state 1\n";
 /// Largest checkpoint read back (a damaged length never allocates past it).
 const CHECKPOINT_LIMIT: usize = 1 << 31;
 
@@ -203,7 +205,8 @@ impl LocalMeters {
             released: self.released.iter().copied().collect(),
             period_start_ms: self.snapshot.period_start_ms,
         };
-        let mut bytes = bincode::serde::encode_to_vec(&checkpoint, bincode::config::standard())
+        let mut bytes = CHECKPOINT_MAGIC.to_vec();
+        bincode::serde::encode_into_std_write(&checkpoint, &mut bytes, bincode::config::standard())
             .map_err(std::io::Error::other)?;
         bytes.extend_from_slice(&crate::store::crc32(&bytes).to_le_bytes());
         let (path, tmp) =
@@ -475,6 +478,8 @@ fn take_checkpoint(store: &Store, settings: Settings, meters: usize) -> Option<C
         tracing::warn!(path = %path.display(), "the saved meter state fails its checksum; rebuilding it");
         return None;
     }
+    // Another version's layout is never read as this one's.
+    let body = body.strip_prefix(CHECKPOINT_MAGIC)?;
     let config = bincode::config::standard().with_limit::<CHECKPOINT_LIMIT>();
     let (checkpoint, _): (Checkpoint, usize) = bincode::serde::decode_from_slice(body, config).ok()?;
     let current = store.settled_fold() == Some(checkpoint.fold);
