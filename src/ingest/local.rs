@@ -142,8 +142,9 @@ impl LocalMeters {
         };
         let spans = store.spans();
         local.rebuild_filter(spans.iter().map(|span| span.meter), spans.len());
+        local.meters.reserve(spans.len());
         if let Some(checkpoint) = take_checkpoint(store, settings, spans.len()) {
-            if local.restore(checkpoint, &spans) {
+            if local.restore(checkpoint, store) {
                 return Ok(local);
             }
             tracing::warn!("the saved meter state does not match the store; rebuilding it from the readings");
@@ -160,14 +161,11 @@ impl LocalMeters {
         Ok(local)
     }
 
-    /// Takes in a checkpoint's meters; false if they are not exactly the store's.
-    fn restore(&mut self, checkpoint: Checkpoint, spans: &[MeterSpan]) -> bool {
-        let spans: HashMap<MeterId, MeterSpan> = spans.iter().map(|span| (span.meter, *span)).collect();
-        if checkpoint.meters.len() != spans.len() {
-            return false;
-        }
+    /// Takes in a checkpoint's meters (as many as the store holds: checked by the caller);
+    /// false if one of them is not the store's.
+    fn restore(&mut self, checkpoint: Checkpoint, store: &Store) -> bool {
         for (meter, tracker, period, current) in checkpoint.meters {
-            let Some(span) = spans.get(&meter).copied() else { return false };
+            let Some(span) = store.span(meter) else { return false };
             self.meters.insert(meter, MeterState { span, tracker, period, current });
             self.on_span(span, 0);
             self.refresh_alerts(meter);
