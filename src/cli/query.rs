@@ -2,7 +2,6 @@
 //! its home.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::time::Duration;
 
 use clap::Subcommand;
@@ -341,7 +340,6 @@ fn status_text(status: &MeterStatus) -> String {
 /// `query meter ID --follow`: long polls through the asked node, printing each new reading.
 async fn follow(client: &mut Client, meter: u64, json: bool) -> anyhow::Result<u8> {
     let mut after_ts_ms = None;
-    let mut stdout = std::io::stdout();
     loop {
         let request = query::Request::Follow { meter, after_ts_ms };
         let response = tokio::select! {
@@ -366,10 +364,7 @@ async fn follow(client: &mut Client, meter: u64, json: bool) -> anyhow::Result<u
                             }
                         )
                     };
-                    // A closed pipe (`| head`) ends the follow quietly.
-                    if writeln!(stdout, "{line}").and_then(|()| stdout.flush()).is_err() {
-                        return Ok(0);
-                    }
+                    say!("{line}");
                 }
                 if let Some(last) = readings.last() {
                     after_ts_ms = Some(last.ts_ms);

@@ -133,29 +133,32 @@ impl LocalMeters {
     /// the store is still at the fold it was saved at, else with rule trackers rebuilt from
     /// recent readings. The checkpoint is removed once read: it is never used twice.
     pub fn load(store: &Store, settings: Settings) -> Result<Self, StoreError> {
-        let mut local = LocalMeters {
-            settings,
-            meters: HashMap::new(),
-            top: TopK::new(settings.top_k),
-            snapshot: LocalSnapshot::default(),
-            released: HashSet::new(),
-        };
         let spans = store.spans();
-        local.rebuild_filter(spans.iter().map(|span| span.meter), spans.len());
-        local.meters.reserve(spans.len());
+        let empty = || {
+            let mut local = LocalMeters {
+                settings,
+                meters: HashMap::with_capacity(spans.len()),
+                top: TopK::new(settings.top_k),
+                snapshot: LocalSnapshot::default(),
+                released: HashSet::new(),
+            };
+            local.rebuild_filter(spans.iter().map(|span| span.meter), spans.len());
+            local
+        };
         if let Some(checkpoint) = take_checkpoint(store, settings, spans.len()) {
+            let mut local = empty();
             if local.restore(checkpoint, store) {
                 return Ok(local);
             }
             tracing::warn!("the saved meter state does not match the store; rebuilding it from the readings");
-            local = LocalMeters { meters: HashMap::new(), top: TopK::new(settings.top_k), ..local };
-            local.snapshot =
-                LocalSnapshot { filter: local.snapshot.filter.clone(), ..LocalSnapshot::default() };
         }
-        for span in spans {
-            let tracker = replay(store, &span, settings.burst_flow_lph)?;
-            local.meters.insert(span.meter, MeterState { span, tracker, period: None, current: (0, false) });
-            local.on_span(span, 0);
+        let mut local = empty();
+        for span in &spans {
+            let tracker = replay(store, span, settings.burst_flow_lph)?;
+            local
+                .meters
+                .insert(span.meter, MeterState { span: *span, tracker, period: None, current: (0, false) });
+            local.on_span(*span, 0);
             local.refresh_alerts(span.meter);
         }
         Ok(local)
@@ -207,11 +210,8 @@ impl LocalMeters {
         bincode::serde::encode_into_std_write(&checkpoint, &mut bytes, bincode::config::standard())
             .map_err(std::io::Error::other)?;
         bytes.extend_from_slice(&crate::store::crc32(&bytes).to_le_bytes());
-        let (path, tmp) =
-            (store.dir().join(CHECKPOINT_FILE), store.dir().join(format!("{CHECKPOINT_FILE}.tmp")));
-        std::fs::write(&tmp, &bytes)?;
-        std::fs::File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, &path)
+        crate::store::write_atomically(&store.dir().join(CHECKPOINT_FILE), &bytes)
+            .map_err(std::io::Error::other)
     }
 
     /// The settings it was loaded with.

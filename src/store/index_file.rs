@@ -14,7 +14,7 @@ use std::path::Path;
 use hydromesh_proto::summary::{MeterSpan, Point};
 
 use super::chunk::crc32;
-use super::wal::{sync_parent, write_durably};
+use super::files::write_atomically;
 use super::StoreError;
 
 const MAGIC: &[u8; 8] = b"HMIDX1\n\0";
@@ -34,10 +34,7 @@ pub fn write(path: &Path, fold: u64, spans: &[MeterSpan]) -> Result<(), StoreErr
     }
     let crc = crc32(&bytes);
     bytes.extend_from_slice(&crc.to_le_bytes());
-    let tmp = path.with_extension("tmp");
-    write_durably(&tmp, &bytes)?;
-    std::fs::rename(&tmp, path).map_err(|source| StoreError::Io { path: path.to_path_buf(), source })?;
-    sync_parent(path)
+    write_atomically(path, &bytes)
 }
 
 /// The fold that wrote the index and its spans; `None` when there is no index file.
@@ -58,24 +55,27 @@ pub fn read(path: &Path) -> Result<Option<(u64, Vec<MeterSpan>)>, StoreError> {
     if crc32(body) != u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]) {
         return Err(damaged("fails its checksum"));
     }
-    let number = |at: usize| u64::from_le_bytes(body[at..at + 8].try_into().unwrap_or([0; 8]));
-    let (fold, count) = (number(MAGIC.len()), number(MAGIC.len() + 8));
+    let (fold, count) = (u64_le(body, MAGIC.len()), u64_le(body, MAGIC.len() + 8));
     let entries = &body[HEADER_BYTES..];
     if count.checked_mul(ENTRY_BYTES as u64) != Some(entries.len() as u64) {
         return Err(damaged(&format!("says {count} meters in {} bytes", entries.len())));
     }
     let spans = entries
         .chunks_exact(ENTRY_BYTES)
-        .map(|entry| {
-            let n = |i: usize| u64::from_le_bytes(entry[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
-            MeterSpan {
-                meter: n(0),
-                first: Point { ts_ms: n(1), litres: n(2) },
-                last: Point { ts_ms: n(3), litres: n(4) },
-            }
+        .map(|entry| MeterSpan {
+            meter: u64_le(entry, 0),
+            first: Point { ts_ms: u64_le(entry, 8), litres: u64_le(entry, 16) },
+            last: Point { ts_ms: u64_le(entry, 24), litres: u64_le(entry, 32) },
         })
         .collect();
     Ok(Some((fold, spans)))
+}
+
+/// The u64 (LE) at `at` (within bounds the caller checked).
+fn u64_le(bytes: &[u8], at: usize) -> u64 {
+    let mut word = [0; 8];
+    word.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(word)
 }
 
 #[cfg(test)]

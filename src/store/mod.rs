@@ -29,9 +29,11 @@
 //! records and the meter index in sled) is migrated when it is opened.
 
 mod chunk;
+mod files;
 mod index_file;
 
 pub use chunk::crc32;
+pub use files::write_atomically;
 mod segments;
 mod wal;
 

@@ -20,7 +20,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use hydromesh_proto::MeterId;
 
-use super::wal::{sync_parent, write_durably};
+use super::files::{sync_parent, write_durably};
 use super::StoreError;
 
 const MAGIC: &[u8; 8] = b"HMSEG1\n\0";
@@ -50,20 +50,11 @@ impl Location {
     }
 
     pub fn decode(value: &[u8]) -> Result<Location, StoreError> {
-        let word = |at: usize| -> Result<u32, StoreError> {
-            value
-                .get(at..at + 4)
-                .and_then(|b| b.try_into().ok())
-                .map(u32::from_be_bytes)
-                .ok_or_else(|| StoreError::Corrupt(format!("a chunk location of {} bytes", value.len())))
-        };
-        if value.len() != 12 {
-            return Err(StoreError::Corrupt(format!(
-                "a chunk location of {} bytes instead of 12",
-                value.len()
-            )));
-        }
-        Ok(Location { segment: word(0)?, offset: word(4)?, len: word(8)? })
+        let value: &[u8; 12] = value.try_into().map_err(|_| {
+            StoreError::Corrupt(format!("a chunk location of {} bytes instead of 12", value.len()))
+        })?;
+        let word = |at: usize| u32::from_be_bytes([value[at], value[at + 1], value[at + 2], value[at + 3]]);
+        Ok(Location { segment: word(0), offset: word(4), len: word(8) })
     }
 
     /// The record's bytes in its segment, header included.

@@ -8,11 +8,12 @@
 //! it stood, and a failed sync cuts it back to what the last good sync made durable.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use hydromesh_proto::Reading;
 
+use super::files::sync_parent;
 use super::{chunk, StoreError};
 
 /// Largest record accepted when reading the log back (a batch is far smaller): a damaged
@@ -147,22 +148,6 @@ fn read_records(bytes: &[u8]) -> (Vec<Reading>, usize) {
         at += 4 + len;
     }
     (readings, at)
-}
-
-/// Makes a file's creation durable (its directory entry).
-pub fn sync_parent(path: &Path) -> Result<(), StoreError> {
-    let parent = path.parent().unwrap_or(Path::new("."));
-    File::open(parent)
-        .and_then(|dir| dir.sync_all())
-        .map_err(|source| StoreError::Io { path: parent.to_path_buf(), source })
-}
-
-/// Writes `bytes` to a new file at `path`, durably.
-pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let io = |source| StoreError::Io { path: path.to_path_buf(), source };
-    let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(path).map_err(io)?;
-    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(io)?;
-    sync_parent(path)
 }
 
 #[cfg(test)]
