@@ -24,8 +24,6 @@ pub struct PendingAck {
     pub pkid: u16,
     /// PUBREC (QoS 2) rather than PUBACK (QoS 1).
     pub rec: bool,
-    /// The message was refused (see [`AckState::Refused`]).
-    pub refused: bool,
     /// Whether it may be sent.
     pub state: AckState,
 }
@@ -44,7 +42,7 @@ pub struct AckQueue {
 impl AckQueue {
     /// Adds the acknowledgement of the latest publish; returns its sequence number.
     pub fn push(&mut self, pkid: u16, rec: bool, state: AckState) -> u64 {
-        self.entries.push_back(PendingAck { pkid, rec, refused: state == AckState::Refused, state });
+        self.entries.push_back(PendingAck { pkid, rec, state });
         self.front_seq + self.entries.len() as u64 - 1
     }
 

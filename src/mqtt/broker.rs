@@ -657,7 +657,7 @@ impl Session {
     fn flush_acks(&mut self) -> Result<(), Close> {
         while let Some(ready) = self.acks.pop_ready() {
             let Ok(ack) = ready else { return Err(Close::NotStored) };
-            let (pkid, refused) = (ack.pkid, ack.refused);
+            let (pkid, refused) = (ack.pkid, ack.state == AckState::Refused);
             let packet = if ack.rec { Out::PubRec { pkid, refused } } else { Out::PubAck { pkid, refused } };
             self.version.write(&mut self.wbuf, packet);
         }
