@@ -29,6 +29,13 @@ pub struct RefusedLabels {
     pub reason: &'static str,
 }
 
+/// Labels of a summary gossiped by another node, by how it came.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FormLabels {
+    /// `whole`, `delta`, or `delta_without_base` (pulled whole by sync instead).
+    pub form: &'static str,
+}
+
 /// Labels of a fog node.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OriginLabels {
@@ -49,6 +56,8 @@ pub struct Metrics {
     pub ingest_batch_seconds: Histogram,
     /// Seconds to answer a question.
     pub query_seconds: Histogram,
+    /// Other nodes' new summaries gossiped, by form.
+    pub summaries_heard: Family<FormLabels, Counter>,
     /// Age of each node's latest summary, seconds.
     pub node_data_age_seconds: Family<OriginLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// Fog nodes reported stale.
@@ -75,6 +84,12 @@ impl Metrics {
         );
         let query_seconds = Histogram::new(exponential_buckets(0.00005, 2.0, 18));
         sub.register("query_seconds", "Time to answer a question", query_seconds.clone());
+        let summaries_heard = Family::<FormLabels, Counter>::default();
+        sub.register(
+            "summaries_heard",
+            "Other fog nodes' new summaries gossiped, whole or as changes (delta)",
+            summaries_heard.clone(),
+        );
         let node_data_age_seconds = Family::default();
         sub.register(
             "node_data_age_seconds",
@@ -92,6 +107,7 @@ impl Metrics {
             refused,
             ingest_batch_seconds,
             query_seconds,
+            summaries_heard,
             node_data_age_seconds,
             stale_nodes,
             disk_bytes,

@@ -243,3 +243,39 @@ async fn an_idle_node_says_it_is_alive_without_publishing_new_summaries() {
         .await
         .expect("node 1 published new summaries instead of alives: its version kept changing");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_summaries_travel_as_deltas_and_every_node_stays_exact() {
+    let mesh = Mesh::chain(3).await;
+    eventually("the chain to see itself whole", CONVERGE, || async {
+        let Response::Peers(peers) = mesh.ask(2, Request::Peers).await? else { return None };
+        (peers.peers.iter().filter(|p| !p.stale).count() == 3).then_some(())
+    })
+    .await;
+    // Each round, node 0 gets a few new meters: a few entries of its top change, the rest stay.
+    let mut everything: Vec<Reading> = Vec::new();
+    for round in 0..4u64 {
+        let batch = readings(round * 5..round * 5 + 5, 3);
+        everything.extend(batch.iter().cloned());
+        match mesh.client(0).await.ingest(batch).await.expect("ingest") {
+            ingest::Response::Done { outcomes, .. } => {
+                assert!(outcomes.iter().all(|o| *o == Outcome::Accepted), "round {round}: {outcomes:?}")
+            }
+            other => panic!("round {round}: {other:?}"),
+        }
+        let truth = top_n(&consumption_since(&everything, 0), 10);
+        eventually(&format!("round {round}: node 2 to rank exactly"), CONVERGE, || async {
+            (entries(&mesh.ask(2, Request::Top { n: 10, since_ms: None }).await?)? == truth).then_some(())
+        })
+        .await;
+    }
+    let metrics = mesh.nodes[2].handle.as_ref().expect("running").metrics().encode();
+    let heard = |form: &str| -> u64 {
+        let series = format!("hydromesh_summaries_heard_total{{form=\"{form}\"}} ");
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(series.as_str()))
+            .map_or(0, |count| count.trim().parse().expect("a count"))
+    };
+    assert!(heard("delta") >= 1, "no summary came as a delta:\n{metrics}");
+}

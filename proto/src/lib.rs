@@ -12,7 +12,7 @@
 //! - [`query`]: `/hydromesh/query/2`, questions from clients and their answers.
 //! - [`peer`]: `/hydromesh/peer/1`, what a node asks another about the other's own meters.
 //! - [`control`]: signed admin commands (policy, blocks, payments) on `hydromesh/control/1`.
-//! - [`summary`]: the node summary and liveness gossiped on `hydromesh/summary/2`, and the
+//! - [`summary`]: the node summary and liveness gossiped on `hydromesh/summary/3`, and the
 //!   digests `/hydromesh/sync/2` pulls them by.
 //! - [`wire`]: envelope, version, codec and its errors.
 //! - [`limits`] and [`protocols`]: the constants every side agrees on.
@@ -43,7 +43,7 @@ pub mod protocols {
     /// Identify protocol version string.
     pub const IDENTIFY: &str = "/hydromesh/id/1";
     /// Gossipsub topic of node summaries and liveness ([`crate::summary::Gossip`]).
-    pub const SUMMARY_TOPIC: &str = "hydromesh/summary/2";
+    pub const SUMMARY_TOPIC: &str = "hydromesh/summary/3";
     /// Gossipsub topic of signed admin commands.
     pub const CONTROL_TOPIC: &str = "hydromesh/control/1";
 }

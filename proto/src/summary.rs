@@ -1,6 +1,6 @@
 //! The node summary: what a fog node tells the mesh about its meters.
 //!
-//! Gossiped on `hydromesh/summary/2` (inside a [`Gossip`]) and pulled by digest with
+//! Gossiped on `hydromesh/summary/3` (inside a [`Gossip`], whole or as a [`SummaryDelta`]) and pulled by digest with
 //! `/hydromesh/sync/2`, always inside a [`SignedSummary`] so that a summary relayed by any peer
 //! can be checked against its origin.
 
@@ -169,6 +169,44 @@ pub enum Gossip {
     Summary(SignedSummary),
     /// The origin's summary has not changed since the version it names.
     Alive(SignedAlive),
+    /// A new summary, as its changes from the origin's previous one.
+    Delta(Box<SummaryDelta>),
+}
+
+/// A new summary sent as what changed since the origin's summary `base`: its top meters as runs
+/// of the base's and new entries, its blocked meters and alerts only when they changed. A node
+/// holding `base` rebuilds the new summary exactly and checks `signature`, the origin's
+/// signature of the whole new summary, as if it had come whole (it then relays and serves it
+/// whole, as [`SignedSummary`]); a node that does not pulls it by sync.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SummaryDelta {
+    /// The version it changes.
+    pub base: u64,
+    /// The new summary, but for `top` (empty: see `top`), and `blocked` and `alerts` when they
+    /// are the base's.
+    pub summary: NodeSummary,
+    /// The new summary's top meters, in order.
+    pub top: Vec<TopRun>,
+    /// `blocked` is the base's.
+    pub same_blocked: bool,
+    /// `alerts` are the base's.
+    pub same_alerts: bool,
+    /// The origin's signature of the whole new summary (as in [`SignedSummary`]).
+    pub signature: Vec<u8>,
+}
+
+/// Part of a [`SummaryDelta`]'s top meters.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TopRun {
+    /// `len` entries of the base's top, from index `start`.
+    Base {
+        /// Index of the first.
+        start: u32,
+        /// How many.
+        len: u32,
+    },
+    /// An entry the base does not hold.
+    New(MeterSpan),
 }
 
 /// One origin's summary version in a [`Digest`].

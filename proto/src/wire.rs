@@ -91,7 +91,8 @@ mod tests {
     use crate::query::{self, Coverage, TopAnswer, TopEntry};
     use crate::summary::{
         Alert, AlertKind, Blocked, CommandVersion, Digest, Gossip, MeterFilter, MeterSpan, NodeSummary,
-        OriginFilter, Point, SignedAlive, SignedSummary, SummaryVersion, SyncRequest, SyncResponse,
+        OriginFilter, Point, SignedAlive, SignedSummary, SummaryDelta, SummaryVersion, SyncRequest,
+        SyncResponse, TopRun,
     };
     use crate::{Alarms, Reading};
 
@@ -189,6 +190,20 @@ mod tests {
             "0100007d010008313244334b6f6f57056e6f72746803fd005e56eea101000001172f6970342f3132372e302e302e312f7463702f3430303101220107fdc01b47eea1010000fbb004fd005e56eea1010000fbd20404ababababfd0004f4eba10100002201010701fd005e56eea101000003636170010700fd005e56eea1010000000201020103",
         );
         golden(Gossip::Alive(SignedAlive { payload: vec![4], signature: vec![5, 6] }), "0100010104020506");
+        let mut changed = summary();
+        let new_top = changed.top.clone();
+        changed.top.clear();
+        golden(
+            Gossip::Delta(Box::new(SummaryDelta {
+                base: 2,
+                summary: NodeSummary { blocked: vec![], ..changed },
+                top: vec![TopRun::Base { start: 1, len: 4 }, TopRun::New(new_top[0])],
+                same_blocked: true,
+                same_alerts: false,
+                signature: vec![9],
+            })),
+            "0100020208313244334b6f6f57056e6f72746803fd005e56eea101000001172f6970342f3132372e302e302e312f7463702f3430303101220004ababababfd0004f4eba1010000220100010700fd005e56eea101000000020001040107fdc01b47eea1010000fbb004fd005e56eea1010000fbd20401000109",
+        );
         golden(
             SyncRequest {
                 digest: Digest {

@@ -27,7 +27,7 @@ use libp2p::PeerId;
 use crate::domain::rules::{RationingInputs, Tariff};
 pub use control::{Applied, ControlError, ControlState};
 pub use summary::SummaryError;
-pub use view::{Liveness, Merged, View};
+pub use view::{Expanded, Liveness, Merged, View};
 
 /// How far ahead of this node's clock an admin's timestamp may be.
 pub const MAX_ADMIN_CLOCK_AHEAD_MS: u64 = 5 * 60_000;

@@ -2,7 +2,12 @@
 //! peer can relay them (by gossip or by sync) without being able to forge them, and checked
 //! before they are merged.
 
-use hydromesh_proto::summary::{Alert, Alive, Blocked, MeterFilter, NodeSummary, SignedAlive, SignedSummary};
+use std::collections::HashMap;
+
+use hydromesh_proto::summary::{
+    Alert, Alive, Blocked, Gossip, MeterFilter, MeterSpan, NodeSummary, SignedAlive, SignedSummary,
+    SummaryDelta, TopRun,
+};
 use hydromesh_proto::{limits, WireError};
 use libp2p::identity::{Keypair, PublicKey};
 use libp2p::PeerId;
@@ -175,6 +180,95 @@ pub fn verify_alive(signed: &SignedAlive) -> Result<(Alive, PeerId), SummaryErro
     Ok((alive, origin))
 }
 
+/// What to gossip of this node's new summary: its changes from `base`, the summary it published
+/// before (which the mesh holds), when they are smaller than the whole; else the whole.
+pub fn gossip_form(base: Option<&NodeSummary>, summary: &NodeSummary, signed: SignedSummary) -> Gossip {
+    let delta = base.map(|base| Gossip::Delta(Box::new(delta(base, summary, signed.signature.clone()))));
+    let whole = Gossip::Summary(signed);
+    let size = |gossip: &Gossip| hydromesh_proto::encode(gossip).map_or(usize::MAX, |bytes| bytes.len());
+    match delta {
+        Some(delta) if size(&delta) < size(&whole) => delta,
+        _ => whole,
+    }
+}
+
+/// `summary` as its changes from `base`: its top meters as runs of the base's where they are
+/// the same, in order.
+fn delta(base: &NodeSummary, summary: &NodeSummary, signature: Vec<u8>) -> SummaryDelta {
+    let at: HashMap<&MeterSpan, usize> = base.top.iter().enumerate().map(|(i, span)| (span, i)).collect();
+    let mut top: Vec<TopRun> = Vec::new();
+    for span in &summary.top {
+        match (at.get(span).and_then(|&i| u32::try_from(i).ok()), top.last_mut()) {
+            (Some(i), Some(TopRun::Base { start, len })) if *start + *len == i => *len += 1,
+            (Some(i), _) => top.push(TopRun::Base { start: i, len: 1 }),
+            (None, _) => top.push(TopRun::New(*span)),
+        }
+    }
+    let same_blocked = summary.blocked == base.blocked;
+    let same_alerts = summary.alerts == base.alerts;
+    SummaryDelta {
+        base: base.version,
+        summary: NodeSummary {
+            top: Vec::new(),
+            blocked: if same_blocked { Vec::new() } else { summary.blocked.clone() },
+            alerts: if same_alerts { Vec::new() } else { summary.alerts.clone() },
+            ..summary.clone()
+        },
+        top,
+        same_blocked,
+        same_alerts,
+        signature,
+    }
+}
+
+/// The signed summary `delta` describes, rebuilt from `base`, the origin's summary of version
+/// `delta.base`, and its signed form. Not verified here: the caller merges it as it would the
+/// whole summary, signature and checks included.
+pub fn apply_delta(
+    base: &NodeSummary,
+    base_signed: &SignedSummary,
+    delta: SummaryDelta,
+) -> Result<SignedSummary, SummaryError> {
+    let invalid = |what: &str| Err(SummaryError::Invalid(format!("summary delta: {what}")));
+    let SummaryDelta { base: base_version, mut summary, top, same_blocked, same_alerts, signature } = delta;
+    if base_version != base.version || summary.origin != base.origin {
+        return invalid("not a change of the summary held");
+    }
+    if !summary.top.is_empty()
+        || (same_blocked && !summary.blocked.is_empty())
+        || (same_alerts && !summary.alerts.is_empty())
+    {
+        return invalid("carries what it says is the base's");
+    }
+    for run in top {
+        match run {
+            TopRun::Base { start, len } => {
+                let (start, len) = (start as usize, len as usize);
+                match base.top.get(start..start.saturating_add(len)) {
+                    Some(spans) => summary.top.extend_from_slice(spans),
+                    None => return invalid("a run outside the base's top meters"),
+                }
+            }
+            TopRun::New(span) => summary.top.push(span),
+        }
+        // Each run adds at most the base's top (at most the most): memory stays bounded.
+        if summary.top.len() > MAX_TOP_K {
+            return invalid("more top meters than a summary carries");
+        }
+    }
+    if same_blocked {
+        summary.blocked = base.blocked.clone();
+    }
+    if same_alerts {
+        summary.alerts = base.alerts.clone();
+    }
+    Ok(SignedSummary {
+        payload: hydromesh_proto::encode(&summary)?,
+        public_key: base_signed.public_key.clone(),
+        signature,
+    })
+}
+
 fn check(summary: &NodeSummary) -> Result<(), SummaryError> {
     let invalid = |what: String| Err(SummaryError::Invalid(what));
     if summary.name.len() > limits::MAX_NAME_BYTES {
@@ -341,6 +435,79 @@ mod tests {
         // The filter travels apart, named by its hash: only the meter count's varint grows.
         let (small, large) = (encoded_size(100), encoded_size(100_000));
         assert!(large <= small + 4, "{small} bytes for 100 meters, {large} for 100,000");
+    }
+
+    #[test]
+    fn a_delta_rebuilds_the_signed_summary_exactly_and_is_smaller() {
+        use hydromesh_proto::control::BlockReason;
+        use hydromesh_proto::summary::Point;
+
+        let key = Keypair::generate_ed25519();
+        let span = |meter: u64, litres| MeterSpan {
+            meter,
+            first: Point { ts_ms: 1_795_000_000_000, litres: 0 },
+            last: Point { ts_ms: 1_795_003_600_000 + meter, litres },
+        };
+        let mut base = summary(key.public().to_peer_id().to_string());
+        base.meter_count = 1_000;
+        base.top = (0..100).map(|meter| span(meter, 100_000 - meter)).collect();
+        base.blocked =
+            vec![Blocked { meter: 3, reason: BlockReason::Cap, since_ms: 1, detail: "cap".into() }];
+        let base_signed = sign(&key, &base).expect("sign");
+        // Two new leaders, one meter grown in place, one moved up, the last one gone.
+        let mut new = NodeSummary { version: 2, meter_count: 1_002, ..base.clone() };
+        new.top.insert(0, span(500, 900_000));
+        new.top.insert(1, span(501, 800_000));
+        new.top[10] = span(8, 99_999);
+        let moved = new.top.remove(60);
+        new.top.insert(5, moved);
+        new.top.pop();
+        new.alerts = vec![Alert { meter: 9, kind: hydromesh_proto::summary::AlertKind::Leak, since_ms: 5 }];
+        let signed = sign(&key, &new).expect("sign");
+
+        let Gossip::Delta(delta) = gossip_form(Some(&base), &new, signed.clone()) else {
+            panic!("a few changes go as a delta");
+        };
+        assert!(delta.same_blocked && !delta.same_alerts);
+        let sizes = (
+            hydromesh_proto::encode(&Gossip::Delta(delta.clone())).expect("encode").len(),
+            hydromesh_proto::encode(&Gossip::Summary(signed.clone())).expect("encode").len(),
+        );
+        assert!(sizes.0 * 4 < sizes.1, "delta {} bytes, whole {}", sizes.0, sizes.1);
+        let rebuilt = apply_delta(&base, &base_signed, (*delta).clone()).expect("apply");
+        assert_eq!(rebuilt, signed, "the origin's signed summary, byte for byte");
+        assert_eq!(verify(&rebuilt).expect("verifies").0, new);
+
+        // A change of everything goes whole; no base, whole.
+        let mut all = new.clone();
+        all.top.iter_mut().for_each(|span| span.last.litres += 1);
+        let all_signed = sign(&key, &all).expect("sign");
+        assert!(matches!(gossip_form(Some(&base), &all, all_signed.clone()), Gossip::Summary(_)));
+        assert!(matches!(gossip_form(None, &new, signed), Gossip::Summary(_)));
+
+        // Deltas that do not fit the base are refused, never panic or grow without bound.
+        let refused = |delta: SummaryDelta| {
+            matches!(apply_delta(&base, &base_signed, delta), Err(SummaryError::Invalid(_)))
+        };
+        let delta = *delta;
+        assert!(refused(SummaryDelta { base: 7, ..delta.clone() }), "another base");
+        assert!(refused(SummaryDelta { top: vec![TopRun::Base { start: 99, len: 2 }], ..delta.clone() }));
+        assert!(refused(SummaryDelta {
+            top: vec![TopRun::Base { start: u32::MAX, len: u32::MAX }],
+            ..delta.clone()
+        }));
+        assert!(refused(SummaryDelta {
+            top: vec![TopRun::Base { start: 0, len: 100 }; 11],
+            ..delta.clone()
+        }));
+        let mut carries = delta.clone();
+        carries.summary.blocked = base.blocked.clone();
+        assert!(refused(carries), "says the blocks are the base's and carries some");
+        // A forged change rebuilds, and then fails its signature.
+        let mut forged = delta;
+        forged.top.push(TopRun::New(span(777, 1)));
+        let forged = apply_delta(&base, &base_signed, forged).expect("fits the base");
+        assert!(matches!(verify(&forged), Err(SummaryError::Signature)));
     }
 
     #[test]

@@ -14,12 +14,12 @@ use hydromesh_proto::query::{
     AlertEntry, AlertsAnswer, BlockedAnswer, BlockedEntry, Coverage, PeerInfo, PeersAnswer, StatsAnswer,
     TopAnswer,
 };
-use hydromesh_proto::summary::{AlertKind, MeterFilter, NodeSummary, SignedSummary};
+use hydromesh_proto::summary::{AlertKind, MeterFilter, NodeSummary, SignedSummary, SummaryDelta};
 use hydromesh_proto::{limits, MeterId};
 use libp2p::PeerId;
 
 use super::index::{unheard, Contribution, Index};
-use super::summary::{filter_hash, verify, SummaryError};
+use super::summary::{apply_delta, filter_hash, verify, SummaryError};
 use crate::clock::now_ms;
 
 /// One origin's latest summary.
@@ -61,6 +61,17 @@ pub enum Merged {
     /// A copy of this node's own summary with a higher version than its latest: its versions
     /// must jump past it.
     OwnAhead(u64),
+}
+
+/// What a summary delta is to the view.
+#[derive(Debug)]
+pub enum Expanded {
+    /// The whole summary it describes, to merge.
+    Whole(SignedSummary),
+    /// The view already holds that version or a newer one (or it is this node's own).
+    Known,
+    /// The view does not hold the summary it changes: pull the new one whole.
+    Behind,
 }
 
 /// What a liveness message told the view.
@@ -164,6 +175,32 @@ impl View {
         };
         self.put(origin, Some(entry));
         Ok(Merged::Newer(origin))
+    }
+
+    /// The whole summary a delta describes, when the view holds the one it changes. Nothing is
+    /// verified or merged here: the caller merges the whole summary.
+    pub fn expand(&self, delta: SummaryDelta) -> Result<Expanded, SummaryError> {
+        let origin: PeerId = delta
+            .summary
+            .origin
+            .parse()
+            .map_err(|_| SummaryError::Invalid("summary delta names no origin".into()))?;
+        if !self.admits(&origin) {
+            return Err(SummaryError::NotMember(origin));
+        }
+        Ok(match self.entries.get(&origin) {
+            _ if origin == self.local => Expanded::Known,
+            Some(entry) if entry.summary.version >= delta.summary.version => Expanded::Known,
+            Some(entry) if entry.summary.version == delta.base => {
+                Expanded::Whole(apply_delta(&entry.summary, &entry.signed, delta)?)
+            }
+            _ => Expanded::Behind,
+        })
+    }
+
+    /// This node's own latest summary, if it made one.
+    pub fn local_summary(&self) -> Option<&NodeSummary> {
+        self.entries.get(&self.local).map(|entry| &entry.summary)
     }
 
     /// Takes a verified liveness message of `origin`: its summary `version` was still its latest
@@ -544,6 +581,39 @@ pub(crate) mod tests {
             assert_eq!(view.stats(now, 0).total_consumption_l, 300);
             assert_eq!(view.top(5, now, 0).entries[0].consumption_l, 300);
         }
+    }
+
+    #[test]
+    fn a_delta_is_expanded_only_over_the_version_it_changes() {
+        use hydromesh_proto::summary::Gossip;
+
+        use crate::mesh::summary::{gossip_form, verify};
+
+        let (a, local) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+        let now = Instant::now();
+        let top = |n: u64| (0..n).map(|m| span(m, (0, 0), (10, 1_000 - m))).collect::<Vec<_>>();
+        let (v1, v2, v3) = (signed(&a, 1, top(50)), signed(&a, 2, top(51)), signed(&a, 3, top(52)));
+        let summary = |signed: &SignedSummary| verify(signed).expect("verify").0;
+        let delta = |base: &SignedSummary, new: &SignedSummary| match gossip_form(
+            Some(&summary(base)),
+            &summary(new),
+            new.clone(),
+        ) {
+            Gossip::Delta(delta) => *delta,
+            other => panic!("not a delta: {other:?}"),
+        };
+        let mut view = View::new(local.public().to_peer_id(), Duration::from_secs(30));
+        assert!(matches!(view.expand(delta(&v1, &v2)), Ok(Expanded::Behind)), "nothing held of a");
+        view.merge(v1.clone(), now, false).expect("merge");
+        assert!(matches!(view.expand(delta(&v2, &v3)), Ok(Expanded::Behind)), "v2 not held");
+        let Ok(Expanded::Whole(whole)) = view.expand(delta(&v1, &v2)) else { panic!("over v1") };
+        assert_eq!(whole, v2, "the origin's signed summary");
+        view.merge(v3.clone(), now, false).expect("merge");
+        assert!(matches!(view.expand(delta(&v1, &v2)), Ok(Expanded::Known)), "older than v3");
+
+        let mut closed = View::new(local.public().to_peer_id(), Duration::from_secs(30));
+        closed.restrict_to([Keypair::generate_ed25519().public().to_peer_id()]);
+        assert!(matches!(closed.expand(delta(&v1, &v2)), Err(SummaryError::NotMember(_))));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! ([`Local`]). Work that may block runs on the blocking pool and comes back as a finished
 //! future; nothing a peer sends can stall the loop.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +17,7 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use hydromesh_proto::control::{Command as AdminCommand, SignedCommand};
 use hydromesh_proto::summary::{
-    Alive, Gossip, MeterFilter, OriginFilter, SignedSummary, SyncRequest, SyncResponse,
+    Alive, Gossip, MeterFilter, OriginFilter, SignedAlive, SignedSummary, SyncRequest, SyncResponse,
 };
 use hydromesh_proto::{ingest, limits, peer, protocols, query, Reading};
 use libp2p::core::transport::ListenerId;
@@ -37,8 +37,8 @@ use crate::clock::{now_ms, sleep_until};
 use crate::config::Config;
 use crate::domain::rules::RationingInputs;
 use crate::ingest::{IngestError, LocalSnapshot, Pipeline};
-use crate::mesh::{self, control, summary, Applied, Liveness, Merged, Mesh};
-use crate::metrics::{Metrics, OriginLabels};
+use crate::mesh::{self, control, summary, Applied, Expanded, Liveness, Merged, Mesh};
+use crate::metrics::{FormLabels, Metrics, OriginLabels};
 use crate::p2p::behaviour::{control_topic, summary_topic, Behaviour, BehaviourEvent};
 use crate::store::Store;
 
@@ -116,6 +116,34 @@ struct Publishing {
     /// no fog peer): the last one went out when no one listened. Relayed by gossip, it reaches
     /// every node at once; pulls alone spread it from node to node over minutes in a large mesh.
     announce_at: Option<Instant>,
+    /// The next summary goes whole, not as its changes: it is for nodes that may not hold the
+    /// one before.
+    whole: bool,
+    /// Other nodes' new summaries heard within `RATE_WINDOW`: when and their size in bytes.
+    heard: VecDeque<(Instant, usize)>,
+}
+
+impl Publishing {
+    /// Counts another node's new summary of `bytes` heard at `now`.
+    fn heard(&mut self, now: Instant, bytes: usize) {
+        self.forget_before(now);
+        if self.heard.len() == MAX_HEARD {
+            self.heard.pop_front();
+        }
+        self.heard.push_back((now, bytes));
+    }
+
+    /// Bytes a second of other nodes' new summaries over the last `RATE_WINDOW`.
+    fn others_rate(&mut self, now: Instant) -> f64 {
+        self.forget_before(now);
+        self.heard.iter().map(|(_, bytes)| *bytes).sum::<usize>() as f64 / RATE_WINDOW.as_secs_f64()
+    }
+
+    fn forget_before(&mut self, now: Instant) {
+        while self.heard.front().is_some_and(|(at, _)| now.duration_since(*at) > RATE_WINDOW) {
+            self.heard.pop_front();
+        }
+    }
 }
 
 /// The loop's listeners and the addresses it announces.
@@ -412,7 +440,8 @@ impl EventLoop {
     fn on_redial_tick(&mut self) {
         if self.publish.announce_at.is_some_and(|at| Instant::now() >= at) {
             self.publish.announce_at = None;
-            // A new version: the same bytes again would be a duplicate to gossip.
+            // A new version (the same bytes again would be a duplicate to gossip), whole.
+            self.publish.whole = true;
             self.schedule_publish();
         }
         self.redial();
@@ -574,14 +603,19 @@ impl EventLoop {
     }
 
     /// The shortest time between two summaries: `publish_interval`, or longer (up to
-    /// `MAX_PACE`) when the nodes publishing (those heard with two new summaries within a
-    /// minute) would together send every node more than `summary_budget` bytes a second at this
-    /// node's summary size. A node that was quiet still publishes its first change at once.
-    fn publish_pace(&self) -> Duration {
+    /// `MAX_PACE`) so that the summaries every node receives stay within `summary_budget` bytes a
+    /// second: this node takes what the others' summaries (heard over the last `RATE_WINDOW`)
+    /// leave of the budget, and at least its fair share of it among the nodes publishing (those
+    /// heard with two new summaries within `PUBLISHERS_WINDOW`). A node that was quiet still
+    /// publishes its first change at once.
+    fn publish_pace(&mut self) -> Duration {
         let Some((_, _, bytes)) = self.publish.last else { return self.config.publish_interval };
-        let publishers = self.mesh.view().publishers_within(PUBLISHERS_WINDOW, Instant::now()).max(1);
-        let fair = bytes as f64 * publishers as f64 / self.config.summary_budget.max(1) as f64;
-        Duration::from_secs_f64(fair.min(MAX_PACE.as_secs_f64())).max(self.config.publish_interval)
+        let now = Instant::now();
+        let budget = self.config.summary_budget.max(1) as f64;
+        let publishers = self.mesh.view().publishers_within(PUBLISHERS_WINDOW, now).max(1);
+        let allowed = (budget / publishers as f64).max(budget - self.publish.others_rate(now));
+        let pace = bytes as f64 / allowed;
+        Duration::from_secs_f64(pace.min(MAX_PACE.as_secs_f64())).max(self.config.publish_interval)
     }
 
     fn on_ingest_event(&mut self, event: request_response::Event<ingest::Request, ingest::Response>) {
@@ -800,7 +834,11 @@ impl EventLoop {
                     "the mesh holds a newer summary of this node (store lost or restored?); skipping past it"
                 );
                 match self.store.skip_summary_versions_past(version) {
-                    Ok(()) => self.publish_summary(),
+                    Ok(()) => {
+                        // The mesh holds another summary of this node than the one before.
+                        self.publish.whole = true;
+                        self.publish_summary();
+                    }
                     Err(error) => tracing::error!(%error, "cannot skip summary versions"),
                 }
             }
@@ -842,24 +880,48 @@ impl EventLoop {
         );
     }
 
-    /// Takes a summary or a liveness message; whether it was news (to relay).
+    /// Takes a summary (whole or as a delta) or a liveness message; whether it was news (to
+    /// relay).
     fn on_summary_message(&mut self, source: PeerId, data: &[u8]) -> Result<bool, summary::SummaryError> {
-        match hydromesh_proto::decode::<Gossip>(data, limits::MAX_SUMMARY_BYTES)? {
-            Gossip::Summary(signed) => Ok(matches!(self.merge_summary(signed)?, Merged::Newer(_))),
-            Gossip::Alive(signed) => {
-                let (alive, origin) = summary::verify_alive(&signed)?;
-                match self.mesh.alive(origin, alive.version, alive.at_ms, Instant::now())? {
-                    Liveness::Refreshed => Ok(true),
-                    Liveness::Behind => {
-                        // The relay may hold the newer summary; if not, other peers are asked.
-                        self.sync_with(source);
-                        self.wanted.insert(origin, alive.version);
-                        self.pull_soon();
-                        Ok(true)
-                    }
-                    Liveness::Old => Ok(false),
+        let (signed, form) = match hydromesh_proto::decode::<Gossip>(data, limits::MAX_SUMMARY_BYTES)? {
+            Gossip::Summary(signed) => (signed, "whole"),
+            Gossip::Delta(delta) => match self.mesh.view().expand(*delta)? {
+                Expanded::Whole(signed) => (signed, "delta"),
+                Expanded::Known => return Ok(false),
+                Expanded::Behind => {
+                    // Only a node that rebuilt the summary relays its delta: the relay holds it
+                    // whole. Not relayed from here, as it cannot be checked.
+                    self.sync_with(source);
+                    self.metrics
+                        .summaries_heard
+                        .get_or_create(&FormLabels { form: "delta_without_base" })
+                        .inc();
+                    return Ok(false);
                 }
+            },
+            Gossip::Alive(signed) => return self.on_alive(source, &signed),
+        };
+        let news = matches!(self.merge_summary(signed)?, Merged::Newer(_));
+        if news {
+            self.publish.heard(Instant::now(), data.len());
+            self.metrics.summaries_heard.get_or_create(&FormLabels { form }).inc();
+        }
+        Ok(news)
+    }
+
+    /// Takes a liveness message; whether it was news (to relay).
+    fn on_alive(&mut self, source: PeerId, signed: &SignedAlive) -> Result<bool, summary::SummaryError> {
+        let (alive, origin) = summary::verify_alive(signed)?;
+        match self.mesh.alive(origin, alive.version, alive.at_ms, Instant::now())? {
+            Liveness::Refreshed => Ok(true),
+            Liveness::Behind => {
+                // The relay may hold the newer summary; if not, other peers are asked.
+                self.sync_with(source);
+                self.wanted.insert(origin, alive.version);
+                self.pull_soon();
+                Ok(true)
             }
+            Liveness::Old => Ok(false),
         }
     }
 
@@ -1019,9 +1081,12 @@ impl EventLoop {
         };
         self.save_view(&built.origin, &signed);
         tracing::debug!(version = built.version, meters = built.meter_count, "publishing summary");
-        self.mesh.set_local(built.clone(), signed.clone(), local.filter.clone(), Instant::now());
-        let bytes = self.gossip(&Gossip::Summary(signed));
-        self.publish.last = Some((built.version, tokio::time::Instant::now(), bytes));
+        let whole = std::mem::take(&mut self.publish.whole);
+        let base = self.mesh.view().local_summary().filter(|_| !whole);
+        let message = summary::gossip_form(base, &built, signed.clone());
+        self.mesh.set_local(built, signed, local.filter.clone(), Instant::now());
+        let bytes = self.gossip(&message);
+        self.publish.last = Some((version, tokio::time::Instant::now(), bytes));
         // This node's own figures count in the mesh-wide average too (and alone, they are it).
         self.update_inputs();
     }
@@ -1125,6 +1190,11 @@ fn parse_addrs(addrs: &[String]) -> Vec<Multiaddr> {
 
 /// Nodes heard with a new summary within this count as publishing (see `publish_pace`).
 const PUBLISHERS_WINDOW: Duration = Duration::from_secs(60);
+/// Over how long the other nodes' summary traffic is measured (see `publish_pace`): two of the
+/// longest paces, so that every publishing node is heard in it.
+const RATE_WINDOW: Duration = Duration::from_secs(10);
+/// Most summaries counted in that window: the budget's worth many times over.
+const MAX_HEARD: usize = 1024;
 /// The longest the summary budget may delay a node's summary: a new meter is routable, and
 /// a change counted, within this (plus the gossip) however busy the mesh.
 const MAX_PACE: Duration = Duration::from_secs(5);
