@@ -24,12 +24,15 @@
 #   http_top        GET /api/v1/top latency at 1,000 requests/s (bench/src/bin/http_latency.rs)
 #   partition_heal  4 nodes in network namespaces: a partition, a restart while cut off, the heal
 #                   (scripts/partition.sh, ~2 minutes, root; SKIP_SCALE=1 skips it with the next)
-#   scale_*, mesh_sim_*   100 real nodes, then 1,000 simulated ones: traffic, CPU, convergence and
-#                   query times at scale (scripts/scale.sh, ~10 minutes, root; SKIP_SCALE=1 skips)
+#   scale_*, mesh_sim_*   100 real nodes, then 20 and 100 in one process: traffic, CPU,
+#                   convergence and query times at scale (scripts/scale.sh, ~12 minutes, root;
+#                   SKIP_SCALE=1 skips)
+#   mesh_sim_* at 1,000 nodes   traffic and CPU of a thousand nodes in two processes, timers
+#                   slowed 5x (scripts/scale-large.sh, ~30 minutes, root; only with PARTS=large)
 #
-# PARTS chooses what runs (default: all of them): `storage` (ingest to crash), `mqtt`, `chain`
-# (convergence to http_top), `mesh` (partition_heal, scale_*, mesh_sim_*); e.g.
-# `PARTS="storage" scripts/bench.sh`.
+# PARTS chooses what runs (default: all but `large`): `storage` (ingest to crash), `mqtt`,
+# `chain` (convergence to http_top), `mesh` (partition_heal, scale_*, mesh_sim_*), `large`
+# (1,000 nodes); e.g. `PARTS="storage" scripts/bench.sh`.
 #
 # Works in run/bench-YYYYmmdd-HHMMSS/ under the repository, removed at the end unless the run
 # failed or KEEP_RUN=1. Every process it starts is stopped on exit.
@@ -374,6 +377,9 @@ main() {
         # Their own nodes, namespaces and run folders; their lines join these.
         "$ROOT/scripts/partition.sh" || FAILED=1
         "$ROOT/scripts/scale.sh" || FAILED=1
+    fi
+    if wanted large; then
+        "$ROOT/scripts/scale-large.sh" || FAILED=1
     fi
     log "done in $(($(date +%s) - started)) s"
     ((FAILED == 0)) || die "some benchmarks failed; see above"

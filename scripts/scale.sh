@@ -10,9 +10,8 @@
 #                  the real node code in one process (bench/src/bin/mesh_sim.rs), after the real
 #                  nodes are stopped: idle and loaded bytes and CPU per node, node-side `top 10`
 #                  and `stats` times, and convergence (ack on one node to the exact top-10 on
-#                  every node). SIM_NODES=0 skips it. 300 runs in about 4 minutes; 1,000 real
-#                  nodes need more than two cores (every node checks every alive's signature,
-#                  ~17,000 a second for the process), so they never form a mesh here.
+#                  every node). SIM_NODES=0 skips it. 300 runs in about 4 minutes; 1,000 do not
+#                  run in real time on two cores (scripts/scale-large.sh runs them slowed).
 #   view_answers   the global `top 10` and `stats` computed from a view of 100 and 1,000 nodes
 #                  (bench/src/bin/view_bench.rs), with 100 and with 3 top meters per node
 #

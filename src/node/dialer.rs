@@ -17,10 +17,28 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 
 /// First wait before dialling the same peer again.
 const FIRST_RETRY: Duration = Duration::from_secs(1);
+
+/// The peer id at the end of `addr`, if any.
+fn named_peer(addr: &Multiaddr) -> Option<PeerId> {
+    match addr.iter().last() {
+        Some(Protocol::P2p(peer)) => Some(peer),
+        _ => None,
+    }
+}
+
+/// `addr` without a trailing `/p2p/…`.
+fn without_peer(addr: &Multiaddr) -> Multiaddr {
+    let mut bare = addr.clone();
+    if matches!(bare.iter().last(), Some(Protocol::P2p(_))) {
+        bare.pop();
+    }
+    bare
+}
 
 /// A dial to make.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -57,13 +75,20 @@ impl Backoff {
     }
 }
 
+/// A bootstrap address, and whether a connection to it was ever made.
+struct Bootstrap {
+    addr: Multiaddr,
+    backoff: Backoff,
+    reached: bool,
+}
+
 /// Who to dial, and when.
 pub struct Dialer {
     target: usize,
     /// Longest wait between two dials of the same peer: a peer cut off and back is dialled
     /// again within it.
     longest: Duration,
-    bootstrap: Vec<(Multiaddr, Backoff)>,
+    bootstrap: Vec<Bootstrap>,
     known: HashMap<PeerId, Backoff>,
     rng: SplitMix,
 }
@@ -73,13 +98,16 @@ impl Dialer {
     /// waiting at most `longest` between two dials of the same peer; `seed` makes its random
     /// picks its own (nodes started together do not pick alike).
     pub fn new(bootstrap: Vec<Multiaddr>, target: usize, longest: Duration, seed: u64, now: Instant) -> Self {
-        let bootstrap = bootstrap.into_iter().map(|addr| (addr, Backoff::new(now))).collect();
+        let bootstrap = bootstrap
+            .into_iter()
+            .map(|addr| Bootstrap { addr, backoff: Backoff::new(now), reached: false })
+            .collect();
         Dialer { target: target.max(1), longest, bootstrap, known: HashMap::new(), rng: SplitMix(seed) }
     }
 
     /// What to dial at `now`, given the fog nodes connected, how many of them this node
-    /// dialled, and the fog nodes known (with their addresses). Nothing while the target is
-    /// met.
+    /// dialled, and the fog nodes known (with their addresses): the bootstrap addresses never
+    /// reached (all of them while alone), and known nodes while the target is not met.
     pub fn due(
         &mut self,
         now: Instant,
@@ -87,16 +115,16 @@ impl Dialer {
         dialled: usize,
         known: impl IntoIterator<Item = (PeerId, Vec<Multiaddr>)>,
     ) -> Vec<Dial> {
-        if dialled >= self.target {
-            return Vec::new();
-        }
         let mut dials = Vec::new();
-        if connected.is_empty() {
-            for (addr, backoff) in &mut self.bootstrap {
-                if backoff.take(now, self.longest) {
-                    dials.push(Dial::Bootstrap(addr.clone()));
-                }
+        for bootstrap in &mut self.bootstrap {
+            // Connected to by the peer it names: reached all the same.
+            bootstrap.reached |= named_peer(&bootstrap.addr).is_some_and(|peer| connected.contains(&peer));
+            if (connected.is_empty() || !bootstrap.reached) && bootstrap.backoff.take(now, self.longest) {
+                dials.push(Dial::Bootstrap(bootstrap.addr.clone()));
             }
+        }
+        if dialled >= self.target {
+            return dials;
         }
         let wanted = self.target - dialled;
         let candidates = known.into_iter().filter(|(peer, _)| !connected.contains(peer));
@@ -104,6 +132,17 @@ impl Dialer {
             self.pick(now, candidates, wanted).into_iter().map(|(peer, addrs)| Dial::Known(peer, addrs)),
         );
         dials
+    }
+
+    /// A connection this node dialled to `addr` reached `peer`: a bootstrap at that address
+    /// (or naming that peer) is reached.
+    pub fn reached(&mut self, addr: &Multiaddr, peer: &PeerId) {
+        let bare = without_peer(addr);
+        for bootstrap in &mut self.bootstrap {
+            if named_peer(&bootstrap.addr) == Some(*peer) || without_peer(&bootstrap.addr) == bare {
+                bootstrap.reached = true;
+            }
+        }
     }
 
     /// A feeler: one of `unheard` (known fog nodes not heard from lately, not connected),
@@ -145,12 +184,12 @@ impl Dialer {
         spare
     }
 
-    /// A fog node is connected: the bootstraps may be dialled at once when the node is alone
-    /// again.
+    /// A fog node is connected: the bootstraps reached may be dialled at once when the node is
+    /// alone again (those never reached keep their backoff).
     pub fn connected(&mut self, peer: &PeerId, now: Instant) {
         self.known.remove(peer);
-        for (_, backoff) in &mut self.bootstrap {
-            *backoff = Backoff::new(now);
+        for bootstrap in self.bootstrap.iter_mut().filter(|bootstrap| bootstrap.reached) {
+            bootstrap.backoff = Backoff::new(now);
         }
     }
 
@@ -225,6 +264,7 @@ mod tests {
         let known = vec![(a, vec![addr(2)]), (b, vec![addr(3)])];
         let with_a = HashSet::from([a]);
         let mut dialer = Dialer::new(vec![addr(1)], 1, LONGEST, 1, start);
+        dialer.reached(&addr(1), &peer());
         assert!(
             dialer.due(start, &with_a, 1, known.clone()).is_empty(),
             "a dialled a: the target of one is met"
@@ -235,6 +275,29 @@ mod tests {
             vec![Dial::Known(b, vec![addr(3)])],
             "a dialled this node: b is dialled, no bootstrap"
         );
+    }
+
+    #[test]
+    fn a_bootstrap_is_dialled_until_reached_once_then_only_while_alone() {
+        let start = Instant::now();
+        let (a, boot) = (peer(), peer());
+        let with_a = HashSet::from([a]);
+        let bootstrap: Multiaddr = format!("{}/p2p/{boot}", addr(1)).parse().expect("multiaddr");
+        let mut dialer = Dialer::new(vec![bootstrap.clone(), addr(2)], 1, LONGEST, 1, start);
+        // Connected to another newcomer only, its target met: the bootstraps are still dialled.
+        let dials = dialer.due(start, &with_a, 1, Vec::new());
+        assert_eq!(dials, vec![Dial::Bootstrap(bootstrap.clone()), Dial::Bootstrap(addr(2))]);
+        // One is reached by its peer id (at another address), the other by its address.
+        dialer.reached(&addr(7), &boot);
+        let later = start + LONGEST;
+        assert_eq!(dialer.due(later, &with_a, 1, Vec::new()), vec![Dial::Bootstrap(addr(2))]);
+        // A bootstrap whose peer connected to this node is reached too.
+        let mut other = Dialer::new(vec![bootstrap.clone()], 1, LONGEST, 1, start);
+        assert!(other.due(start, &HashSet::from([boot]), 1, Vec::new()).is_empty());
+        dialer.reached(&format!("{}/p2p/{}", addr(2), peer()).parse().expect("multiaddr"), &peer());
+        let later = later + LONGEST;
+        assert!(dialer.due(later, &with_a, 1, Vec::new()).is_empty(), "both reached");
+        assert_eq!(dialer.due(later + LONGEST, &HashSet::new(), 0, Vec::new()).len(), 2, "alone again");
     }
 
     #[test]

@@ -296,8 +296,10 @@ impl EventLoop {
         redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let publish_at = self.publish.at;
+            // Not biased: each ready branch has its turn, so that a swarm with events always
+            // ready (a mesh forming, a flood of peers) does not starve the node's own clients
+            // (HTTP, MQTT, embedders), nor they the swarm.
             tokio::select! {
-                biased;
                 () = self.cancel.cancelled() => break,
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 Some(finished) = self.requests.pending.next(), if !self.requests.pending.is_empty() => self.on_finished(finished),
@@ -415,6 +417,9 @@ impl EventLoop {
                 tracing::debug!(%peer_id, addr = %endpoint.get_remote_address(), "connected");
                 if let Some(dialled) = self.dialled.get_mut(&connection_id) {
                     *dialled = Dialled::To(peer_id);
+                }
+                if endpoint.is_dialer() {
+                    self.dialer.reached(endpoint.get_remote_address(), &peer_id);
                 }
             }
             SwarmEvent::ConnectionClosed { peer_id, connection_id, cause, num_established, .. } => {

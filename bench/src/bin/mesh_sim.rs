@@ -22,6 +22,22 @@
 //!
 //! It prints one JSON line per phase.
 //!
+//! A mesh larger than one process can hold open connections for (every connection in one
+//! process takes two descriptors) runs as several processes in one network namespace: the
+//! first writes its nodes' addresses (`--addrs-out`), each later one is given them (`--join`)
+//! and numbers its nodes from `--offset`; all wait for `--mesh-size` nodes. Then each reports
+//! the namespace's loopback bytes per node of the whole mesh, and its own CPU per node of its
+//! own (convergence needs the whole mesh in one process: `--rounds 0`).
+//!
+//! `--slow F` runs every node's timers F times slower (gossip heartbeat, publish debounce and
+//! interval, republish, staleness, idle timeout; the summary budget F times smaller, the
+//! simulated meters F times less often), and reports bytes and CPU per *simulated* second (the
+//! measured figures × F): a mesh too large to run in real time on this machine still runs its
+//! real protocol code, each node doing per simulated second what it would per real second.
+//! Timers the node does not take from its configuration (pings, at least every 30 s; dial
+//! backoff; the pace's windows) stay at real time, so they run F times more often than they
+//! would: the traffic figures err high. Convergence is reported in real milliseconds.
+//!
 //! ```text
 //! cargo run --release -p hydromesh-bench --bin mesh_sim -- DIR [--nodes 100] [--loaded 10]
 //! ```
@@ -80,6 +96,34 @@ struct Args {
     /// Queries of each kind in the query phase.
     #[arg(long, default_value_t = 2000)]
     queries: usize,
+    /// Run every node's timers this many times slower (see above); windows, settle and meter
+    /// intervals are in simulated time.
+    #[arg(long, default_value_t = 1)]
+    slow: u32,
+    /// Nodes in the whole mesh, when other processes run some of them (default: `--nodes`).
+    #[arg(long)]
+    mesh_size: Option<usize>,
+    /// The number of this process's first node (names, meter ids).
+    #[arg(long, default_value_t = 0)]
+    offset: usize,
+    /// Addresses of nodes another process runs (a file, one a line): each node here also
+    /// bootstraps to one of them.
+    #[arg(long)]
+    join: Option<PathBuf>,
+    /// Write this process's node addresses here, one a line, once they have started.
+    #[arg(long)]
+    addrs_out: Option<PathBuf>,
+}
+
+impl Args {
+    fn mesh_size(&self) -> usize {
+        self.mesh_size.unwrap_or(self.nodes)
+    }
+
+    /// Real time for `simulated` time.
+    fn real(&self, simulated: Duration) -> Duration {
+        simulated * self.slow
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -98,14 +142,18 @@ fn main() -> anyhow::Result<()> {
 async fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
     let nodes = start_nodes(&args).await?;
+    if let Some(path) = &args.addrs_out {
+        let lines: String = nodes.iter().map(|(_, addr)| format!("{addr}\n")).collect();
+        std::fs::write(path, lines).with_context(|| format!("cannot write {}", path.display()))?;
+    }
     let clients: Vec<NodeClient> = nodes.iter().map(|(app, _)| app.client()).collect();
     eprintln!("[mesh_sim] {} nodes started in {:.1} s; waiting for the mesh", nodes.len(), secs(started));
     let formed = Instant::now();
-    wait_formed(&clients, args.form_deadline).await?;
-    eprintln!("[mesh_sim] every node sees {} nodes after {:.1} s", clients.len(), secs(formed));
+    wait_formed(&clients, args.mesh_size(), args.form_deadline).await?;
+    eprintln!("[mesh_sim] every node sees {} nodes after {:.1} s", args.mesh_size(), secs(formed));
 
-    tokio::time::sleep(args.settle).await;
-    let idle = measure(args.window).await?;
+    tokio::time::sleep(args.real(args.settle)).await;
+    let idle = measure(args.real(args.window)).await?;
     print_phase("idle", &args, &idle, json!({}));
 
     let (top_us, stats_us) = (
@@ -115,25 +163,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
     println!(
         "{}",
         json!({
-            "bench": "mesh_sim_query", "nodes": clients.len(), "queries": args.queries,
+            "bench": "mesh_sim_query", "nodes": args.mesh_size(), "queries": args.queries,
             "top10_p50_us": percentile(&top_us, 50), "top10_p99_us": percentile(&top_us, 99),
             "stats_p50_us": percentile(&stats_us, 50), "stats_p99_us": percentile(&stats_us, 99),
         })
     );
 
-    let convergence = converge(&clients, &args).await?;
-    println!(
-        "{}",
-        json!({
-            "bench": "mesh_sim_convergence", "nodes": clients.len(), "rounds": convergence.len(),
-            "p50_ms": percentile(&convergence, 50), "p99_ms": percentile(&convergence, 99),
-            "max_ms": convergence.iter().max(),
-        })
-    );
+    if args.rounds > 0 {
+        let convergence = converge(&clients, &args).await?;
+        println!(
+            "{}",
+            json!({
+                "bench": "mesh_sim_convergence", "nodes": clients.len(), "rounds": convergence.len(),
+                "p50_ms": percentile(&convergence, 50), "p99_ms": percentile(&convergence, 99),
+                "max_ms": convergence.iter().max(), "slow": args.slow,
+            })
+        );
+    }
 
     let meters = spawn_meters(&clients, &args);
-    tokio::time::sleep(args.settle).await;
-    let loaded = measure(args.window).await?;
+    tokio::time::sleep(args.real(args.settle)).await;
+    let loaded = measure(args.real(args.window)).await?;
     print_phase(
         "loaded",
         &args,
@@ -153,7 +203,10 @@ fn secs(since: Instant) -> f64 {
     since.elapsed().as_secs_f64()
 }
 
-fn config(dir: PathBuf, name: String, bootstrap: Vec<Multiaddr>) -> Config {
+/// A node's configuration: the defaults, with every timer it takes from them `slow` times
+/// slower (and its summary budget, bytes a second, `slow` times smaller).
+fn config(dir: PathBuf, name: String, bootstrap: Vec<Multiaddr>, slow: u32) -> Config {
+    let default = Config::default();
     Config {
         data_dir: dir,
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr")],
@@ -161,14 +214,31 @@ fn config(dir: PathBuf, name: String, bootstrap: Vec<Multiaddr>) -> Config {
         name,
         http: None,
         mqtt: None,
-        ..Config::default()
+        republish_interval: default.republish_interval * slow,
+        publish_debounce: default.publish_debounce * slow,
+        publish_interval: default.publish_interval * slow,
+        stale_after: default.stale_after * slow,
+        gossip_heartbeat: default.gossip_heartbeat * slow,
+        idle_connection_timeout: default.idle_connection_timeout * slow,
+        summary_budget: (default.summary_budget / u64::from(slow)).max(1),
+        ..default
     }
 }
 
-/// Starts the nodes in waves; each bootstraps to the first node and to one earlier at random.
+/// Starts the nodes in waves; each bootstraps to the first node and to one earlier at random
+/// (and to one of another process's nodes, with `--join`).
 async fn start_nodes(args: &Args) -> anyhow::Result<Vec<(AppHandle, Multiaddr)>> {
+    let others: Vec<Multiaddr> = match &args.join {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?
+            .lines()
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .context("an address to join")?,
+        None => Vec::new(),
+    };
     let mut nodes: Vec<(AppHandle, Multiaddr)> = Vec::with_capacity(args.nodes);
-    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64 ^ args.offset as u64;
     while nodes.len() < args.nodes {
         // The first node alone: every later one bootstraps to it.
         let wave_end = if nodes.is_empty() { 1 } else { (nodes.len() + args.wave).min(args.nodes) };
@@ -181,8 +251,13 @@ async fn start_nodes(args: &Args) -> anyhow::Result<Vec<(AppHandle, Multiaddr)>>
                 bootstrap.push(nodes[(seed % nodes.len() as u64) as usize].1.clone());
                 bootstrap.dedup();
             }
-            let dir = args.dir.join(format!("fog-{i}"));
-            wave.push(tokio::spawn(App::spawn(config(dir, format!("fog-{i}"), bootstrap))));
+            if !others.is_empty() {
+                seed = splitmix(seed);
+                bootstrap.push(others[(seed % others.len() as u64) as usize].clone());
+            }
+            let name = format!("fog-{}", args.offset + i);
+            let dir = args.dir.join(&name);
+            wave.push(tokio::spawn(App::spawn(config(dir, name, bootstrap, args.slow))));
         }
         for started in wave {
             let app = started.await?.context("a node did not start")?;
@@ -194,14 +269,15 @@ async fn start_nodes(args: &Args) -> anyhow::Result<Vec<(AppHandle, Multiaddr)>>
     Ok(nodes)
 }
 
-async fn wait_formed(clients: &[NodeClient], deadline: Duration) -> anyhow::Result<()> {
+/// Waits until every node sees `mesh_size` live nodes.
+async fn wait_formed(clients: &[NodeClient], mesh_size: usize, deadline: Duration) -> anyhow::Result<()> {
     let end = Instant::now() + deadline;
     let mut pending: Vec<usize> = (0..clients.len()).collect();
     let mut last_report = Instant::now();
     while !pending.is_empty() {
         let mut still = Vec::new();
         for &i in &pending {
-            if included(&clients[i]).await < clients.len() {
+            if included(&clients[i]).await < mesh_size {
                 still.push(i);
             }
         }
@@ -265,14 +341,19 @@ async fn measure(window: Duration) -> anyhow::Result<Usage> {
     })
 }
 
+/// One phase's line: bytes and CPU per node and simulated second.
 fn print_phase(phase: &str, args: &Args, usage: &Usage, extra: serde_json::Value) {
-    let (nodes, seconds) = (args.nodes as f64, usage.window.as_secs_f64());
+    // The loopback carries the whole mesh's traffic; the CPU is this process's nodes'.
+    let (mesh, own) = (args.mesh_size() as f64, args.nodes as f64);
+    let seconds = usage.window.as_secs_f64() / f64::from(args.slow);
     let mut line = json!({
         "bench": format!("mesh_sim_{phase}"),
-        "nodes": args.nodes,
+        "nodes": args.mesh_size(),
+        "process_nodes": args.nodes,
+        "slow": args.slow,
         "window_s": (seconds * 10.0).round() / 10.0,
-        "bytes_per_node_per_s": (usage.bytes as f64 / nodes / seconds).round(),
-        "cpu_percent_per_node": (usage.cpu.as_secs_f64() / seconds / nodes * 100.0 * 1000.0).round() / 1000.0,
+        "bytes_per_node_per_s": (usage.bytes as f64 / mesh / seconds).round(),
+        "cpu_percent_per_node": (usage.cpu.as_secs_f64() / seconds / own * 100.0 * 1000.0).round() / 1000.0,
         "cpu_percent_total": (usage.cpu.as_secs_f64() / seconds * 100.0).round(),
     });
     if let (Some(line), serde_json::Value::Object(extra)) = (line.as_object_mut(), extra) {
@@ -363,7 +444,7 @@ async fn converge(clients: &[NodeClient], args: &Args) -> anyhow::Result<Vec<u64
         }
         samples.push(acked.elapsed().as_millis() as u64);
         // A settled mesh for the next round: past the publish cadence.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        tokio::time::sleep(args.real(Duration::from_millis(1500))).await;
     }
     Ok(samples)
 }
@@ -372,8 +453,8 @@ async fn converge(clients: &[NodeClient], args: &Args) -> anyhow::Result<Vec<u64
 fn spawn_meters(clients: &[NodeClient], args: &Args) -> tokio::task::JoinSet<()> {
     let mut set = tokio::task::JoinSet::new();
     for (node, client) in clients.iter().take(args.loaded).enumerate() {
-        let (client, interval, meters) = (client.clone(), args.interval, args.meters);
-        let first = (node as u64 + 1) * 100_000;
+        let (client, interval, meters) = (client.clone(), args.real(args.interval), args.meters);
+        let first = (args.offset as u64 + node as u64 + 1) * 100_000;
         set.spawn(async move {
             let mut tick = tokio::time::interval(interval);
             let mut reports = 0u64;
