@@ -36,6 +36,13 @@ pub struct FormLabels {
     pub form: &'static str,
 }
 
+/// Labels of an anti-entropy exchange, by side.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SyncLabels {
+    /// `asked` (this node sent its digest) or `answered` (a peer's).
+    pub side: &'static str,
+}
+
 /// Labels of a fog node.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OriginLabels {
@@ -58,6 +65,8 @@ pub struct Metrics {
     pub query_seconds: Histogram,
     /// Other nodes' new summaries gossiped, by form.
     pub summaries_heard: Family<FormLabels, Counter>,
+    /// Anti-entropy exchanges, by side.
+    pub syncs: Family<SyncLabels, Counter>,
     /// Age of each node's latest summary, seconds.
     pub node_data_age_seconds: Family<OriginLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// Fog nodes reported stale.
@@ -90,6 +99,12 @@ impl Metrics {
             "Other fog nodes' new summaries gossiped, whole or as changes (delta)",
             summaries_heard.clone(),
         );
+        let syncs = Family::<SyncLabels, Counter>::default();
+        sub.register(
+            "syncs",
+            "Anti-entropy exchanges with other fog nodes, asked or answered",
+            syncs.clone(),
+        );
         let node_data_age_seconds = Family::default();
         sub.register(
             "node_data_age_seconds",
@@ -108,6 +123,7 @@ impl Metrics {
             ingest_batch_seconds,
             query_seconds,
             summaries_heard,
+            syncs,
             node_data_age_seconds,
             stale_nodes,
             disk_bytes,

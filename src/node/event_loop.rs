@@ -38,7 +38,7 @@ use crate::config::Config;
 use crate::domain::rules::RationingInputs;
 use crate::ingest::{IngestError, LocalSnapshot, Pipeline};
 use crate::mesh::{self, control, summary, Applied, Expanded, Liveness, Merged, Mesh};
-use crate::metrics::{FormLabels, Metrics, OriginLabels};
+use crate::metrics::{FormLabels, Metrics, OriginLabels, SyncLabels};
 use crate::p2p::behaviour::{control_topic, summary_topic, Behaviour, BehaviourEvent};
 use crate::store::Store;
 
@@ -766,6 +766,7 @@ impl EventLoop {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request { request, channel, request_id } => {
+                    self.metrics.syncs.get_or_create(&SyncLabels { side: "answered" }).inc();
                     let (response, behind) =
                         self.mesh.answer_sync(&request.digest, limits::SYNC_RESPONSE_BUDGET);
                     if self.swarm.behaviour_mut().sync.send_response(channel, response).is_ok() {
@@ -1011,6 +1012,7 @@ impl EventLoop {
     /// Asks `peer` for what it holds newer than this node's digest (once at a time per peer).
     fn sync_with(&mut self, peer: PeerId) {
         if self.syncing.insert(peer) {
+            self.metrics.syncs.get_or_create(&SyncLabels { side: "asked" }).inc();
             let request = SyncRequest { digest: self.mesh.digest() };
             self.swarm.behaviour_mut().sync.send_request(&peer, request);
         }

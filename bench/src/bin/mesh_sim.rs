@@ -153,7 +153,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     eprintln!("[mesh_sim] every node sees {} nodes after {:.1} s", args.mesh_size(), secs(formed));
 
     tokio::time::sleep(args.real(args.settle)).await;
-    let idle = measure(args.real(args.window)).await?;
+    let idle = measure(&nodes, args.real(args.window)).await?;
     print_phase("idle", &args, &idle, json!({}));
 
     let (top_us, stats_us) = (
@@ -183,7 +183,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let meters = spawn_meters(&clients, &args);
     tokio::time::sleep(args.real(args.settle)).await;
-    let loaded = measure(args.real(args.window)).await?;
+    let loaded = measure(&nodes, args.real(args.window)).await?;
     print_phase(
         "loaded",
         &args,
@@ -328,17 +328,29 @@ async fn included(client: &NodeClient) -> usize {
 struct Usage {
     bytes: u64,
     cpu: Duration,
+    /// Anti-entropy exchanges this process's nodes asked for.
+    syncs: u64,
     window: Duration,
 }
 
-async fn measure(window: Duration) -> anyhow::Result<Usage> {
-    let (bytes, cpu, start) = (lo_tx_bytes()?, cpu_time()?, Instant::now());
+async fn measure(nodes: &[(AppHandle, Multiaddr)], window: Duration) -> anyhow::Result<Usage> {
+    let (bytes, cpu, syncs, start) = (lo_tx_bytes()?, cpu_time()?, syncs_asked(nodes), Instant::now());
     tokio::time::sleep(window).await;
     Ok(Usage {
         bytes: lo_tx_bytes()?.saturating_sub(bytes),
         cpu: cpu_time()?.saturating_sub(cpu),
+        syncs: syncs_asked(nodes).saturating_sub(syncs),
         window: start.elapsed(),
     })
+}
+
+/// Syncs the nodes asked for so far, from their metrics.
+fn syncs_asked(nodes: &[(AppHandle, Multiaddr)]) -> u64 {
+    const SERIES: &str = "hydromesh_syncs_total{side=\"asked\"} ";
+    let count = |text: String| {
+        text.lines().find_map(|line| line.strip_prefix(SERIES)?.trim().parse::<u64>().ok()).unwrap_or(0)
+    };
+    nodes.iter().map(|(app, _)| count(app.metrics().encode())).sum()
 }
 
 /// One phase's line: bytes and CPU per node and simulated second.
@@ -355,6 +367,7 @@ fn print_phase(phase: &str, args: &Args, usage: &Usage, extra: serde_json::Value
         "bytes_per_node_per_s": (usage.bytes as f64 / mesh / seconds).round(),
         "cpu_percent_per_node": (usage.cpu.as_secs_f64() / seconds / own * 100.0 * 1000.0).round() / 1000.0,
         "cpu_percent_total": (usage.cpu.as_secs_f64() / seconds * 100.0).round(),
+        "syncs_per_node_per_min": (usage.syncs as f64 / own / seconds * 60.0 * 100.0).round() / 100.0,
     });
     if let (Some(line), serde_json::Value::Object(extra)) = (line.as_object_mut(), extra) {
         line.extend(extra);
