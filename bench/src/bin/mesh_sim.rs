@@ -149,7 +149,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let clients: Vec<NodeClient> = nodes.iter().map(|(app, _)| app.client()).collect();
     eprintln!("[mesh_sim] {} nodes started in {:.1} s; waiting for the mesh", nodes.len(), secs(started));
     let formed = Instant::now();
-    wait_formed(&clients, args.mesh_size(), args.form_deadline).await?;
+    wait_formed(&nodes, &clients, args.mesh_size(), args.form_deadline).await?;
     eprintln!("[mesh_sim] every node sees {} nodes after {:.1} s", args.mesh_size(), secs(formed));
 
     tokio::time::sleep(args.real(args.settle)).await;
@@ -270,7 +270,12 @@ async fn start_nodes(args: &Args) -> anyhow::Result<Vec<(AppHandle, Multiaddr)>>
 }
 
 /// Waits until every node sees `mesh_size` live nodes.
-async fn wait_formed(clients: &[NodeClient], mesh_size: usize, deadline: Duration) -> anyhow::Result<()> {
+async fn wait_formed(
+    nodes: &[(AppHandle, Multiaddr)],
+    clients: &[NodeClient],
+    mesh_size: usize,
+    deadline: Duration,
+) -> anyhow::Result<()> {
     let end = Instant::now() + deadline;
     let mut pending: Vec<usize> = (0..clients.len()).collect();
     let mut last_report = Instant::now();
@@ -294,7 +299,11 @@ async fn wait_formed(clients: &[NodeClient], mesh_size: usize, deadline: Duratio
             );
         }
         if last_report.elapsed() > Duration::from_secs(10) {
-            eprintln!("[mesh_sim] {} nodes do not see the whole mesh yet", pending.len());
+            eprintln!(
+                "[mesh_sim] {} nodes do not see the whole mesh yet; {} syncs asked so far",
+                pending.len(),
+                syncs_asked(nodes)
+            );
             last_report = Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
