@@ -20,11 +20,20 @@ pub const STANDSTILL_MS: u64 = 3_600_000;
 /// Flow above the limit this long (or longer) is a burst.
 pub const BURST_MIN_MS: u64 = 30 * 60_000;
 
+/// What the rules keep of a meter's latest reading (a million meters' trackers are held at
+/// once: no meter id, no flow).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Latest {
+    ts_ms: u64,
+    litres: u64,
+    alarms: Alarms,
+}
+
 /// The incremental state of one meter's rules, fed its readings in time order.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Tracker {
     first_ts_ms: Option<u64>,
-    last: Option<Reading>,
+    last: Option<Latest>,
     /// First reading of the current run of equal registers (water standing still since then).
     run_start_ts_ms: u64,
     /// The latest standstill of at least an hour: (start, end).
@@ -50,7 +59,7 @@ impl Tracker {
     pub fn set_first_ts(&mut self, first_ts_ms: u64) {
         self.first_ts_ms = Some(first_ts_ms);
         if let Some(last) = self.last {
-            self.judge(&last);
+            self.judge(last.ts_ms, last.alarms);
         }
     }
 
@@ -90,26 +99,26 @@ impl Tracker {
                 self.high_flow_since_ms = reading.flow_lph.filter(|f| *f > burst_flow_lph).map(|_| ts);
             }
         }
-        self.last = Some(*reading);
-        self.judge(reading);
+        self.last = Some(Latest { ts_ms: ts, litres: reading.litres, alarms: reading.alarms });
+        self.judge(ts, reading.alarms);
     }
 
-    fn judge(&mut self, reading: &Reading) {
-        let ts = reading.ts_ms;
+    /// Judges the alerts as of the latest reading, at `ts` with the meter's own `alarms`.
+    fn judge(&mut self, ts: u64, alarms: Alarms) {
         let window_start = ts.saturating_sub(LEAK_WINDOW_MS);
         let covers_window = self.first_ts_ms.is_some_and(|first| first <= window_start);
         let stood_still =
             |(start, end): (u64, u64)| end.saturating_sub(start.max(window_start)) >= STANDSTILL_MS;
         let still_now = (self.run_start_ts_ms, ts);
         let standstill_in_window = stood_still(still_now) || self.last_standstill.is_some_and(stood_still);
-        let leak = covers_window && !standstill_in_window || reading.alarms.contains(Alarms::LEAK);
+        let leak = covers_window && !standstill_in_window || alarms.contains(Alarms::LEAK);
         let burst = self.high_flow_since_ms.is_some_and(|since| ts - since >= BURST_MIN_MS)
-            || reading.alarms.contains(Alarms::BURST);
+            || alarms.contains(Alarms::BURST);
         self.set(AlertKind::Leak, leak, ts);
         self.set(AlertKind::Burst, burst, ts);
-        self.set(AlertKind::Tamper, reading.alarms.contains(Alarms::TAMPER), ts);
-        self.set(AlertKind::Backflow, reading.alarms.contains(Alarms::BACKFLOW), ts);
-        self.set(AlertKind::Dry, reading.alarms.contains(Alarms::DRY), ts);
+        self.set(AlertKind::Tamper, alarms.contains(Alarms::TAMPER), ts);
+        self.set(AlertKind::Backflow, alarms.contains(Alarms::BACKFLOW), ts);
+        self.set(AlertKind::Dry, alarms.contains(Alarms::DRY), ts);
     }
 
     fn set(&mut self, kind: AlertKind, active: bool, ts: u64) {
