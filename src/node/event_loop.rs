@@ -119,28 +119,30 @@ struct Publishing {
     /// The next summary goes whole, not as its changes: it is for nodes that may not hold the
     /// one before.
     whole: bool,
-    /// Other nodes' new summaries heard within `RATE_WINDOW`: when and their size in bytes.
+    /// Other nodes' new summaries heard within the rate window (see `publish_pace`): when and
+    /// their size in bytes.
     heard: VecDeque<(Instant, usize)>,
 }
 
 impl Publishing {
-    /// Counts another node's new summary of `bytes` heard at `now`.
-    fn heard(&mut self, now: Instant, bytes: usize) {
-        self.forget_before(now);
+    /// Counts another node's new summary of `bytes` heard at `now`, for a rate measured over
+    /// `window`.
+    fn heard(&mut self, now: Instant, bytes: usize, window: Duration) {
+        self.forget_before(now, window);
         if self.heard.len() == MAX_HEARD {
             self.heard.pop_front();
         }
         self.heard.push_back((now, bytes));
     }
 
-    /// Bytes a second of other nodes' new summaries over the last `RATE_WINDOW`.
-    fn others_rate(&mut self, now: Instant) -> f64 {
-        self.forget_before(now);
-        self.heard.iter().map(|(_, bytes)| *bytes).sum::<usize>() as f64 / RATE_WINDOW.as_secs_f64()
+    /// Bytes a second of other nodes' new summaries over the last `window`.
+    fn others_rate(&mut self, now: Instant, window: Duration) -> f64 {
+        self.forget_before(now, window);
+        self.heard.iter().map(|(_, bytes)| *bytes).sum::<usize>() as f64 / window.as_secs_f64().max(1e-3)
     }
 
-    fn forget_before(&mut self, now: Instant) {
-        while self.heard.front().is_some_and(|(at, _)| now.duration_since(*at) > RATE_WINDOW) {
+    fn forget_before(&mut self, now: Instant, window: Duration) {
+        while self.heard.front().is_some_and(|(at, _)| now.duration_since(*at) > window) {
             self.heard.pop_front();
         }
     }
@@ -608,19 +610,28 @@ impl EventLoop {
     }
 
     /// The shortest time between two summaries: `publish_interval`, or longer (up to
-    /// `MAX_PACE`) so that the summaries every node receives stay within `summary_budget` bytes a
-    /// second: this node takes what the others' summaries (heard over the last `RATE_WINDOW`)
-    /// leave of the budget, and at least its fair share of it among the nodes publishing (those
-    /// heard with two new summaries within `PUBLISHERS_WINDOW`). A node that was quiet still
-    /// publishes its first change at once.
+    /// `MAX_PACE_INTERVALS` of them) so that the summaries every node receives stay within
+    /// `summary_budget` bytes a second: this node takes what the others' summaries (heard over
+    /// the last `RATE_WINDOW_INTERVALS` publish intervals) leave of the budget, and at least its
+    /// fair share of it among the nodes publishing (those heard with two new summaries within a
+    /// republish interval). A node that was quiet still publishes its first change at once.
+    /// Every window is a multiple of the configured intervals, so a mesh whose timers all run
+    /// slower (the simulation's `--slow`) paces itself the same in its own time.
     fn publish_pace(&mut self) -> Duration {
-        let Some((_, _, bytes)) = self.publish.last else { return self.config.publish_interval };
+        let interval = self.config.publish_interval;
+        let Some((_, _, bytes)) = self.publish.last else { return interval };
         let now = Instant::now();
         let budget = self.config.summary_budget.max(1) as f64;
-        let publishers = self.mesh.view().publishers_within(PUBLISHERS_WINDOW, now).max(1);
-        let allowed = (budget / publishers as f64).max(budget - self.publish.others_rate(now));
-        let pace = bytes as f64 / allowed;
-        Duration::from_secs_f64(pace.min(MAX_PACE.as_secs_f64())).max(self.config.publish_interval)
+        let publishers = self.mesh.view().publishers_within(self.config.republish_interval, now).max(1);
+        let others = self.publish.others_rate(now, self.rate_window());
+        let allowed = (budget / publishers as f64).max(budget - others);
+        let longest = interval * MAX_PACE_INTERVALS;
+        Duration::from_secs_f64((bytes as f64 / allowed).min(longest.as_secs_f64())).max(interval)
+    }
+
+    /// Over how long the other nodes' summary traffic is measured (see `publish_pace`).
+    fn rate_window(&self) -> Duration {
+        self.config.publish_interval * RATE_WINDOW_INTERVALS
     }
 
     fn on_ingest_event(&mut self, event: request_response::Event<ingest::Request, ingest::Response>) {
@@ -909,7 +920,7 @@ impl EventLoop {
         };
         let news = matches!(self.merge_summary(signed)?, Merged::Newer(_));
         if news {
-            self.publish.heard(Instant::now(), data.len());
+            self.publish.heard(Instant::now(), data.len(), self.rate_window());
             self.metrics.summaries_heard.get_or_create(&FormLabels { form }).inc();
         }
         Ok(news)
@@ -1195,16 +1206,16 @@ fn parse_addrs(addrs: &[String]) -> Vec<Multiaddr> {
     addrs.iter().filter_map(|addr| addr.parse().ok()).collect()
 }
 
-/// Nodes heard with a new summary within this count as publishing (see `publish_pace`).
-const PUBLISHERS_WINDOW: Duration = Duration::from_secs(60);
-/// Over how long the other nodes' summary traffic is measured (see `publish_pace`): two of the
-/// longest paces, so that every publishing node is heard in it.
-const RATE_WINDOW: Duration = Duration::from_secs(10);
+/// Over how many publish intervals (10 s by default) the other nodes' summary traffic is
+/// measured (see `publish_pace`): two of the longest paces, so that every publishing node is
+/// heard in it.
+const RATE_WINDOW_INTERVALS: u32 = 10;
 /// Most summaries counted in that window: the budget's worth many times over.
 const MAX_HEARD: usize = 1024;
-/// The longest the summary budget may delay a node's summary: a new meter is routable, and
-/// a change counted, within this (plus the gossip) however busy the mesh.
-const MAX_PACE: Duration = Duration::from_secs(5);
+/// The longest the summary budget may delay a node's summary, in publish intervals (5 s by
+/// default): a new meter is routable, and a change counted, within this (plus the gossip)
+/// however busy the mesh.
+const MAX_PACE_INTERVALS: u32 = 5;
 
 /// Most fog nodes a node stays connected to (see `trim_connections`).
 const MAX_FOG_PEERS: usize = 12;

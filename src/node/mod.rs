@@ -136,10 +136,10 @@ impl Node {
             mdns: config.mdns,
             max_incoming_connections: config.max_incoming_connections,
             gossip_heartbeat: config.gossip_heartbeat,
-            // Twice per republish interval, within 5–30 s: a cut link is found within about a
-            // republish interval, and a busy node is not mistaken for a dead one.
-            ping_interval: (config.republish_interval / 2)
-                .clamp(Duration::from_secs(5), Duration::from_secs(30)),
+            // Twice per republish interval (30 s by default), at least 5 s apart: a cut link is
+            // found within about a republish interval, and a busy node is not mistaken for a
+            // dead one.
+            ping_interval: (config.republish_interval / 2).max(Duration::from_secs(5)),
         };
         let behaviour = Behaviour::new(&keypair, &settings)?;
         let swarm = p2p::build_swarm(keypair.clone(), config.idle_connection_timeout, behaviour)?;
