@@ -73,6 +73,8 @@ pub struct Metrics {
     pub stale_nodes: Gauge,
     /// Bytes the database takes on disk.
     pub disk_bytes: Gauge,
+    /// Messages the MQTT broker the node subscribes to reports it dropped since it started.
+    pub mqtt_broker_dropped: Gauge,
 }
 
 impl Metrics {
@@ -115,6 +117,12 @@ impl Metrics {
         sub.register("stale_nodes", "Fog nodes not heard from within stale_after", stale_nodes.clone());
         let disk_bytes = Gauge::default();
         sub.register("disk_bytes", "Bytes the node's database takes on disk", disk_bytes.clone());
+        let mqtt_broker_dropped = Gauge::default();
+        sub.register(
+            "mqtt_broker_dropped",
+            "Messages the MQTT broker of --mqtt-broker reports it dropped since it started (its queue limits; mosquitto's $SYS)",
+            mqtt_broker_dropped.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             p2p,
@@ -127,6 +135,7 @@ impl Metrics {
             node_data_age_seconds,
             stale_nodes,
             disk_bytes,
+            mqtt_broker_dropped,
         }
     }
 

@@ -111,11 +111,19 @@ async fn start_mosquitto() -> Mosquitto {
 }
 
 async fn start_mosquitto_on(port: u16) -> Mosquitto {
+    start_mosquitto_with(port, "").await
+}
+
+/// A real mosquitto on `port`, with `extra` lines in its configuration.
+async fn start_mosquitto_with(port: u16, extra: &str) -> Mosquitto {
     let binary = tool("mosquitto");
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("mosquitto.conf");
-    std::fs::write(&config, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"))
-        .expect("write mosquitto.conf");
+    std::fs::write(
+        &config,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{extra}"),
+    )
+    .expect("write mosquitto.conf");
     let child = Command::new(binary)
         .arg("-c")
         .arg(&config)
@@ -566,6 +574,57 @@ async fn a_node_subscribed_to_mosquitto_reconnects_after_the_broker_restarts() {
     .await;
     drop(broker);
     mesh.stop(n).await;
+}
+
+/// mosquitto keeps 5 messages for the absent node and drops the rest: the node, back, stores the
+/// 5 and reports the broker's count of the others (a warning, and `/metrics`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readings_the_broker_dropped_while_the_node_was_away_are_reported() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let broker = start_mosquitto_with(port, "max_queued_messages 5\nsys_interval 1\n").await;
+    let mut mesh = Mesh::new();
+    let mut config = common::config(mesh.root.path().join("n0"), "n0", vec![]);
+    config.mqtt = None;
+    config.mqtt_broker = Some(format!("mqtt://{}", broker.addr));
+    let n = mesh.start(config.clone()).await;
+    let meter = 8282;
+    let topic = format!("hydromesh/meters/{meter}/reading");
+    let t0 = now_ms() - HOUR_MS;
+    eventually("the node to store a reading published on mosquitto", DEADLINE, || async {
+        publish(broker.addr, "1", &topic, &reading_json(t0, 100)).await;
+        (history(handle(&mesh, n), meter).await.len() == 1).then_some(())
+    })
+    .await;
+    assert_eq!(dropped_by_broker(handle(&mesh, n)), 0, "nothing dropped yet");
+
+    // Away (its session stays with the broker) while 20 readings are published.
+    mesh.stop(n).await;
+    let sent = 20;
+    for k in 1..=sent {
+        publish(broker.addr, "1", &topic, &reading_json(t0 + k * 1000, 100 + k)).await;
+    }
+    let n = mesh.start(config).await;
+    let (stored, dropped) =
+        eventually("the queued readings and the broker's count of the others", DEADLINE, || {
+            let node = handle(&mesh, n);
+            async move {
+                let stored = (history(node, meter).await.len() as u64).saturating_sub(1);
+                let dropped = dropped_by_broker(node);
+                (stored > 0 && stored + dropped == sent).then_some((stored, dropped))
+            }
+        })
+        .await;
+    assert_eq!((stored, dropped), (5, 15), "mosquitto queued 5 and dropped the rest");
+    drop(broker);
+    mesh.stop(n).await;
+}
+
+fn dropped_by_broker(node: &AppHandle) -> u64 {
+    let text = node.metrics().encode();
+    text.lines()
+        .find_map(|line| line.strip_prefix("hydromesh_mqtt_broker_dropped "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,11 @@
 //! is away and sends again those it never acknowledged. The connection is retried with
 //! exponential backoff. Messages larger than [`MAX_INCOMING_BYTES`] break the connection: keep
 //! the broker's `message_size_limit` below it.
+//!
+//! A broker holds only so many messages for an absent client and drops the rest (mosquitto: 1,000
+//! by default). Where the broker says how many it dropped (mosquitto's retained
+//! [`DROPPED_TOPIC`]), the node warns once it sees the count grow, and at its first sight of a
+//! count above zero: readings may have been lost before they reached it.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -28,6 +33,10 @@ use super::batcher::{Chunk, Completion, MAX_CHUNK_READINGS};
 use super::payload::{self, Refusal, SUBSCRIPTIONS};
 use super::{LogOnce, MqttError};
 use crate::metrics::Metrics;
+
+/// Where mosquitto publishes how many messages it dropped since it started (queue and in-flight
+/// limits), retained; other brokers have no such topic, and the subscription to it is optional.
+pub const DROPPED_TOPIC: &str = "$SYS/broker/publish/messages/dropped";
 
 /// Largest message accepted from the broker, in bytes.
 pub const MAX_INCOMING_BYTES: usize = 1024 * 1024;
@@ -146,7 +155,15 @@ pub fn start(
         stalled: None,
         done_tx,
     };
-    let poll = Poll { client, eventloop, source, publishes: publishes_tx, connections: 0 };
+    let poll = Poll {
+        client,
+        eventloop,
+        source,
+        publishes: publishes_tx,
+        connections: 0,
+        dropped: None,
+        metrics: handler.metrics.clone(),
+    };
     vec![
         tokio::spawn(poll.run(cancel.clone(), handler_done.clone())),
         tokio::spawn(handler.run(publishes_rx, done_rx, commands, cancel, handler_done)),
@@ -163,6 +180,9 @@ struct Poll {
     publishes: mpsc::Sender<(u64, Publish)>,
     /// Connections made so far.
     connections: u64,
+    /// The broker's count of dropped messages, as last seen.
+    dropped: Option<u64>,
+    metrics: Arc<Metrics>,
 }
 
 impl Poll {
@@ -184,13 +204,24 @@ impl Poll {
                     // Subscribing again is harmless when the session kept the subscriptions.
                     let client = self.client.clone();
                     tokio::spawn(async move {
-                        let filters = SUBSCRIPTIONS.iter().map(|filter| {
-                            rumqttc::SubscribeFilter::new((*filter).to_owned(), QoS::AtLeastOnce)
-                        });
+                        // The readings' filters first (their refusal is reported), then the
+                        // broker's count of dropped messages (at most once: it is a figure).
+                        let filters = SUBSCRIPTIONS
+                            .iter()
+                            .map(|filter| {
+                                rumqttc::SubscribeFilter::new((*filter).to_owned(), QoS::AtLeastOnce)
+                            })
+                            .chain([rumqttc::SubscribeFilter::new(
+                                DROPPED_TOPIC.to_owned(),
+                                QoS::AtMostOnce,
+                            )]);
                         if let Err(error) = client.subscribe_many(filters).await {
                             tracing::warn!(%error, "cannot subscribe to the reading topics");
                         }
                     });
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) if publish.topic == DROPPED_TOPIC => {
+                    self.on_dropped_count(&publish.payload);
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
                     // Waits when the handler has too much awaiting storage: backpressure on
@@ -204,6 +235,7 @@ impl Poll {
                     if suback
                         .return_codes
                         .iter()
+                        .take(SUBSCRIPTIONS.len())
                         .any(|code| matches!(code, rumqttc::SubscribeReasonCode::Failure))
                     {
                         tracing::warn!(broker = %self.source, "the MQTT broker refused a subscription to the reading topics");
@@ -232,6 +264,32 @@ impl Poll {
         }
         self.disconnect().await;
         tracing::debug!("MQTT broker subscription stopped");
+    }
+
+    /// Takes in the broker's count of dropped messages, and warns when it says readings may
+    /// have been lost upstream.
+    fn on_dropped_count(&mut self, payload: &[u8]) {
+        let Some(count) = std::str::from_utf8(payload).ok().and_then(|text| text.trim().parse::<u64>().ok())
+        else {
+            return;
+        };
+        let lost = match self.dropped {
+            None => count,
+            // A lower count: the broker started again.
+            Some(seen) if count < seen => count,
+            Some(seen) => count - seen,
+        };
+        if lost > 0 {
+            tracing::warn!(
+                broker = %self.source,
+                dropped = lost,
+                since_start = count,
+                "the MQTT broker dropped messages (its queue limits): readings sent while this node was away may be lost; \
+                 raise the broker's max_queued_messages (see the README)"
+            );
+        }
+        self.dropped = Some(count);
+        self.metrics.mqtt_broker_dropped.set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     /// Sends the acknowledgements still queued and a DISCONNECT, for a bounded time.
