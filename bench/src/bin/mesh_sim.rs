@@ -30,13 +30,14 @@
 //! own (convergence needs the whole mesh in one process: `--rounds 0`).
 //!
 //! `--slow F` runs every node's timers F times slower (gossip heartbeat, publish debounce and
-//! interval, republish, staleness, idle timeout; the summary budget F times smaller, the
-//! simulated meters F times less often), and reports bytes and CPU per *simulated* second (the
-//! measured figures × F): a mesh too large to run in real time on this machine still runs its
-//! real protocol code, each node doing per simulated second what it would per real second.
-//! Timers the node does not take from its configuration (pings, at least every 30 s; dial
-//! backoff; the pace's windows) stay at real time, so they run F times more often than they
-//! would: the traffic figures err high. Convergence is reported in real milliseconds.
+//! interval and the summary pace's windows, republish, pings, staleness, idle timeout; the
+//! summary budget F times smaller, the simulated meters F times less often), and reports bytes
+//! and CPU per *simulated* second (the measured figures × F): a mesh too large to run in real
+//! time on this machine still runs its real protocol code, each node doing per simulated second
+//! what it would per real second. Timers the node does not take from its configuration (dial
+//! backoff, request timeouts, how long a connection another node opened is kept) stay at real
+//! time, so they run F times more often than they would: the traffic figures err high, if at
+//! all. Convergence is reported in real milliseconds.
 //!
 //! ```text
 //! cargo run --release -p hydromesh-bench --bin mesh_sim -- DIR [--nodes 100] [--loaded 10]
