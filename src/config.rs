@@ -89,6 +89,10 @@ pub struct Config {
     pub mqtt: Option<SocketAddr>,
     /// An existing MQTT broker to subscribe to instead (`mqtt://HOST:PORT`).
     pub mqtt_broker: Option<String>,
+    /// A private mesh's pre-shared key (IPFS `swarm.key` format, from `hydromesh keygen
+    /// --swarm-key`): only peers and clients holding it can connect. TCP only: the default QUIC
+    /// listener is dropped, and QUIC addresses given are refused.
+    pub swarm_key: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -124,6 +128,7 @@ impl Default for Config {
             http: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
             mqtt: Some(SocketAddr::from(([127, 0, 0, 1], 1883))),
             mqtt_broker: None,
+            swarm_key: None,
         }
     }
 }

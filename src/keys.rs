@@ -21,6 +21,19 @@ pub enum KeyError {
     File(String),
 }
 
+/// Writes `text` to a new file `path` that only its owner can read (mode 0600), synced; an
+/// existing file is never replaced (`AlreadyExists`).
+pub fn write_new_secret(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()
+}
+
 /// Hex of bytes, lower case.
 pub fn to_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()

@@ -22,7 +22,7 @@ fn rogue() -> libp2p::Swarm<Rogue> {
         [(StreamProtocol::new(protocols::INGEST), ProtocolSupport::Outbound)],
         request_response::Config::default().with_request_timeout(Duration::from_secs(20)),
     );
-    build_swarm(Keypair::generate_ed25519(), Duration::from_secs(30), behaviour).expect("swarm")
+    build_swarm(Keypair::generate_ed25519(), Duration::from_secs(30), behaviour, None).expect("swarm")
 }
 
 async fn send(

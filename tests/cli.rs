@@ -268,6 +268,55 @@ fn a_second_node_on_a_taken_port_or_data_dir_refuses_to_start() {
 }
 
 #[test]
+fn a_private_mesh_answers_only_clients_with_its_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ours, theirs) = (dir.path().join("swarm.key"), dir.path().join("other.key"));
+    let path = |p: &Path| p.to_str().expect("utf-8").to_owned();
+    let out = hydromesh(&["keygen", "--swarm-key", &path(&ours)]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("--swarm-key"), "says how to use it: {}", text(&out.stderr));
+    let written = std::fs::read_to_string(&ours).expect("key file");
+    assert!(written.starts_with("/key/swarm/psk/1.0.0/\n/base16/\n"), "{written}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&ours).expect("metadata").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let again = hydromesh(&["keygen", "--swarm-key", &path(&ours)]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(text(&again.stderr).contains("already exists"), "{}", text(&again.stderr));
+    assert_eq!(std::fs::read_to_string(&ours).expect("key file"), written, "never overwritten");
+    assert_eq!(hydromesh(&["keygen", "--swarm-key", &path(&theirs)]).status.code(), Some(0));
+
+    let node = NodeProcess::start_with(&["--swarm-key", &path(&ours)]);
+    let out = hydromesh(&["query", "--peer", &node.addr, "--swarm-key", &path(&ours), "stats"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    for refused in [vec![], vec!["--swarm-key".to_owned(), path(&theirs)]] {
+        let mut args = vec!["query", "--peer", &node.addr, "--timeout", "3s", "stats"];
+        args.extend(refused.iter().map(String::as_str));
+        let out = hydromesh(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?} {}", text(&out.stdout));
+        let said = text(&out.stderr);
+        assert!(said.contains("cannot connect to") && said.contains("swarm key"), "{args:?}: {said}");
+    }
+
+    // QUIC cannot be protected by the key: refused, with the reason.
+    let quic = Command::new(BIN)
+        .args(["node", "--swarm-key", &path(&ours), "--listen", "/ip4/127.0.0.1/udp/0/quic-v1"])
+        .args(["--http", "off", "--mqtt", "off", "--data-dir"])
+        .arg(dir.path().join("quic"))
+        .output()
+        .expect("node runs");
+    assert_eq!(quic.status.code(), Some(2));
+    assert!(text(&quic.stderr).contains("TCP only"), "{}", text(&quic.stderr));
+    let damaged = write(dir.path(), "damaged.key", "not a key\n");
+    let out = hydromesh(&["query", "--peer", &node.addr, "--swarm-key", &path(&damaged), "stats"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("damaged.key"), "{}", text(&out.stderr));
+}
+
+#[test]
 fn simulate_says_what_it_does() {
     let node = NodeProcess::start();
     let out = hydromesh(&[

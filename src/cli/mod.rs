@@ -51,7 +51,7 @@ enum Command {
     Simulate(simulate::Args),
     /// Signed admin commands: block, unblock, policy, paid.
     Admin(admin::Args),
-    /// Create an admin key (secret to a file, public key printed).
+    /// Create an admin key (secret to a file, public key printed), or a private mesh's key.
     Keygen(keygen::Args),
 }
 
@@ -99,6 +99,9 @@ pub struct PeerArgs {
     /// Give up on the node after this long.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, global = true, value_name = "DURATION")]
     pub timeout: Duration,
+    /// The private mesh's pre-shared key, when the node runs one (its --swarm-key).
+    #[arg(long, env = "HYDROMESH_SWARM_KEY", global = true, value_name = "FILE")]
+    pub swarm_key: Option<std::path::PathBuf>,
 }
 
 /// A node's address: a multiaddr, or `HOST:PORT` (an IP address or a DNS name) for its TCP port.
@@ -130,6 +133,13 @@ impl PeerArgs {
         let peer = self.peer.as_ref().ok_or_else(|| {
             anyhow::anyhow!("no node to ask: give --peer MULTIADDR (or set HYDROMESH_PEER)")
         })?;
-        Ok(Client::connect(peer, self.timeout).await?)
+        let swarm_key = match &self.swarm_key {
+            Some(path) => {
+                crate::p2p::SwarmKey::check_addr(peer)?;
+                Some(crate::p2p::SwarmKey::load(path)?)
+            }
+            None => None,
+        };
+        Ok(Client::connect_with(peer, self.timeout, swarm_key).await?)
     }
 }

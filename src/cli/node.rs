@@ -79,6 +79,10 @@ pub struct Args {
     /// Subscribe to this existing MQTT broker instead of embedding one (mqtt://HOST:PORT).
     #[arg(long, env = "HYDROMESH_MQTT_BROKER", value_name = "URL")]
     mqtt_broker: Option<String>,
+    /// A private mesh: only peers and clients with this pre-shared key (from `hydromesh keygen
+    /// --swarm-key`) can connect; TCP only.
+    #[arg(long, env = "HYDROMESH_SWARM_KEY", value_name = "FILE")]
+    swarm_key: Option<PathBuf>,
 }
 
 /// `HOST:PORT` or `off` (a newtype: clap reads `Option<Option<_>>` as an optional value).
@@ -151,6 +155,9 @@ impl Args {
         }
         if self.mqtt_broker.is_some() {
             config.mqtt_broker = self.mqtt_broker;
+        }
+        if self.swarm_key.is_some() {
+            config.swarm_key = self.swarm_key;
         }
         config.validate()?;
         Ok(config)

@@ -25,7 +25,7 @@ use crate::config::{Config, ConfigError};
 use crate::ingest::{self as writer, IngestError, LocalMeters, LocalSnapshot, Pipeline};
 use crate::mesh::{self, Mesh};
 use crate::metrics::Metrics;
-use crate::p2p::{self, behaviour::Behaviour, TransportError};
+use crate::p2p::{self, behaviour::Behaviour, SwarmKey, TransportError};
 use crate::store::{Store, StoreError};
 
 /// How long shutdown waits for in-flight requests before the store is flushed regardless.
@@ -62,6 +62,9 @@ pub enum NodeError {
     /// The network could not be set up.
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// The private mesh's key cannot be used.
+    #[error(transparent)]
+    SwarmKey(#[from] crate::p2p::SwarmKeyError),
     /// A gossipsub topic could not be subscribed to.
     #[error("cannot subscribe to {topic}: {reason}")]
     Subscribe {
@@ -100,6 +103,7 @@ impl Node {
     /// peers, and runs until [`NodeHandle::shutdown`].
     pub async fn spawn(config: Config) -> Result<NodeHandle, NodeError> {
         config.validate()?;
+        let (config, swarm_key) = private_mesh(config)?;
         check_ports_free(&config.listen)?;
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| NodeError::DataDir { path: config.data_dir.clone(), source })?;
@@ -142,7 +146,7 @@ impl Node {
             ping_interval: (config.republish_interval / 2).max(Duration::from_secs(5)),
         };
         let behaviour = Behaviour::new(&keypair, &settings)?;
-        let swarm = p2p::build_swarm(keypair.clone(), config.idle_connection_timeout, behaviour)?;
+        let swarm = p2p::build_swarm(keypair.clone(), config.idle_connection_timeout, behaviour, swarm_key)?;
         let (addrs_tx, addrs) = watch::channel(Vec::new());
         let commands = mpsc::channel(config.max_pending_requests);
         let client = NodeClient { commands: commands.0.clone(), snapshot };
@@ -165,6 +169,22 @@ impl Node {
         let task = tokio::spawn(event_loop.run());
         Ok(NodeHandle { peer_id, addrs, cancel, task, client, metrics })
     }
+}
+
+/// The swarm key the configuration names, if any, and the configuration to run a private mesh
+/// with: the default QUIC listener dropped (the key protects TCP only); QUIC addresses given
+/// explicitly are refused.
+fn private_mesh(mut config: Config) -> Result<(Config, Option<SwarmKey>), NodeError> {
+    let Some(path) = &config.swarm_key else { return Ok((config, None)) };
+    let key = SwarmKey::load(path)?;
+    if config.listen == Config::default().listen {
+        config.listen.retain(|addr| SwarmKey::check_addr(addr).is_ok());
+    }
+    for addr in config.listen.iter().chain(&config.bootstrap) {
+        SwarmKey::check_addr(addr)?;
+    }
+    tracing::info!(fingerprint = %key.fingerprint(), "private mesh: only peers holding this swarm key can connect");
+    Ok((config, Some(key)))
 }
 
 /// The mesh state saved on disk: summaries (stale until heard again) and the admin commands of

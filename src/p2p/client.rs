@@ -10,7 +10,7 @@ use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{identity::Keypair, Multiaddr, PeerId, Swarm};
 
-use super::{build_swarm, ingest as ingest_protocol, query as query_protocol, TransportError};
+use super::{build_swarm, ingest as ingest_protocol, query as query_protocol, SwarmKey, TransportError};
 use crate::clock::sleep_until;
 
 /// Why a client call failed.
@@ -56,11 +56,21 @@ pub struct Client {
 impl Client {
     /// Connects to the node at `addr` (with or without `/p2p/`), giving up after `timeout`.
     pub async fn connect(addr: &Multiaddr, timeout: Duration) -> Result<Self, ClientError> {
+        Client::connect_with(addr, timeout, None).await
+    }
+
+    /// [`Client::connect`] to a node of a private mesh, with its key.
+    pub async fn connect_with(
+        addr: &Multiaddr,
+        timeout: Duration,
+        swarm_key: Option<SwarmKey>,
+    ) -> Result<Self, ClientError> {
         let behaviour = ClientBehaviour {
             ingest: ingest_protocol::behaviour(ProtocolSupport::Outbound),
             query: query_protocol::behaviour(ProtocolSupport::Outbound),
         };
-        let mut swarm = build_swarm(Keypair::generate_ed25519(), Duration::from_secs(60), behaviour)?;
+        let mut swarm =
+            build_swarm(Keypair::generate_ed25519(), Duration::from_secs(60), behaviour, swarm_key)?;
         let connect_error = |reason: String| ClientError::Connect { addr: addr.clone(), reason };
         swarm.dial(addr.clone()).map_err(|e| connect_error(e.to_string()))?;
         let connected = async {
@@ -68,14 +78,15 @@ impl Client {
                 match swarm.select_next_some().await {
                     SwarmEvent::ConnectionEstablished { peer_id, .. } => return Ok(peer_id),
                     SwarmEvent::OutgoingConnectionError { error, .. } => {
-                        return Err(connect_error(dial_reason(&error)))
+                        return Err(connect_error(dial_reason(&error, swarm_key.is_some())))
                     }
                     _ => {}
                 }
             }
         };
         let peer = tokio::time::timeout(timeout, connected).await.map_err(|_| {
-            connect_error(format!("no answer within {}", humantime::format_duration(timeout)))
+            let waited = humantime::format_duration(timeout);
+            connect_error(format!("no answer within {waited} {}", key_hint(swarm_key.is_some())))
         })??;
         Ok(Client { swarm, peer, timeout })
     }
@@ -211,18 +222,35 @@ impl Client {
 /// A failed dial as one line: libp2p nests the same cause several times over ("Failed to
 /// negotiate transport protocol(s): [(…: Multiple dial errors occurred: - Connection refused
 /// …)]"); this names the innermost cause of each attempt once, with a hint where one helps.
-fn dial_reason(error: &libp2p::swarm::DialError) -> String {
+/// Why a dial failed, in words a user can act on; `keyed`: whether the client had a swarm key
+/// (a handshake that fails once connected is most often a private mesh's key, or its absence).
+fn dial_reason(error: &libp2p::swarm::DialError, keyed: bool) -> String {
     use libp2p::swarm::DialError;
     match error {
         DialError::Transport(attempts) => {
             let mut causes: Vec<String> = attempts.iter().map(|(_, error)| innermost(error)).collect();
             causes.dedup();
-            causes.join("; ")
+            let said = causes.join("; ");
+            if said.starts_with("connection refused") {
+                said
+            } else {
+                format!("{said} {}", key_hint(keyed))
+            }
         }
         DialError::WrongPeerId { obtained, .. } => {
             format!("the node there is {obtained}, not the one the address names (check its /p2p/ part)")
         }
         other => innermost(other),
+    }
+}
+
+/// What may be wrong when a node does not complete the handshake: a private mesh's key, or its
+/// absence (such a node says nothing a client without its key understands).
+fn key_hint(keyed: bool) -> &'static str {
+    if keyed {
+        "(the node may run a private mesh with another swarm key, or none)"
+    } else {
+        "(if the node runs a private mesh, give its swarm key: --swarm-key FILE)"
     }
 }
 

@@ -9,6 +9,9 @@
 pub(crate) mod behaviour;
 pub mod client;
 pub mod codec;
+pub mod swarm_key;
+
+pub use swarm_key::{SwarmKey, SwarmKeyError};
 
 use std::time::Duration;
 
@@ -82,22 +85,47 @@ pub enum TransportError {
     },
 }
 
-/// Builds a swarm on TCP and QUIC (noise, yamux) with DNS, for a node or a client.
+/// Builds a swarm for a node or a client: TCP and QUIC (noise, yamux) with DNS, or with a swarm
+/// key, TCP alone with the private-mesh handshake before noise.
 pub fn build_swarm<B: NetworkBehaviour>(
     keypair: Keypair,
     idle_connection_timeout: Duration,
     behaviour: B,
+    swarm_key: Option<SwarmKey>,
 ) -> Result<Swarm<B>, TransportError> {
-    let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
-        .with_tokio()
-        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
-        .map_err(|e| TransportError::Transport(e.to_string()))?
-        .with_quic()
-        .with_dns()
-        .map_err(|e| TransportError::Transport(e.to_string()))?
-        .with_behaviour(|_| behaviour)
-        .map_err(|e| TransportError::Transport(e.to_string()))?
-        .with_swarm_config(|config| config.with_idle_connection_timeout(idle_connection_timeout))
-        .build();
+    let failed = |e: &dyn std::fmt::Display| TransportError::Transport(e.to_string());
+    // The two transports make builders of different types; what follows them is the same.
+    macro_rules! with_dns_and_behaviour {
+        ($builder:expr) => {
+            $builder
+                .with_dns()
+                .map_err(|e| failed(&e))?
+                .with_behaviour(|_| behaviour)
+                .map_err(|e| failed(&e))?
+                .with_swarm_config(|config| config.with_idle_connection_timeout(idle_connection_timeout))
+                .build()
+        };
+    }
+    let builder = libp2p::SwarmBuilder::with_existing_identity(keypair).with_tokio();
+    let swarm = match swarm_key {
+        None => with_dns_and_behaviour!(builder
+            .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+            .map_err(|e| failed(&e))?
+            .with_quic()),
+        Some(SwarmKey(psk)) => with_dns_and_behaviour!(builder
+            .with_other_transport(|keypair| {
+                use libp2p::core::upgrade::Version;
+                use libp2p::Transport;
+                let noise = noise::Config::new(keypair)?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                    tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                        .and_then(move |socket, _| libp2p::pnet::PnetConfig::new(psk).handshake(socket))
+                        .upgrade(Version::V1Lazy)
+                        .authenticate(noise)
+                        .multiplex(yamux::Config::default()),
+                )
+            })
+            .map_err(|e| failed(&e))?),
+    };
     Ok(swarm)
 }
