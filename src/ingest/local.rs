@@ -27,7 +27,7 @@ const MIN_FILTER_METERS: usize = 1024;
 /// The checkpoint of the state, in the store's folder (see [`LocalMeters::save_checkpoint`]).
 const CHECKPOINT_FILE: &str = "local-state";
 /// Meters below which no checkpoint is saved: rebuilding their state from the readings takes
-/// a fraction of a second, and the file (about 80 bytes a meter) would only take disk space.
+/// a fraction of a second, and the file (about 70 bytes a meter) would only take disk space.
 const CHECKPOINT_MIN_METERS: usize = 50_000;
 /// The first bytes of a checkpoint: its format, which changes with the layout of what it holds.
 const CHECKPOINT_MAGIC: &[u8] = b"hydromesh local state 2\n";
@@ -123,7 +123,7 @@ struct PeriodFigures {
 /// The local meter state; one owner, the ingest writer.
 pub struct LocalMeters {
     settings: Settings,
-    /// A B-tree, filled in meter order at a start: a million meters' state in about 200 MB,
+    /// A B-tree, filled in meter order at a start: a million meters' state in about 185 MB,
     /// where a hash map's spare slots took 500.
     meters: BTreeMap<MeterId, MeterState>,
     /// The period (start, length in ms) every meter's cached [`PeriodFigures`] are for.
