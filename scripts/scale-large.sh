@@ -13,6 +13,8 @@
 #   mesh_sim_loaded   the same as idle with LARGE_LOADED nodes (default 10, split between the
 #                     processes) each fed 50 meters reporting every 2 s (simulated)
 #
+# LARGE_WINDOW sets each measuring window in simulated time (default 60s: ten real minutes at
+# the default slowing).
 # See mesh_sim.rs for what slowing the timers keeps and what it does not (the figures err high).
 # Root, about an hour on two cores; run by `PARTS=large scripts/bench.sh`, or alone. Works in
 # run/scale-large-YYYYmmdd-HHMMSS/, removed at the end unless the run failed or KEEP_RUN=1.
@@ -26,7 +28,7 @@ PROCESSES="${LARGE_PROCESSES:-2}"
 SLOW="${LARGE_SLOW:-10}"
 LOADED="${LARGE_LOADED:-10}"
 # In simulated time (real time is LARGE_SLOW times longer).
-WINDOW=60s
+WINDOW="${LARGE_WINDOW:-60s}"
 SETTLE=20s
 # Real time.
 FORM_DEADLINE=60m
@@ -82,13 +84,16 @@ main() {
     ip netns exec "$NS" ip link set lo up || die "cannot bring up loopback in $NS"
 
     per=$((NODES / PROCESSES))
+    # The processes meet there before each phase: every window sees the whole mesh in one phase.
+    mkdir -p "$RUN_DIR/barrier"
     first_addrs="$RUN_DIR/addrs-0"
     for ((k = 0; k < PROCESSES; k++)); do
         dir="$RUN_DIR/process-$k"
         mkdir -p "$dir"
         args=(--nodes "$per" --offset "$((k * per))" --mesh-size "$NODES" --slow "$SLOW"
             --loaded "$((LOADED / PROCESSES))" --meters 50 --interval 2s --window "$WINDOW"
-            --settle "$SETTLE" --rounds 0 --form-deadline "$FORM_DEADLINE")
+            --settle "$SETTLE" --rounds 0 --form-deadline "$FORM_DEADLINE"
+            --barrier "$RUN_DIR/barrier" --processes "$PROCESSES")
         if ((k == 0)); then
             args+=(--addrs-out "$first_addrs")
         else

@@ -25,9 +25,12 @@
 //! A mesh larger than one process can hold open connections for (every connection in one
 //! process takes two descriptors) runs as several processes in one network namespace: the
 //! first writes its nodes' addresses (`--addrs-out`), each later one is given them (`--join`)
-//! and numbers its nodes from `--offset`; all wait for `--mesh-size` nodes. Then each reports
-//! the namespace's loopback bytes per node of the whole mesh, and its own CPU per node of its
-//! own (convergence needs the whole mesh in one process: `--rounds 0`).
+//! and numbers its nodes from `--offset`; all wait for `--mesh-size` nodes, and (`--barrier`)
+//! for one another before each phase, so that every process's window sees the whole mesh in the
+//! same phase (without it, one process measured its idle window while the other's nodes were
+//! still forming, or its loaded window while the other's meters started or its nodes stopped).
+//! Then each reports the namespace's loopback bytes per node of the whole mesh, and its own CPU
+//! per node of its own (convergence needs the whole mesh in one process: `--rounds 0`).
 //!
 //! `--slow F` runs every node's timers F times slower (gossip heartbeat, publish debounce and
 //! interval and the summary pace's windows, republish, pings, staleness, idle timeout; the
@@ -114,6 +117,14 @@ struct Args {
     /// Write this process's node addresses here, one a line, once they have started.
     #[arg(long)]
     addrs_out: Option<PathBuf>,
+    /// With other processes of one mesh: a folder where the `--processes` processes meet before
+    /// each phase (the mesh formed everywhere, idle measured everywhere, loaded measured
+    /// everywhere), so that every window sees the whole mesh in the same phase.
+    #[arg(long, requires = "processes")]
+    barrier: Option<PathBuf>,
+    /// How many processes meet at `--barrier`.
+    #[arg(long)]
+    processes: Option<usize>,
 }
 
 impl Args {
@@ -152,10 +163,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let formed = Instant::now();
     wait_formed(&nodes, &clients, args.mesh_size(), args.form_deadline).await?;
     eprintln!("[mesh_sim] every node sees {} nodes after {:.1} s", args.mesh_size(), secs(formed));
+    barrier(&args, "formed").await?;
 
     tokio::time::sleep(args.real(args.settle)).await;
     let idle = measure(&nodes, args.real(args.window)).await?;
     print_phase("idle", &args, &idle, json!({}));
+    barrier(&args, "idle").await?;
 
     let (top_us, stats_us) = (
         time_queries(&clients[0], Request::Top { n: TOP_N as u32, since_ms: None }, args.queries).await?,
@@ -192,6 +205,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         json!({ "loaded_nodes": args.loaded.min(clients.len()), "meters_per_loaded_node": args.meters,
                 "report_interval_s": args.interval.as_secs_f64() }),
     );
+    barrier(&args, "loaded").await?;
     drop(meters);
 
     for (app, _) in nodes {
@@ -268,6 +282,29 @@ async fn start_nodes(args: &Args) -> anyhow::Result<Vec<(AppHandle, Multiaddr)>>
         }
     }
     Ok(nodes)
+}
+
+/// With `--barrier`: says this process reached `step`, and waits (up to `--form-deadline`) for
+/// every process to say so.
+async fn barrier(args: &Args, step: &str) -> anyhow::Result<()> {
+    let (Some(dir), Some(processes)) = (&args.barrier, args.processes) else { return Ok(()) };
+    let mine = dir.join(format!("{step}-{}", args.offset));
+    std::fs::write(&mine, b"").with_context(|| format!("cannot write {}", mine.display()))?;
+    let end = Instant::now() + args.form_deadline;
+    loop {
+        let arrived = std::fs::read_dir(dir)
+            .with_context(|| format!("cannot read {}", dir.display()))?
+            .filter_map(Result::ok)
+            .filter(|entry| entry.file_name().to_string_lossy().starts_with(&format!("{step}-")))
+            .count();
+        if arrived >= processes {
+            return Ok(());
+        }
+        if Instant::now() > end {
+            bail!("{arrived} of {processes} processes reached `{step}` within the deadline");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Waits until every node sees `mesh_size` live nodes.
