@@ -28,7 +28,7 @@
 #                   convergence and query times at scale (scripts/scale.sh, ~12 minutes, root;
 #                   SKIP_SCALE=1 skips)
 #   mesh_sim_* at 1,000 nodes   traffic and CPU of a thousand nodes in two processes, timers
-#                   slowed 10x (scripts/scale-large.sh, about an hour, root; only with PARTS=large)
+#                   slowed 10x (scripts/scale-large.sh, 30 to 60 minutes, root; only with PARTS=large)
 #
 # PARTS chooses what runs (default: all but `large`): `storage` (ingest to crash), `mqtt`,
 # `chain` (convergence to http_top), `mesh` (partition_heal, scale_*, mesh_sim_*), `large`

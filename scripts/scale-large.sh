@@ -4,7 +4,7 @@
 # (default 2: every in-process connection takes two descriptors, and one process may hold
 # 20,000) in a network namespace of their own, with every node's timers LARGE_SLOW times slower
 # (default 10: two cores cannot run a thousand nodes' gossip, syncs and signature checks in real
-# time; at 5 the mesh did not form in 15 minutes, at 10 it formed in 16 to 28). One JSON line per
+# time; at 5 the mesh did not form in 15 minutes, at 10 it formed in 9 to 28). One JSON line per
 # process and phase on stdout, progress on stderr:
 #
 #   mesh_sim_idle     no readings: the namespace's loopback bytes per node of the whole mesh and
