@@ -27,10 +27,7 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     let out = match (args.out, args.swarm_key) {
         (_, Some(path)) => {
             let key = crate::p2p::SwarmKey::generate();
-            key.write_new(&path).map_err(|error| match error {
-                crate::p2p::SwarmKeyError::Io { source, .. } => refused(&path, source),
-                other => other.into(),
-            })?;
+            key.write_new(&path).map_err(|error| refused(&path, error))?;
             say!("{}", key.fingerprint());
             eprintln!(
                 "swarm key written to {} (fingerprint above); start every node and client of the mesh with --swarm-key {}",

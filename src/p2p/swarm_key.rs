@@ -23,7 +23,7 @@ impl std::fmt::Debug for SwarmKey {
 /// Why a swarm key cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum SwarmKeyError {
-    /// The file cannot be read or written.
+    /// The file cannot be read.
     #[error("swarm key {path}: {source}")]
     Io {
         /// The file.
@@ -71,9 +71,8 @@ impl SwarmKey {
 
     /// Writes the key to a new file `path`, readable by its owner only; an existing file is
     /// never replaced.
-    pub fn write_new(&self, path: &Path) -> Result<(), SwarmKeyError> {
+    pub fn write_new(&self, path: &Path) -> std::io::Result<()> {
         crate::keys::write_new_secret(path, &format!("{}\n", self.0))
-            .map_err(|source| SwarmKeyError::Io { path: path.to_path_buf(), source })
     }
 
     /// The key's fingerprint, safe to show: two nodes with the same fingerprint share the key.
