@@ -9,6 +9,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::io::Write;
 use std::sync::Arc;
 
 use hydromesh_proto::ingest::{MeterCommand, Outcome, Valve};
@@ -22,30 +23,36 @@ use crate::store::{Appended, Store, StoreError};
 /// Most readings replayed to rebuild one meter's rule state (about a day at one reading every
 /// 4.5 s); a denser meter's rules start from the latest of them.
 const MAX_REPLAY_READINGS: usize = 20_000;
+/// Most threads rebuilding meters' rule state at a start.
+const MAX_REPLAY_THREADS: usize = 4;
+/// Fewest meters a thread rebuilding meters' rule state is started for.
+const MIN_REPLAY_PER_THREAD: usize = 10_000;
 /// Smallest membership filter, in meters (a filter is rebuilt twice as large when outgrown).
 const MIN_FILTER_METERS: usize = 1024;
 /// The checkpoint of the state, in the store's folder (see [`LocalMeters::save_checkpoint`]).
 const CHECKPOINT_FILE: &str = "local-state";
 /// Meters below which no checkpoint is saved: rebuilding their state from the readings takes
 /// a fraction of a second, and the file (about 70 bytes a meter) would only take disk space.
-const CHECKPOINT_MIN_METERS: usize = 50_000;
+pub const CHECKPOINT_MIN_METERS: usize = 50_000;
 /// The first bytes of a checkpoint: its format, which changes with the layout of what it holds.
-const CHECKPOINT_MAGIC: &[u8] = b"hydromesh local state 2\n";
-/// Largest checkpoint read back (a damaged length never allocates past it).
-const CHECKPOINT_LIMIT: usize = 1 << 31;
+const CHECKPOINT_MAGIC: &[u8] = b"hydromesh local state 3\n";
+/// Largest part of a checkpoint decoded at once (a damaged length never allocates past it).
+const CHECKPOINT_LIMIT: usize = 1 << 28;
 
 /// One meter's saved rule state: its tracker, period figures and current period consumption.
 type SavedMeter = (MeterId, Tracker, Option<PeriodFigures>, (u64, bool));
 
-/// The state a clean stop saves, so that the next start need not rebuild every meter's rules
-/// from its readings: valid only for the fold of the store it was saved at.
+/// What a checkpoint holds besides its meters, which follow it in the file one by one (see
+/// [`LocalMeters::save_checkpoint`]).
 #[derive(serde::Serialize, serde::Deserialize)]
-struct Checkpoint {
-    /// The store's fold when it was saved (the store then held nothing else).
+struct CheckpointHeader {
+    /// The store's fold when it was saved: a meter's saved state is still its own while the
+    /// store says no later fold changed it (and it has no readings waiting for a fold).
     fold: u64,
     /// The burst limit the trackers judged with.
     burst_flow_lph: u32,
-    meters: Vec<SavedMeter>,
+    /// How many meters follow, in meter order.
+    meters: u64,
     blocked: Vec<Blocked>,
     released: Vec<MeterId>,
     period_start_ms: u64,
@@ -132,106 +139,132 @@ pub struct LocalMeters {
     snapshot: LocalSnapshot,
     /// Meters unblocked since their last acknowledgement: the next one carries `valve: open`.
     released: HashSet<MeterId>,
+    /// Meters whose state changed (or was rebuilt) since the last checkpoint, counted once per
+    /// batch that changed them: what a start after a crash would rebuild.
+    unsaved: usize,
 }
 
 impl LocalMeters {
-    /// The state of every meter in the store: from the checkpoint a clean stop saved, when
-    /// the store is still at the fold it was saved at, else with rule trackers rebuilt from
-    /// recent readings. The checkpoint is removed once read: it is never used twice.
+    /// The state of every meter in the store, each meter's either from the last checkpoint
+    /// (if the store says the meter did not change since) or rebuilt from its recent readings.
     pub fn load(store: &Store, settings: Settings) -> Result<Self, StoreError> {
-        let spans = store.spans();
-        let empty = || {
-            let mut local = LocalMeters {
-                settings,
-                meters: BTreeMap::new(),
-                figures_for: (0, 0),
-                top: TopK::new(settings.top_k),
-                snapshot: LocalSnapshot::default(),
-                released: HashSet::new(),
-            };
-            local.rebuild_filter(spans.iter().map(|span| span.meter), spans.len());
-            local
+        let spans = store.spans_and_changes();
+        let mut local = LocalMeters {
+            settings,
+            meters: BTreeMap::new(),
+            figures_for: (0, 0),
+            top: TopK::new(settings.top_k),
+            snapshot: LocalSnapshot::default(),
+            released: HashSet::new(),
+            unsaved: 0,
         };
-        if let Some(checkpoint) = take_checkpoint(store, settings, spans.len()) {
-            let mut local = empty();
-            if local.restore(checkpoint, store) {
-                return Ok(local);
+        local.rebuild_filter(spans.iter().map(|(span, _)| span.meter), spans.len());
+        let checkpoint = read_checkpoint(store, settings, &spans);
+        let (saved, saved_fold) = match checkpoint {
+            Some((header, meters)) => {
+                local.snapshot.period_start_ms = header.period_start_ms;
+                local.figures_for = header.figures_for;
+                local.snapshot.blocked = Arc::new(header.blocked.into_iter().map(|b| (b.meter, b)).collect());
+                local.released = header.released.into_iter().collect();
+                (meters, header.fold)
             }
-            tracing::warn!("the saved meter state does not match the store; rebuilding it from the readings");
-        }
-        let mut local = empty();
+            None => (Vec::new(), 0),
+        };
+        let started = std::time::Instant::now();
+        // The meters the saved state still covers: saved (every saved meter is held, and both
+        // lists are in meter order), and not changed by a fold since nor waiting for one.
+        let mut saved_meters = saved.iter().map(|(meter, ..)| *meter).peekable();
+        let covered: Vec<bool> = spans
+            .iter()
+            .map(|(span, changed)| saved_meters.next_if_eq(&span.meter).is_some() && *changed <= saved_fold)
+            .collect();
+        let stale: Vec<&MeterSpan> =
+            spans.iter().zip(&covered).filter(|(_, covered)| !**covered).map(|((span, _), _)| span).collect();
+        let rebuilt = stale.len();
+        let mut trackers = replay_all(store, &stale, settings.burst_flow_lph)?.into_iter();
+        let mut saved = saved.into_iter().peekable();
         // Built in one go from meters in order: a B-tree of full nodes.
         local.meters = spans
             .iter()
-            .map(|span| {
-                let tracker = replay(store, span, settings.burst_flow_lph)?;
-                Ok((span.meter, MeterState { tracker, period: None, current: (0, false) }))
+            .zip(covered)
+            .map(|((span, _), covered)| {
+                let own = saved.next_if(|(meter, ..)| *meter == span.meter);
+                let state = match own {
+                    Some((_, tracker, period, current)) if covered => MeterState { tracker, period, current },
+                    // One tracker was rebuilt for each meter not covered, in order.
+                    _ => MeterState {
+                        tracker: trackers.next().unwrap_or_default(),
+                        period: None,
+                        current: (0, false),
+                    },
+                };
+                (span.meter, state)
             })
-            .collect::<Result<_, StoreError>>()?;
-        for span in &spans {
+            .collect();
+        for state in local.meters.values() {
+            local.snapshot.period_consumption_l += state.current.0;
+            local.snapshot.period_meters += u64::from(state.current.1);
+        }
+        for (span, _) in &spans {
             local.on_span(*span, 0);
             local.refresh_alerts(span.meter);
         }
+        local.unsaved = rebuilt;
+        tracing::info!(
+            meters = spans.len(),
+            saved = spans.len() - rebuilt,
+            rebuilt,
+            ms = started.elapsed().as_millis() as u64,
+            "meter state loaded"
+        );
         Ok(local)
     }
 
-    /// Takes in a checkpoint's meters (as many as the store holds: checked by the caller);
-    /// false if one of them is not the store's.
-    fn restore(&mut self, checkpoint: Checkpoint, store: &Store) -> bool {
-        let mut spans = Vec::with_capacity(checkpoint.meters.len());
-        let mut meters = Vec::with_capacity(checkpoint.meters.len());
-        for (meter, tracker, period, current) in checkpoint.meters {
-            let Some(span) = store.span(meter) else { return false };
-            spans.push(span);
-            meters.push((meter, MeterState { tracker, period, current }));
-            self.snapshot.period_consumption_l += current.0;
-            self.snapshot.period_meters += u64::from(current.1);
-        }
-        // Saved in meter order: a B-tree of full nodes.
-        self.meters = meters.into_iter().collect();
-        for span in spans {
-            self.on_span(span, 0);
-            self.refresh_alerts(span.meter);
-        }
-        self.snapshot.period_start_ms = checkpoint.period_start_ms;
-        self.figures_for = checkpoint.figures_for;
-        self.snapshot.blocked = Arc::new(checkpoint.blocked.into_iter().map(|b| (b.meter, b)).collect());
-        self.released = checkpoint.released.into_iter().collect();
-        true
-    }
-
-    /// Saves the state for the next start (at a clean stop, after the store's final fold), in
-    /// a file of the store's folder. Nothing is saved if the store holds more than its last
-    /// fold wrote.
-    pub fn save_checkpoint(&self, store: &Store) -> std::io::Result<()> {
+    /// Saves the state for a quick next start, in a file of the store's folder, written meter
+    /// by meter (never held whole in memory): at a clean stop, and now and then while running
+    /// so that a start after a crash rebuilds only the meters changed since. Nothing is saved
+    /// for fewer than [`CHECKPOINT_MIN_METERS`] meters (they rebuild in a fraction of a second).
+    pub fn save_checkpoint(&mut self, store: &Store) -> std::io::Result<()> {
         self.save_checkpoint_from(store, CHECKPOINT_MIN_METERS)
     }
 
     /// [`LocalMeters::save_checkpoint`], for a state of at least `min_meters` meters.
-    fn save_checkpoint_from(&self, store: &Store, min_meters: usize) -> std::io::Result<()> {
-        let Some(fold) = store.settled_fold() else { return Ok(()) };
+    fn save_checkpoint_from(&mut self, store: &Store, min_meters: usize) -> std::io::Result<()> {
         if self.meters.len() < min_meters {
             return Ok(());
         }
-        let checkpoint = Checkpoint {
-            fold,
+        let header = CheckpointHeader {
+            fold: store.fold_number(),
             burst_flow_lph: self.settings.burst_flow_lph,
-            meters: self
-                .meters
-                .iter()
-                .map(|(meter, state)| (*meter, state.tracker.clone(), state.period, state.current))
-                .collect(),
+            meters: self.meters.len() as u64,
             blocked: self.snapshot.blocked.values().cloned().collect(),
             released: self.released.iter().copied().collect(),
             period_start_ms: self.snapshot.period_start_ms,
             figures_for: self.figures_for,
         };
-        let mut bytes = CHECKPOINT_MAGIC.to_vec();
-        bincode::serde::encode_into_std_write(&checkpoint, &mut bytes, bincode::config::standard())
-            .map_err(std::io::Error::other)?;
-        bytes.extend_from_slice(&crate::store::crc32(&bytes).to_le_bytes());
-        crate::store::write_atomically(&store.dir().join(CHECKPOINT_FILE), &bytes)
-            .map_err(std::io::Error::other)
+        let config = bincode::config::standard();
+        crate::store::write_atomically_with(&store.dir().join(CHECKPOINT_FILE), |file| {
+            let mut out = Summed { inner: file, crc: 0 };
+            out.write_all(CHECKPOINT_MAGIC)?;
+            bincode::serde::encode_into_std_write(&header, &mut out, config)
+                .map_err(std::io::Error::other)?;
+            for (meter, state) in &self.meters {
+                let saved = (meter, &state.tracker, state.period, state.current);
+                bincode::serde::encode_into_std_write(saved, &mut out, config)
+                    .map_err(std::io::Error::other)?;
+            }
+            let crc = out.crc;
+            out.inner.write_all(&crc.to_le_bytes())
+        })
+        .map_err(std::io::Error::other)?;
+        self.unsaved = 0;
+        Ok(())
+    }
+
+    /// Meters whose state changed or was rebuilt since the last checkpoint (an upper bound:
+    /// counted once per batch that changed them).
+    pub fn unsaved(&self) -> usize {
+        self.unsaved
     }
 
     /// The settings it was loaded with.
@@ -298,6 +331,7 @@ impl LocalMeters {
             self.on_span(*after, before.as_ref().map_or(0, span_consumption));
             self.refresh_alerts(*meter);
         }
+        self.unsaved += appended.spans.len();
         Ok(())
     }
 
@@ -477,28 +511,96 @@ fn period_consumption(
     Ok(Consumption { current_l, previous_l: figures.previous_l, reported })
 }
 
-/// The checkpoint in the store's folder, removed, if it is whole and was saved at the fold the
-/// store is at, with the same burst limit and as many meters.
-fn take_checkpoint(store: &Store, settings: Settings, meters: usize) -> Option<Checkpoint> {
+/// The checkpoint in the store's folder, if it is whole, judged with the same burst limit, saved
+/// at a fold the store has seen, and of meters the store holds (`spans`, in meter order).
+fn read_checkpoint(
+    store: &Store,
+    settings: Settings,
+    spans: &[(MeterSpan, u64)],
+) -> Option<(CheckpointHeader, Vec<SavedMeter>)> {
     let path = store.dir().join(CHECKPOINT_FILE);
     let bytes = std::fs::read(&path).ok()?;
-    if let Err(error) = std::fs::remove_file(&path) {
-        // Left in place it could be read again at a later start: not used at all.
-        tracing::warn!(path = %path.display(), %error, "cannot remove the saved meter state; not using it");
-        return None;
-    }
-    let (body, crc) = bytes.split_at(bytes.len().checked_sub(4)?);
+    let unusable =
+        |why: &str| tracing::warn!(path = %path.display(), "the saved meter state {why}; rebuilding it");
+    let (body, crc) = bytes.split_at_checked(bytes.len().saturating_sub(4))?;
     if crate::store::crc32(body).to_le_bytes() != crc {
-        tracing::warn!(path = %path.display(), "the saved meter state fails its checksum; rebuilding it");
+        unusable("fails its checksum");
         return None;
     }
     // Another version's layout is never read as this one's.
-    let body = body.strip_prefix(CHECKPOINT_MAGIC)?;
+    let mut body = body.strip_prefix(CHECKPOINT_MAGIC)?;
+    let header: CheckpointHeader = decode_next(&mut body)?;
+    if header.burst_flow_lph != settings.burst_flow_lph || header.fold > store.fold_number() {
+        return None;
+    }
+    let mut meters: Vec<SavedMeter> = Vec::with_capacity(spans.len().min(header.meters as usize));
+    for _ in 0..header.meters {
+        meters.push(decode_next(&mut body)?);
+    }
+    if !body.is_empty() {
+        unusable("has bytes past its meters");
+        return None;
+    }
+    // Every saved meter is one of the store's (both in meter order).
+    let mut held = spans.iter().map(|(span, _)| span.meter).peekable();
+    let all_held = meters.iter().all(|(meter, ..)| {
+        while held.next_if(|held| held < meter).is_some() {}
+        held.next_if_eq(meter).is_some()
+    });
+    if !all_held {
+        unusable("names meters the store does not hold");
+        return None;
+    }
+    Some((header, meters))
+}
+
+/// The value at the start of `bytes`, which are then moved past it.
+fn decode_next<T: serde::de::DeserializeOwned>(bytes: &mut &[u8]) -> Option<T> {
     let config = bincode::config::standard().with_limit::<CHECKPOINT_LIMIT>();
-    let (checkpoint, _): (Checkpoint, usize) = bincode::serde::decode_from_slice(body, config).ok()?;
-    let current = store.settled_fold() == Some(checkpoint.fold);
-    (current && checkpoint.burst_flow_lph == settings.burst_flow_lph && checkpoint.meters.len() == meters)
-        .then_some(checkpoint)
+    let (value, used) = bincode::serde::decode_from_slice(bytes, config).ok()?;
+    *bytes = bytes.get(used..)?;
+    Some(value)
+}
+
+/// A writer that keeps the CRC-32 of what went through it.
+struct Summed<'a> {
+    inner: &'a mut dyn Write,
+    crc: u32,
+}
+
+impl Write for Summed<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let written = self.inner.write(bytes)?;
+        self.crc = crate::store::crc32_continue(self.crc, &bytes[..written]);
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// [`replay`] for each of `spans`, in order, on up to [`MAX_REPLAY_THREADS`] threads.
+fn replay_all(store: &Store, spans: &[&MeterSpan], burst_flow_lph: u32) -> Result<Vec<Tracker>, StoreError> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_REPLAY_THREADS);
+    let per_thread = spans.len().div_ceil(threads).max(MIN_REPLAY_PER_THREAD);
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = spans
+            .chunks(per_thread)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter().map(|span| replay(store, span, burst_flow_lph)).collect::<Result<Vec<_>, _>>()
+                })
+            })
+            .collect();
+        let mut trackers = Vec::with_capacity(spans.len());
+        for part in parts {
+            let part =
+                part.join().map_err(|_| StoreError::Task("a thread rebuilding meter state failed".into()))?;
+            trackers.extend(part?);
+        }
+        Ok(trackers)
+    })
 }
 
 /// Rebuilds a meter's rule state from its readings of the last leak window (and the one before
@@ -621,11 +723,11 @@ mod tests {
         assert_eq!(reloaded.top, snapshot.top);
     }
 
-    /// A clean stop saves the state; the next start at the same fold reads it instead of
-    /// replaying readings, and gets the same snapshot as a replay; the file is used once, and
-    /// never once the store moved on.
+    /// A clean stop saves the state; the next start reads it instead of replaying readings and
+    /// gets the same snapshot as a replay. Once the store moved on (a fold, or readings only in
+    /// the write-ahead log after a crash), only the meters it changed are rebuilt.
     #[test]
-    fn a_saved_state_starts_like_a_replay_and_only_at_its_fold() {
+    fn a_saved_state_starts_like_a_replay_and_rebuilds_only_the_meters_changed_since() {
         use hydromesh_proto::control::Policy;
         let dir = tempfile::tempdir().expect("tempdir");
         let settings = Settings { burst_flow_lph: 1_000_000, top_k: 2 };
@@ -657,26 +759,45 @@ mod tests {
             assert!(snapshot.blocked.contains_key(&1) && snapshot.alerts.contains_key(&2), "{snapshot:?}");
             snapshot
         };
-        let store = Store::open(dir.path()).expect("reopen");
         let path = dir.path().join(CHECKPOINT_FILE);
-        assert!(path.exists());
+        let store = Store::open(dir.path()).expect("reopen");
         let restored = LocalMeters::load(&store, settings).expect("load the saved state");
-        assert_eq!(restored.snapshot(), saved, "the saved state, as it was");
-        assert!(!path.exists(), "used once");
+        assert_eq!(
+            (restored.snapshot(), restored.unsaved()),
+            (saved.clone(), 0),
+            "the saved state, as it was"
+        );
+        let bytes = std::fs::read(&path).expect("the saved state stays");
+        std::fs::remove_file(&path).expect("remove");
         let mut replayed = LocalMeters::load(&store, settings).expect("replay");
         replayed.reevaluate(&store, &inputs, now);
-        assert_eq!(replayed.snapshot(), saved, "what a replay rebuilds");
-        // Saved, then the store moves on: the saved state is not used.
-        restored.save_checkpoint_from(&store, 1).expect("save again");
-        let more = [reading(3, now - hour / 4, 50)];
-        store.append(&more, now).expect("append");
+        assert_eq!((replayed.snapshot(), replayed.unsaved()), (saved.clone(), 3), "what a replay rebuilds");
+        std::fs::write(&path, &bytes).expect("put back");
+        // The store moves on: meter 3 by a fold, meter 2 by a reading only logged (a crash).
+        store.append(&[reading(3, now - hour / 4, 50)], now).expect("append");
         store.close().expect("fold");
-        let after = LocalMeters::load(&store, settings).expect("load after a fold");
-        assert_eq!(
-            after.snapshot().total_consumption_l,
-            saved.total_consumption_l + 5,
-            "rebuilt from the readings"
-        );
+        store
+            .append(&[Reading { alarms: Alarms::TAMPER, ..reading(2, now - hour, 17) }], now)
+            .expect("append");
+        store.flush().expect("flush");
+        drop(store);
+        let store = Store::open(dir.path()).expect("reopen after a crash");
+        let mut after = LocalMeters::load(&store, settings).expect("load after a fold");
+        assert_eq!(after.unsaved(), 2, "meters 2 and 3 rebuilt, meter 1 read back");
+        after.reevaluate(&store, &inputs, now);
+        let snapshot = after.snapshot();
+        assert_eq!(snapshot.total_consumption_l, saved.total_consumption_l + 5 + 7);
+        assert!(snapshot.blocked.contains_key(&1) && snapshot.alerts.contains_key(&2), "{snapshot:?}");
+        std::fs::remove_file(&path).expect("remove");
+        let mut replayed = LocalMeters::load(&store, settings).expect("replay");
+        replayed.reevaluate(&store, &inputs, now);
+        assert_eq!(replayed.snapshot(), snapshot, "the same as a replay of every meter");
+        // A saved state the store cannot have made is not used.
+        std::fs::write(&path, &bytes).expect("put back");
+        let mut damaged = bytes.clone();
+        damaged[CHECKPOINT_MAGIC.len() + 2] ^= 0x40;
+        std::fs::write(&path, &damaged).expect("damage");
+        assert_eq!(LocalMeters::load(&store, settings).expect("load").unsaved(), 3, "checksum refused");
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub use local::{LocalMeters, LocalSnapshot, Settings};
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use hydromesh_proto::ingest::{MeterCommand, Outcome};
 use hydromesh_proto::Reading;
@@ -22,6 +23,11 @@ use crate::store::{Store, StoreError};
 
 /// Most readings written under one flush.
 const MAX_GROUP_READINGS: usize = 100_000;
+/// Least time between two checkpoints of the meter state while running (see
+/// [`Writer::save_now_and_then`]).
+const MIN_SAVE_INTERVAL: Duration = Duration::from_secs(120);
+/// A checkpoint takes at most this share of the writer's time (1 in 20).
+const SAVE_TIME_SHARE: u32 = 20;
 
 /// A batch's acknowledgement: per-reading outcomes and the valve commands of its meters.
 #[derive(Debug)]
@@ -84,7 +90,9 @@ impl Pipeline {
         let (jobs, receiver) = mpsc::channel(capacity.max(1));
         let thread = std::thread::Builder::new().name("hydromesh-ingest".into()).spawn(move || {
             let loaded = store.loads();
-            Writer { store, local, loaded, channels }.run(receiver)
+            let saved = (local.unsaved() == 0).then(|| (store.fold_number(), Instant::now()));
+            let save_every = MIN_SAVE_INTERVAL;
+            Writer { store, local, loaded, saved, save_every, channels }.run(receiver)
         })?;
         Ok(Pipeline { jobs, thread })
     }
@@ -128,6 +136,10 @@ struct Writer {
     local: LocalMeters,
     /// The store's [`Store::loads`] the local state was built from.
     loaded: u64,
+    /// The store's fold at the last checkpoint of the local state, and when it was saved.
+    saved: Option<(u64, Instant)>,
+    /// Least time until the next checkpoint.
+    save_every: Duration,
     channels: Channels,
 }
 
@@ -159,6 +171,7 @@ impl Writer {
             if !group.is_empty() {
                 self.ingest(group);
             }
+            self.save_now_and_then();
         }
         if let Err(error) = self.store.flush() {
             tracing::error!(%error, "final flush failed");
@@ -236,6 +249,28 @@ impl Writer {
                 false
             }
         }
+    }
+
+    /// Saves a checkpoint of the local state, so that a start after a crash rebuilds only the
+    /// meters changed since, when it changed and the store folded since the last one: a
+    /// checkpoint covers the meters whose readings were folded when it was saved (the others
+    /// are rebuilt at a start anyway). At most every [`MIN_SAVE_INTERVAL`], and at most
+    /// 1/[`SAVE_TIME_SHARE`] of the writer's time (acknowledgements wait meanwhile).
+    fn save_now_and_then(&mut self) {
+        let fold = self.store.fold_number();
+        let due =
+            self.saved.is_none_or(|(saved_fold, at)| saved_fold != fold && at.elapsed() >= self.save_every);
+        if self.local.unsaved() == 0 || !due {
+            return;
+        }
+        let started = Instant::now();
+        if let Err(error) = self.local.save_checkpoint(&self.store) {
+            tracing::warn!(%error, "cannot save the meter state; a start after a crash rebuilds it");
+        }
+        let took = started.elapsed();
+        tracing::debug!(ms = took.as_millis() as u64, fold, "meter state saved");
+        self.saved = Some((fold, Instant::now()));
+        self.save_every = MIN_SAVE_INTERVAL.max(took * SAVE_TIME_SHARE);
     }
 
     /// Judges every meter again and recomputes the period figures.

@@ -335,7 +335,7 @@ impl EventLoop {
                 Some(command) = self.command_rx.recv() => self.on_command(command),
             }
         }
-        let local = self.pipeline.stop().await?;
+        let mut local = self.pipeline.stop().await?;
         let store = self.store.clone();
         let flushed = super::local::blocking(move || {
             store.close()?;

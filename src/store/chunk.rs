@@ -270,7 +270,13 @@ impl<'a> Input<'a> {
 
 /// CRC-32 (IEEE 802.3, the one of zip and PNG).
 pub fn crc32(bytes: &[u8]) -> u32 {
-    !bytes.iter().fold(!0u32, |crc, byte| CRC_TABLE[((crc ^ u32::from(*byte)) & 0xff) as usize] ^ (crc >> 8))
+    crc32_continue(0, bytes)
+}
+
+/// The CRC-32 of the bytes whose CRC-32 is `crc` followed by `bytes`: a CRC computed piece by
+/// piece.
+pub fn crc32_continue(crc: u32, bytes: &[u8]) -> u32 {
+    !bytes.iter().fold(!crc, |crc, byte| CRC_TABLE[((crc ^ u32::from(*byte)) & 0xff) as usize] ^ (crc >> 8))
 }
 
 const CRC_TABLE: [u32; 256] = {
@@ -319,6 +325,7 @@ pub(super) mod tests {
     #[test]
     fn crc32_is_the_standard_one() {
         assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+        assert_eq!(crc32_continue(crc32(b"1234"), b"56789"), 0xCBF4_3926);
     }
 
     #[test]

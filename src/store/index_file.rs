@@ -1,44 +1,57 @@
-//! The meter index: every meter's first and last reading, in one file written whole by each fold
-//! (to a new file, synced, then renamed over the old one) and read at open: a sequential read
-//! instead of a walk of a database tree, and no database pages rewritten per meter and fold.
-//! It names the fold that wrote it, which sled's directory must have seen too: a directory that
-//! lost writes is found at open.
+//! The meter index: every meter's first and last reading and the last fold that changed its
+//! readings, in one file written whole by each fold (to a new file, synced, then renamed over the
+//! old one) and read at open: a sequential read instead of a walk of a database tree, and no
+//! database pages rewritten per meter and fold. It names the fold that wrote it, which sled's
+//! directory must have seen too: a directory that lost writes is found at open.
 //!
 //! ```text
-//! magic "HMIDX1\n\0" ‖ fold (u64 LE) ‖ count (u64 LE)
-//!   ‖ count × (meter, first ts, first litres, last ts, last litres: u64 LE each) ‖ crc32 (LE)
+//! magic "HMIDX2\n\0" ‖ fold (u64 LE) ‖ count (u64 LE)
+//!   ‖ count × (meter, first ts, first litres, last ts, last litres, changed by fold: u64 LE each)
+//!   ‖ crc32 (LE)
 //! ```
+//!
+//! An index of version 1 (entries without the fold that changed them) is read as if the fold
+//! that wrote it had changed every meter.
 
 use std::path::Path;
 
 use hydromesh_proto::summary::{MeterSpan, Point};
 
 use super::chunk::crc32;
-use super::files::write_atomically;
 use super::StoreError;
 
-const MAGIC: &[u8; 8] = b"HMIDX1\n\0";
-const ENTRY_BYTES: usize = 40;
+const MAGIC: &[u8; 8] = b"HMIDX2\n\0";
+const ENTRY_BYTES: usize = 48;
+/// Version 1: the same without the fold that changed each meter.
+const MAGIC_V1: &[u8; 8] = b"HMIDX1\n\0";
+const ENTRY_BYTES_V1: usize = 40;
 const HEADER_BYTES: usize = MAGIC.len() + 16;
 
-/// Writes the index of `spans`, made by fold number `fold`, durably in place of the old one.
-pub fn write(path: &Path, fold: u64, spans: &[MeterSpan]) -> Result<(), StoreError> {
-    let mut bytes = Vec::with_capacity(HEADER_BYTES + spans.len() * ENTRY_BYTES + 4);
+/// A meter's span, and the last fold that changed its readings.
+pub type Entry = (MeterSpan, u64);
+
+/// The index file's bytes (written whole, with [`super::write_atomically`]): fold number `fold`
+/// wrote it, over `count` meters' spans, each with the last fold that changed it.
+pub fn encode(fold: u64, count: usize, entries: impl Iterator<Item = (MeterSpan, u64)>) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(HEADER_BYTES + count * ENTRY_BYTES + 4);
     bytes.extend_from_slice(MAGIC);
     bytes.extend_from_slice(&fold.to_le_bytes());
-    bytes.extend_from_slice(&(spans.len() as u64).to_le_bytes());
-    for span in spans {
-        for number in [span.meter, span.first.ts_ms, span.first.litres, span.last.ts_ms, span.last.litres] {
+    bytes.extend_from_slice(&(count as u64).to_le_bytes());
+    for (span, changed) in entries {
+        for number in
+            [span.meter, span.first.ts_ms, span.first.litres, span.last.ts_ms, span.last.litres, changed]
+        {
             bytes.extend_from_slice(&number.to_le_bytes());
         }
     }
     let crc = crc32(&bytes);
     bytes.extend_from_slice(&crc.to_le_bytes());
-    write_atomically(path, &bytes)
+    bytes
 }
 
-/// The fold that wrote the index and its spans; `None` when there is no index file.
-pub fn read(path: &Path) -> Result<Option<(u64, Vec<MeterSpan>)>, StoreError> {
+/// The fold that wrote the index, and its spans each with the last fold that changed it;
+/// `None` when there is no index file.
+pub fn read(path: &Path) -> Result<Option<(u64, Vec<Entry>)>, StoreError> {
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -48,7 +61,12 @@ pub fn read(path: &Path) -> Result<Option<(u64, Vec<MeterSpan>)>, StoreError> {
         path: path.parent().unwrap_or(path).to_path_buf(),
         reason: format!("its meter index {} {what}", path.display()),
     };
-    if !bytes.starts_with(MAGIC) || bytes.len() < HEADER_BYTES + 4 {
+    let entry_bytes = match &bytes.get(..MAGIC.len()) {
+        Some(magic) if magic == MAGIC => ENTRY_BYTES,
+        Some(magic) if magic == MAGIC_V1 => ENTRY_BYTES_V1,
+        _ => return Err(damaged("is not an index file")),
+    };
+    if bytes.len() < HEADER_BYTES + 4 {
         return Err(damaged("is not an index file"));
     }
     let (body, crc) = bytes.split_at(bytes.len() - 4);
@@ -57,15 +75,19 @@ pub fn read(path: &Path) -> Result<Option<(u64, Vec<MeterSpan>)>, StoreError> {
     }
     let (fold, count) = (u64_le(body, MAGIC.len()), u64_le(body, MAGIC.len() + 8));
     let entries = &body[HEADER_BYTES..];
-    if count.checked_mul(ENTRY_BYTES as u64) != Some(entries.len() as u64) {
+    if count.checked_mul(entry_bytes as u64) != Some(entries.len() as u64) {
         return Err(damaged(&format!("says {count} meters in {} bytes", entries.len())));
     }
     let spans = entries
-        .chunks_exact(ENTRY_BYTES)
-        .map(|entry| MeterSpan {
-            meter: u64_le(entry, 0),
-            first: Point { ts_ms: u64_le(entry, 8), litres: u64_le(entry, 16) },
-            last: Point { ts_ms: u64_le(entry, 24), litres: u64_le(entry, 32) },
+        .chunks_exact(entry_bytes)
+        .map(|entry| {
+            let span = MeterSpan {
+                meter: u64_le(entry, 0),
+                first: Point { ts_ms: u64_le(entry, 8), litres: u64_le(entry, 16) },
+                last: Point { ts_ms: u64_le(entry, 24), litres: u64_le(entry, 32) },
+            };
+            let changed = if entry_bytes == ENTRY_BYTES { u64_le(entry, 40) } else { fold };
+            (span, changed)
         })
         .collect();
     Ok(Some((fold, spans)))
@@ -80,6 +102,7 @@ fn u64_le(bytes: &[u8], at: usize) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::write_atomically;
     use super::*;
 
     #[test]
@@ -87,21 +110,46 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("meters.idx");
         assert!(read(&path).expect("read").is_none());
-        let spans: Vec<MeterSpan> = (0..50u64)
-            .map(|m| MeterSpan {
-                meter: u64::MAX - m,
-                first: Point { ts_ms: m, litres: m * 2 },
-                last: Point { ts_ms: m + 9, litres: m * 3 },
+        let entries: Vec<(MeterSpan, u64)> = (0..50u64)
+            .map(|m| {
+                let span = MeterSpan {
+                    meter: u64::MAX - m,
+                    first: Point { ts_ms: m, litres: m * 2 },
+                    last: Point { ts_ms: m + 9, litres: m * 3 },
+                };
+                (span, m % 7)
             })
             .collect();
-        write(&path, 7, &spans).expect("write");
-        assert_eq!(read(&path).expect("read"), Some((7, spans.clone())));
-        write(&path, 8, &spans[..3]).expect("write again");
-        assert_eq!(read(&path).expect("read"), Some((8, spans[..3].to_vec())));
+        let write = |fold, entries: &[(MeterSpan, u64)]| {
+            write_atomically(&path, &encode(fold, entries.len(), entries.iter().copied())).expect("write")
+        };
+        write(7, &entries);
+        assert_eq!(read(&path).expect("read"), Some((7, entries.clone())));
+        write(8, &entries[..3]);
+        assert_eq!(read(&path).expect("read"), Some((8, entries[..3].to_vec())));
         let mut bytes = std::fs::read(&path).expect("bytes");
         bytes[HEADER_BYTES + 5] ^= 1;
         std::fs::write(&path, &bytes).expect("damage");
         let error = read(&path).expect_err("refused").to_string();
         assert!(error.contains("meters.idx") && error.contains("checksum"), "{error}");
+    }
+
+    #[test]
+    fn an_index_of_version_1_says_its_fold_changed_every_meter() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("meters.idx");
+        let span = MeterSpan {
+            meter: 42,
+            first: Point { ts_ms: 1, litres: 2 },
+            last: Point { ts_ms: 3, litres: 4 },
+        };
+        let mut bytes = MAGIC_V1.to_vec();
+        for number in [9u64, 1, 42, 1, 2, 3, 4] {
+            bytes.extend_from_slice(&number.to_le_bytes());
+        }
+        let crc = crc32(&bytes);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        std::fs::write(&path, &bytes).expect("write");
+        assert_eq!(read(&path).expect("read"), Some((9, vec![(span, 9)])));
     }
 }

@@ -15,9 +15,10 @@
 //!   `meter ‖ first ts`, so that one meter's chunks are one contiguous, time-ordered key range,
 //!   and how many bytes of each segment are still live;
 //! - a **meter index** (file `meters.idx`, [`index_file`]): each meter's first and last
-//!   reading, written whole by each fold and read at open. In memory, it lets the common case
-//!   of ingest (a reading newer than the meter's last) validate without touching the disk; it
-//!   is locked per reading, never for a whole batch, so readers wait microseconds at most.
+//!   reading and the last fold that changed its readings, written whole by each fold and read
+//!   at open. In memory, it lets the common case of ingest (a reading newer than the meter's
+//!   last) validate without touching the disk; it is locked per reading, never for a whole
+//!   batch, so readers wait microseconds at most.
 //!
 //! A fold writes the segment, then the directory (sled, made durable), then the index, and
 //! only then empties the log; merging a reading into a chunk that already holds it changes
@@ -32,8 +33,8 @@ mod chunk;
 mod files;
 mod index_file;
 
-pub use chunk::crc32;
-pub use files::write_atomically;
+pub use chunk::{crc32, crc32_continue};
+pub use files::{write_atomically, write_atomically_with};
 mod segments;
 mod wal;
 
@@ -220,9 +221,28 @@ pub struct Appended {
     pub spans: HashMap<MeterId, (Option<MeterSpan>, MeterSpan)>,
 }
 
-/// Each meter's first and last reading: a B-tree, which holds a million meters in about 40 MB
-/// where a hash map's spare slots took two and a half times that.
-type Spans = BTreeMap<MeterId, (Point, Point)>;
+/// Each meter's entry in the memory index: a B-tree, which holds a million meters in about
+/// 50 MB where a hash map's spare slots took two and a half times that.
+type Spans = BTreeMap<MeterId, Indexed>;
+
+/// A meter's first and last reading, and the last fold that changed its readings
+/// ([`UNFOLDED`] while some are only in the write-ahead log): state derived from a meter's
+/// readings and saved at fold `f` is still the meter's at a later start if `changed <= f`.
+#[derive(Clone, Copy, Debug)]
+struct Indexed {
+    first: Point,
+    last: Point,
+    changed: u64,
+}
+
+/// [`Indexed::changed`] of a meter with readings not folded yet.
+const UNFOLDED: u64 = u64::MAX;
+
+impl Indexed {
+    fn span(&self, meter: MeterId) -> MeterSpan {
+        MeterSpan { meter, first: self.first, last: self.last }
+    }
+}
 
 /// What an append changed in memory, undone if its record cannot be written.
 type Undo = Vec<((MeterId, u64), Option<MeterSpan>)>;
@@ -386,7 +406,10 @@ impl Store {
         for (key, span) in undo.into_iter().rev() {
             pending.remove(&key);
             match span {
-                Some(span) => meters.insert(key.0, (span.first, span.last)),
+                // Still marked changed: conservative for state saved meanwhile.
+                Some(span) => {
+                    meters.insert(key.0, Indexed { first: span.first, last: span.last, changed: UNFOLDED })
+                }
                 None => meters.remove(&key.0),
             };
         }
@@ -397,11 +420,11 @@ impl Store {
         &self.dir
     }
 
-    /// The number of the last fold if the store holds nothing besides what that fold wrote (its
-    /// write-ahead part is empty): state derived from the store can be saved under it and
-    /// trusted at the next open only if the store is still at that fold then.
-    pub fn settled_fold(&self) -> Option<u64> {
-        lock(&self.pending).is_empty().then(|| self.folds.load(Ordering::Relaxed))
+    /// The number of the last fold: state derived from a meter's readings and saved under it
+    /// is the meter's at a later start while the meter's fold of change (see
+    /// [`Store::spans_and_changes`]) is not after it.
+    pub fn fold_number(&self) -> u64 {
+        self.folds.load(Ordering::Relaxed)
     }
 
     /// How many times the memory state was read from disk: at open, and again after a failed
@@ -413,12 +436,18 @@ impl Store {
 
     /// The meter's first and last reading over all data held.
     pub fn span(&self, meter: MeterId) -> Option<MeterSpan> {
-        lock(&self.meters).get(&meter).map(|&(first, last)| MeterSpan { meter, first, last })
+        lock(&self.meters).get(&meter).map(|indexed| indexed.span(meter))
     }
 
-    /// Every meter's span (for the ingest writer's start).
+    /// Every meter's span, in meter order.
     pub fn spans(&self) -> Vec<MeterSpan> {
-        lock(&self.meters).iter().map(|(&meter, &(first, last))| MeterSpan { meter, first, last }).collect()
+        lock(&self.meters).iter().map(|(&meter, indexed)| indexed.span(meter)).collect()
+    }
+
+    /// Every meter's span, in meter order, with the last fold that changed its readings
+    /// (`u64::MAX` for a meter with readings not folded yet): for the ingest writer's start.
+    pub fn spans_and_changes(&self) -> Vec<(MeterSpan, u64)> {
+        lock(&self.meters).iter().map(|(&meter, indexed)| (indexed.span(meter), indexed.changed)).collect()
     }
 
     /// The meter's readings from `from_ms` on and the last one before it (where a run that
@@ -576,8 +605,8 @@ impl Store {
     pub fn top_since(&self, n: usize, from_ms: u64) -> Result<Vec<MeterSpan>, StoreError> {
         let candidates: Vec<(MeterId, Point)> = lock(&self.meters)
             .iter()
-            .filter(|(_, (_, last))| last.ts_ms >= from_ms)
-            .map(|(&meter, &(_, last))| (meter, last))
+            .filter(|(_, indexed)| indexed.last.ts_ms >= from_ms)
+            .map(|(&meter, indexed)| (meter, indexed.last))
             .collect();
         let mut spans = Vec::with_capacity(candidates.len());
         for (meter, last) in candidates {
@@ -812,14 +841,24 @@ impl Store {
     }
 
     /// Ends a fold: its number noted in sled, sled made durable, then the meter index written
-    /// under the same number.
+    /// under the same number, which it gives the meters it changed.
     fn commit_fold(&self) -> Result<(), StoreError> {
         let engine = self.engine()?;
         let fold = self.folds.load(Ordering::Relaxed) + 1;
         engine.meta.insert(KEY_FOLD, &fold.to_be_bytes())?;
         engine.db.flush()?;
-        let spans = self.spans();
-        index_file::write(&self.dir.join(INDEX_FILE), fold, &spans)?;
+        let index = {
+            let meters = lock(&self.meters);
+            let entries =
+                meters.iter().map(|(&meter, indexed)| (indexed.span(meter), indexed.changed.min(fold)));
+            index_file::encode(fold, meters.len(), entries)
+        };
+        write_atomically(&self.dir.join(INDEX_FILE), &index)?;
+        // Only now: had the index not been written, the log would be replayed at the next
+        // start and its meters marked changed again.
+        for indexed in lock(&self.meters).values_mut() {
+            indexed.changed = indexed.changed.min(fold);
+        }
         self.folds.store(fold, Ordering::Relaxed);
         Ok(())
     }
@@ -860,7 +899,10 @@ impl Store {
             Some((fold, spans)) => (Some(fold), spans),
             None => (None, Vec::new()),
         };
-        let mut meters: Spans = spans.into_iter().map(|span| (span.meter, (span.first, span.last))).collect();
+        let mut meters: Spans = spans
+            .into_iter()
+            .map(|(span, changed)| (span.meter, Indexed { first: span.first, last: span.last, changed }))
+            .collect();
         let mut pending = BTreeMap::new();
         for reading in logged {
             widen_span(&mut meters, &reading);
@@ -887,7 +929,10 @@ impl Store {
             })
             .collect::<Result<Vec<_>, _>>()?;
         tracing::info!(meters = spans.len(), "moving the meter index into its own file");
-        *lock(&self.meters) = spans.into_iter().map(|span| (span.meter, (span.first, span.last))).collect();
+        *lock(&self.meters) = spans
+            .into_iter()
+            .map(|span| (span.meter, Indexed { first: span.first, last: span.last, changed: UNFOLDED }))
+            .collect();
         self.commit_fold()?;
         engine.db.drop_tree("meters")?;
         engine.db.flush()?;
@@ -1006,7 +1051,7 @@ impl Store {
             let (key, value) = entry?;
             index += (key.len() + value.len()) as u64;
         }
-        index += (lock(&self.meters).len() * 40) as u64;
+        index += (lock(&self.meters).len() * 48) as u64;
         Ok((chunks, index))
     }
 
@@ -1094,14 +1139,13 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Widens the meter's span in `meters` to take in `reading`.
+/// Widens the meter's span in `meters` to take in `reading`, and marks it changed since every
+/// fold.
 fn widen_span(meters: &mut Spans, reading: &Reading) {
     let (meter, point) = (reading.meter, domain::point(reading));
     let new = MeterSpan { meter, first: point, last: point };
-    let span = meters
-        .get(&meter)
-        .map_or(new, |&(first, last)| domain::join_spans(MeterSpan { meter, first, last }, new));
-    meters.insert(meter, (span.first, span.last));
+    let span = meters.get(&meter).map_or(new, |indexed| domain::join_spans(indexed.span(meter), new));
+    meters.insert(meter, Indexed { first: span.first, last: span.last, changed: UNFOLDED });
 }
 
 /// Directory key of a chunk: `c` ‖ meter ‖ first ts (u64 BE each), so that one meter's chunks
