@@ -1,46 +1,74 @@
-//! The meter index: every meter's first and last reading and the last fold that changed its
-//! readings, in one file written whole by each fold (to a new file, synced, then renamed over the
-//! old one) and read at open: a sequential read instead of a walk of a database tree, and no
-//! database pages rewritten per meter and fold. It names the fold that wrote it, which sled's
-//! directory must have seen too: a directory that lost writes is found at open.
+//! The meter index: every meter's first and last reading, the last fold that changed its
+//! readings, and where its open (last) chunk is, in one file written whole by each fold (to a new
+//! file, synced, then renamed over the old one) and read at open: a sequential read instead of a
+//! walk of a database tree, and no database pages rewritten per meter and fold. It names the fold
+//! that wrote it, which sled's directory must have seen too: a directory that lost writes is
+//! found at open.
 //!
 //! ```text
-//! magic "HMIDX2\n\0" ‖ fold (u64 LE) ‖ count (u64 LE)
-//!   ‖ count × (meter, first ts, first litres, last ts, last litres, changed by fold: u64 LE each)
+//! magic "HMIDX3\n\0" ‖ fold (u64 LE) ‖ count (u64 LE)
+//!   ‖ count × (meter, first ts, first litres, last ts, last litres, changed by fold,
+//!              open chunk's first ts: u64 LE each; its segment, offset, length: u32 LE each,
+//!              segment u32::MAX for none)
 //!   ‖ crc32 (LE)
 //! ```
 //!
-//! An index of version 1 (entries without the fold that changed them) is read as if the fold
-//! that wrote it had changed every meter.
+//! Earlier versions are read too: version 2 has no open chunks (every chunk was in the
+//! directory), version 1 not even the folds that changed each meter (read as if the fold that
+//! wrote it had changed every meter).
 
 use std::path::Path;
 
 use hydromesh_proto::summary::{MeterSpan, Point};
 
 use super::chunk::crc32;
-use super::StoreError;
+use super::segments::Location;
+use super::{Open, StoreError};
 
-const MAGIC: &[u8; 8] = b"HMIDX2\n\0";
-const ENTRY_BYTES: usize = 48;
-/// Version 1: the same without the fold that changed each meter.
+const MAGIC: &[u8; 8] = b"HMIDX3\n\0";
+const ENTRY_BYTES: usize = 68;
+/// Version 2: no open chunks.
+const MAGIC_V2: &[u8; 8] = b"HMIDX2\n\0";
+const ENTRY_BYTES_V2: usize = 48;
+/// Version 1: neither the fold that changed each meter.
 const MAGIC_V1: &[u8; 8] = b"HMIDX1\n\0";
 const ENTRY_BYTES_V1: usize = 40;
 const HEADER_BYTES: usize = MAGIC.len() + 16;
+/// The segment of "no open chunk".
+const NO_SEGMENT: u32 = u32::MAX;
 
-/// A meter's span, and the last fold that changed its readings.
-pub type Entry = (MeterSpan, u64);
+/// One meter in the index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub span: MeterSpan,
+    /// The last fold that changed its readings.
+    pub changed: u64,
+    /// Its open chunk, unless its last chunk is in the directory.
+    pub open: Option<Open>,
+}
 
 /// The index file's bytes (written whole, with [`super::write_atomically`]): fold number `fold`
-/// wrote it, over `count` meters' spans, each with the last fold that changed it.
-pub fn encode(fold: u64, count: usize, entries: impl Iterator<Item = (MeterSpan, u64)>) -> Vec<u8> {
+/// wrote it, over `count` meters.
+pub fn encode(fold: u64, count: usize, entries: impl Iterator<Item = Entry>) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(HEADER_BYTES + count * ENTRY_BYTES + 4);
     bytes.extend_from_slice(MAGIC);
     bytes.extend_from_slice(&fold.to_le_bytes());
     bytes.extend_from_slice(&(count as u64).to_le_bytes());
-    for (span, changed) in entries {
-        for number in
-            [span.meter, span.first.ts_ms, span.first.litres, span.last.ts_ms, span.last.litres, changed]
-        {
+    for Entry { span, changed, open } in entries {
+        let first_ts = open.map_or(0, |open| open.first_ts);
+        for number in [
+            span.meter,
+            span.first.ts_ms,
+            span.first.litres,
+            span.last.ts_ms,
+            span.last.litres,
+            changed,
+            first_ts,
+        ] {
+            bytes.extend_from_slice(&number.to_le_bytes());
+        }
+        let at = open.map_or(Location { segment: NO_SEGMENT, offset: 0, len: 0 }, |open| open.at);
+        for number in [at.segment, at.offset, at.len] {
             bytes.extend_from_slice(&number.to_le_bytes());
         }
     }
@@ -63,6 +91,7 @@ pub fn read(path: &Path) -> Result<Option<(u64, Vec<Entry>)>, StoreError> {
     };
     let entry_bytes = match &bytes.get(..MAGIC.len()) {
         Some(magic) if magic == MAGIC => ENTRY_BYTES,
+        Some(magic) if magic == MAGIC_V2 => ENTRY_BYTES_V2,
         Some(magic) if magic == MAGIC_V1 => ENTRY_BYTES_V1,
         _ => return Err(damaged("is not an index file")),
     };
@@ -86,8 +115,16 @@ pub fn read(path: &Path) -> Result<Option<(u64, Vec<Entry>)>, StoreError> {
                 first: Point { ts_ms: u64_le(entry, 8), litres: u64_le(entry, 16) },
                 last: Point { ts_ms: u64_le(entry, 24), litres: u64_le(entry, 32) },
             };
-            let changed = if entry_bytes == ENTRY_BYTES { u64_le(entry, 40) } else { fold };
-            (span, changed)
+            let changed = if entry_bytes == ENTRY_BYTES_V1 { fold } else { u64_le(entry, 40) };
+            let open = (entry_bytes == ENTRY_BYTES && u32_le(entry, 56) != NO_SEGMENT).then(|| Open {
+                first_ts: u64_le(entry, 48),
+                at: Location {
+                    segment: u32_le(entry, 56),
+                    offset: u32_le(entry, 60),
+                    len: u32_le(entry, 64),
+                },
+            });
+            Entry { span, changed, open }
         })
         .collect();
     Ok(Some((fold, spans)))
@@ -100,6 +137,13 @@ fn u64_le(bytes: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(word)
 }
 
+/// The u32 (LE) at `at` (within bounds the caller checked).
+fn u32_le(bytes: &[u8], at: usize) -> u32 {
+    let mut word = [0; 4];
+    word.copy_from_slice(&bytes[at..at + 4]);
+    u32::from_le_bytes(word)
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::write_atomically;
@@ -110,17 +154,19 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("meters.idx");
         assert!(read(&path).expect("read").is_none());
-        let entries: Vec<(MeterSpan, u64)> = (0..50u64)
+        let entries: Vec<Entry> = (0..50u64)
             .map(|m| {
                 let span = MeterSpan {
                     meter: u64::MAX - m,
                     first: Point { ts_ms: m, litres: m * 2 },
                     last: Point { ts_ms: m + 9, litres: m * 3 },
                 };
-                (span, m % 7)
+                let at = Location { segment: m as u32, offset: 8 + m as u32, len: 3 };
+                let open = (m % 3 != 0).then_some(Open { first_ts: m + 1, at });
+                Entry { span, changed: m % 7, open }
             })
             .collect();
-        let write = |fold, entries: &[(MeterSpan, u64)]| {
+        let write = |fold, entries: &[Entry]| {
             write_atomically(&path, &encode(fold, entries.len(), entries.iter().copied())).expect("write")
         };
         write(7, &entries);
@@ -150,6 +196,6 @@ mod tests {
         let crc = crc32(&bytes);
         bytes.extend_from_slice(&crc.to_le_bytes());
         std::fs::write(&path, &bytes).expect("write");
-        assert_eq!(read(&path).expect("read"), Some((9, vec![(span, 9)])));
+        assert_eq!(read(&path).expect("read"), Some((9, vec![Entry { span, changed: 9, open: None }])));
     }
 }

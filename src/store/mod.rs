@@ -39,6 +39,7 @@ mod segments;
 mod wal;
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -63,7 +64,9 @@ pub const CHUNK_READINGS: usize = 128;
 pub const FOLD_AT: usize = 200_000;
 /// The meter index file, in the store's folder.
 const INDEX_FILE: &str = "meters.idx";
-/// sled's record of the last fold (see [`index_file`]), in tree `meta`.
+/// sled's record of the last fold (see [`index_file`]): in tree `directory` (key `f`, written
+/// in the fold's own batch), and in tree `meta` in stores of earlier versions.
+const FOLD_KEY: &[u8] = b"f";
 const KEY_FOLD: &[u8] = b"fold";
 /// How long a database lock held by this process's last handle is waited for (see `open_sled`).
 const LOCK_WAIT: Duration = Duration::from_secs(2);
@@ -150,6 +153,10 @@ pub struct Store {
     /// The readings of the write-ahead log, not folded into chunks yet. Written by the one
     /// writer.
     pending: Mutex<BTreeMap<(MeterId, u64), Reading>>,
+    /// Held shared by a read of a meter's chunks, exclusively while a fold or a compaction
+    /// moves chunks between the directory and the meter index: a read sees each meter's chunks
+    /// all before or all after.
+    switch: RwLock<()>,
     /// What failed, and when it is tried again.
     trouble: Mutex<Trouble>,
     /// Next summary version to hand out, and the first one not yet reserved on disk.
@@ -193,11 +200,42 @@ impl Engine {
         Ok((engine, strays))
     }
 
-    /// The directory entry of the chunk that `ts_ms` falls in: the meter's last one starting at
-    /// or before it.
-    fn chunk_at(&self, meter: MeterId, ts_ms: u64) -> Result<Option<(sled::IVec, sled::IVec)>, StoreError> {
-        Ok(self.directory.range(chunk_key(meter, 0)..=chunk_key(meter, ts_ms)).next_back().transpose()?)
+    /// The directory's chunk of `meter` that `ts_ms` falls in (its last one starting at or
+    /// before it), as (first ts, location).
+    fn chunk_at(&self, meter: MeterId, ts_ms: u64) -> Result<Option<(u64, Location)>, StoreError> {
+        match self.directory.range(chunk_key(meter, 0)..=chunk_key(meter, ts_ms)).next_back() {
+            Some(entry) => decode_chunk_entry(&entry?).map(Some),
+            None => Ok(None),
+        }
     }
+
+    /// The last fold sled saw, and the segment it wrote (if any).
+    fn fold_record(&self) -> Result<(u64, Option<u32>), StoreError> {
+        if let Some(value) = self.directory.get(FOLD_KEY)? {
+            let segment = u32::from_be_bytes(
+                value
+                    .get(8..12)
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| StoreError::Corrupt(format!("a fold record of {} bytes", value.len())))?,
+            );
+            return Ok((u64_at(&value, 0)?, (segment != u32::MAX).then_some(segment)));
+        }
+        let noted = self.meta.get(KEY_FOLD)?.map(|bytes| u64_at(&bytes, 0)).transpose()?;
+        Ok((noted.unwrap_or(0), None))
+    }
+}
+
+/// The fold record of fold `fold`, which wrote `segment`: written in the fold's own batch.
+fn encode_fold(fold: u64, segment: Option<u32>) -> [u8; 12] {
+    let mut value = [0; 12];
+    value[..8].copy_from_slice(&fold.to_be_bytes());
+    value[8..].copy_from_slice(&segment.unwrap_or(u32::MAX).to_be_bytes());
+    value
+}
+
+/// A chunk's directory entry as (first ts, location).
+fn decode_chunk_entry((key, value): &(sled::IVec, sled::IVec)) -> Result<(u64, Location), StoreError> {
+    Ok((u64_at(key, 9)?, Location::decode(value)?))
 }
 
 #[derive(Default)]
@@ -209,6 +247,9 @@ struct Trouble {
     /// Whether the memory state must be read from disk again before the next write (a sync
     /// failed, and so did reading the log back).
     reload: bool,
+    /// Whether the meter index file is behind sled (its write failed after a fold): written
+    /// again before the next fold, so that it is never more than one fold behind.
+    index_behind: bool,
 }
 
 /// What [`Store::append`] did.
@@ -225,14 +266,24 @@ pub struct Appended {
 /// 50 MB where a hash map's spare slots took two and a half times that.
 type Spans = BTreeMap<MeterId, Indexed>;
 
-/// A meter's first and last reading, and the last fold that changed its readings
-/// ([`UNFOLDED`] while some are only in the write-ahead log): state derived from a meter's
-/// readings and saved at fold `f` is still the meter's at a later start if `changed <= f`.
+/// A meter's first and last reading, the last fold that changed its readings ([`UNFOLDED`]
+/// while some are only in the write-ahead log: state derived from a meter's readings and saved
+/// at fold `f` is still the meter's at a later start if `changed <= f`), and its open chunk.
 #[derive(Clone, Copy, Debug)]
 struct Indexed {
     first: Point,
     last: Point,
     changed: u64,
+    open: Option<Open>,
+}
+
+/// A meter's last chunk, the one readings in time order go to: held by the meter index rather
+/// than the directory, so that a fold that adds readings to it rewrites no database entry, and
+/// the directory learns of a chunk only once it is full (or a later one exists).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Open {
+    first_ts: u64,
+    at: Location,
 }
 
 /// [`Indexed::changed`] of a meter with readings not folded yet.
@@ -241,6 +292,10 @@ const UNFOLDED: u64 = u64::MAX;
 impl Indexed {
     fn span(&self, meter: MeterId) -> MeterSpan {
         MeterSpan { meter, first: self.first, last: self.last }
+    }
+
+    fn entry(&self, meter: MeterId) -> index_file::Entry {
+        index_file::Entry { span: self.span(meter), changed: self.changed, open: self.open }
     }
 }
 
@@ -262,6 +317,7 @@ impl Store {
             wal: Mutex::new(wal),
             meters: Mutex::new(BTreeMap::new()),
             pending: Mutex::new(BTreeMap::new()),
+            switch: RwLock::new(()),
             trouble: Mutex::new(Trouble::default()),
             versions: Mutex::new((reserved, reserved)),
             folds: AtomicU64::new(0),
@@ -292,7 +348,7 @@ impl Store {
         }
         let opened = Engine::open(&self.dir).and_then(|(engine, strays)| {
             // sled must have kept every fold it acknowledged before its segments are tidied.
-            let noted = engine.meta.get(KEY_FOLD)?.map(|bytes| u64_at(&bytes, 0)).transpose()?.unwrap_or(0);
+            let (noted, _) = engine.fold_record()?;
             let folds = self.folds.load(Ordering::Relaxed);
             if noted < folds {
                 return Err(StoreError::Unreadable {
@@ -405,13 +461,13 @@ impl Store {
         let (mut pending, mut meters) = (lock(&self.pending), lock(&self.meters));
         for (key, span) in undo.into_iter().rev() {
             pending.remove(&key);
-            match span {
+            match (span, meters.get_mut(&key.0)) {
                 // Still marked changed: conservative for state saved meanwhile.
-                Some(span) => {
-                    meters.insert(key.0, Indexed { first: span.first, last: span.last, changed: UNFOLDED })
+                (Some(span), Some(indexed)) => (indexed.first, indexed.last) = (span.first, span.last),
+                _ => {
+                    meters.remove(&key.0);
                 }
-                None => meters.remove(&key.0),
-            };
+            }
         }
     }
 
@@ -629,19 +685,34 @@ impl Store {
     ) -> Result<Vec<Reading>, StoreError> {
         let engine = self.engine()?;
         let mut chunks = Vec::new();
-        let (mut in_window, range) = (0, chunk_key(meter, 0)..=chunk_key(meter, to_ms));
+        let mut in_window = 0;
+        let switch = read(&self.switch);
         let pinned = engine.segments.pin();
-        for entry in engine.directory.range(range).rev() {
-            let (key, value) = entry?;
-            let chunk = self.read_chunk(&pinned, &key, &value)?;
+        // Whether the scan has gone far enough once `chunk` is taken.
+        let mut take = |chunk: Vec<Reading>| {
             let reaches_before = chunk.first().is_some_and(|first| first.ts_ms < from_ms);
             in_window += chunk.iter().filter(|r| (from_ms..=to_ms).contains(&r.ts_ms)).count();
             chunks.push(chunk);
-            if reaches_before || in_window >= max {
-                break;
+            reaches_before || in_window >= max
+        };
+        let open = self.open_chunk(meter).filter(|open| open.first_ts <= to_ms);
+        let done = match open {
+            Some(open) => take(self.read_chunk(&pinned, meter, open.first_ts, open.at)?),
+            None => false,
+        };
+        if !done {
+            let upper = match open {
+                Some(open) => Bound::Excluded(chunk_key(meter, open.first_ts)),
+                None => Bound::Included(chunk_key(meter, to_ms)),
+            };
+            for entry in engine.directory.range((Bound::Included(chunk_key(meter, 0)), upper)).rev() {
+                let (first_ts, at) = decode_chunk_entry(&entry?)?;
+                if take(self.read_chunk(&pinned, meter, first_ts, at)?) {
+                    break;
+                }
             }
         }
-        drop(pinned);
+        drop((pinned, switch));
         // By time again (the sort below then finds the readings in order).
         let mut readings: Vec<Reading> =
             chunks.into_iter().rev().flatten().filter(|reading| reading.ts_ms <= to_ms).collect();
@@ -659,17 +730,39 @@ impl Store {
         Ok(readings)
     }
 
+    /// The meter's open chunk.
+    fn open_chunk(&self, meter: MeterId) -> Option<Open> {
+        lock(&self.meters).get(&meter).and_then(|indexed| indexed.open)
+    }
+
+    /// The chunk of `meter` that `ts_ms` falls in (its last one starting at or before it), as
+    /// (first ts, location): its open chunk or one of the directory's. Call with the switch held.
+    fn chunk_at(
+        &self,
+        engine: &Engine,
+        meter: MeterId,
+        ts_ms: u64,
+    ) -> Result<Option<(u64, Location)>, StoreError> {
+        match self.open_chunk(meter).filter(|open| open.first_ts <= ts_ms) {
+            Some(open) => Ok(Some((open.first_ts, open.at))),
+            None => engine.chunk_at(meter, ts_ms),
+        }
+    }
+
     /// The meter's last reading at or before `ts_ms`.
     fn at_or_before(&self, meter: MeterId, ts_ms: u64) -> Result<Option<Reading>, StoreError> {
         let engine = self.engine()?;
+        let switch = read(&self.switch);
         let pinned = engine.segments.pin();
-        let stored = match engine.chunk_at(meter, ts_ms)? {
-            Some((key, value)) => {
-                self.read_chunk(&pinned, &key, &value)?.into_iter().take_while(|r| r.ts_ms <= ts_ms).last()
-            }
+        let stored = match self.chunk_at(&engine, meter, ts_ms)? {
+            Some((first_ts, at)) => self
+                .read_chunk(&pinned, meter, first_ts, at)?
+                .into_iter()
+                .take_while(|r| r.ts_ms <= ts_ms)
+                .last(),
             None => None,
         };
-        drop(pinned);
+        drop((pinned, switch));
         let pending = lock(&self.pending).range((meter, 0)..=(meter, ts_ms)).next_back().map(|(_, r)| *r);
         Ok(stored.into_iter().chain(pending).max_by_key(|r| r.ts_ms))
     }
@@ -677,28 +770,54 @@ impl Store {
     /// The meter's first reading at or after `ts_ms`.
     fn at_or_after(&self, meter: MeterId, ts_ms: u64) -> Result<Option<Reading>, StoreError> {
         let engine = self.engine()?;
-        let mut stored = None;
+        let switch = read(&self.switch);
         let pinned = engine.segments.pin();
-        let start = match engine.chunk_at(meter, ts_ms)? {
-            Some((key, _)) => key.to_vec(),
-            None => chunk_key(meter, ts_ms).to_vec(),
-        };
-        for entry in engine.directory.range(start..=chunk_key(meter, u64::MAX).to_vec()) {
-            let (key, value) = entry?;
-            stored = self.read_chunk(&pinned, &key, &value)?.into_iter().find(|r| r.ts_ms >= ts_ms);
+        let chunks = self.chunks_from(&engine, meter, ts_ms)?;
+        let mut stored = None;
+        for (first_ts, at) in chunks {
+            stored = self.read_chunk(&pinned, meter, first_ts, at)?.into_iter().find(|r| r.ts_ms >= ts_ms);
             if stored.is_some() {
                 break;
             }
         }
-        drop(pinned);
+        drop((pinned, switch));
         let pending = lock(&self.pending).range((meter, ts_ms)..=(meter, u64::MAX)).next().map(|(_, r)| *r);
         Ok(stored.into_iter().chain(pending).min_by_key(|r| r.ts_ms))
     }
 
-    /// The readings of the chunk a directory entry points to.
-    fn read_chunk(&self, pinned: &Pinned, key: &[u8], value: &[u8]) -> Result<Vec<Reading>, StoreError> {
-        let (meter, first_ts) = (u64_at(key, 1)?, u64_at(key, 9)?);
-        let bytes = pinned.read(Location::decode(value)?)?;
+    /// The chunks of `meter` from the one `ts_ms` falls in (or the first after it) to its last,
+    /// in time order, as (first ts, location). Call with the switch held.
+    fn chunks_from(
+        &self,
+        engine: &Engine,
+        meter: MeterId,
+        ts_ms: u64,
+    ) -> Result<Vec<(u64, Location)>, StoreError> {
+        let open = self.open_chunk(meter);
+        let start = self.chunk_at(engine, meter, ts_ms)?.map_or(ts_ms, |(first_ts, _)| first_ts);
+        let mut chunks = Vec::new();
+        if open.is_none_or(|open| start < open.first_ts) {
+            let upper = match open {
+                Some(open) => Bound::Excluded(chunk_key(meter, open.first_ts)),
+                None => Bound::Included(chunk_key(meter, u64::MAX)),
+            };
+            for entry in engine.directory.range((Bound::Included(chunk_key(meter, start)), upper)) {
+                chunks.push(decode_chunk_entry(&entry?)?);
+            }
+        }
+        chunks.extend(open.map(|open| (open.first_ts, open.at)));
+        Ok(chunks)
+    }
+
+    /// The readings of one of the meter's chunks.
+    fn read_chunk(
+        &self,
+        pinned: &Pinned,
+        meter: MeterId,
+        first_ts: u64,
+        at: Location,
+    ) -> Result<Vec<Reading>, StoreError> {
+        let bytes = pinned.read(at)?;
         chunk::decode(meter, &bytes)
             .map_err(|e| StoreError::Corrupt(format!("the chunk of meter {meter} from {first_ts} ms: {e}")))
     }
@@ -706,13 +825,15 @@ impl Store {
     /// Folds the pending readings into the chunks, empties the write-ahead log, then removes
     /// or compacts the segments that became mostly garbage.
     fn fold(&self) -> Result<(), StoreError> {
+        if lock(&self.trouble).index_behind {
+            self.write_index(self.folds.load(Ordering::Relaxed), false)?;
+        }
         let readings: Vec<Reading> = lock(&self.pending).values().copied().collect();
         if readings.is_empty() {
             return Ok(());
         }
-        self.write_chunks(&readings)?;
         // The chunks, the directory and the index durable before the log goes.
-        self.commit_fold()?;
+        self.fold_in(&readings, true)?;
         lock(&self.wal).clear()?;
         let mut pending = lock(&self.pending);
         for reading in &readings {
@@ -722,37 +843,35 @@ impl Store {
         self.tidy_segments()
     }
 
-    /// Merges `readings` (by meter, then time) into the chunks: the chunks they fall in are
-    /// written again, into one new segment, and the directory and the segments' live bytes are
-    /// updated in one batch.
-    fn write_chunks(&self, readings: &[Reading]) -> Result<(), StoreError> {
+    /// One fold of `readings` (by meter, then time) into the chunks, made durable: the chunks
+    /// they fall in written again into one new segment; then, in one sled batch, the directory
+    /// (full chunks), the segments' live bytes and the fold's record; then the meter index (open
+    /// chunks). `pending` says whether `readings` are all the pending ones (then every meter's
+    /// readings are folded).
+    fn fold_in(&self, readings: &[Reading], pending: bool) -> Result<(), StoreError> {
         let engine = self.engine()?;
+        let fold = self.folds.load(Ordering::Relaxed) + 1;
         let mut segment = engine.segments.builder();
         let mut directory = sled::Batch::default();
         let mut freed: HashMap<u32, u64> = HashMap::new();
+        let mut opens = Vec::new();
         let pinned = engine.segments.pin();
         for new in readings.chunk_by(|a, b| a.meter == b.meter) {
             let meter = new[0].meter;
             // The chunks the readings may fall in: from the one the earliest falls in to the
             // meter's last (one chunk when readings arrive in order).
-            let start = match engine.chunk_at(meter, new[0].ts_ms)? {
-                Some((key, _)) => key.to_vec(),
-                None => chunk_key(meter, 0).to_vec(),
-            };
-            let existing = engine
-                .directory
-                .range(start..=chunk_key(meter, u64::MAX).to_vec())
-                .collect::<Result<Vec<_>, _>>()?;
+            let existing = self.chunks_from(&engine, meter, new[0].ts_ms)?;
+            let open = self.open_chunk(meter);
             // Each reading goes into the chunk it falls in, one before the first into the first.
-            let firsts = existing.iter().map(|(key, _)| u64_at(key, 9)).collect::<Result<Vec<_>, _>>()?;
             let mut groups: Vec<Vec<Reading>> = vec![Vec::new(); existing.len().max(1)];
             for reading in new {
-                groups[firsts.partition_point(|first| *first <= reading.ts_ms).saturating_sub(1)]
+                groups[existing.partition_point(|(first, _)| *first <= reading.ts_ms).saturating_sub(1)]
                     .push(*reading);
             }
+            let last = groups.len() - 1;
             for (at, added) in groups.into_iter().enumerate().filter(|(_, added)| !added.is_empty()) {
                 let mut merged = match existing.get(at) {
-                    Some((key, value)) => self.read_chunk(&pinned, key, value)?,
+                    Some(&(first_ts, location)) => self.read_chunk(&pinned, meter, first_ts, location)?,
                     None => Vec::new(),
                 };
                 let held = merged.len();
@@ -764,19 +883,27 @@ impl Store {
                 if merged.len() == held {
                     continue;
                 }
-                if let Some((key, value)) = existing.get(at) {
-                    let old = Location::decode(value)?;
+                if let Some(&(first_ts, old)) = existing.get(at) {
                     *freed.entry(old.segment).or_default() += old.record_bytes();
-                    directory.remove(key.clone());
+                    if open.is_none_or(|open| open.at != old) {
+                        directory.remove(&chunk_key(meter, first_ts));
+                    }
                 }
-                for piece in merged.chunks(CHUNK_READINGS) {
-                    let at = segment.add(meter, piece[0].ts_ms, &chunk::encode(piece));
-                    directory.insert(&chunk_key(meter, piece[0].ts_ms), &at.encode());
+                // The meter's last piece is its open chunk; the others go to the directory.
+                let pieces = merged.chunks(CHUNK_READINGS).count();
+                for (number, piece) in merged.chunks(CHUNK_READINGS).enumerate() {
+                    let location = segment.add(meter, piece[0].ts_ms, &chunk::encode(piece));
+                    if at == last && number + 1 == pieces {
+                        opens.push((meter, Open { first_ts: piece[0].ts_ms, at: location }));
+                    } else {
+                        directory.insert(&chunk_key(meter, piece[0].ts_ms), &location.encode());
+                    }
                 }
             }
         }
         // Writing a segment waits for readers to let go of the segments.
         drop(pinned);
+        let written = (!segment.is_empty()).then_some(segment.segment);
         if !segment.is_empty() {
             let stats = segment_stats(&engine.directory)?.into_iter().collect::<HashMap<_, _>>();
             for (number, bytes) in freed {
@@ -788,14 +915,70 @@ impl Store {
                 .insert(&segment_key(segment.segment), &encode_stats(size - segments::MAGIC_BYTES, size));
             engine.segments.write(segment)?;
         }
+        directory.insert(FOLD_KEY, &encode_fold(fold, written));
+        self.switch_chunks(&engine, directory, &opens)?;
+        self.commit(fold, pending)
+    }
+
+    /// Applies a directory batch and moves open chunks in the meter index, as one step for
+    /// readers.
+    fn switch_chunks(
+        &self,
+        engine: &Engine,
+        directory: sled::Batch,
+        opens: &[(MeterId, Open)],
+    ) -> Result<(), StoreError> {
+        let _switch = write(&self.switch);
         engine.directory.apply_batch(directory)?;
+        let mut meters = lock(&self.meters);
+        for (meter, open) in opens {
+            if let Some(indexed) = meters.get_mut(meter) {
+                indexed.open = Some(*open);
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends a fold (or a compaction): sled made durable, then the meter index written under the
+    /// fold's number. `folded` says that every pending reading was in the fold: the meters they
+    /// changed are then marked changed by it.
+    fn commit(&self, fold: u64, folded: bool) -> Result<(), StoreError> {
+        self.engine()?.db.flush()?;
+        self.folds.store(fold, Ordering::Relaxed);
+        self.write_index(fold, folded)
+    }
+
+    /// Writes the meter index of fold `fold` (see [`Store::commit`]). If that fails, it is
+    /// written again before the next fold.
+    fn write_index(&self, fold: u64, folded: bool) -> Result<(), StoreError> {
+        let index = {
+            let meters = lock(&self.meters);
+            let entries = meters.iter().map(|(&meter, indexed)| {
+                let entry = indexed.entry(meter);
+                index_file::Entry {
+                    changed: if folded { entry.changed.min(fold) } else { entry.changed },
+                    ..entry
+                }
+            });
+            index_file::encode(fold, meters.len(), entries)
+        };
+        let written = write_atomically(&self.dir.join(INDEX_FILE), &index);
+        lock(&self.trouble).index_behind = written.is_err();
+        written?;
+        if folded {
+            // Only now: had the index not been written, the log would be replayed at the next
+            // start and its meters marked changed again.
+            for indexed in lock(&self.meters).values_mut() {
+                indexed.changed = indexed.changed.min(fold);
+            }
+        }
         Ok(())
     }
 
     /// Removes the segments no chunk is in any more, and compacts those less than half live:
-    /// their live chunks are copied into a new segment and the directory pointed there, made
-    /// durable, then the old files removed (a crash in between leaves files nothing points to,
-    /// removed at the next open).
+    /// their live chunks are copied into a new segment and the directory and the meter index
+    /// pointed there, made durable, then the old files removed (a crash in between leaves files
+    /// nothing points to, removed at the next open).
     fn tidy_segments(&self) -> Result<(), StoreError> {
         let engine = self.engine()?;
         let stats = segment_stats(&engine.directory)?;
@@ -803,6 +986,8 @@ impl Store {
         let victims: Vec<u32> =
             stats.iter().filter(|(_, (live, size))| *live > 0 && live * 2 < *size).map(|(n, _)| *n).collect();
         let mut batch = sled::Batch::default();
+        let mut opens = Vec::new();
+        let mut compacted_into = None;
         if !victims.is_empty() {
             let mut segment = engine.segments.builder();
             let pinned = engine.segments.pin();
@@ -815,9 +1000,13 @@ impl Store {
                 compacted.push(victim);
                 for (meter, first_ts, at) in engine.segments.records(victim)? {
                     let key = chunk_key(meter, first_ts);
-                    let current =
-                        engine.directory.get(key)?.map(|value| Location::decode(&value)).transpose()?;
-                    if current == Some(at) {
+                    let open = self.open_chunk(meter) == Some(Open { first_ts, at });
+                    if open {
+                        let moved = segment.add(meter, first_ts, &pinned.read(at)?);
+                        opens.push((meter, Open { first_ts, at: moved }));
+                    } else if engine.directory.get(key)?.map(|value| Location::decode(&value)).transpose()?
+                        == Some(at)
+                    {
                         let moved = segment.add(meter, first_ts, &pinned.read(at)?);
                         batch.insert(&key, &moved.encode());
                     }
@@ -826,6 +1015,7 @@ impl Store {
             drop(pinned);
             let size = segment.len();
             batch.insert(&segment_key(segment.segment), &encode_stats(size - segments::MAGIC_BYTES, size));
+            compacted_into = Some(segment.segment);
             engine.segments.write(segment)?;
             gone.extend(compacted);
         }
@@ -835,49 +1025,43 @@ impl Store {
         for number in &gone {
             batch.remove(&segment_key(*number));
         }
-        engine.directory.apply_batch(batch)?;
-        engine.db.flush()?;
+        // Chunks moved: a fold of its own, which a start can roll the meter index forward to.
+        let fold = compacted_into.map(|segment| (self.folds.load(Ordering::Relaxed) + 1, segment));
+        if let Some((fold, segment)) = fold {
+            batch.insert(FOLD_KEY, &encode_fold(fold, Some(segment)));
+        }
+        self.switch_chunks(&engine, batch, &opens)?;
+        match fold {
+            Some((fold, _)) => self.commit(fold, false)?,
+            None => {
+                engine.db.flush()?;
+            }
+        }
         engine.segments.remove(&gone)
     }
 
-    /// Ends a fold: its number noted in sled, sled made durable, then the meter index written
-    /// under the same number, which it gives the meters it changed.
-    fn commit_fold(&self) -> Result<(), StoreError> {
-        let engine = self.engine()?;
-        let fold = self.folds.load(Ordering::Relaxed) + 1;
-        engine.meta.insert(KEY_FOLD, &fold.to_be_bytes())?;
-        engine.db.flush()?;
-        let index = {
-            let meters = lock(&self.meters);
-            let entries =
-                meters.iter().map(|(&meter, indexed)| (indexed.span(meter), indexed.changed.min(fold)));
-            index_file::encode(fold, meters.len(), entries)
-        };
-        write_atomically(&self.dir.join(INDEX_FILE), &index)?;
-        // Only now: had the index not been written, the log would be replayed at the next
-        // start and its meters marked changed again.
-        for indexed in lock(&self.meters).values_mut() {
-            indexed.changed = indexed.changed.min(fold);
-        }
-        self.folds.store(fold, Ordering::Relaxed);
-        Ok(())
-    }
-
     /// Refuses a store whose sled lost writes that the meter index saw (the index was written
-    /// by a fold sled does not know, or sled knows folds but the index is gone): never start
-    /// empty, or with part of the data, silently.
+    /// by a fold sled does not know, or sled knows folds but the index is gone), or whose index
+    /// lost open chunks (it is behind sled by more than the fold it is rolled forward over):
+    /// never start empty, or with part of the data, silently.
     fn check_folds(&self, indexed: Option<u64>) -> Result<(), StoreError> {
-        let engine = self.engine()?;
-        let noted = match engine.meta.get(KEY_FOLD)? {
-            Some(bytes) => u64_at(&bytes, 0)?,
-            None => 0,
-        };
+        let (noted, _) = self.engine()?.fold_record()?;
         let damaged = |reason: String| StoreError::Unreadable { path: self.dir.clone(), reason };
         match indexed {
             Some(fold) if fold > noted => {
                 return Err(damaged(format!(
                     "its database file lost writes: the meter index was written by fold {fold}, the \
                      database has seen {noted}"
+                )))
+            }
+            // An index of an earlier version (no open chunks) may be behind: the database holds
+            // every chunk.
+            Some(fold)
+                if fold < noted && lock(&self.meters).values().any(|indexed| indexed.open.is_some()) =>
+            {
+                return Err(damaged(format!(
+                    "its meter index {} was written by fold {fold}, the database has seen {noted}",
+                    self.dir.join(INDEX_FILE).display()
                 )))
             }
             None if noted > 0 => {
@@ -893,25 +1077,64 @@ impl Store {
     }
 
     /// Reads the memory state from disk: the meter index, then the readings of the write-ahead
-    /// log (`logged`), which are also the pending ones. Returns the fold that wrote the index.
+    /// log (`logged`), which are also the pending ones. An index one fold behind sled (a crash,
+    /// or a failed write, came between the two) is rolled forward: the open chunks that fold
+    /// wrote are in its segment. Returns the fold the index is then at.
     fn load(&self, logged: Vec<Reading>) -> Result<Option<u64>, StoreError> {
-        let (fold, spans) = match index_file::read(&self.dir.join(INDEX_FILE))? {
-            Some((fold, spans)) => (Some(fold), spans),
+        let (mut fold, entries) = match index_file::read(&self.dir.join(INDEX_FILE))? {
+            Some((fold, entries)) => (Some(fold), entries),
             None => (None, Vec::new()),
         };
-        let mut meters: Spans = spans
+        let mut meters: Spans = entries
             .into_iter()
-            .map(|(span, changed)| (span.meter, Indexed { first: span.first, last: span.last, changed }))
+            .map(|entry| {
+                let (span, changed, open) = (entry.span, entry.changed, entry.open);
+                (span.meter, Indexed { first: span.first, last: span.last, changed, open })
+            })
             .collect();
         let mut pending = BTreeMap::new();
         for reading in logged {
             widen_span(&mut meters, &reading);
             pending.insert((reading.meter, reading.ts_ms), reading);
         }
+        let engine = self.engine()?;
+        let (noted, segment) = engine.fold_record()?;
+        if fold.is_some_and(|fold| fold + 1 == noted) {
+            if let Some(segment) = segment {
+                self.roll_forward(&engine, &mut meters, segment)?;
+            }
+            fold = Some(noted);
+            lock(&self.trouble).index_behind = true;
+        }
         *lock(&self.meters) = meters;
         *lock(&self.pending) = pending;
         self.loads.fetch_add(1, Ordering::Relaxed);
         Ok(fold)
+    }
+
+    /// Points the meters' open chunks at those `segment` holds: its chunks that are not the
+    /// directory's (a segment holds one version of each chunk it wrote).
+    fn roll_forward(&self, engine: &Engine, meters: &mut Spans, segment: u32) -> Result<(), StoreError> {
+        let records = engine.segments.records(segment)?;
+        tracing::info!(
+            segment,
+            chunks = records.len(),
+            "the meter index is one fold behind; rolling it forward"
+        );
+        for (meter, first_ts, at) in records {
+            let listed = engine.directory.get(chunk_key(meter, first_ts))?;
+            if listed.map(|value| Location::decode(&value)).transpose()? == Some(at) {
+                continue;
+            }
+            let indexed = meters.get_mut(&meter).ok_or_else(|| StoreError::Unreadable {
+                path: self.dir.clone(),
+                reason: format!(
+                    "chunk file {segment} holds meter {meter}, which its meter index does not know"
+                ),
+            })?;
+            indexed.open = Some(Open { first_ts, at });
+        }
+        Ok(())
     }
 
     /// Moves the meter index of the earlier layout (sled tree `meters`) into the index file.
@@ -931,9 +1154,11 @@ impl Store {
         tracing::info!(meters = spans.len(), "moving the meter index into its own file");
         *lock(&self.meters) = spans
             .into_iter()
-            .map(|span| (span.meter, Indexed { first: span.first, last: span.last, changed: UNFOLDED }))
+            .map(|span| {
+                (span.meter, Indexed { first: span.first, last: span.last, changed: UNFOLDED, open: None })
+            })
             .collect();
-        self.commit_fold()?;
+        self.fold_in(&[], false)?;
         engine.db.drop_tree("meters")?;
         engine.db.flush()?;
         Ok(())
@@ -968,7 +1193,7 @@ impl Store {
         let mut batch = Vec::with_capacity(MIGRATE_BATCH);
         let write = |batch: &mut Vec<Reading>| -> Result<(), StoreError> {
             batch.sort_by_key(|r| (r.meter, r.ts_ms));
-            self.write_chunks(batch)?;
+            self.fold_in(batch, false)?;
             batch.clear();
             Ok(())
         };
@@ -983,7 +1208,6 @@ impl Store {
             }
         }
         write(&mut batch)?;
-        self.commit_fold()?;
         engine.db.drop_tree(tree)?;
         engine.db.flush()?;
         self.tidy_segments()?;
@@ -1051,7 +1275,7 @@ impl Store {
             let (key, value) = entry?;
             index += (key.len() + value.len()) as u64;
         }
-        index += (lock(&self.meters).len() * 48) as u64;
+        index += (lock(&self.meters).len() * 68) as u64;
         Ok((chunks, index))
     }
 
@@ -1144,8 +1368,10 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn widen_span(meters: &mut Spans, reading: &Reading) {
     let (meter, point) = (reading.meter, domain::point(reading));
     let new = MeterSpan { meter, first: point, last: point };
-    let span = meters.get(&meter).map_or(new, |indexed| domain::join_spans(indexed.span(meter), new));
-    meters.insert(meter, Indexed { first: span.first, last: span.last, changed: UNFOLDED });
+    let held = meters.get(&meter);
+    let span = held.map_or(new, |indexed| domain::join_spans(indexed.span(meter), new));
+    let open = held.and_then(|indexed| indexed.open);
+    meters.insert(meter, Indexed { first: span.first, last: span.last, changed: UNFOLDED, open });
 }
 
 /// Directory key of a chunk: `c` ‖ meter ‖ first ts (u64 BE each), so that one meter's chunks
@@ -1442,7 +1668,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         {
             let store = Store::open(dir.path()).expect("open");
-            let readings: Vec<Reading> = (0..2_000).map(|i| reading(i % 500, T0 + i * 10, i)).collect();
+            // 300 readings a meter: full chunks in the database, open ones in the meter index.
+            let readings: Vec<Reading> = (0..6_000).map(|i| reading(i % 20, T0 + i * 10, i)).collect();
             store.append(&readings, NOW).expect("append");
             store.close().expect("close");
         }
@@ -1466,7 +1693,7 @@ mod tests {
         let file = dir.path().join("db");
         let intact = std::fs::read(&file).expect("read");
         let histories = |store: &Store| -> Result<Vec<Vec<Reading>>, StoreError> {
-            (0..500)
+            (0..20)
                 .map(|meter| {
                     Ok(store
                         .meter_history(meter, None, None, usize::MAX)?
@@ -1477,7 +1704,7 @@ mod tests {
         };
         let whole = histories(&Store::open(dir.path()).expect("open")).expect("read");
         let mut refused = 0;
-        for cut in [0, intact.len() / 4, intact.len() / 2, intact.len() - 1024] {
+        for cut in [0, intact.len() / 4, intact.len() / 2, intact.len().saturating_sub(1024)] {
             restore();
             std::fs::write(&file, &intact[..cut]).expect("cut");
             // Refused at open, or every meter read back whole, or a read refused: never less data
@@ -1498,7 +1725,7 @@ mod tests {
         }
         assert!(refused >= 1, "a database file cut to nothing is refused");
         restore();
-        assert_eq!(Store::open(dir.path()).expect("the restored store opens").spans().len(), 500);
+        assert_eq!(Store::open(dir.path()).expect("the restored store opens").spans().len(), 20);
         // The meter index gone: refused by name, not opened empty.
         std::fs::remove_file(dir.path().join(INDEX_FILE)).expect("remove the index");
         let error = Store::open(dir.path()).err().map(|e| e.to_string()).unwrap_or_default();
@@ -1615,6 +1842,87 @@ mod tests {
         assert_eq!(got, vec![(2, 100), (3, 100)]);
         let all = store.top_since(5, 0).expect("top");
         assert_eq!(all.iter().map(|s| s.meter).collect::<Vec<_>>(), vec![1, 2, 3]);
+    }
+
+    /// The readings of `meter`, as the store answers them.
+    fn history(store: &Store, meter: MeterId) -> Vec<Reading> {
+        store
+            .meter_history(meter, None, None, usize::MAX)
+            .expect("history")
+            .map(|h| h.readings)
+            .unwrap_or_default()
+    }
+
+    fn directory_chunks(store: &Store) -> usize {
+        store.engine().expect("engine").directory.scan_prefix([CHUNK_PREFIX]).count()
+    }
+
+    #[test]
+    fn a_meter_s_last_chunk_stays_out_of_the_database_until_it_is_full() {
+        let (dir, store) = open();
+        let readings: Vec<Reading> = (0..300).map(|i| reading(7, T0 + i * 1000, i)).collect();
+        for (folds, batch) in readings.chunks(20).enumerate() {
+            store.append(batch, NOW).expect("append");
+            store.close().expect("fold");
+            let held = (folds + 1) * 20;
+            assert_eq!(directory_chunks(&store), held / CHUNK_READINGS, "after {held} readings");
+            assert_eq!(history(&store, 7), readings[..held]);
+        }
+        drop(store);
+        let store = Store::open(dir.path()).expect("reopen");
+        assert_eq!(history(&store, 7), readings);
+        assert_eq!(store.at_or_after(7, T0 + 200_500).expect("read").map(|r| r.litres), Some(201));
+        assert_eq!(store.at_or_before(7, T0 + 200_500).expect("read").map(|r| r.litres), Some(200));
+        // A back-fill into a full chunk and one before the first reading.
+        let back = [reading(7, T0 + 500, 0), reading(7, T0 - 1000, 0)];
+        assert_eq!(store.append(&back, NOW).expect("append").outcomes, vec![Outcome::Accepted; 2]);
+        store.close().expect("fold");
+        let mut expected = readings.clone();
+        expected.extend(back);
+        expected.sort_by_key(|r| r.ts_ms);
+        assert_eq!(history(&store, 7), expected);
+    }
+
+    /// A crash between a fold's database write and its meter index write leaves the index one
+    /// fold behind: the open chunks that fold wrote are found again in its chunk file.
+    #[test]
+    fn an_index_one_fold_behind_is_rolled_forward_and_two_behind_refused() {
+        let (dir, store) = open();
+        let first: Vec<Reading> = (0..100).map(|i| reading(i % 2, T0 + i * 1000, i)).collect();
+        store.append(&first, NOW).expect("append");
+        store.close().expect("fold");
+        let behind = std::fs::read(dir.path().join(INDEX_FILE)).expect("index");
+        // The next fold fills meter 0's chunk and starts another, and brings a new meter 5.
+        let second: Vec<Reading> =
+            (100..400).map(|i| reading(if i % 3 == 0 { 5 } else { i % 2 }, T0 + i * 1000, i)).collect();
+        store.append(&second, NOW).expect("append");
+        store.close().expect("fold");
+        let expected: Vec<Vec<Reading>> = [0, 1, 5].map(|meter| history(&store, meter)).to_vec();
+        drop(store);
+        std::fs::write(dir.path().join(INDEX_FILE), &behind).expect("the index of the fold before");
+        // The write-ahead log still held the fold's readings at such a crash.
+        let logged = second.clone();
+        {
+            let (wal, _) = Wal::open(&dir.path().join(WAL_FILE)).expect("log");
+            let mut wal = wal;
+            wal.append(&logged).expect("log");
+            wal.sync().expect("sync");
+        }
+        let store = Store::open(dir.path()).expect("rolled forward");
+        assert_eq!([0, 1, 5].map(|meter| history(&store, meter)).to_vec(), expected);
+        store.append(&[reading(1, T0 + 500_000, 500)], NOW).expect("append");
+        store.close().expect("fold");
+        drop(store);
+        let store = Store::open(dir.path()).expect("reopen");
+        assert_eq!(history(&store, 1).last().map(|r| r.litres), Some(500));
+        assert_eq!(history(&store, 0), expected[0]);
+        // Two folds behind: refused by name.
+        store.append(&[reading(1, T0 + 600_000, 600)], NOW).expect("append");
+        store.close().expect("fold");
+        drop(store);
+        std::fs::write(dir.path().join(INDEX_FILE), &behind).expect("an older index");
+        let error = Store::open(dir.path()).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains(INDEX_FILE) && error.contains("was written by fold"), "{error}");
     }
 
     #[test]
