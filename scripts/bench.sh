@@ -8,8 +8,10 @@
 #   ingest_vs_sled  ingest readings/s divided by sled's
 #   store_year_read one meter's year of 15-minute readings read back from the store, and its
 #                   bytes on disk per reading (bench/src/bin/store_bench.rs)
-#   store_fill, store_restart   a node started on a store of 100k, then 1M meters: start to
-#                   first answer, resident memory (STORE_METERS sets the counts)
+#   store_fill, store_restart, store_loaded   a node started on a store of 100k, then 1M
+#                   meters: start to first answer and resident memory on the store alone, after
+#                   a clean stop, and after a crash while a third of the meters reported again;
+#                   resident memory while it took those readings (STORE_METERS sets the counts)
 #   crash           a node killed (SIGKILL) 100 times at random moments, during start-up and
 #                   ingest, then every acknowledged reading checked (bench/src/bin/crash_bench.rs)
 #   convergence     ack at the first node of a 5-node chain to the new top-10 at the last
@@ -211,7 +213,26 @@ bench_restart() {
         time_start "$name" "$meters" "$how"
         stop_pid "${PIDS[-1]}"
     done
-    rm -rf "${RUN_DIR:?}/$name"
+    # Then a third of the meters report again (an hour after store_bench's last reading):
+    # resident memory of the node holding them all while it takes readings; then a crash, and
+    # the start after it, which rebuilds the meters changed since the state was last saved.
+    local csv="$RUN_DIR/$name.csv" addr
+    awk -v n="$meters" 'BEGIN {
+        print "meter,ts,litres"
+        for (m = 0; m < n; m += 3) printf "%d,1704074400000,1000100\n", 100000 + m
+    }' >"$csv"
+    rm -f "$RUN_DIR/$name/addrs"
+    start_node "$name"
+    pid="${PIDS[-1]}"
+    addr="$(bench_addr "$name")"
+    out="$("$BIN" ingest --peer "$addr" --timeout 60s --json "$csv")" || die "ingest failed: $out"
+    emit "$(printf '{"bench":"store_loaded","meters":%s,"readings":%s,"rss_bytes":%s}' \
+        "$meters" "$(json_number accepted "$out")" "$(awk '/^VmRSS:/ { print $2 * 1024 }' "/proc/$pid/status")")"
+    kill -KILL "$pid"
+    stop_pid "$pid"
+    time_start "$name" "$meters" crashed
+    stop_pid "${PIDS[-1]}"
+    rm -rf "${RUN_DIR:?}/$name" "$csv"
 }
 
 # Starts the node NAME on its store and prints its start to first answer and resident memory.

@@ -6,6 +6,7 @@
 //! time of the meter's latest reading, so late or re-sent readings judge the same way.
 
 use std::collections::BTreeMap;
+use std::num::NonZeroU64;
 
 use hydromesh_proto::control::{BlockReason, Policy};
 use hydromesh_proto::summary::{Alert, AlertKind};
@@ -29,19 +30,23 @@ struct Latest {
     alarms: Alarms,
 }
 
-/// The incremental state of one meter's rules, fed its readings in time order.
+/// The incremental state of one meter's rules, fed its readings in time order. A million of
+/// them are held at once: times that may be unknown are `Option<NonZeroU64>` (8 bytes; a
+/// reading's time is never 0), and the alerts, which few meters have, are boxed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Tracker {
-    first_ts_ms: Option<u64>,
+    first_ts_ms: Option<NonZeroU64>,
     last: Option<Latest>,
     /// First reading of the current run of equal registers (water standing still since then).
     run_start_ts_ms: u64,
     /// The latest standstill of at least an hour: (start, end).
-    last_standstill: Option<(u64, u64)>,
+    last_standstill: Option<(NonZeroU64, u64)>,
     /// Since when the flow has been above the burst limit.
-    high_flow_since_ms: Option<u64>,
-    /// Active alerts and when they were raised.
-    active: BTreeMap<AlertKind, u64>,
+    high_flow_since_ms: Option<NonZeroU64>,
+    /// Active alerts and when they were raised; `None` for none.
+    // Boxed for its size (8 bytes instead of a map's 24), not to move it to the heap.
+    #[allow(clippy::box_collection)]
+    active: Option<Box<BTreeMap<AlertKind, u64>>>,
 }
 
 impl Tracker {
@@ -57,7 +62,7 @@ impl Tracker {
     /// Sets the time of the meter's first reading ever, when only recent readings were
     /// replayed: the leak rule needs to know the data covers a whole day.
     pub fn set_first_ts(&mut self, first_ts_ms: u64) {
-        self.first_ts_ms = Some(first_ts_ms);
+        self.first_ts_ms = NonZeroU64::new(first_ts_ms);
         if let Some(last) = self.last {
             self.judge(last.ts_ms, last.alarms);
         }
@@ -76,7 +81,7 @@ impl Tracker {
             Some(last) => {
                 if reading.litres == last.litres {
                     if ts - self.run_start_ts_ms >= STANDSTILL_MS {
-                        self.last_standstill = Some((self.run_start_ts_ms, ts));
+                        self.last_standstill = NonZeroU64::new(self.run_start_ts_ms).map(|start| (start, ts));
                     }
                 } else {
                     self.run_start_ts_ms = ts;
@@ -88,15 +93,16 @@ impl Tracker {
                 self.high_flow_since_ms = if flow > u64::from(burst_flow_lph) {
                     // A reported flow is instantaneous; a derived one held since the last reading.
                     let start = if reading.flow_lph.is_some() { ts } else { last.ts_ms };
-                    Some(self.high_flow_since_ms.unwrap_or(start))
+                    self.high_flow_since_ms.or(NonZeroU64::new(start))
                 } else {
                     None
                 };
             }
             None => {
-                self.first_ts_ms = Some(ts);
+                self.first_ts_ms = NonZeroU64::new(ts);
                 self.run_start_ts_ms = ts;
-                self.high_flow_since_ms = reading.flow_lph.filter(|f| *f > burst_flow_lph).map(|_| ts);
+                self.high_flow_since_ms =
+                    reading.flow_lph.filter(|f| *f > burst_flow_lph).and_then(|_| NonZeroU64::new(ts));
             }
         }
         self.last = Some(Latest { ts_ms: ts, litres: reading.litres, alarms: reading.alarms });
@@ -106,13 +112,14 @@ impl Tracker {
     /// Judges the alerts as of the latest reading, at `ts` with the meter's own `alarms`.
     fn judge(&mut self, ts: u64, alarms: Alarms) {
         let window_start = ts.saturating_sub(LEAK_WINDOW_MS);
-        let covers_window = self.first_ts_ms.is_some_and(|first| first <= window_start);
+        let covers_window = self.first_ts_ms.is_some_and(|first| first.get() <= window_start);
         let stood_still =
             |(start, end): (u64, u64)| end.saturating_sub(start.max(window_start)) >= STANDSTILL_MS;
         let still_now = (self.run_start_ts_ms, ts);
-        let standstill_in_window = stood_still(still_now) || self.last_standstill.is_some_and(stood_still);
+        let standstill_in_window = stood_still(still_now)
+            || self.last_standstill.is_some_and(|(start, end)| stood_still((start.get(), end)));
         let leak = covers_window && !standstill_in_window || alarms.contains(Alarms::LEAK);
-        let burst = self.high_flow_since_ms.is_some_and(|since| ts - since >= BURST_MIN_MS)
+        let burst = self.high_flow_since_ms.is_some_and(|since| ts - since.get() >= BURST_MIN_MS)
             || alarms.contains(Alarms::BURST);
         self.set(AlertKind::Leak, leak, ts);
         self.set(AlertKind::Burst, burst, ts);
@@ -123,15 +130,19 @@ impl Tracker {
 
     fn set(&mut self, kind: AlertKind, active: bool, ts: u64) {
         if active {
-            self.active.entry(kind).or_insert(ts);
-        } else {
-            self.active.remove(&kind);
+            self.active.get_or_insert_with(Box::default).entry(kind).or_insert(ts);
+        } else if let Some(alerts) = &mut self.active {
+            alerts.remove(&kind);
+            if alerts.is_empty() {
+                self.active = None;
+            }
         }
     }
 
     /// The meter's active alerts.
     pub fn alerts(&self, meter: MeterId) -> impl Iterator<Item = Alert> + '_ {
-        self.active.iter().map(move |(kind, since)| Alert { meter, kind: *kind, since_ms: *since })
+        let alerts = self.active.iter().flat_map(|alerts| alerts.iter());
+        alerts.map(move |(kind, since)| Alert { meter, kind: *kind, since_ms: *since })
     }
 }
 

@@ -35,7 +35,7 @@ const CHECKPOINT_FILE: &str = "local-state";
 /// a fraction of a second, and the file (about 70 bytes a meter) would only take disk space.
 pub const CHECKPOINT_MIN_METERS: usize = 50_000;
 /// The first bytes of a checkpoint: its format, which changes with the layout of what it holds.
-const CHECKPOINT_MAGIC: &[u8] = b"hydromesh local state 3\n";
+const CHECKPOINT_MAGIC: &[u8] = b"hydromesh local state 4\n";
 /// Largest part of a checkpoint decoded at once (a damaged length never allocates past it).
 const CHECKPOINT_LIMIT: usize = 1 << 28;
 
