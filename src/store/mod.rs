@@ -11,23 +11,30 @@
 //!   compressed column by column (a few bytes a reading), in append-only **segment files**
 //!   (folder `chunks`, [`segments`]): each fold writes the chunks it changed into one new
 //!   segment; segments that became mostly garbage are compacted;
-//! - a **directory** (sled tree `directory`): where each chunk is, keyed by
+//! - a **directory** (sled tree `directory`): where each full chunk is, keyed by
 //!   `meter ‖ first ts`, so that one meter's chunks are one contiguous, time-ordered key range,
-//!   and how many bytes of each segment are still live;
+//!   how many bytes of each segment are still live, and the record of the last fold (its number
+//!   and the segment it wrote);
 //! - a **meter index** (file `meters.idx`, [`index_file`]): each meter's first and last
-//!   reading and the last fold that changed its readings, written whole by each fold and read
-//!   at open. In memory, it lets the common case of ingest (a reading newer than the meter's
-//!   last) validate without touching the disk; it is locked per reading, never for a whole
-//!   batch, so readers wait microseconds at most.
+//!   reading, the last fold that changed its readings, and its **open chunk** (its last one,
+//!   which in-order readings go to: a fold rewrites it without touching sled, which learns of
+//!   a chunk once it is full), written whole by each fold and read at open. In memory, it lets
+//!   the common case of ingest (a reading newer than the meter's last) validate without
+//!   touching the disk; it is locked per reading, never for a whole batch, so readers wait
+//!   microseconds at most.
 //!
-//! A fold writes the segment, then the directory (sled, made durable), then the index, and
-//! only then empties the log; merging a reading into a chunk that already holds it changes
-//! nothing. A crash at any point of a fold loses nothing and counts nothing twice, and leaves
-//! at worst a segment nothing points to, removed at the next open.
+//! A fold writes the segment, then the directory (sled, made durable, with the fold's record in
+//! the same batch), then the index, and only then empties the log; merging a reading into a
+//! chunk that already holds it changes nothing. A crash between sled and the index leaves the
+//! index one fold behind, rolled forward at the next open from that fold's segment (its chunks
+//! the directory does not list are the open ones). A crash at any point of a fold loses nothing
+//! and counts nothing twice, and leaves at worst a segment nothing points to, removed at the
+//! next open.
 //!
 //! sled keeps the directory, the merged view, the admin commands and the summary versions. A
 //! store written by an earlier version (one sled key per reading; or chunks, write-ahead
-//! records and the meter index in sled) is migrated when it is opened.
+//! records and the meter index in sled) is migrated when it is opened; one with every chunk in
+//! the directory opens as it is.
 
 mod chunk;
 mod files;
@@ -263,7 +270,7 @@ pub struct Appended {
 }
 
 /// Each meter's entry in the memory index: a B-tree, which holds a million meters in about
-/// 50 MB where a hash map's spare slots took two and a half times that.
+/// 80 MB where a hash map's spare slots took more than twice that.
 type Spans = BTreeMap<MeterId, Indexed>;
 
 /// A meter's first and last reading, the last fold that changed its readings ([`UNFOLDED`]
@@ -736,7 +743,8 @@ impl Store {
     }
 
     /// The chunk of `meter` that `ts_ms` falls in (its last one starting at or before it), as
-    /// (first ts, location): its open chunk or one of the directory's. Call with the switch held.
+    /// (first ts, location): its open chunk or one of the directory's. Call with the switch held
+    /// (or from the writer, which alone moves chunks).
     fn chunk_at(
         &self,
         engine: &Engine,
@@ -786,7 +794,8 @@ impl Store {
     }
 
     /// The chunks of `meter` from the one `ts_ms` falls in (or the first after it) to its last,
-    /// in time order, as (first ts, location). Call with the switch held.
+    /// in time order, as (first ts, location). Call with the switch held (or from the writer,
+    /// which alone moves chunks).
     fn chunks_from(
         &self,
         engine: &Engine,
