@@ -903,3 +903,82 @@ async fn the_node_signs_token_actions_with_its_admin_key_file() {
     let error = hydromesh::App::spawn(loose_config).await.err().expect("the node refuses the key file");
     assert!(error.to_string().contains("readable by others"), "{error}");
 }
+
+/// Slowloris: more clients than the server has connection slots open connections and send the
+/// first byte of a request, then nothing. A new client still gets its answers, long before any
+/// of them reaches the request deadline: each new connection closes one that has only been
+/// waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_hold_connections_without_requests_do_not_lock_others_out() {
+    use hydromesh::http::{EVICT_AFTER, MAX_CONNECTIONS, REQUEST_DEADLINE};
+    let mut mesh = Mesh::new();
+    mesh.start(http_config(&mesh, "n0", vec![])).await;
+    let addr = http_addr(&mesh, 0);
+    let mut slow = Vec::with_capacity(MAX_CONNECTIONS + 50);
+    for _ in 0..MAX_CONNECTIONS + 50 {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream.write_all(b"G").await.expect("a first byte");
+        slow.push(stream);
+    }
+    let started = tokio::time::Instant::now();
+    for round in 0..5 {
+        let asked = tokio::time::Instant::now();
+        // Within the deadline: answered because waiting connections made room, not because
+        // the deadline closed them.
+        let reply = tokio::time::timeout(REQUEST_DEADLINE / 2, get(addr, "/api/v1/stats"))
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: no answer within {:?}", REQUEST_DEADLINE / 2));
+        assert_eq!(reply.status, 200, "round {round}: {}", reply.text());
+        eprintln!("round {round}: answered in {:?}", asked.elapsed());
+    }
+    assert!(started.elapsed() < REQUEST_DEADLINE, "{:?}", started.elapsed());
+    // Connections were closed to make room: one for each that came in over the slots (the 50
+    // slow ones beyond them and the first answered client; later clients took the slot the one
+    // before them freed).
+    let mut closed = 0;
+    for stream in &mut slow {
+        let mut byte = [0u8; 1];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(1), stream.read(&mut byte)).await
+        {
+            closed += 1;
+        }
+    }
+    assert!(closed > 50, "{closed} of the slow connections closed");
+    assert!(EVICT_AFTER < REQUEST_DEADLINE / 2);
+}
+
+/// A request that trickles in a byte at a time is closed at the request deadline: the bytes do
+/// not extend it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_sent_a_byte_at_a_time_is_closed_at_the_deadline() {
+    use hydromesh::http::REQUEST_DEADLINE;
+    let mut mesh = Mesh::new();
+    mesh.start(http_config(&mesh, "n0", vec![])).await;
+    let addr = http_addr(&mesh, 0);
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let started = tokio::time::Instant::now();
+    stream.write_all(b"GET /api/v1/stats HTTP/1.1\r\n").await.expect("request line");
+    let header = b"X-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let mut closed_after = None;
+    for byte in header {
+        if stream.write_all(&[*byte]).await.is_err() {
+            closed_after = Some(started.elapsed());
+            break;
+        }
+        let mut buf = [0u8; 64];
+        match tokio::time::timeout(Duration::from_millis(500), stream.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => {
+                closed_after = Some(started.elapsed());
+                break;
+            }
+            Ok(Ok(_)) => panic!("answered a request that never ended"),
+            Err(_) => {}
+        }
+    }
+    let closed_after = closed_after.expect("closed before the header ended");
+    assert!(
+        closed_after >= REQUEST_DEADLINE && closed_after < REQUEST_DEADLINE + Duration::from_secs(3),
+        "closed after {closed_after:?}"
+    );
+}

@@ -3,8 +3,9 @@
 //!
 //! Every handler asks the node through its [`NodeClient`], so HTTP clients go through the same
 //! checks and bounds as libp2p clients: an overloaded node answers 503. The server itself is
-//! bounded too: request bodies ([`MAX_BODY_BYTES`]), open connections ([`MAX_CONNECTIONS`]) and
-//! idle connections ([`IDLE_TIMEOUT`]).
+//! bounded too: request bodies ([`MAX_BODY_BYTES`]), open connections ([`MAX_CONNECTIONS`], a
+//! waiting one closed to make room for a new one), slow requests ([`REQUEST_DEADLINE`]) and
+//! idle connections ([`IDLE_TIMEOUT`]): see `connections`.
 //!
 //! - `api`: the read-only JSON routes and `POST /api/v1/readings`;
 //! - `admin`: admin actions, allowed with a bearer token or a pre-signed command;
@@ -13,15 +14,14 @@
 
 mod admin;
 mod api;
+mod connections;
 mod dashboard;
 mod live;
 
-use std::future::Future;
-use std::io;
-use std::pin::Pin;
+use connections::Bounded;
+pub use connections::{EVICT_AFTER, IDLE_TIMEOUT, MAX_CONNECTIONS, REQUEST_DEADLINE};
+
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::handler::Handler;
@@ -31,9 +31,7 @@ use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::{Json, Router};
 use libp2p::identity::ed25519;
 use serde_json::json;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -42,11 +40,6 @@ use crate::node::NodeClient;
 
 /// Largest request body (a batch of readings, an admin command); larger ones get 413.
 pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
-/// Most HTTP connections open at once; more wait in the listen backlog.
-pub const MAX_CONNECTIONS: usize = 1024;
-/// A connection with no byte read or written for this long is closed (live streams send a
-/// keep-alive comment far more often).
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What the HTTP handlers share.
 #[derive(Clone)]
@@ -273,7 +266,7 @@ impl IntoResponse for ApiError {
 pub fn serve(listener: TcpListener, context: HttpContext, cancel: CancellationToken) -> JoinHandle<()> {
     tokio::spawn(async move {
         let shutdown = cancel.clone();
-        let listener = Bounded { inner: listener, permits: Arc::new(Semaphore::new(MAX_CONNECTIONS)) };
+        let listener = Bounded::new(listener);
         let app = build(context, cancel).into_make_service_with_connect_info::<ClientAddr>();
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -284,47 +277,6 @@ pub fn serve(listener: TcpListener, context: HttpContext, cancel: CancellationTo
     })
 }
 
-/// A listener that holds at most [`MAX_CONNECTIONS`] connections open, and sets `TCP_NODELAY`
-/// (answers are small and written in pieces: Nagle's algorithm would hold them back).
-struct Bounded {
-    inner: TcpListener,
-    permits: Arc<Semaphore>,
-}
-
-impl axum::serve::Listener for Bounded {
-    type Io = Connection;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Connection, std::net::SocketAddr) {
-        loop {
-            // Wait for a free slot before accepting: the kernel's backlog holds the rest.
-            let Ok(permit) = self.permits.clone().acquire_owned().await else {
-                // The semaphore is never closed; wait forever rather than spin if it were.
-                std::future::pending::<()>().await;
-                continue;
-            };
-            match self.inner.accept().await {
-                Ok((stream, addr)) => {
-                    if let Err(error) = stream.set_nodelay(true) {
-                        tracing::debug!(%error, "cannot set TCP_NODELAY");
-                    }
-                    let idle = Box::pin(tokio::time::sleep(IDLE_TIMEOUT));
-                    return (Connection { stream, idle, _permit: permit }, addr);
-                }
-                Err(error) => {
-                    // Out of file descriptors and the like: wait a little rather than spin.
-                    tracing::warn!(%error, "cannot accept an HTTP connection");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
-        self.inner.local_addr()
-    }
-}
-
 /// The address of a client, for logging refusals once per client.
 #[derive(Clone, Copy, Debug)]
 struct ClientAddr(std::net::SocketAddr);
@@ -332,91 +284,5 @@ struct ClientAddr(std::net::SocketAddr);
 impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Bounded>> for ClientAddr {
     fn connect_info(stream: axum::serve::IncomingStream<'_, Bounded>) -> Self {
         ClientAddr(*stream.remote_addr())
-    }
-}
-
-/// An accepted connection: closed after [`IDLE_TIMEOUT`] without traffic; frees its slot when
-/// dropped.
-struct Connection {
-    stream: TcpStream,
-    idle: Pin<Box<tokio::time::Sleep>>,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl Connection {
-    fn touch(&mut self) {
-        self.idle.as_mut().reset(tokio::time::Instant::now() + IDLE_TIMEOUT);
-    }
-
-    /// A write's outcome: progress keeps the connection alive; a client that has not read for
-    /// the idle timeout is dropped.
-    fn after_write(
-        &mut self,
-        cx: &mut Context<'_>,
-        written: Poll<io::Result<usize>>,
-    ) -> Poll<io::Result<usize>> {
-        match written {
-            Poll::Ready(Ok(written)) => {
-                self.touch();
-                Poll::Ready(Ok(written))
-            }
-            Poll::Pending if self.idle_expired(cx) => {
-                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "HTTP client stopped reading")))
-            }
-            other => other,
-        }
-    }
-
-    fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
-        self.idle.as_mut().poll(cx).is_ready()
-    }
-}
-
-impl AsyncRead for Connection {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        match Pin::new(&mut this.stream).poll_read(cx, buf) {
-            Poll::Ready(result) => {
-                if buf.filled().len() > before {
-                    this.touch();
-                }
-                Poll::Ready(result)
-            }
-            Poll::Pending if this.idle_expired(cx) => {
-                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "idle HTTP connection")))
-            }
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-impl AsyncWrite for Connection {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let written = Pin::new(&mut this.stream).poll_write(cx, data);
-        this.after_write(cx, written)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let written = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
-        this.after_write(cx, written)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }
