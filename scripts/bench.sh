@@ -24,6 +24,8 @@
 #   mqtt_ingest     MQTT QoS 1 readings/s into a node (PUBACK once durable), mosquitto_relay the
 #                   same messages through a plain mosquitto, and their ratio (bench/src/bin/mqtt_bench.rs)
 #   http_top        GET /api/v1/top latency at 1,000 requests/s (bench/src/bin/http_latency.rs)
+#   idle_connections  10,000 TCP connections to a node's libp2p port that send nothing, then
+#                   `hydromesh query stats` processes: their wall time, and the node's memory
 #   partition_heal  4 nodes in network namespaces: a partition, a restart while cut off, the heal
 #                   (scripts/partition.sh, ~2 minutes, root; SKIP_SCALE=1 skips it with the next)
 #   scale_*, mesh_sim_*   100 real nodes, then 20 and 100 in one process: traffic, CPU,
@@ -33,6 +35,7 @@
 #                   slowed 10x (scripts/scale-large.sh, 30 to 60 minutes, root; only with PARTS=large)
 #
 # PARTS chooses what runs (default: all but `large`): `storage` (ingest to crash), `mqtt`,
+# `abuse` (idle_connections),
 # `chain` (convergence to http_top), `mesh` (partition_heal, scale_*, mesh_sim_*), `large`
 # (1,000 nodes); e.g. `PARTS="storage" scripts/bench.sh`.
 #
@@ -52,7 +55,7 @@ QUERY_RUNS=30
 ADDRS_TIMEOUT_S=30
 READY_TIMEOUT_S=60
 STOP_TIMEOUT_S=10
-PARTS="${PARTS:-storage mqtt chain mesh}"
+PARTS="${PARTS:-storage mqtt chain abuse mesh}"
 
 RUN_DIR=""
 BIN=""
@@ -365,6 +368,41 @@ cleanup() {
     exit "$status"
 }
 
+# 10,000 TCP connections to a node's libp2p port that send nothing (held by a Python process),
+# then 20 `hydromesh query stats` processes, all within the 10 s those connections take to time
+# out: how long each took, and the node's resident memory while it holds them.
+bench_idle_connections() {
+    local name=idle-node addr port holder ready="$RUN_DIR/idle.ready" i start times=() rss
+    log "abuse: 10,000 silent TCP connections, then clients..."
+    start_node "$name"
+    addr="$(bench_addr "$name")"
+    port="$(sed -n 's#^/ip4/127.0.0.1/tcp/\([0-9]*\)/.*#\1#p' <<<"$addr")"
+    [[ -n "$port" ]] || die "no TCP port in $addr"
+    python3 - "$port" 10000 "$ready" <<'PY' &
+import socket, sys, time
+port, count, ready = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+held = [socket.create_connection(("127.0.0.1", port)) for _ in range(count)]
+open(ready, "w").write(str(len(held)))
+time.sleep(30)
+PY
+    holder=$!
+    until [[ -s "$ready" ]]; do
+        is_alive "$holder" || die "the connection holder failed"
+        sleep 0.05
+    done
+    for ((i = 0; i < 20; i++)); do
+        start="$(now_ns)"
+        "$BIN" query --peer "$addr" --timeout 5s --json stats >/dev/null || die "query $i failed with 10,000 silent connections"
+        times+=("$(awk -v ns=$(($(now_ns) - start)) 'BEGIN { printf "%.1f", ns / 1e6 }')")
+    done
+    rss="$(awk '/^VmRSS:/ { print $2 * 1024 }' "/proc/${PIDS[-1]}/status")"
+    kill "$holder" 2>/dev/null || true
+    wait "$holder" 2>/dev/null || true
+    emit "$(printf '{"bench":"idle_connections","connections":10000,"queries":20,%s,"rss_bytes":%s}' \
+        "$(printf '%s\n' "${times[@]}" | summarise_ms)" "$rss")"
+    stop_pid "${PIDS[-1]}"
+}
+
 # Whether PARTS names this part.
 wanted() { [[ " $PARTS " == *" $1 "* ]]; }
 
@@ -393,6 +431,9 @@ main() {
         bench_query
         bench_rules
         bench_http
+    fi
+    if wanted abuse; then
+        bench_idle_connections
     fi
     if wanted mesh && [[ "${SKIP_SCALE:-0}" != 1 ]]; then
         # Their own nodes, namespaces and run folders; their lines join these.

@@ -80,3 +80,33 @@ async fn oversized_and_overlong_requests_are_refused_and_the_node_keeps_serving(
     let ok = client.ingest(readings(0..3, 2)).await.expect("ingest");
     assert!(matches!(ok, ingest::Response::Done { ref outcomes, .. } if outcomes.len() == 6), "{ok:?}");
 }
+
+/// Connections that open TCP and then send nothing, many more than the 128 that used to fill
+/// the node's room for connections still negotiating: a client connects and is answered all
+/// the same, long before the silent ones time out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_tcp_connections_do_not_keep_clients_out() {
+    use hydromesh::p2p::client::Client;
+    let mesh = Mesh::chain(1).await;
+    let addr = mesh.nodes[0].addr.clone();
+    let port = addr
+        .iter()
+        .find_map(|protocol| match protocol {
+            libp2p::multiaddr::Protocol::Tcp(port) => Some(port),
+            _ => None,
+        })
+        .expect("a TCP address");
+    let mut silent = Vec::new();
+    for _ in 0..1_000 {
+        silent.push(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect"));
+    }
+    // Within the upgrade timeout (10 s): the silent connections are all still pending.
+    let started = tokio::time::Instant::now();
+    let mut client = Client::connect(&addr, Duration::from_secs(5)).await.expect("the client connects");
+    let query::Response::Stats(_) = client.query(query::Request::Stats).await.expect("stats") else {
+        panic!("not a stats answer")
+    };
+    eprintln!("answered {:?} after 1,000 silent connections", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(5));
+    drop(silent);
+}

@@ -164,9 +164,25 @@ impl Args {
     }
 }
 
+/// Raises the soft limit on open files to the hard one: a node holds a socket for every
+/// connection (HTTP, MQTT and libp2p clients, peers, connections still negotiating), and a
+/// service manager's usual soft limit (1,024) is below the node's own bounds.
+fn raise_open_files_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current == limit.maximum {
+        return;
+    }
+    match setrlimit(Resource::Nofile, Rlimit { current: limit.maximum, ..limit }) {
+        Ok(()) => tracing::debug!(from = ?limit.current, to = ?limit.maximum, "open files limit raised"),
+        Err(error) => tracing::warn!(%error, current = ?limit.current, "cannot raise the open files limit"),
+    }
+}
+
 /// Runs `hydromesh node`.
 pub async fn run(args: Args) -> anyhow::Result<u8> {
     let config = args.into_config()?;
+    raise_open_files_limit();
     let data_dir = config.data_dir.clone();
     let node = App::spawn(config).await?;
     let addrs = node.listen_addrs().await;

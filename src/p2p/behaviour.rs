@@ -12,6 +12,12 @@ use sha2::{Digest, Sha256};
 
 use super::{ingest, peer, query, sync, TransportError};
 
+/// Inbound connections still negotiating (transport security and multiplexing) at once. A TCP
+/// connection that sends nothing counts until the upgrade times out (10 s): at 128, as many
+/// silent connections kept every client and node out. Each costs a socket and a few kilobytes,
+/// so the bound is high: idle connections cannot fill it before they time out.
+pub const MAX_PENDING_INCOMING: u32 = 16_384;
+
 /// What the node's behaviour is configured with.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -66,7 +72,7 @@ impl Behaviour {
             None
         };
         let limits = ConnectionLimits::default()
-            .with_max_pending_incoming(Some(128))
+            .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
             .with_max_established_incoming(Some(settings.max_incoming_connections))
             .with_max_established_per_peer(Some(4));
         Ok(Behaviour {
