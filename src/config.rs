@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::rules::Tariff;
 
+/// Shortest raw retention: the alert rules replay a meter's last day of raw readings.
+pub const MIN_RETAIN_RAW: Duration = Duration::from_secs(2 * 86_400);
+
 /// Everything a fog node needs to run.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -81,6 +84,10 @@ pub struct Config {
     /// A closed period's bill unpaid this long after the period ended cuts the meter (debt).
     #[serde(with = "humantime_serde")]
     pub debt_grace: Duration,
+    /// Raw readings are kept this long, older ones as hourly registers (consumption over whole
+    /// hours stays exact); `None`: every reading is kept. At least [`MIN_RETAIN_RAW`].
+    #[serde(default, with = "humantime_serde")]
+    pub retain_raw: Option<Duration>,
     /// Address of the HTTP API, dashboard and metrics (`off` to disable).
     #[serde(with = "addr_or_off")]
     pub http: Option<SocketAddr>,
@@ -125,6 +132,7 @@ impl Default for Config {
             tariff: Tariff::default(),
             burst_flow_lph: 1200,
             debt_grace: Duration::from_secs(10 * 86_400),
+            retain_raw: None,
             http: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
             mqtt: Some(SocketAddr::from(([127, 0, 0, 1], 1883))),
             mqtt_broker: None,
@@ -180,6 +188,12 @@ impl Config {
         ];
         if let Some((name, _)) = positive.iter().find(|(_, duration)| duration.is_zero()) {
             return invalid(format!("{name} must be longer than 0"));
+        }
+        if self.retain_raw.is_some_and(|raw| raw < MIN_RETAIN_RAW) {
+            return invalid(format!(
+                "retain_raw must be at least {} (the alert rules look at the last day of raw readings)",
+                humantime::format_duration(MIN_RETAIN_RAW)
+            ));
         }
         if self.summary_budget == 0 {
             return invalid("summary_budget must be at least 1 byte per second".into());

@@ -575,4 +575,11 @@ fn configuration_file_then_environment_then_flags() {
     let out = hydromesh(&["node", "--config", bad.to_str().expect("path")]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("republsh_interval"), "{}", text(&out.stderr));
+
+    // A raw retention shorter than the alert rules look back is refused, saying why.
+    let data = dir.path().join("short");
+    let out = hydromesh(&["node", "--retain-raw", "12h", "--data-dir", data.to_str().expect("path")]);
+    assert_eq!(out.status.code(), Some(2));
+    let said = text(&out.stderr);
+    assert!(said.contains("retain_raw must be at least 2days"), "{said}");
 }

@@ -287,3 +287,68 @@ async fn alerts_bills_and_follow_are_answered_through_any_node() {
         other => panic!("{other:?}"),
     }
 }
+
+/// With a raw retention, a running node keeps a meter's readings older than it one an hour,
+/// and the meter's consumption over whole days is what it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_a_raw_retention_keeps_older_readings_hourly_and_consumption_exact() {
+    let mut mesh = Mesh::new();
+    let dir = mesh.root.path().join("n0");
+    let mut node_config = common::config(dir, "n0", vec![]);
+    node_config.retain_raw = Some(Duration::from_secs(2 * 86_400));
+    let now = now_ms();
+    let start = now - now % HOUR_MS - 5 * 86_400_000;
+    let readings: Vec<Reading> = (0..480)
+        .map(|i| Reading {
+            meter: 77,
+            ts_ms: start + 7 * 60_000 + i * 900_000,
+            litres: 1_000 + i * 25 + i % 3,
+            flow_lph: None,
+            alarms: Alarms::empty(),
+        })
+        .collect();
+    mesh.start(node_config.clone()).await;
+    let sent = mesh.client(0).await.ingest(readings.clone()).await.expect("ingest");
+    assert!(matches!(sent, ingest::Response::Done { .. }), "{sent:?}");
+    // Stopped and started again: its readings are folded into chunks, the ones thinning reads.
+    mesh.stop(0).await;
+    mesh.start(node_config).await;
+    let before = eventually("the meter's days", Duration::from_secs(20), || days(&mesh, start)).await;
+    assert!(before.iter().all(|(_, count)| *count == 96), "{before:?}");
+    // The writer thins a slice of meters after a batch, at most every second: another meter's
+    // readings wake it.
+    let mut next =
+        Reading { meter: 78, ts_ms: now - HOUR_MS, litres: 0, flow_lph: None, alarms: Alarms::empty() };
+    let after = eventually("the older days thinned", Duration::from_secs(30), || {
+        next.ts_ms += 1_000;
+        next.litres += 1;
+        let (mesh, reading) = (&mesh, next);
+        async move {
+            mesh.client(1).await.ingest(vec![reading]).await.ok()?;
+            let after = days(mesh, start).await?;
+            (after[0].1 < 96).then_some(after)
+        }
+    })
+    .await;
+    for day in 0..5 {
+        assert_eq!(after[day].0, before[day].0, "day {day}: consumption over the whole day unchanged");
+    }
+    // Days 0 and 1 end before the cutoff (now - 2 days): one reading an hour at most (the
+    // window's first reading may be its base's hour's last).
+    for (day, (_, count)) in after.iter().enumerate().take(2) {
+        assert!(*count <= 25, "day {day}: {count} readings");
+    }
+    assert_eq!(after[4].1, 96, "the last day is raw");
+}
+
+/// Meter 77's consumption and readings on node 1, for each of the 5 days from `start`.
+async fn days(mesh: &Mesh, start: u64) -> Option<Vec<(u64, usize)>> {
+    let mut answers = Vec::new();
+    for day in 0..5 {
+        let window = (start + day * 86_400_000, start + (day + 1) * 86_400_000);
+        let request = Request::Meter { meter: 77, from_ms: Some(window.0), to_ms: Some(window.1) };
+        let Response::Meter(answer) = mesh.ask(1, request).await? else { return None };
+        answers.push((answer.consumption_l, answer.history.readings.len()));
+    }
+    Some(answers)
+}

@@ -64,6 +64,10 @@ pub struct Args {
     /// Flow above this (L/h) for 30 minutes or more raises a burst alert [default: 1200].
     #[arg(long, env = "HYDROMESH_BURST_FLOW_LPH")]
     burst_flow_lph: Option<u32>,
+    /// Keep raw readings this long (at least 2days), and older ones as hourly registers:
+    /// consumption over whole hours (every period and bill) stays exact [default: keep every reading].
+    #[arg(long, env = "HYDROMESH_RETAIN_RAW", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    retain_raw: Option<Duration>,
     /// Cut a meter whose closed-period bill is unpaid this long after the period ended [default: 10days].
     #[arg(long, env = "HYDROMESH_DEBT_GRACE", value_parser = humantime::parse_duration, value_name = "DURATION")]
     debt_grace: Option<Duration>,
@@ -143,6 +147,9 @@ impl Args {
         }
         if let Some(grace) = self.debt_grace {
             config.debt_grace = grace;
+        }
+        if let Some(retain_raw) = self.retain_raw {
+            config.retain_raw = Some(retain_raw);
         }
         if let Some(top_k) = self.top_k {
             config.top_k = top_k as usize;

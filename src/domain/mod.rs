@@ -66,6 +66,26 @@ pub fn span_consumption(span: &MeterSpan) -> u64 {
     span.last.litres.saturating_sub(span.first.litres)
 }
 
+/// An hour: readings older than a node's raw retention are kept one an hour.
+pub const HOUR_MS: u64 = 3_600_000;
+
+/// Of one meter's `readings` (in time order), those kept when readings before `cutoff_ms` (a
+/// whole hour) are kept as hourly registers: every reading from the cutoff on, and before it
+/// the meter's first reading (at `first_ts_ms`), any reading on a whole hour, and the last of
+/// each hour. Consumption over a window whose bounds are whole hours is the same over the
+/// readings kept: its base (the last reading at or before its start, else the meter's first)
+/// and its end (the last reading before its end) are kept.
+pub fn hourly_before(readings: &[Reading], cutoff_ms: u64, first_ts_ms: u64) -> Vec<Reading> {
+    let hour = |reading: &Reading| reading.ts_ms / HOUR_MS;
+    let kept = |(at, reading): &(usize, &Reading)| {
+        reading.ts_ms >= cutoff_ms
+            || reading.ts_ms == first_ts_ms
+            || reading.ts_ms % HOUR_MS == 0
+            || readings.get(at + 1).is_none_or(|next| hour(next) != hour(reading))
+    };
+    readings.iter().enumerate().filter(kept).map(|(_, reading)| *reading).collect()
+}
+
 /// The join of two spans of the same meter: the earlier first and the later last.
 pub fn join_spans(a: MeterSpan, b: MeterSpan) -> MeterSpan {
     MeterSpan {

@@ -28,6 +28,11 @@ const MAX_GROUP_READINGS: usize = 100_000;
 const MIN_SAVE_INTERVAL: Duration = Duration::from_secs(120);
 /// A checkpoint takes at most this share of the writer's time (1 in 20).
 const SAVE_TIME_SHARE: u32 = 20;
+/// With a raw retention, meters whose old readings are thinned at a time (see
+/// [`Writer::thin_now_and_then`]).
+const THIN_METERS: usize = 1_000;
+/// Least time between two slices of thinning.
+const THIN_EVERY: Duration = Duration::from_secs(1);
 
 /// A batch's acknowledgement: per-reading outcomes and the valve commands of its meters.
 #[derive(Debug)]
@@ -85,6 +90,7 @@ impl Pipeline {
         store: Arc<Store>,
         local: LocalMeters,
         capacity: usize,
+        retain_raw: Option<Duration>,
         channels: Channels,
     ) -> std::io::Result<Self> {
         let (jobs, receiver) = mpsc::channel(capacity.max(1));
@@ -92,7 +98,8 @@ impl Pipeline {
             let loaded = store.loads();
             let saved = (local.unsaved() == 0).then(|| (store.fold_number(), Instant::now()));
             let save_every = MIN_SAVE_INTERVAL;
-            Writer { store, local, loaded, saved, save_every, channels }.run(receiver)
+            let thin = retain_raw.map(|raw| Thinning { raw, after: None, at: Instant::now() });
+            Writer { store, local, loaded, saved, save_every, thin, channels }.run(receiver)
         })?;
         Ok(Pipeline { jobs, thread })
     }
@@ -140,7 +147,20 @@ struct Writer {
     saved: Option<(u64, Instant)>,
     /// Least time until the next checkpoint.
     save_every: Duration,
+    /// With a raw retention, where thinning is.
+    thin: Option<Thinning>,
     channels: Channels,
+}
+
+/// A raw retention's progress: old readings are thinned to hourly registers a slice of meters
+/// at a time, round and round.
+struct Thinning {
+    /// How long raw readings are kept.
+    raw: Duration,
+    /// The meter the next slice starts after (`None`: from the first).
+    after: Option<hydromesh_proto::MeterId>,
+    /// When the last slice ran.
+    at: Instant,
 }
 
 impl Writer {
@@ -172,6 +192,7 @@ impl Writer {
                 self.ingest(group);
             }
             self.save_now_and_then();
+            self.thin_now_and_then();
         }
         if let Err(error) = self.store.flush() {
             tracing::error!(%error, "final flush failed");
@@ -271,6 +292,27 @@ impl Writer {
         tracing::debug!(ms = took.as_millis() as u64, fold, "meter state saved");
         self.saved = Some((fold, Instant::now()));
         self.save_every = MIN_SAVE_INTERVAL.max(took * SAVE_TIME_SHARE);
+    }
+
+    /// With a raw retention, thins the next [`THIN_METERS`] meters' readings older than it to
+    /// hourly registers, at most every [`THIN_EVERY`] (so a round over a million meters takes a
+    /// quarter of an hour or more; readings only cross the cutoff once).
+    fn thin_now_and_then(&mut self) {
+        let Some(thin) = &mut self.thin else { return };
+        if thin.at.elapsed() < THIN_EVERY {
+            return;
+        }
+        thin.at = Instant::now();
+        let cutoff = now_ms().saturating_sub(thin.raw.as_millis() as u64);
+        match self.store.thin_before(cutoff, thin.after, THIN_METERS) {
+            Ok((after, rewritten)) => {
+                thin.after = after;
+                if rewritten > 0 {
+                    tracing::debug!(rewritten, "older readings kept as hourly registers");
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot thin older readings; trying again later"),
+        }
     }
 
     /// Judges every meter again and recomputes the period figures.

@@ -133,8 +133,9 @@ impl Node {
             accepted: accepted.clone(),
             metrics: metrics.clone(),
         };
-        let pipeline = Pipeline::start(store.clone(), meters, config.ingest_queue_batches, channels)
-            .map_err(|e| NodeError::Ingest(format!("cannot start the ingest thread: {e}")))?;
+        let pipeline =
+            Pipeline::start(store.clone(), meters, config.ingest_queue_batches, config.retain_raw, channels)
+                .map_err(|e| NodeError::Ingest(format!("cannot start the ingest thread: {e}")))?;
         let local = local::Local::new(peer_id, store.clone(), snapshot.clone(), inputs, accepted);
         let settings = p2p::behaviour::Settings {
             mdns: config.mdns,

@@ -912,21 +912,33 @@ impl Store {
         }
         // Writing a segment waits for readers to let go of the segments.
         drop(pinned);
-        let written = (!segment.is_empty()).then_some(segment.segment);
-        if !segment.is_empty() {
-            let stats = segment_stats(&engine.directory)?.into_iter().collect::<HashMap<_, _>>();
-            for (number, bytes) in freed {
-                let (live, size) = stats.get(&number).copied().unwrap_or_default();
-                directory.insert(&segment_key(number), &encode_stats(live.saturating_sub(bytes), size));
-            }
-            let size = segment.len();
-            directory
-                .insert(&segment_key(segment.segment), &encode_stats(size - segments::MAGIC_BYTES, size));
-            engine.segments.write(segment)?;
-        }
+        let written = self.write_segment(&engine, segment, freed, &mut directory)?;
         directory.insert(FOLD_KEY, &encode_fold(fold, written));
         self.switch_chunks(&engine, directory, &opens)?;
         self.commit(fold, pending)
+    }
+
+    /// Writes `segment`, if it holds chunks, and adds to `directory` the live bytes of the
+    /// segments: `freed` fewer in those chunks left, and the new segment's. Returns its number.
+    fn write_segment(
+        &self,
+        engine: &Engine,
+        segment: segments::Builder,
+        freed: HashMap<u32, u64>,
+        directory: &mut sled::Batch,
+    ) -> Result<Option<u32>, StoreError> {
+        if segment.is_empty() {
+            return Ok(None);
+        }
+        let stats = segment_stats(&engine.directory)?.into_iter().collect::<HashMap<_, _>>();
+        for (number, bytes) in freed {
+            let (live, size) = stats.get(&number).copied().unwrap_or_default();
+            directory.insert(&segment_key(number), &encode_stats(live.saturating_sub(bytes), size));
+        }
+        let (number, size) = (segment.segment, segment.len());
+        directory.insert(&segment_key(number), &encode_stats(size - segments::MAGIC_BYTES, size));
+        engine.segments.write(segment)?;
+        Ok(Some(number))
     }
 
     /// Applies a directory batch and moves open chunks in the meter index, as one step for
@@ -982,6 +994,60 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Keeps the readings older than `cutoff_ms` (taken down to a whole hour) as hourly
+    /// registers, for up to `max_meters` meters after `after` (in meter order): of those
+    /// readings, a meter keeps its first, any on a whole hour, and the last of each hour, so
+    /// that consumption over windows bounded by whole hours (every period and bill) stays
+    /// exact. Only full chunks are rewritten (a meter's open chunk is its newest), each only if
+    /// it loses readings; a second pass over the same meters changes nothing. Returns the meter
+    /// to go on after (`None` once past the last) and the chunks rewritten.
+    pub fn thin_before(
+        &self,
+        cutoff_ms: u64,
+        after: Option<MeterId>,
+        max_meters: usize,
+    ) -> Result<(Option<MeterId>, usize), StoreError> {
+        let cutoff_ms = cutoff_ms - cutoff_ms % domain::HOUR_MS;
+        let meters: Vec<(MeterId, u64)> = {
+            let meters = lock(&self.meters);
+            let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+            meters
+                .range((from, Bound::Unbounded))
+                .take(max_meters)
+                .map(|(&m, i)| (m, i.first.ts_ms))
+                .collect()
+        };
+        let engine = self.engine()?;
+        let mut segment = engine.segments.builder();
+        let mut directory = sled::Batch::default();
+        let mut freed: HashMap<u32, u64> = HashMap::new();
+        let mut rewritten = 0;
+        let pinned = engine.segments.pin();
+        for &(meter, first_ts) in &meters {
+            for entry in engine.directory.range(chunk_key(meter, 0)..chunk_key(meter, cutoff_ms)) {
+                let (chunk_ts, at) = decode_chunk_entry(&entry?)?;
+                let readings = self.read_chunk(&pinned, meter, chunk_ts, at)?;
+                let kept = domain::hourly_before(&readings, cutoff_ms, first_ts);
+                if kept.len() == readings.len() {
+                    continue;
+                }
+                *freed.entry(at.segment).or_default() += at.record_bytes();
+                directory.remove(&chunk_key(meter, chunk_ts));
+                let location = segment.add(meter, kept[0].ts_ms, &chunk::encode(&kept));
+                directory.insert(&chunk_key(meter, kept[0].ts_ms), &location.encode());
+                rewritten += 1;
+            }
+        }
+        drop(pinned);
+        if self.write_segment(&engine, segment, freed, &mut directory)?.is_some() {
+            self.switch_chunks(&engine, directory, &[])?;
+            engine.db.flush()?;
+            self.tidy_segments()?;
+        }
+        let next = (meters.len() == max_meters).then(|| meters.last().map(|(meter, _)| *meter)).flatten();
+        Ok((next, rewritten))
     }
 
     /// Removes the segments no chunk is in any more, and compacts those less than half live:
@@ -1932,6 +1998,70 @@ mod tests {
         std::fs::write(dir.path().join(INDEX_FILE), &behind).expect("an older index");
         let error = Store::open(dir.path()).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(error.contains(INDEX_FILE) && error.contains("was written by fold"), "{error}");
+    }
+
+    #[test]
+    fn readings_older_than_the_cutoff_become_hourly_and_hour_windows_stay_exact() {
+        let (dir, store) = open();
+        let hour = domain::HOUR_MS;
+        let base = T0 - T0 % hour;
+        // Every 15 minutes (7, 22, 37 and 52 past each hour), and a meter reporting at odd
+        // times; registers grow unevenly.
+        let mut readings = Vec::new();
+        for i in 0..384u64 {
+            readings.push(reading(9, base + 7 * 60_000 + i * 900_000, 1_000 + i * i % 37 + i * 40));
+            readings.push(reading(10, base + 13_337 + i * 1_111_111, 50 + i * 3));
+        }
+        readings.sort_by_key(|r| (r.meter, r.ts_ms));
+        let appended = store.append(&readings, base + 10 * 86_400_000).expect("append");
+        assert!(appended.outcomes.iter().all(|outcome| *outcome == Outcome::Accepted));
+        store.close().expect("fold");
+        let cutoff = base + 2 * 86_400_000 + 30 * 60_000;
+        let windows: Vec<(u64, u64)> =
+            (0..110).flat_map(|a| (a..120).step_by(7).map(move |b| (a, b))).collect();
+        let consumption = |store: &Store, meter| -> Vec<u64> {
+            windows
+                .iter()
+                .map(|&(a, b)| {
+                    store.window_consumption(meter, base + a * hour, base + b * hour).expect("window")
+                })
+                .collect()
+        };
+        let before = [consumption(&store, 9), consumption(&store, 10)];
+        let spans = store.spans();
+        let (next, rewritten) = store.thin_before(cutoff, None, 10).expect("thin");
+        assert_eq!(next, None, "both meters done in one pass");
+        assert!(rewritten >= 2, "{rewritten} chunks rewritten");
+        let check = |store: &Store| {
+            assert_eq!([consumption(store, 9), consumption(store, 10)], before, "hour windows unchanged");
+            assert_eq!(store.spans(), spans);
+            for meter in [9, 10] {
+                let held = history(store, meter);
+                let raw: Vec<Reading> = readings.iter().filter(|r| r.meter == meter).copied().collect();
+                let cut = cutoff - cutoff % hour;
+                assert_eq!(
+                    held.iter().filter(|r| r.ts_ms >= cut).collect::<Vec<_>>(),
+                    raw.iter().filter(|r| r.ts_ms >= cut).collect::<Vec<_>>(),
+                    "meter {meter}: readings from the cutoff on untouched"
+                );
+                let old: Vec<&Reading> = held.iter().filter(|r| r.ts_ms < cut).collect();
+                let hours: std::collections::BTreeSet<u64> = old.iter().map(|r| r.ts_ms / hour).collect();
+                assert!(
+                    old.len() <= 2 * hours.len() + 1,
+                    "meter {meter}: {} readings in {} hours",
+                    old.len(),
+                    hours.len()
+                );
+                assert!(old.len() < raw.iter().filter(|r| r.ts_ms < cut).count(), "meter {meter} thinned");
+            }
+        };
+        check(&store);
+        assert_eq!(store.thin_before(cutoff, None, 10).expect("again").1, 0, "a second pass changes nothing");
+        drop(store);
+        let store = Store::open(dir.path()).expect("reopen");
+        check(&store);
+        // One meter a pass: the next pass goes on after it.
+        assert_eq!(store.thin_before(cutoff, None, 1).expect("one meter").0, Some(9));
     }
 
     #[test]
