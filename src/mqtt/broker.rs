@@ -13,13 +13,14 @@
 //! Not supported, on purpose: persistent sessions (every session starts clean and
 //! `session_present` is false), retained messages, last wills, and authentication.
 //!
-//! Bounds: [`MAX_CONNECTIONS`] connections, [`MAX_PACKET_BYTES`] per packet (a larger packet
+//! Bounds: [`MAX_CONNECTIONS`] connections (with every one taken, a new connection closes the
+//! one waiting longest for its CONNECT), [`MAX_PACKET_BYTES`] per packet (a larger packet
 //! closes the connection), [`MAX_PENDING_ACKS`] messages awaiting storage per connection (the
 //! connection stops reading beyond), queues of commands to deliver, subscriptions per
 //! connection, a CONNECT within [`CONNECT_TIMEOUT`], and the keep-alive: a client silent for
 //! 1.5 × its keep-alive is disconnected.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::pin::pin;
 use std::sync::{Arc, Mutex, RwLock};
@@ -56,6 +57,9 @@ pub const MAX_CONNECTIONS: usize = 10_000;
 pub const MAX_PENDING_ACKS: usize = 1024;
 /// Longest wait for a new connection's CONNECT.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// With every connection slot taken, a connection that has waited this long without sending
+/// its CONNECT is closed to make room for a new one.
+pub const EVICT_AFTER: Duration = Duration::from_secs(1);
 /// How long a closing connection may take to send its last packets.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Room made in a connection's read buffer before each read (it starts with this much too).
@@ -106,7 +110,7 @@ pub fn serve(
     cancel: CancellationToken,
 ) -> Vec<JoinHandle<()>> {
     let deliver = tokio::spawn(deliver_commands(commands, shared.registry.clone()));
-    let accept = tokio::spawn(accept(listener, Arc::new(shared), cancel));
+    let accept = tokio::spawn(accept(listener, Arc::new(shared), cancel, MAX_CONNECTIONS));
     vec![accept, deliver]
 }
 
@@ -117,8 +121,13 @@ async fn deliver_commands(mut commands: mpsc::Receiver<MeterCommand>, registry: 
     }
 }
 
-async fn accept(listener: TcpListener, shared: Arc<Shared>, cancel: CancellationToken) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+/// Accepts connections, at most `max` at once. With every slot taken, a new connection closes
+/// the one that has waited longest for its CONNECT, once that one has waited [`EVICT_AFTER`]:
+/// clients that connect and send nothing cannot lock meters out (a connected client is never
+/// closed for another; with every slot held by connected clients, a new one is refused).
+async fn accept(listener: TcpListener, shared: Arc<Shared>, cancel: CancellationToken, max: usize) {
+    let permits = Arc::new(Semaphore::new(max));
+    let waiting = Arc::new(Waiting::default());
     let mut connections = JoinSet::new();
     let mut next_id = 0u64;
     loop {
@@ -126,19 +135,34 @@ async fn accept(listener: TcpListener, shared: Arc<Shared>, cancel: Cancellation
             () = cancel.cancelled() => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => match permits.clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        next_id += 1;
-                        let stop = cancel.child_token();
-                        connections.spawn(connection(stream, peer, next_id, shared.clone(), stop, permit));
-                    }
-                    Err(_) => {
+                Ok((stream, peer)) => {
+                    let permit = match (permits.clone().try_acquire_owned(), waiting.oldest()) {
+                        (Ok(permit), _) => Some(permit),
+                        // Every slot taken: room is made by closing the connection waiting
+                        // longest for its CONNECT, once it has waited EVICT_AFTER.
+                        (Err(_), Some(waited)) => tokio::select! {
+                            () = cancel.cancelled() => break,
+                            permit = async {
+                                tokio::time::sleep(EVICT_AFTER.saturating_sub(waited)).await;
+                                waiting.evict();
+                                tokio::time::timeout(EVICT_AFTER, permits.clone().acquire_owned()).await
+                            } => permit.ok().and_then(Result::ok),
+                        },
+                        (Err(_), None) => None,
+                    };
+                    let Some(permit) = permit else {
                         shared.metrics.refuse("mqtt", "too_many_connections");
                         if shared.log.first(&peer.ip().to_string(), "too_many_connections") {
-                            tracing::warn!(%peer, max = MAX_CONNECTIONS, "MQTT connection refused: too many connections");
+                            tracing::warn!(%peer, max, "MQTT connection refused: too many connections");
                         }
-                    }
-                },
+                        continue;
+                    };
+                    next_id += 1;
+                    let stop = cancel.child_token();
+                    let evicted = waiting.add(next_id, &stop);
+                    let waiting = Some((waiting.clone(), evicted));
+                    connections.spawn(connection(stream, peer, next_id, shared.clone(), stop, waiting, permit));
+                }
                 Err(error) => {
                     if shared.log.first("listener", "accept_error") {
                         tracing::warn!(%error, "MQTT accept failed");
@@ -155,6 +179,41 @@ async fn accept(listener: TcpListener, shared: Arc<Shared>, cancel: Cancellation
     // Connections acknowledge what is being stored, then close, within their grace period.
     while connections.join_next().await.is_some() {}
     tracing::debug!("MQTT broker stopped");
+}
+
+/// Connections that have not sent their CONNECT yet, oldest first (ids grow with time), each
+/// with when it was accepted and what closes it.
+#[derive(Default)]
+struct Waiting(std::sync::Mutex<BTreeMap<u64, (tokio::time::Instant, CancellationToken)>>);
+
+impl Waiting {
+    /// Registers connection `id` (closed with `stop`); returns what evicts it.
+    fn add(&self, id: u64, stop: &CancellationToken) -> CancellationToken {
+        let evicted = stop.child_token();
+        self.lock().insert(id, (tokio::time::Instant::now(), evicted.clone()));
+        evicted
+    }
+
+    fn remove(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, (tokio::time::Instant, CancellationToken)>> {
+        // Every update is one insert or removal: a poisoned lock still holds a whole map.
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// How long the connection waiting longest for its CONNECT has waited.
+    fn oldest(&self) -> Option<Duration> {
+        self.lock().first_key_value().map(|(_, (since, _))| since.elapsed())
+    }
+
+    /// Closes the connection waiting longest for its CONNECT.
+    fn evict(&self) {
+        if let Some((_, (_, evicted))) = self.lock().pop_first() {
+            evicted.cancel();
+        }
+    }
 }
 
 /// Client ids in use and the subscriptions of each connection.
@@ -267,16 +326,22 @@ async fn connection(
     id: u64,
     shared: Arc<Shared>,
     stop: CancellationToken,
+    waiting: Option<(Arc<Waiting>, CancellationToken)>,
     _permit: OwnedSemaphorePermit,
 ) {
     // Acknowledgements are small and latency matters more than packet count.
     let _ = stream.set_nodelay(true);
     let (mut reader, mut writer) = stream.into_split();
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+    let evicted = waiting.as_ref().map_or_else(CancellationToken::new, |(_, evicted)| evicted.clone());
     let connect = tokio::select! {
         () = stop.cancelled() => return,
+        () = evicted.cancelled() => return,
         connect = tokio::time::timeout(CONNECT_TIMEOUT, read_connect(&mut reader, &mut rbuf)) => connect,
     };
+    if let Some((waiting, _)) = waiting {
+        waiting.remove(id);
+    }
     let source = peer_source(peer.ip());
     let mut wbuf = BytesMut::with_capacity(1024);
     let (version, connect) = match connect {
@@ -734,5 +799,72 @@ impl Session {
                 return self.next_pkid;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rumqttc::mqttbytes::v4::Connect;
+    use tokio::io::AsyncReadExt;
+
+    /// A broker of `max` connections on loopback, and its address.
+    async fn broker(max: usize) -> (SocketAddr, CancellationToken, mpsc::Receiver<Chunk>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (batcher, chunks) = mpsc::channel(16);
+        let shared = Shared {
+            batcher,
+            metrics: Arc::new(Metrics::new()),
+            log: Arc::default(),
+            registry: Arc::default(),
+        };
+        let cancel = CancellationToken::new();
+        tokio::spawn(accept(listener, Arc::new(shared), cancel.clone(), max));
+        (addr, cancel, chunks)
+    }
+
+    /// A client that sends its CONNECT; its first 4 bytes back, or `None` when closed first.
+    async fn connect(addr: SocketAddr, id: &str) -> (TcpStream, Option<[u8; 4]>) {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let mut buf = BytesMut::new();
+        Connect::new(id).write(&mut buf).expect("encode CONNECT");
+        stream.write_all(&buf).await.expect("send CONNECT");
+        let mut connack = [0u8; 4];
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut connack)).await;
+        let answer = matches!(read, Ok(Ok(_))).then_some(connack);
+        (stream, answer)
+    }
+
+    async fn closed(stream: &mut TcpStream) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    }
+
+    #[tokio::test]
+    async fn connections_that_never_send_connect_make_room_and_connected_clients_do_not() {
+        let (addr, cancel, _chunks) = broker(3).await;
+        let mut silent = Vec::new();
+        for _ in 0..3 {
+            silent.push(TcpStream::connect(addr).await.expect("connect"));
+        }
+        // Every slot held by a connection that sends nothing: a meter still gets in, once the
+        // oldest has waited a second, well before the CONNECT timeout.
+        let started = tokio::time::Instant::now();
+        let (_meter, answer) = connect(addr, "meter-1").await;
+        assert_eq!(answer, Some([0x20, 0x02, 0x00, 0x00]), "CONNACK, accepted");
+        assert!(started.elapsed() < CONNECT_TIMEOUT / 2, "{:?}", started.elapsed());
+        assert!(closed(&mut silent[0]).await, "the oldest silent connection was closed for it");
+        // Connected clients are never closed for a new one: with every slot theirs, it is refused.
+        let (_second, answer) = connect(addr, "meter-2").await;
+        assert_eq!(answer, Some([0x20, 0x02, 0x00, 0x00]));
+        let (_third, answer) = connect(addr, "meter-3").await;
+        assert_eq!(answer, Some([0x20, 0x02, 0x00, 0x00]));
+        let (_fourth, answer) = connect(addr, "meter-4").await;
+        assert_eq!(answer, None, "no room: refused");
+        cancel.cancel();
     }
 }
