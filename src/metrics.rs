@@ -29,6 +29,16 @@ pub struct RefusedLabels {
     pub reason: &'static str,
 }
 
+/// Labels of log lines by what they report.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LogLabels {
+    /// What the lines report (`listener_error`, `malformed_request`, …).
+    pub reason: &'static str,
+}
+
+/// Log lines about one kind of untrusted input allowed a minute; the rest are counted only.
+const LOG_LINES_PER_MINUTE: u32 = 10;
+
 /// Labels of a summary gossiped by another node, by how it came.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FormLabels {
@@ -75,6 +85,10 @@ pub struct Metrics {
     pub disk_bytes: Gauge,
     /// Messages the MQTT broker the node subscribes to reports it dropped since it started.
     pub mqtt_broker_dropped: Gauge,
+    /// Log lines about untrusted input not written (over [`LOG_LINES_PER_MINUTE`]), by reason.
+    log_suppressed: Family<LogLabels, Counter>,
+    /// Each reason's current minute: when it started and the lines written in it.
+    log_minutes: Mutex<HashMap<&'static str, (std::time::Instant, u32)>>,
 }
 
 impl Metrics {
@@ -123,6 +137,12 @@ impl Metrics {
             "Messages the MQTT broker of --mqtt-broker reports it dropped since it started (its queue limits; mosquitto's $SYS)",
             mqtt_broker_dropped.clone(),
         );
+        let log_suppressed = Family::<LogLabels, Counter>::default();
+        sub.register(
+            "log_lines_suppressed",
+            "Log lines about untrusted input (noise, malformed requests) not written: each reason writes at most 10 a minute",
+            log_suppressed.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             p2p,
@@ -136,7 +156,27 @@ impl Metrics {
             stale_nodes,
             disk_bytes,
             mqtt_broker_dropped,
+            log_suppressed,
+            log_minutes: Mutex::default(),
         }
+    }
+
+    /// Whether a log line about untrusted input may be written: at most
+    /// [`LOG_LINES_PER_MINUTE`] a minute for each `reason`, so that a sender cannot write to
+    /// the log as fast as it sends; the others are counted in `hydromesh_log_lines_suppressed`.
+    pub fn log_allowed(&self, reason: &'static str) -> bool {
+        let now = std::time::Instant::now();
+        let mut minutes = self.log_minutes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (started, written) = minutes.entry(reason).or_insert((now, 0));
+        if now.duration_since(*started) >= Duration::from_secs(60) {
+            (*started, *written) = (now, 0);
+        }
+        if *written < LOG_LINES_PER_MINUTE {
+            *written += 1;
+            return true;
+        }
+        self.log_suppressed.get_or_create(&LogLabels { reason }).inc();
+        false
     }
 
     /// Counts a batch's outcomes.
@@ -261,6 +301,20 @@ fn outcome_label(outcome: &Outcome) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_lines_about_untrusted_input_are_limited_and_the_rest_counted() {
+        let metrics = Metrics::new();
+        let written = (0..25).filter(|_| metrics.log_allowed("listener_error")).count();
+        assert_eq!(written, LOG_LINES_PER_MINUTE as usize);
+        assert!(metrics.log_allowed("malformed_request"), "each reason has its own allowance");
+        let text = metrics.encode_classic();
+        assert!(
+            text.contains("hydromesh_log_lines_suppressed_total{reason=\"listener_error\"} 15"),
+            "{text}"
+        );
+        assert!(text.contains("# HELP hydromesh_log_lines_suppressed_total "), "{text}");
+    }
 
     #[test]
     fn log_once_per_source_and_reason() {

@@ -583,3 +583,79 @@ fn configuration_file_then_environment_then_flags() {
     let said = text(&out.stderr);
     assert!(said.contains("retain_raw must be at least 2days"), "{said}");
 }
+
+/// Anonymous noise on the QUIC port (datagrams shaped like Initial packets, with garbage in
+/// them) is counted in `/metrics` and writes at most 10 log lines a minute, however fast it
+/// comes.
+#[test]
+fn noise_on_the_quic_port_is_counted_and_its_log_lines_limited() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let log = dir.path().join("node.log");
+    let child = Command::new(BIN)
+        .args(["node", "--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .args(["--http", "127.0.0.1:0", "--mqtt", "off", "--data-dir"])
+        .arg(&data)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("node starts");
+    let node = Running(child);
+    let quic = wait_for("the QUIC address", Duration::from_secs(20), || {
+        let addrs = std::fs::read_to_string(data.join("addrs")).ok()?;
+        let line = addrs.lines().find(|line| line.contains("/quic-v1"))?.to_owned();
+        line.split('/').nth(4)?.parse::<u16>().ok()
+    });
+    let http = wait_for("the HTTP address", Duration::from_secs(20), || {
+        std::fs::read_to_string(data.join("http")).ok().filter(|addr| !addr.trim().is_empty())
+    });
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let metric = |name: &str| -> u64 {
+        let metrics = http_get(http.trim(), "/metrics");
+        metrics
+            .lines()
+            .find(|line| line.starts_with(name))
+            .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let refused = "hydromesh_refused_total{source=\"p2p\",reason=\"listener_error\"}";
+    let suppressed = "hydromesh_log_lines_suppressed_total{reason=\"listener_error\"}";
+    wait_for("noise counted beyond the log's allowance", Duration::from_secs(60), || {
+        for _ in 0..500 {
+            // A long-header Initial of QUIC v1 with random ids and payload.
+            let mut packet = vec![0xc3, 0, 0, 0, 1, 8];
+            packet.extend((0..8).map(|_| next(&mut seed)));
+            packet.push(8);
+            packet.extend((0..1200).map(|_| next(&mut seed)));
+            let _ = socket.send_to(&packet, ("127.0.0.1", quic));
+        }
+        (metric(suppressed) > 0).then_some(())
+    });
+    let noise = metric(refused);
+    eprintln!("{noise} listener errors counted");
+    assert!(noise > 10, "{noise}");
+    drop(node);
+    let written = std::fs::read_to_string(&log).expect("log");
+    let lines = written.lines().filter(|line| line.contains("listener error")).count();
+    assert!((1..=10).contains(&lines), "{lines} listener error lines:\n{written}");
+}
+
+/// The next byte of a xorshift sequence.
+fn next(state: &mut u64) -> u8 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    (*state >> 24) as u8
+}
+
+/// The body of a plain HTTP/1.0 GET.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::Read;
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else { return String::new() };
+    let _ = write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default()
+}

@@ -414,7 +414,13 @@ impl EventLoop {
                 self.listening.addrs.retain(|addr| *addr != full);
                 self.on_addrs_changed();
             }
-            SwarmEvent::ListenerError { error, .. } => tracing::warn!(%error, "listener error"),
+            SwarmEvent::ListenerError { error, .. } => {
+                // A bogus QUIC handshake ends here: anyone can send them, as fast as they like.
+                self.metrics.refuse("p2p", "listener_error");
+                if self.metrics.log_allowed("listener_error") {
+                    tracing::warn!(%error, "listener error (at most 10 lines a minute)");
+                }
+            }
             SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
                 tracing::debug!(%peer_id, addr = %endpoint.get_remote_address(), "connected");
                 if let Some(dialled) = self.dialled.get_mut(&connection_id) {
@@ -694,7 +700,9 @@ impl EventLoop {
         self.requests.responding.remove(&(protocol, request_id));
         match error {
             InboundFailure::Io(error) if error.kind() == std::io::ErrorKind::InvalidData => {
-                tracing::warn!(%peer, protocol, %error, "refused a malformed request; disconnecting the peer");
+                if self.metrics.log_allowed("malformed_request") {
+                    tracing::warn!(%peer, protocol, %error, "refused a malformed request; disconnecting the peer");
+                }
                 let _ = self.swarm.disconnect_peer_id(peer);
             }
             error => tracing::debug!(%peer, protocol, %error, "inbound request failed"),
@@ -813,7 +821,9 @@ impl EventLoop {
     fn merge_sync(&mut self, from: PeerId, response: SyncResponse) {
         for signed in response.summaries {
             if let Err(error) = self.merge_summary(signed) {
-                tracing::warn!(peer = %from, %error, "refused a summary in sync");
+                if self.metrics.log_allowed("refused_summary") {
+                    tracing::warn!(peer = %from, %error, "refused a summary in sync");
+                }
             }
         }
         for OriginFilter { origin, filter } in response.filters {
@@ -885,7 +895,9 @@ impl EventLoop {
                 Ok(true) => gossipsub::MessageAcceptance::Accept,
                 Ok(false) => gossipsub::MessageAcceptance::Ignore,
                 Err(error) => {
-                    tracing::warn!(peer = %propagation_source, %error, "refused a gossiped summary");
+                    if self.metrics.log_allowed("refused_summary") {
+                        tracing::warn!(peer = %propagation_source, %error, "refused a gossiped summary");
+                    }
                     gossipsub::MessageAcceptance::Reject
                 }
             }
@@ -952,7 +964,9 @@ impl EventLoop {
                 _ => gossipsub::MessageAcceptance::Ignore,
             },
             Err(error) => {
-                tracing::warn!(peer = %source, %error, "refused a gossiped admin command");
+                if self.metrics.log_allowed("refused_command") {
+                    tracing::warn!(peer = %source, %error, "refused a gossiped admin command");
+                }
                 gossipsub::MessageAcceptance::Reject
             }
         }
