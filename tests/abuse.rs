@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use common::{readings, Mesh};
 use futures::StreamExt;
-use hydromesh::p2p::{build_swarm, codec::Codec};
+use hydromesh::p2p::{
+    build_swarm,
+    codec::{Budget, Codec},
+};
 use hydromesh_proto::{ingest, limits, protocols, query};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;
@@ -18,7 +21,7 @@ type Rogue = request_response::Behaviour<Codec<ingest::Request, ingest::Response
 /// A client whose codec lets it send far more than the node accepts.
 fn rogue() -> libp2p::Swarm<Rogue> {
     let behaviour = request_response::Behaviour::with_codec(
-        Codec::new(64 << 20, 64 << 20),
+        Codec::new(64 << 20, 64 << 20, Budget::new(0)),
         [(StreamProtocol::new(protocols::INGEST), ProtocolSupport::Outbound)],
         request_response::Config::default().with_request_timeout(Duration::from_secs(20)),
     );

@@ -71,16 +71,18 @@ impl Behaviour {
         } else {
             None
         };
+        // One budget for the inbound requests of every protocol.
+        let budget = super::codec::Budget::new(super::codec::MAX_INBOUND_BUFFERED);
         let limits = ConnectionLimits::default()
             .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
             .with_max_established_incoming(Some(settings.max_incoming_connections))
             .with_max_established_per_peer(Some(4));
         Ok(Behaviour {
             limits: connection_limits::Behaviour::new(limits),
-            ingest: ingest::behaviour(ProtocolSupport::Full),
-            query: query::behaviour(ProtocolSupport::Full),
-            peer: peer::behaviour(ProtocolSupport::Full),
-            sync: sync::behaviour(ProtocolSupport::Full),
+            ingest: ingest::behaviour(ProtocolSupport::Full, budget.clone()),
+            query: query::behaviour(ProtocolSupport::Full, budget.clone()),
+            peer: peer::behaviour(ProtocolSupport::Full, budget.clone()),
+            sync: sync::behaviour(ProtocolSupport::Full, budget),
             gossipsub: gossipsub(settings.gossip_heartbeat)?,
             identify: identify::Behaviour::new(
                 identify::Config::new(protocols::IDENTIFY.to_owned(), keypair.public())

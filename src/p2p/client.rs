@@ -10,6 +10,7 @@ use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{identity::Keypair, Multiaddr, PeerId, Swarm};
 
+use super::codec::Budget;
 use super::{build_swarm, ingest as ingest_protocol, query as query_protocol, SwarmKey, TransportError};
 use crate::clock::sleep_until;
 
@@ -66,8 +67,9 @@ impl Client {
         swarm_key: Option<SwarmKey>,
     ) -> Result<Self, ClientError> {
         let behaviour = ClientBehaviour {
-            ingest: ingest_protocol::behaviour(ProtocolSupport::Outbound),
-            query: query_protocol::behaviour(ProtocolSupport::Outbound),
+            // A client only asks: it reads no requests, so its budget is never used.
+            ingest: ingest_protocol::behaviour(ProtocolSupport::Outbound, Budget::new(0)),
+            query: query_protocol::behaviour(ProtocolSupport::Outbound, Budget::new(0)),
         };
         let mut swarm =
             build_swarm(Keypair::generate_ed25519(), Duration::from_secs(60), behaviour, swarm_key)?;

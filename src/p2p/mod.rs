@@ -28,9 +28,10 @@ macro_rules! request_response_protocol {
             /// The behaviour speaking this protocol.
             pub type Behaviour = request_response::Behaviour<codec::Codec<$request, $response>>;
 
-            /// A behaviour that answers (`Full`) or only asks (`Outbound`).
-            pub fn behaviour(support: ProtocolSupport) -> Behaviour {
-                let codec = codec::Codec::new($request_limit, $response_limit);
+            /// A behaviour that answers (`Full`) or only asks (`Outbound`), reading inbound
+            /// requests within `budget`.
+            pub fn behaviour(support: ProtocolSupport, budget: codec::Budget) -> Behaviour {
+                let codec = codec::Codec::new($request_limit, $response_limit, budget);
                 let config = request_response::Config::default()
                     .with_request_timeout($timeout)
                     .with_max_concurrent_streams(64);
@@ -64,7 +65,8 @@ request_response_protocol!(
     limits::MAX_REQUEST_BYTES, limits::MAX_RESPONSE_BYTES, Duration::from_secs(10)
 );
 request_response_protocol!(
-    /// `/hydromesh/sync/1`: anti-entropy, whole summary maps both ways.
+    /// `/hydromesh/sync/1`: anti-entropy, whole summary maps both ways (a digest names every
+    /// admin command in force, so it may be large too).
     sync, protocols::SYNC, summary_wire::SyncRequest, summary_wire::SyncResponse,
     limits::MAX_SYNC_BYTES, limits::MAX_SYNC_BYTES, Duration::from_secs(10)
 );
