@@ -26,6 +26,9 @@
 #   http_top        GET /api/v1/top latency at 1,000 requests/s (bench/src/bin/http_latency.rs)
 #   idle_connections  10,000 TCP connections to a node's libp2p port that send nothing, then
 #                   `hydromesh query stats` processes: their wall time, and the node's memory
+#   stalled_streams 4 peers x 64 sync streams, each sending just under the 16 MiB limit and
+#                   stalling: the node's peak memory, and a query's time after
+#                   (bench/src/bin/stall_bench.rs)
 #   partition_heal  4 nodes in network namespaces: a partition, a restart while cut off, the heal
 #                   (scripts/partition.sh, ~2 minutes, root; SKIP_SCALE=1 skips it with the next)
 #   scale_*, mesh_sim_*   100 real nodes, then 20 and 100 in one process: traffic, CPU,
@@ -403,6 +406,31 @@ PY
     stop_pid "${PIDS[-1]}"
 }
 
+# 4 peers open 64 sync streams each, send just under the 16 MiB request limit on each and stall
+# (4 GiB attempted) for 8 s: the node's peak resident memory meanwhile (sampled every 0.2 s),
+# then how long a query takes.
+bench_stalled_streams() {
+    local name=stall-node addr pid driver out peak=0 rss start
+    log "abuse: stalled sync streams..."
+    start_node "$name"
+    pid="${PIDS[-1]}"
+    addr="$(bench_addr "$name")"
+    "$DRIVERS/stall_bench" "$addr" 4 64 8 >"$RUN_DIR/stall.json" &
+    driver=$!
+    while is_alive "$driver"; do
+        rss="$(awk '/^VmRSS:/ { print $2 * 1024 }' "/proc/$pid/status")"
+        ((rss > peak)) && peak="$rss"
+        sleep 0.2
+    done
+    wait "$driver" || die "stall_bench failed"
+    out="$(cat "$RUN_DIR/stall.json")"
+    start="$(now_ns)"
+    "$BIN" query --peer "$addr" --timeout 5s --json stats >/dev/null || die "the node did not answer after the stalled streams"
+    emit "$(printf '%s,"node_peak_rss_bytes":%s,"query_after_ms":%s}' "${out%\}}" "$peak" \
+        "$(awk -v ns=$(($(now_ns) - start)) 'BEGIN { printf "%.1f", ns / 1e6 }')")"
+    stop_pid "$pid"
+}
+
 # Whether PARTS names this part.
 wanted() { [[ " $PARTS " == *" $1 "* ]]; }
 
@@ -434,6 +462,7 @@ main() {
     fi
     if wanted abuse; then
         bench_idle_connections
+        bench_stalled_streams
     fi
     if wanted mesh && [[ "${SKIP_SCALE:-0}" != 1 ]]; then
         # Their own nodes, namespaces and run folders; their lines join these.
