@@ -90,6 +90,9 @@ async fn oversized_and_overlong_requests_are_refused_and_the_node_keeps_serving(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_tcp_connections_do_not_keep_clients_out() {
     use hydromesh::p2p::client::Client;
+    // Both ends of 1,000 connections live in this process: as a node does, it takes the open
+    // files its hard limit allows.
+    hydromesh::cli::node::raise_open_files_limit();
     let mesh = Mesh::chain(1).await;
     let addr = mesh.nodes[0].addr.clone();
     let port = addr

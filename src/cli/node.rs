@@ -174,7 +174,7 @@ impl Args {
 /// Raises the soft limit on open files to the hard one: a node holds a socket for every
 /// connection (HTTP, MQTT and libp2p clients, peers, connections still negotiating), and a
 /// service manager's usual soft limit (1,024) is below the node's own bounds.
-fn raise_open_files_limit() {
+pub fn raise_open_files_limit() {
     use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
     let limit = getrlimit(Resource::Nofile);
     if limit.current == limit.maximum {
