@@ -97,6 +97,12 @@ stop_pid() {
     PIDS=("${kept[@]}")
 }
 
+# Resident memory of process PID, bytes.
+rss_bytes() { awk '/^VmRSS:/ { print $2 * 1024 }' "/proc/$1/status"; }
+
+# Milliseconds since START (from now_ns), one decimal.
+ms_since() { awk -v ns=$(($(now_ns) - $1)) 'BEGIN { printf "%.1f", ns / 1e6 }'; }
+
 # Starts a fog node NAME with its data, log and pid under the run folder; extra args follow.
 start_node() {
     local name="$1"
@@ -233,7 +239,7 @@ bench_restart() {
     addr="$(bench_addr "$name")"
     out="$("$BIN" ingest --peer "$addr" --timeout 60s --json "$csv")" || die "ingest failed: $out"
     emit "$(printf '{"bench":"store_loaded","meters":%s,"readings":%s,"rss_bytes":%s}' \
-        "$meters" "$(json_number accepted "$out")" "$(awk '/^VmRSS:/ { print $2 * 1024 }' "/proc/$pid/status")")"
+        "$meters" "$(json_number accepted "$out")" "$(rss_bytes "$pid")")"
     kill -KILL "$pid"
     stop_pid "$pid"
     time_start "$name" "$meters" crashed
@@ -255,7 +261,7 @@ time_start() {
         sleep 0.05
     done
     end="$(now_ns)"
-    rss="$(awk '/^VmRSS:/ { print $2 * 1024 }' "/proc/$pid/status")"
+    rss="$(rss_bytes "$pid")"
     emit "$(printf '{"bench":"store_restart","meters":%s,"state":"%s","start_to_answer_s":%s,"rss_bytes":%s}' \
         "$meters" "$how" "$(awk -v ns=$((end - start)) 'BEGIN { printf "%.3f", ns / 1e9 }')" "$rss")"
 }
@@ -396,9 +402,9 @@ PY
     for ((i = 0; i < 20; i++)); do
         start="$(now_ns)"
         "$BIN" query --peer "$addr" --timeout 5s --json stats >/dev/null || die "query $i failed with 10,000 silent connections"
-        times+=("$(awk -v ns=$(($(now_ns) - start)) 'BEGIN { printf "%.1f", ns / 1e6 }')")
+        times+=("$(ms_since "$start")")
     done
-    rss="$(awk '/^VmRSS:/ { print $2 * 1024 }' "/proc/${PIDS[-1]}/status")"
+    rss="$(rss_bytes "${PIDS[-1]}")"
     kill "$holder" 2>/dev/null || true
     wait "$holder" 2>/dev/null || true
     emit "$(printf '{"bench":"idle_connections","connections":10000,"queries":20,%s,"rss_bytes":%s}' \
@@ -418,7 +424,7 @@ bench_stalled_streams() {
     "$DRIVERS/stall_bench" "$addr" 4 64 8 >"$RUN_DIR/stall.json" &
     driver=$!
     while is_alive "$driver"; do
-        rss="$(awk '/^VmRSS:/ { print $2 * 1024 }' "/proc/$pid/status")"
+        rss="$(rss_bytes "$pid")"
         ((rss > peak)) && peak="$rss"
         sleep 0.2
     done
@@ -427,7 +433,7 @@ bench_stalled_streams() {
     start="$(now_ns)"
     "$BIN" query --peer "$addr" --timeout 5s --json stats >/dev/null || die "the node did not answer after the stalled streams"
     emit "$(printf '%s,"node_peak_rss_bytes":%s,"query_after_ms":%s}' "${out%\}}" "$peak" \
-        "$(awk -v ns=$(($(now_ns) - start)) 'BEGIN { printf "%.1f", ns / 1e6 }')")"
+        "$(ms_since "$start")")"
     stop_pid "$pid"
 }
 

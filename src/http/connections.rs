@@ -15,11 +15,12 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -103,7 +104,7 @@ impl axum::serve::Listener for Bounded {
 /// The open connections, as eviction sees them.
 #[derive(Default)]
 struct Open {
-    slots: Mutex<HashMap<u64, Arc<Mutex<Slot>>>>,
+    slots: Mutex<HashMap<u64, Arc<Slot>>>,
     next: AtomicU64,
 }
 
@@ -116,33 +117,35 @@ impl Open {
         let (victim, waited) = slots
             .values()
             .filter_map(|slot| {
-                let waited = lock(slot).waiting(now)?;
+                let waited = lock(&slot.state).waiting(now)?;
                 (waited >= EVICT_AFTER).then_some((slot, waited))
             })
             .max_by_key(|(_, waited)| *waited)?;
-        let mut victim = lock(victim);
-        victim.evicted = true;
-        if let Some(waker) = victim.waker.take() {
-            waker.wake();
-        }
+        victim.evicted.store(true, Ordering::Relaxed);
+        victim.waker.wake();
         Some(waited)
     }
 }
 
-/// One connection's state, as eviction sees it.
+/// One connection, as eviction sees it.
 struct Slot {
+    state: Mutex<State>,
+    /// Closed to make room: its next read fails.
+    evicted: AtomicBool,
+    /// Its task, woken when it is evicted.
+    waker: AtomicWaker,
+}
+
+/// What a connection is doing.
+struct State {
     /// Whether the last thing it did was to write an answer (else it is waiting for a request:
     /// just accepted, or request bytes arriving).
     answered: bool,
     /// Since when it is in that state (for an answered one: its last write).
     since: Instant,
-    /// Closed to make room: its next read fails.
-    evicted: bool,
-    /// Its task, woken when it is evicted.
-    waker: Option<Waker>,
 }
 
-impl Slot {
+impl State {
     /// How long it has been waiting for a request, if it is.
     fn waiting(&self, now: Instant) -> Option<Duration> {
         let quiet = now.saturating_duration_since(self.since);
@@ -156,7 +159,7 @@ impl Slot {
 /// An accepted connection (see the module's bounds); frees its slot when dropped.
 pub struct Connection {
     stream: TcpStream,
-    slot: Arc<Mutex<Slot>>,
+    slot: Arc<Slot>,
     /// When it is closed: the request deadline while waiting for one, the idle timeout after
     /// an answer.
     deadline: Pin<Box<tokio::time::Sleep>>,
@@ -168,7 +171,11 @@ pub struct Connection {
 impl Connection {
     fn new(stream: TcpStream, permit: OwnedSemaphorePermit, open: &Arc<Open>) -> Self {
         let now = Instant::now();
-        let slot = Arc::new(Mutex::new(Slot { answered: false, since: now, evicted: false, waker: None }));
+        let slot = Arc::new(Slot {
+            state: Mutex::new(State { answered: false, since: now }),
+            evicted: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
+        });
         let id = open.next.fetch_add(1, Ordering::Relaxed);
         lock(&open.slots).insert(id, slot.clone());
         let deadline = Box::pin(tokio::time::sleep_until(now + REQUEST_DEADLINE));
@@ -178,7 +185,7 @@ impl Connection {
     /// Bytes read: the first after an answer start a request, which has until the deadline to
     /// arrive whole.
     fn on_read(&mut self) {
-        let mut slot = lock(&self.slot);
+        let mut slot = lock(&self.slot.state);
         if slot.answered {
             let now = Instant::now();
             (slot.answered, slot.since) = (false, now);
@@ -196,7 +203,7 @@ impl Connection {
         match written {
             Poll::Ready(Ok(written)) => {
                 let now = Instant::now();
-                let mut slot = lock(&self.slot);
+                let mut slot = lock(&self.slot.state);
                 (slot.answered, slot.since) = (true, now);
                 self.deadline.as_mut().reset(now + IDLE_TIMEOUT);
                 Poll::Ready(Ok(written))
@@ -218,7 +225,7 @@ impl Drop for Connection {
 impl AsyncRead for Connection {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if lock(&this.slot).evicted {
+        if this.slot.evicted.load(Ordering::Relaxed) {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::ConnectionAborted,
                 "closed to make room: every connection slot was taken",
@@ -233,14 +240,18 @@ impl AsyncRead for Connection {
                 Poll::Ready(result)
             }
             Poll::Pending if this.deadline.as_mut().poll(cx).is_ready() => {
-                let why = match lock(&this.slot).answered {
+                let why = match lock(&this.slot.state).answered {
                     true => "idle HTTP connection",
                     false => "HTTP request not received in time",
                 };
                 Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, why)))
             }
             Poll::Pending => {
-                lock(&this.slot).waker = Some(cx.waker().clone());
+                this.slot.waker.register(cx.waker());
+                // Evicted between the check above and the registration: not to be missed.
+                if this.slot.evicted.load(Ordering::Relaxed) {
+                    cx.waker().wake_by_ref();
+                }
                 Poll::Pending
             }
         }

@@ -33,7 +33,7 @@ const MIN_FILTER_METERS: usize = 1024;
 const CHECKPOINT_FILE: &str = "local-state";
 /// Meters below which no checkpoint is saved: rebuilding their state from the readings takes
 /// a fraction of a second, and the file (about 70 bytes a meter) would only take disk space.
-pub const CHECKPOINT_MIN_METERS: usize = 50_000;
+const CHECKPOINT_MIN_METERS: usize = 50_000;
 /// The first bytes of a checkpoint: its format, which changes with the layout of what it holds.
 const CHECKPOINT_MAGIC: &[u8] = b"hydromesh local state 4\n";
 /// Largest part of a checkpoint decoded at once (a damaged length never allocates past it).
@@ -223,7 +223,7 @@ impl LocalMeters {
     /// Saves the state for a quick next start, in a file of the store's folder, written meter
     /// by meter (never held whole in memory): at a clean stop, and now and then while running
     /// so that a start after a crash rebuilds only the meters changed since. Nothing is saved
-    /// for fewer than [`CHECKPOINT_MIN_METERS`] meters (they rebuild in a fraction of a second).
+    /// for fewer than `CHECKPOINT_MIN_METERS` meters (they rebuild in a fraction of a second).
     pub fn save_checkpoint(&mut self, store: &Store) -> std::io::Result<()> {
         self.save_checkpoint_from(store, CHECKPOINT_MIN_METERS)
     }

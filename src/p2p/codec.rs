@@ -90,18 +90,18 @@ where
 {
     let mut bytes = Vec::new();
     let mut held = budget.map(|budget| Held { budget, bytes: 0 });
-    let mut chunk = vec![0; READ_CHUNK];
     // One byte more than the limit tells an oversized message from one exactly at the limit.
     let mut io = io.take(limit as u64 + 1);
     loop {
-        let read = io.read(&mut chunk).await?;
+        let before = bytes.len();
+        (&mut io).take(READ_CHUNK as u64).read_to_end(&mut bytes).await?;
+        let read = bytes.len() - before;
         if read == 0 {
             break;
         }
         if let Some(held) = &mut held {
             held.take(read)?;
         }
-        bytes.extend_from_slice(&chunk[..read]);
     }
     hydromesh_proto::decode(&bytes, limit).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }

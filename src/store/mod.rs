@@ -503,7 +503,8 @@ impl Store {
     }
 
     /// Every meter's span, in meter order.
-    pub fn spans(&self) -> Vec<MeterSpan> {
+    #[cfg(test)]
+    fn spans(&self) -> Vec<MeterSpan> {
         lock(&self.meters).iter().map(|(&meter, indexed)| indexed.span(meter)).collect()
     }
 
@@ -1443,10 +1444,10 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn widen_span(meters: &mut Spans, reading: &Reading) {
     let (meter, point) = (reading.meter, domain::point(reading));
     let new = MeterSpan { meter, first: point, last: point };
-    let held = meters.get(&meter);
-    let span = held.map_or(new, |indexed| domain::join_spans(indexed.span(meter), new));
-    let open = held.and_then(|indexed| indexed.open);
-    meters.insert(meter, Indexed { first: span.first, last: span.last, changed: UNFOLDED, open });
+    let indexed =
+        meters.entry(meter).or_insert(Indexed { first: point, last: point, changed: UNFOLDED, open: None });
+    let span = domain::join_spans(indexed.span(meter), new);
+    (indexed.first, indexed.last, indexed.changed) = (span.first, span.last, UNFOLDED);
 }
 
 /// Directory key of a chunk: `c` ‖ meter ‖ first ts (u64 BE each), so that one meter's chunks
