@@ -307,6 +307,12 @@ impl MeterFilter {
         self.bits.len() * 64 / Self::BITS_PER_METER
     }
 
+    /// Whether it is as large as a filter may be (a larger one would not be valid): more meters
+    /// only raise its false positives.
+    pub fn is_largest(&self) -> bool {
+        self.bits.len() >= Self::MAX_WORDS
+    }
+
     /// Adds a meter.
     pub fn insert(&mut self, meter: MeterId) {
         for bit in self.positions(meter) {

@@ -436,10 +436,13 @@ impl LocalMeters {
         Ok(())
     }
 
-    /// A meter new to the store (its consumption is counted by `on_span`, from zero).
+    /// A meter new to the store (its consumption is counted by `on_span`, from zero). The
+    /// filter is rebuilt twice as large when outgrown, up to the largest a filter may be; past
+    /// that, meters go into it as they come (rebuilding it would gain nothing, for every meter).
     fn add_meter(&mut self, meter: MeterId) {
         let count = self.meters.len() + 1;
-        if count > self.snapshot.filter.capacity() {
+        let filter = &self.snapshot.filter;
+        if count > filter.capacity() && !filter.is_largest() {
             let meters: Vec<MeterId> = self.meters.keys().copied().chain([meter]).collect();
             self.rebuild_filter(meters.into_iter(), count);
         } else {
@@ -721,6 +724,29 @@ mod tests {
         let reloaded = LocalMeters::load(&store, settings).expect("reload").snapshot();
         assert_eq!((reloaded.meter_count, reloaded.total_consumption_l), (3, 170));
         assert_eq!(reloaded.top, snapshot.top);
+    }
+
+    /// Past the largest filter a summary may carry, a new meter goes into the filter as it is:
+    /// rebuilding it (from every meter, for every new meter) would gain nothing.
+    #[test]
+    fn a_node_past_the_largest_filter_adds_meters_without_rebuilding_it() {
+        let (_dir, store) = store();
+        let mut local =
+            LocalMeters::load(&store, Settings { burst_flow_lph: 1_000_000, top_k: 2 }).expect("load");
+        // As if the node held as many meters as the largest filter does.
+        local.snapshot.filter = Arc::new(MeterFilter::with_capacity(100_000_000));
+        assert!(local.snapshot.filter.is_largest());
+        let next = local.snapshot.filter.capacity() as u64;
+        for meter in 1_000_000_000..1_000_000_000 + next {
+            local
+                .meters
+                .insert(meter, MeterState { tracker: Tracker::default(), period: None, current: (0, false) });
+        }
+        let filter = Arc::as_ptr(&local.snapshot.filter);
+        ingest(&store, &mut local, &[reading(next, T0, 1)]);
+        assert_eq!(Arc::as_ptr(&local.snapshot.filter), filter, "the filter was rebuilt");
+        assert_eq!(local.snapshot.meter_count, next + 1);
+        assert!(local.snapshot.filter.may_contain(next));
     }
 
     /// A clean stop saves the state; the next start reads it instead of replaying readings and
