@@ -575,6 +575,16 @@ async fn readings_in_mixed_good_and_bad_and_bounded() {
     let reply = send(addr, "POST", "/api/v1/readings", &[], &oversized).await;
     assert_eq!(reply.status, 413, "{}", reply.text());
     assert!(reply.error().contains("larger than 2097152 bytes"), "{}", reply.error());
+    // A body announced over the limit is refused at once, none of it sent (not at the request
+    // deadline).
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let head =
+        format!("POST /api/v1/readings HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 1000000000000\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.expect("head");
+    let reply = tokio::time::timeout(hydromesh::http::REQUEST_DEADLINE / 2, read_one(&mut stream))
+        .await
+        .expect("answered before the request deadline");
+    assert_eq!(reply.status, 413, "{}", reply.text());
 
     // Nothing a client sends makes the server fail: odd paths, methods, headers and bodies.
     let odd: [(&str, &str, &[u8]); 8] = [
@@ -984,4 +994,77 @@ async fn a_request_sent_a_byte_at_a_time_is_closed_at_the_deadline() {
         closed_after >= REQUEST_DEADLINE && closed_after < REQUEST_DEADLINE + Duration::from_secs(3),
         "closed after {closed_after:?}"
     );
+}
+
+/// Reads one answer (with a `Content-Length`) from a connection that stays open.
+async fn read_one(stream: &mut TcpStream) -> Reply {
+    let mut raw = Vec::new();
+    loop {
+        let mut buf = [0u8; 4096];
+        let n = stream.read(&mut buf).await.expect("read");
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&raw));
+        raw.extend_from_slice(&buf[..n]);
+        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let length: usize =
+                parse(&raw).header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+            if raw.len() >= end + 4 + length {
+                return parse(&raw[..end + 4 + length]);
+            }
+        }
+    }
+}
+
+/// Overload: busy is decided before a body is read. With room for one batch in the writer's
+/// queue, two clients send a batch's head and hold its body back: one takes the place, the
+/// other is answered 503 (with `Retry-After`) at once, its body still unsent. It then sends the
+/// body, which is read away, and its connection still serves; the first batch, completed, is
+/// stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_is_answered_before_the_body_is_read() {
+    let mut mesh = Mesh::new();
+    let mut config = http_config(&mesh, "n0", vec![]);
+    config.ingest_queue_batches = 1;
+    mesh.start(config).await;
+    let addr = http_addr(&mesh, 0);
+    let ts = now_ms() - 60_000;
+    let body =
+        |meter: u64| serde_json::to_vec(&json!([{"meter": meter, "ts": ts, "litres": 10}])).expect("json");
+    let head = |length: usize| {
+        format!("POST /api/v1/readings HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n")
+    };
+    let mut clients = Vec::new();
+    for meter in [4242, 4243] {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream.write_all(head(body(meter).len()).as_bytes()).await.expect("head");
+        clients.push((meter, stream));
+    }
+    let (mut a, mut b) = (clients.remove(0), clients.remove(0));
+    let answered = tokio::time::timeout(ANSWER, async {
+        tokio::select! {
+            reply = read_one(&mut a.1) => (reply, true),
+            reply = read_one(&mut b.1) => (reply, false),
+        }
+    })
+    .await
+    .expect("one of the two answered before sending its body");
+    let (reply, (mut refused, mut holder)) = match answered {
+        (reply, true) => (reply, (a, b)),
+        (reply, false) => (reply, (b, a)),
+    };
+    assert_eq!(reply.status, 503, "{}", reply.text());
+    assert!(reply.header("retry-after").is_some(), "{:?}", reply.headers);
+    // The refused body follows; the connection then serves the next request.
+    refused.1.write_all(&body(refused.0)).await.expect("refused body");
+    refused
+        .1
+        .write_all(format!("GET /api/v1/stats HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .expect("next");
+    let next = tokio::time::timeout(ANSWER, read_one(&mut refused.1)).await.expect("the next answer");
+    assert_eq!(next.status, 200, "{}", next.text());
+    holder.1.write_all(&body(holder.0)).await.expect("held body");
+    let stored = tokio::time::timeout(ANSWER, read_one(&mut holder.1)).await.expect("the batch's answer");
+    assert_eq!(stored.status, 200, "{}", stored.text());
+    assert_eq!(stored.json()["accepted"], json!(1), "{}", stored.text());
+    assert_eq!(get(addr, &format!("/api/v1/meters/{}", holder.0)).await.status, 200);
 }

@@ -3,9 +3,10 @@
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::{header, StatusCode};
 use axum::Json;
+use futures::StreamExt;
 use hydromesh_proto::ingest;
 use hydromesh_proto::limits::{MAX_BATCH_READINGS, MAX_TOP_N};
 use hydromesh_proto::query::{self, MeterAnswer};
@@ -288,13 +289,26 @@ impl<'de> Deserialize<'de> for Item {
 
 /// `POST /api/v1/readings`: a JSON array of readings, each checked like a line of
 /// `hydromesh ingest` (the bad ones are rejected by index, the good ones stored).
+///
+/// Busy is decided before the body is read: the request first takes a place in the node's
+/// ingest queue (waiting briefly for one), and a queue that stays full answers 503 at the cost
+/// of that check and of the body's bytes (discarded as they arrive, never parsed), so that
+/// refusing work under overload leaves the node's time to the work it accepted.
 pub(super) async fn ingest(
     State(state): State<AppState>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
-    bytes: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> ApiResult {
     Params::new(query, &[])?;
-    let bytes = body(&state, bytes)?;
+    let slot = match state.context.node.reserve_ingest().await {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            // Answered at once; the body is read away behind the answer.
+            tokio::spawn(discard_body(request));
+            return Err(ingest_refused(refusal));
+        }
+    };
+    let bytes = body(&state, Bytes::from_request(request, &state).await)?;
     let items: Vec<Item> = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("the body is not a JSON array of readings: {e}")))?;
     if items.len() > MAX_BATCH_READINGS {
@@ -316,19 +330,46 @@ pub(super) async fn ingest(
         }
     }
     if !readings.is_empty() {
-        match state.context.node.ingest(readings).await {
-            ingest::Response::Busy { .. } => return Err(ApiError::busy()),
-            ingest::Response::Refused { reason } => {
-                return Err(ApiError::internal(format!("the node refused the batch: {reason}")));
-            }
-            ingest::Response::Unavailable { reason } => {
-                return Err(ApiError::new(
-                    StatusCode::INSUFFICIENT_STORAGE,
-                    format!("the node could not store the readings ({reason}); none was stored: send them again later"),
-                ));
-            }
-            done => report.record(&indices, done),
+        match slot.ingest(readings).await {
+            done @ ingest::Response::Done { .. } => report.record(&indices, done),
+            refusal => return Err(ingest_refused(refusal)),
         }
     }
     Ok(Json(report.json("index")))
+}
+
+/// The error answer to a batch the node did not store.
+fn ingest_refused(refusal: ingest::Response) -> ApiError {
+    match refusal {
+        ingest::Response::Busy { .. } => ApiError::busy(),
+        ingest::Response::Unavailable { reason } => ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            format!(
+                "the node could not store the readings ({reason}); none was stored: send them again later"
+            ),
+        ),
+        ingest::Response::Refused { reason } => {
+            ApiError::internal(format!("the node refused the batch: {reason}"))
+        }
+        ingest::Response::Done { .. } => ApiError::internal("the node stored the batch".to_owned()),
+    }
+}
+
+/// Reads a refused request's body to its end without keeping any of it (at most
+/// [`super::MAX_BODY_BYTES`]; past that, or at the connection's request deadline, the
+/// connection is closed), so that the client, which may still be sending it, reads its answer
+/// and keeps its connection. A client waiting for `100 Continue` before it sends the body is
+/// not asked for it.
+async fn discard_body(request: Request) {
+    if request.headers().contains_key(header::EXPECT) {
+        return;
+    }
+    let mut body = request.into_body().into_data_stream();
+    let mut read = 0;
+    while let Some(Ok(chunk)) = body.next().await {
+        read += chunk.len();
+        if read > super::MAX_BODY_BYTES {
+            return;
+        }
+    }
 }

@@ -157,7 +157,27 @@ fn build(context: HttpContext, cancel: CancellationToken) -> Router {
         // Bodies are read whole into memory: bound them (413 beyond).
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(state.clone(), count_bad_requests))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), refuse_oversized))
         .with_state(state)
+}
+
+/// Answers 413 at once to a request that announces a body over [`MAX_BODY_BYTES`], without
+/// waiting for any of it (the body extractors would, up to the request deadline).
+async fn refuse_oversized(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let announced = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+    if announced.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+        state.context.metrics.refuse("http", "oversized");
+        let message = format!("request body larger than {MAX_BODY_BYTES} bytes");
+        return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, message).into_response();
+    }
+    next.run(request).await
 }
 
 /// Counts every 400 answer (a bad parameter or body) in the metrics, in one place whatever the

@@ -13,6 +13,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use hydromesh_proto::ingest::{MeterCommand, Outcome};
+use hydromesh_proto::limits::MAX_BATCH_READINGS;
 use hydromesh_proto::Reading;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
@@ -55,9 +56,13 @@ pub enum IngestError {
     /// The writer's queue is full.
     #[error("busy")]
     Busy,
+    /// More readings than a batch may hold.
+    #[error("{0} readings in one batch (at most {MAX_BATCH_READINGS})")]
+    TooLarge(usize),
 }
 
 /// Work for the writer thread.
+#[derive(Debug)]
 enum Job {
     /// Store a batch and acknowledge it with its outcomes and the valve commands of its meters.
     Ingest { readings: Vec<Reading>, reply: oneshot::Sender<Result<Ack, IngestError>> },
@@ -110,12 +115,12 @@ impl Pipeline {
         &self,
         readings: Vec<Reading>,
     ) -> Result<oneshot::Receiver<Result<Ack, IngestError>>, IngestError> {
-        let (reply, ack) = oneshot::channel();
-        match self.jobs.try_send(Job::Ingest { readings, reply }) {
-            Ok(()) => Ok(ack),
-            Err(mpsc::error::TrySendError::Full(_)) => Err(IngestError::Busy),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(IngestError::Stopped),
-        }
+        reserve(self.jobs.clone())?.submit(readings)
+    }
+
+    /// Takes places in the queue for clients that decide to read a batch only once it has one.
+    pub fn admission(&self) -> Admission {
+        Admission(self.jobs.downgrade())
     }
 
     /// Asks for every meter to be judged again (if the queue is full, the writer sees changed
@@ -133,6 +138,53 @@ impl Pipeline {
             Ok(Ok(local)) => Ok(local),
             _ => Err(IngestError::Stopped),
         }
+    }
+}
+
+/// Takes places in the writer's queue; it does not keep the writer running (a place taken
+/// after the writer stopped is refused as [`IngestError::Stopped`]).
+#[derive(Clone, Debug)]
+pub struct Admission(mpsc::WeakSender<Job>);
+
+impl Admission {
+    /// A place for one batch, waiting at most `patience` for one to free up (places are given
+    /// in the order they were asked for), else [`IngestError::Busy`].
+    pub async fn reserve(&self, patience: Duration) -> Result<Slot, IngestError> {
+        let jobs = self.0.upgrade().ok_or(IngestError::Stopped)?;
+        match tokio::time::timeout(patience, jobs.reserve_owned()).await {
+            Ok(Ok(permit)) => Ok(Slot(permit)),
+            Ok(Err(_)) => Err(IngestError::Stopped),
+            Err(_) => Err(IngestError::Busy),
+        }
+    }
+}
+
+fn reserve(jobs: mpsc::Sender<Job>) -> Result<Slot, IngestError> {
+    jobs.try_reserve_owned().map(Slot).map_err(|error| match error {
+        mpsc::error::TrySendError::Full(_) => IngestError::Busy,
+        mpsc::error::TrySendError::Closed(_) => IngestError::Stopped,
+    })
+}
+
+/// A place in the writer's queue for one batch, taken before the batch is read or parsed:
+/// work the node cannot queue is refused at the cost of this check, and a batch read is
+/// never refused for want of room. Dropped unused, the place is given back.
+#[derive(Debug)]
+pub struct Slot(mpsc::OwnedPermit<Job>);
+
+impl Slot {
+    /// Queues the batch in this place; the receiver gets its acknowledgement once it is
+    /// durable.
+    pub fn submit(
+        self,
+        readings: Vec<Reading>,
+    ) -> Result<oneshot::Receiver<Result<Ack, IngestError>>, IngestError> {
+        if readings.len() > MAX_BATCH_READINGS {
+            return Err(IngestError::TooLarge(readings.len()));
+        }
+        let (reply, ack) = oneshot::channel();
+        self.0.send(Job::Ingest { readings, reply });
+        Ok(ack)
     }
 }
 

@@ -36,7 +36,7 @@ use super::{NodeError, SHUTDOWN_GRACE};
 use crate::clock::{now_ms, sleep_until};
 use crate::config::Config;
 use crate::domain::rules::RationingInputs;
-use crate::ingest::{IngestError, LocalSnapshot, Pipeline};
+use crate::ingest::{LocalSnapshot, Pipeline};
 use crate::mesh::{self, control, summary, Applied, Expanded, Liveness, Merged, Mesh};
 use crate::metrics::{FormLabels, Metrics, OriginLabels, SyncLabels};
 use crate::p2p::behaviour::{control_topic, summary_topic, Behaviour, BehaviourEvent};
@@ -46,8 +46,6 @@ use crate::store::Store;
 pub(crate) enum Command {
     /// A question from a client in this process.
     Query { request: query::Request, reply: oneshot::Sender<query::Response> },
-    /// Readings from a client in this process.
-    Ingest { readings: Vec<Reading>, reply: oneshot::Sender<ingest::Response> },
     /// Ask a peer about its own meters.
     Ask(Ask),
     /// Apply a verified admin command (after its meter was found) and answer with the outcome.
@@ -661,32 +659,15 @@ impl EventLoop {
     }
 
     fn on_ingest(&mut self, readings: Vec<Reading>, reply: Reply<ingest::Response>) {
-        let count = readings.len();
-        let refused = |reason: String| ingest::Response::Refused { reason };
         if self.closing {
-            return self.respond(reply, refused("node is shutting down".into()));
-        }
-        if count > limits::MAX_BATCH_READINGS {
-            let reason = format!("{count} readings in one batch (at most {})", limits::MAX_BATCH_READINGS);
-            return self.respond(reply, refused(reason));
+            let refused = ingest::Response::Refused { reason: "node is shutting down".into() };
+            return self.respond(reply, refused);
         }
         // No check of pending questions here: long polls must not starve ingest. The writer's
         // bounded queue is what refuses batches (busy) under load.
-        let (started, metrics) = (Instant::now(), self.metrics.clone());
-        match self.pipeline.submit(readings) {
-            Ok(ack) => self.requests.pending.push(
-                async move {
-                    let response = match ack.await.unwrap_or(Err(IngestError::Stopped)) {
-                        Ok(ack) => ingest::Response::Done { outcomes: ack.outcomes, commands: ack.commands },
-                        Err(error) => ingest_refusal(error),
-                    };
-                    Metrics::observe(&metrics.ingest_batch_seconds, started.elapsed());
-                    Finished::Ingest(reply, response)
-                }
-                .boxed(),
-            ),
-            Err(error) => self.respond(reply, ingest_refusal(error)),
-        }
+        let queued = self.pipeline.submit(readings);
+        let answer = super::acknowledged(queued, self.metrics.clone());
+        self.requests.pending.push(async move { Finished::Ingest(reply, answer.await) }.boxed());
     }
 
     /// A peer that sent a request we could not decode is misbehaving: disconnect it.
@@ -720,7 +701,6 @@ impl EventLoop {
     fn on_command(&mut self, command: Command) {
         match command {
             Command::Query { request, reply } => self.on_query(request, Reply::Local(reply)),
-            Command::Ingest { readings, reply } => self.on_ingest(readings, Reply::Local(reply)),
             Command::Ask(ask) => {
                 let behaviour = self.swarm.behaviour_mut();
                 let id = behaviour.peer.send_request_with_addresses(&ask.peer, ask.request, ask.addrs);
@@ -1197,15 +1177,6 @@ impl Respond for peer::Response {
     const PROTOCOL: &'static str = "peer";
     fn send(swarm: &mut Swarm<Behaviour>, channel: ResponseChannel<Self>, response: Self) -> bool {
         swarm.behaviour_mut().peer.send_response(channel, response).is_ok()
-    }
-}
-
-/// What a client is told when its batch was not stored.
-fn ingest_refusal(error: IngestError) -> ingest::Response {
-    match error {
-        IngestError::Busy => ingest::Response::Busy { retry_after_ms: 100 },
-        IngestError::Storage(error) => ingest::Response::Unavailable { reason: error.to_string() },
-        error => ingest::Response::Refused { reason: error.to_string() },
     }
 }
 

@@ -150,7 +150,12 @@ impl Node {
         let swarm = p2p::build_swarm(keypair.clone(), config.idle_connection_timeout, behaviour, swarm_key)?;
         let (addrs_tx, addrs) = watch::channel(Vec::new());
         let commands = mpsc::channel(config.max_pending_requests);
-        let client = NodeClient { commands: commands.0.clone(), snapshot };
+        let client = NodeClient {
+            commands: commands.0.clone(),
+            snapshot,
+            admission: pipeline.admission(),
+            metrics: metrics.clone(),
+        };
         let cancel = CancellationToken::new();
         let event_loop = event_loop::EventLoop::new(event_loop::Parts {
             config,
@@ -269,6 +274,27 @@ fn restore_mesh(peer_id: PeerId, config: &Config, store: &Store) -> Result<Mesh,
 pub struct NodeClient {
     commands: mpsc::Sender<event_loop::Command>,
     snapshot: watch::Receiver<Arc<LocalSnapshot>>,
+    admission: writer::Admission,
+    metrics: Arc<Metrics>,
+}
+
+/// How long an in-process client waits for a place in a full ingest queue before it is told
+/// "busy": a fraction of the queue's worth of work, so that a client is slowed rather than
+/// refused when places free up soon, and told "busy" when the node stays behind.
+pub const INGEST_PATIENCE: Duration = Duration::from_millis(250);
+
+/// A place for one batch in the node's ingest queue, taken before the batch is read (see
+/// [`NodeClient::reserve_ingest`]).
+pub struct IngestSlot {
+    slot: writer::Slot,
+    metrics: Arc<Metrics>,
+}
+
+impl IngestSlot {
+    /// Sends the readings in the place taken; the answer comes once they are durable.
+    pub async fn ingest(self, readings: Vec<Reading>) -> ingest::Response {
+        acknowledged(self.slot.submit(readings), self.metrics).await
+    }
 }
 
 impl NodeClient {
@@ -283,20 +309,56 @@ impl NodeClient {
         }
     }
 
+    /// Takes a place for one batch in the ingest queue, before the batch is read or parsed,
+    /// waiting at most [`INGEST_PATIENCE`] for one: an overloaded node answers busy here, so
+    /// that refusing costs almost nothing, and a brief wait spares clients a retry.
+    pub async fn reserve_ingest(&self) -> Result<IngestSlot, ingest::Response> {
+        match self.admission.reserve(INGEST_PATIENCE).await {
+            Ok(slot) => Ok(IngestSlot { slot, metrics: self.metrics.clone() }),
+            Err(error) => Err(ingest_refusal(error)),
+        }
+    }
+
     /// Sends readings; the answer comes once they are durable.
     pub async fn ingest(&self, readings: Vec<Reading>) -> ingest::Response {
-        let stopping = || ingest::Response::Refused { reason: "node is stopping".into() };
-        let (reply, answer) = oneshot::channel();
-        match self.commands.try_send(event_loop::Command::Ingest { readings, reply }) {
-            Ok(()) => answer.await.unwrap_or_else(|_| stopping()),
-            Err(mpsc::error::TrySendError::Full(_)) => ingest::Response::Busy { retry_after_ms: 100 },
-            Err(mpsc::error::TrySendError::Closed(_)) => stopping(),
+        match self.reserve_ingest().await {
+            Ok(slot) => slot.ingest(readings).await,
+            Err(refusal) => refusal,
         }
     }
 
     /// What the node knows of its own meters now (meter count, totals, blocks, alerts).
     pub fn local_snapshot(&self) -> Arc<LocalSnapshot> {
         self.snapshot.borrow().clone()
+    }
+}
+
+/// The answer to a batch queued (or refused) by the ingest writer, once it is durable; the
+/// time to it is counted in the metrics.
+fn acknowledged(
+    queued: Result<oneshot::Receiver<Result<writer::Ack, IngestError>>, IngestError>,
+    metrics: Arc<Metrics>,
+) -> impl std::future::Future<Output = ingest::Response> {
+    let started = std::time::Instant::now();
+    async move {
+        let ack = match queued {
+            Ok(ack) => ack.await.unwrap_or(Err(IngestError::Stopped)),
+            Err(error) => return ingest_refusal(error),
+        };
+        Metrics::observe(&metrics.ingest_batch_seconds, started.elapsed());
+        match ack {
+            Ok(ack) => ingest::Response::Done { outcomes: ack.outcomes, commands: ack.commands },
+            Err(error) => ingest_refusal(error),
+        }
+    }
+}
+
+/// What a client is told when its batch was not stored.
+fn ingest_refusal(error: IngestError) -> ingest::Response {
+    match error {
+        IngestError::Busy => ingest::Response::Busy { retry_after_ms: 100 },
+        IngestError::Storage(error) => ingest::Response::Unavailable { reason: error.to_string() },
+        error => ingest::Response::Refused { reason: error.to_string() },
     }
 }
 
