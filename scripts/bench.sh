@@ -29,6 +29,11 @@
 #   stalled_streams 4 peers x 64 sync streams, each sending just under the 16 MiB limit and
 #                   stalling: the node's peak memory, and a query's time after
 #                   (bench/src/bin/stall_bench.rs)
+#   http_slowloris  1,100 connections each sending a byte of a request a second, opened again
+#                   when closed, while a client asks GET /api/v1/stats on a new connection
+#                   every 200 ms: its answer times
+#   overload        8 HTTP clients offering 12x what one sustains: goodput, ack latency,
+#                   questions meanwhile, memory (bench/src/bin/overload_bench.rs)
 #   partition_heal  4 nodes in network namespaces: a partition, a restart while cut off, the heal
 #                   (scripts/partition.sh, ~2 minutes, root; SKIP_SCALE=1 skips it with the next)
 #   scale_*, mesh_sim_*   100 real nodes, then 20 and 100 in one process: traffic, CPU,
@@ -38,7 +43,7 @@
 #                   slowed 10x (scripts/scale-large.sh, 30 to 60 minutes, root; only with PARTS=large)
 #
 # PARTS chooses what runs (default: all but `large`): `storage` (ingest to crash), `mqtt`,
-# `abuse` (idle_connections),
+# `abuse` (idle_connections to overload),
 # `chain` (convergence to http_top), `mesh` (partition_heal, scale_*, mesh_sim_*), `large`
 # (1,000 nodes); e.g. `PARTS="storage" scripts/bench.sh`.
 #
@@ -437,6 +442,112 @@ bench_stalled_streams() {
     stop_pid "$pid"
 }
 
+# Prints bench node NAME's HTTP address once it serves HTTP.
+bench_http_addr() {
+    local file="$RUN_DIR/$1/http" i
+    bench_addr "$1" >/dev/null
+    for ((i = 0; i < ADDRS_TIMEOUT_S * 20; i++)); do
+        [[ -s "$file" ]] && { head -n 1 "$file"; return; }
+        sleep 0.05
+    done
+    die "node $1 wrote no HTTP address"
+}
+
+# Overload of HTTP ingest (bench/src/bin/overload_bench.rs): what one client sustains posting
+# batches of 1,000 readings, then 8 clients offering 12 times that for 20 s, on a fresh node
+# each time: with 16 connections per client, then 64 (more requests at once than the ingest
+# queue holds and its waiters are served within the node's patience: some are answered 503),
+# each with clients that ignore Retry-After (a refused batch is dropped) and clients that honour
+# it. Goodput, acknowledgement latency, questions answered meanwhile, peak memory; the node's
+# count of accepted readings must equal the readings acknowledged.
+bench_overload() {
+    local connections variant name pid addr out
+    for connections in 16 64; do
+        for variant in "" --honour-retry-after; do
+            name="overload-$connections${variant:+-honour}"
+            log "abuse: overload of HTTP ingest at 12x, $connections connections a client ${variant:-(Retry-After ignored)}..."
+            start_node "$name"
+            pid="${PIDS[-1]}"
+            addr="$(bench_http_addr "$name")"
+            out="$("$DRIVERS/overload_bench" --addr "$addr" --pid "$pid" --connections "$connections" $variant)" ||
+                die "overload_bench failed"
+            [[ "$(json_number acked_readings_total "$out")" == "$(json_number node_accepted_readings "$out")" ]] ||
+                die "acknowledged and accepted readings differ: $out"
+            emit "$(printf '{"bench":"overload","connections_a_client":%s,%s' "$connections" "${out#\{\"bench\":\"overload\",}")"
+            stop_pid "$pid"
+            rm -rf "${RUN_DIR:?}/$name"
+        done
+    done
+}
+
+# Slowloris on HTTP: 1,100 connections (more than the server's 1,024 slots) each send one byte
+# of a request a second, and are opened again whenever the server closes them, for 20 s;
+# meanwhile a client opens a new connection every 200 ms and asks GET /api/v1/stats: how long
+# each answer took, and how many attacking connections the server closed.
+bench_http_slowloris() {
+    local name=slowloris-node addr out
+    log "abuse: HTTP slowloris, 1,100 connections trickling a byte a second..."
+    start_node "$name"
+    addr="$(bench_http_addr "$name")"
+    out="$(python3 - "$addr" <<'PY'
+import json, socket, sys, threading, time
+host, port = sys.argv[1].rsplit(":", 1)
+port, holders, seconds = int(port), 1100, 20
+request = b"GET /api/v1/stats HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100
+def attacker(stop, counts):
+    conns = []
+    for _ in range(holders):
+        conns.append([socket.create_connection((host, port)), 0])
+    while not stop.is_set():
+        for c in conns:
+            try:
+                c[0].send(request[c[1] % len(request):][:1])
+                c[1] += 1
+            except OSError:
+                c[0].close()
+                counts["reopened"] += 1
+                try:
+                    c[0], c[1] = socket.create_connection((host, port)), 0
+                except OSError:
+                    pass
+        time.sleep(1)
+counts, stop = {"reopened": 0}, threading.Event()
+thread = threading.Thread(target=attacker, args=(stop, counts))
+thread.start()
+time.sleep(2)
+times, errors, end = [], 0, time.time() + seconds
+while time.time() < end:
+    started = time.time()
+    try:
+        s = socket.create_connection((host, port), timeout=5)
+        s.sendall(b"GET /api/v1/stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        s.close()
+        if data.startswith(b"HTTP/1.1 200"):
+            times.append((time.time() - started) * 1000)
+        else:
+            errors += 1
+    except OSError:
+        errors += 1
+    time.sleep(max(0, 0.2 - (time.time() - started)))
+stop.set()
+thread.join()
+times.sort()
+pick = lambda p: round(times[min(len(times) - 1, int(p * len(times)))], 1) if times else 0
+print(json.dumps({"holders": holders, "seconds": seconds, "queries": len(times), "errors": errors,
+    "p50_ms": pick(0.5), "p99_ms": pick(0.99), "max_ms": round(times[-1], 1) if times else 0,
+    "holder_connections_closed": counts["reopened"]}))
+PY
+)" || die "the slowloris run failed"
+    emit "{\"bench\":\"http_slowloris\",${out#\{}"
+    stop_pid "${PIDS[-1]}"
+}
+
 # Whether PARTS names this part.
 wanted() { [[ " $PARTS " == *" $1 "* ]]; }
 
@@ -469,6 +580,8 @@ main() {
     if wanted abuse; then
         bench_idle_connections
         bench_stalled_streams
+        bench_http_slowloris
+        bench_overload
     fi
     if wanted mesh && [[ "${SKIP_SCALE:-0}" != 1 ]]; then
         # Their own nodes, namespaces and run folders; their lines join these.

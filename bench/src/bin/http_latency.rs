@@ -15,15 +15,14 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
+use hydromesh_bench::http1::{connect, exchange};
+use hydromesh_bench::percentile;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// Longest wait for one response before it counts as an error.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Largest response head or body accepted.
-const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Load generator arguments.
 #[derive(Debug, Parser)]
@@ -100,12 +99,6 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn connect(addr: SocketAddr) -> anyhow::Result<TcpStream> {
-    let stream = TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    Ok(stream)
-}
-
 /// Sends this connection's requests at their due times, one at a time (HTTP/1.1 without
 /// pipelining), reconnecting after an error.
 async fn run_connection(addr: SocketAddr, stream: TcpStream, request: String, due: Vec<Instant>) -> Tally {
@@ -121,9 +114,12 @@ async fn run_connection(addr: SocketAddr, stream: TcpStream, request: String, du
             tally.errors += 1;
             continue;
         };
-        let exchange = tokio::time::timeout(RESPONSE_TIMEOUT, exchange(connection, &request, &mut buf)).await;
+        let exchange =
+            tokio::time::timeout(RESPONSE_TIMEOUT, exchange(connection, request.as_bytes(), &mut buf)).await;
         match exchange {
-            Ok(Ok(200)) => tally.latencies_ms.push(at.elapsed().as_secs_f64() * 1000.0),
+            Ok(Ok(answer)) if answer.status == 200 => {
+                tally.latencies_ms.push(at.elapsed().as_secs_f64() * 1000.0)
+            }
             Ok(Ok(_)) => tally.errors += 1,
             Ok(Err(_)) | Err(_) => {
                 tally.errors += 1;
@@ -132,56 +128,6 @@ async fn run_connection(addr: SocketAddr, stream: TcpStream, request: String, du
         }
     }
     tally
-}
-
-/// Sends one request and reads its whole response; returns the status.
-async fn exchange(stream: &mut TcpStream, request: &str, buf: &mut Vec<u8>) -> std::io::Result<u16> {
-    stream.write_all(request.as_bytes()).await?;
-    buf.clear();
-    let head_end = loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break end + 4;
-        }
-        read_more(stream, buf).await?;
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| invalid("no status"))?;
-    let length: usize = head
-        .lines()
-        .filter_map(|line| line.split_once(':'))
-        .find(|(name, _)| name.trim().eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, value)| value.trim().parse().ok())
-        .ok_or_else(|| invalid("no content-length"))?;
-    while buf.len() < head_end + length {
-        read_more(stream, buf).await?;
-    }
-    Ok(status)
-}
-
-async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<()> {
-    if buf.len() > MAX_RESPONSE_BYTES {
-        return Err(invalid("response too large"));
-    }
-    let mut chunk = [0u8; 16 * 1024];
-    let n = stream.read(&mut chunk).await?;
-    if n == 0 {
-        return Err(std::io::ErrorKind::UnexpectedEof.into());
-    }
-    buf.extend_from_slice(&chunk[..n]);
-    Ok(())
-}
-
-fn invalid(what: &str) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned())
-}
-
-/// The nearest-rank percentile of sorted values (0 when there are none).
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = (p * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 /// Milliseconds with three decimals (microseconds).
