@@ -34,6 +34,7 @@
 #                   every 200 ms: its answer times
 #   overload        8 HTTP clients offering 12x what one sustains: goodput, ack latency,
 #                   questions meanwhile, memory (bench/src/bin/overload_bench.rs)
+#   overload_cli    8 `hydromesh ingest` processes at once into one node: all stored, readings/s
 #   partition_heal  4 nodes in network namespaces: a partition, a restart while cut off, the heal
 #                   (scripts/partition.sh, ~2 minutes, root; SKIP_SCALE=1 skips it with the next)
 #   scale_*, mesh_sim_*   100 real nodes, then 20 and 100 in one process: traffic, CPU,
@@ -43,7 +44,7 @@
 #                   slowed 10x (scripts/scale-large.sh, 30 to 60 minutes, root; only with PARTS=large)
 #
 # PARTS chooses what runs (default: all but `large`): `storage` (ingest to crash), `mqtt`,
-# `abuse` (idle_connections to overload),
+# `abuse` (idle_connections to http_slowloris), `overload` (overload, overload_cli),
 # `chain` (convergence to http_top), `mesh` (partition_heal, scale_*, mesh_sim_*), `large`
 # (1,000 nodes); e.g. `PARTS="storage" scripts/bench.sh`.
 #
@@ -63,7 +64,7 @@ QUERY_RUNS=30
 ADDRS_TIMEOUT_S=30
 READY_TIMEOUT_S=60
 STOP_TIMEOUT_S=10
-PARTS="${PARTS:-storage mqtt chain abuse mesh}"
+PARTS="${PARTS:-storage mqtt chain abuse overload mesh}"
 
 RUN_DIR=""
 BIN=""
@@ -480,6 +481,42 @@ bench_overload() {
     done
 }
 
+# Overload through libp2p: 8 `hydromesh ingest` processes at once, 200,000 new readings each
+# (5,000 meters x 40 minutes), into one node: each must store all its readings (a busy node
+# tells them to send again; none may time out). Their total readings/s.
+bench_overload_cli() {
+    local name=overload-cli addr pid c start ns procs=() accepted
+    log "abuse: 8 hydromesh ingest processes at once..."
+    for ((c = 0; c < 8; c++)); do
+        awk -v c="$c" 'BEGIN {
+            print "meter,ts,litres"
+            for (r = 0; r < 40; r++) for (m = 0; m < 5000; m++)
+                printf "%d,%.0f,%d\n", 2000000 + c * 10000 + m, 1767225600000 + r * 60000, 1000 + r * 10
+        }' >"$RUN_DIR/cli-$c.csv"
+    done
+    start_node "$name"
+    pid="${PIDS[-1]}"
+    addr="$(bench_addr "$name")"
+    start="$(now_ns)"
+    for ((c = 0; c < 8; c++)); do
+        "$BIN" ingest --peer "$addr" --json "$RUN_DIR/cli-$c.csv" >"$RUN_DIR/cli-$c.out" 2>&1 &
+        procs+=("$!")
+    done
+    for ((c = 0; c < 8; c++)); do
+        wait "${procs[c]}" || die "ingest process $c failed: $(tail -c 300 "$RUN_DIR/cli-$c.out")"
+    done
+    ns=$(($(now_ns) - start))
+    for ((c = 0; c < 8; c++)); do
+        accepted="$(json_number accepted "$(tail -n 1 "$RUN_DIR/cli-$c.out")")"
+        [[ "$accepted" == 200000 ]] || die "ingest process $c had $accepted of 200000 readings stored"
+    done
+    emit "$(printf '{"bench":"overload_cli","processes":8,"readings":1600000,"seconds":%s,"readings_per_s":%s}' \
+        "$(awk -v ns="$ns" 'BEGIN { printf "%.2f", ns / 1e9 }')" \
+        "$(awk -v ns="$ns" 'BEGIN { printf "%.0f", 1600000 / (ns / 1e9) }')")"
+    stop_pid "$pid"
+    rm -rf "${RUN_DIR:?}/$name" "$RUN_DIR"/cli-*
+}
+
 # Slowloris on HTTP: 1,100 connections (more than the server's 1,024 slots) each send one byte
 # of a request a second, and are opened again whenever the server closes them, for 20 s;
 # meanwhile a client opens a new connection every 200 ms and asks GET /api/v1/stats: how long
@@ -581,7 +618,10 @@ main() {
         bench_idle_connections
         bench_stalled_streams
         bench_http_slowloris
+    fi
+    if wanted overload; then
         bench_overload
+        bench_overload_cli
     fi
     if wanted mesh && [[ "${SKIP_SCALE:-0}" != 1 ]]; then
         # Their own nodes, namespaces and run folders; their lines join these.
