@@ -271,7 +271,7 @@ pub(super) fn body(state: &AppState, body: Result<Bytes, BytesRejection>) -> Res
         let status = rejection.status();
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             state.context.metrics.refuse("http", "oversized");
-            ApiError::new(status, format!("request body larger than {} bytes", super::MAX_BODY_BYTES))
+            ApiError::too_large()
         } else {
             ApiError::new(status, format!("cannot read the request body: {}", rejection.body_text()))
         }

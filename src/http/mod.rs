@@ -174,8 +174,7 @@ async fn refuse_oversized(
         .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
     if announced.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
         state.context.metrics.refuse("http", "oversized");
-        let message = format!("request body larger than {MAX_BODY_BYTES} bytes");
-        return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, message).into_response();
+        return ApiError::too_large().into_response();
     }
     next.run(request).await
 }
@@ -250,6 +249,14 @@ impl ApiError {
     /// 400: a parameter or body is wrong (the message says which and why).
     fn bad_request(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    /// 413: a body over [`MAX_BODY_BYTES`].
+    fn too_large() -> Self {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body larger than {MAX_BODY_BYTES} bytes"),
+        )
     }
 
     /// 503: the node is overloaded.
