@@ -7,7 +7,7 @@
 //!
 //! # Layout
 //! Layers, lowest first; a module imports only from layers below its own (a test checks it):
-//! 1. Foundations: [`clock`] (wall-clock milliseconds), [`keys`] (admin keys and key files),
+//! 1. Foundations: [`clock`] (wall-clock milliseconds), [`sync`] (taking locks), [`keys`] (admin keys and key files),
 //!    [`metrics`] (Prometheus), [`domain`] (the water rules, pure: validation, consumption,
 //!    alerts, tariffs, rationing), [`config`] (the node's settings).
 //! 2. [`store`]: sled only, behind one type: readings and their index, summary versions, the
@@ -43,6 +43,7 @@ pub mod p2p;
 pub mod present;
 pub mod sim;
 pub mod store;
+pub mod sync;
 
 pub use app::{App, AppHandle};
 pub use config::Config;

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 /// Each top-level module's layer, lowest first (as `src/lib.rs` describes them).
 const LAYERS: &[(&str, u8)] = &[
     ("clock", 0),
+    ("sync", 0),
     ("keys", 0),
     ("metrics", 0),
     ("domain", 0),

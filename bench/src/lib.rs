@@ -97,6 +97,14 @@ pub mod http1 {
     }
 }
 
+/// The value of a counter line of the Prometheus text (0 when absent).
+pub fn counter(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name))
+        .and_then(|rest| rest.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// The nearest-rank percentile of sorted values (0 when there are none).
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {

@@ -26,6 +26,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use crate::sync::lock;
+
 /// Most HTTP connections open at once.
 pub const MAX_CONNECTIONS: usize = 1024;
 /// A connection idle after its answers for this long is closed (live streams send a keep-alive
@@ -286,9 +288,4 @@ impl AsyncWrite for Connection {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Every update is a plain assignment: a poisoned lock still holds a whole value.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

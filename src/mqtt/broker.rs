@@ -136,11 +136,12 @@ async fn accept(listener: TcpListener, shared: Arc<Shared>, cancel: Cancellation
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let permit = match (permits.clone().try_acquire_owned(), waiting.oldest()) {
-                        (Ok(permit), _) => Some(permit),
+                    let free = permits.clone().try_acquire_owned();
+                    let permit = match free.map_err(|_| waiting.oldest()) {
+                        Ok(permit) => Some(permit),
                         // Every slot taken: room is made by closing the connection waiting
                         // longest for its CONNECT, once it has waited EVICT_AFTER.
-                        (Err(_), Some(waited)) => tokio::select! {
+                        Err(Some(waited)) => tokio::select! {
                             () = cancel.cancelled() => break,
                             permit = async {
                                 tokio::time::sleep(EVICT_AFTER.saturating_sub(waited)).await;
@@ -148,7 +149,7 @@ async fn accept(listener: TcpListener, shared: Arc<Shared>, cancel: Cancellation
                                 tokio::time::timeout(EVICT_AFTER, permits.clone().acquire_owned()).await
                             } => permit.ok().and_then(Result::ok),
                         },
-                        (Err(_), None) => None,
+                        Err(None) => None,
                     };
                     let Some(permit) = permit else {
                         shared.metrics.refuse("mqtt", "too_many_connections");
@@ -160,7 +161,7 @@ async fn accept(listener: TcpListener, shared: Arc<Shared>, cancel: Cancellation
                     next_id += 1;
                     let stop = cancel.child_token();
                     let evicted = waiting.add(next_id, &stop);
-                    let waiting = Some((waiting.clone(), evicted));
+                    let waiting = (waiting.clone(), evicted);
                     connections.spawn(connection(stream, peer, next_id, shared.clone(), stop, waiting, permit));
                 }
                 Err(error) => {
@@ -199,8 +200,7 @@ impl Waiting {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, (tokio::time::Instant, CancellationToken)>> {
-        // Every update is one insert or removal: a poisoned lock still holds a whole map.
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.0)
     }
 
     /// How long the connection waiting longest for its CONNECT has waited.
@@ -326,22 +326,19 @@ async fn connection(
     id: u64,
     shared: Arc<Shared>,
     stop: CancellationToken,
-    waiting: Option<(Arc<Waiting>, CancellationToken)>,
+    (waiting, evicted): (Arc<Waiting>, CancellationToken),
     _permit: OwnedSemaphorePermit,
 ) {
     // Acknowledgements are small and latency matters more than packet count.
     let _ = stream.set_nodelay(true);
     let (mut reader, mut writer) = stream.into_split();
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
-    let evicted = waiting.as_ref().map_or_else(CancellationToken::new, |(_, evicted)| evicted.clone());
+    // `evicted` is a child of `stop`: it is cancelled with it.
     let connect = tokio::select! {
-        () = stop.cancelled() => return,
         () = evicted.cancelled() => return,
         connect = tokio::time::timeout(CONNECT_TIMEOUT, read_connect(&mut reader, &mut rbuf)) => connect,
     };
-    if let Some((waiting, _)) = waiting {
-        waiting.remove(id);
-    }
+    waiting.remove(id);
     let source = peer_source(peer.ip());
     let mut wbuf = BytesMut::with_capacity(1024);
     let (version, connect) = match connect {

@@ -26,7 +26,7 @@ use super::segments::Location;
 use super::{Open, StoreError};
 
 const MAGIC: &[u8; 8] = b"HMIDX3\n\0";
-const ENTRY_BYTES: usize = 68;
+pub(super) const ENTRY_BYTES: usize = 68;
 /// Version 2: no open chunks.
 const MAGIC_V2: &[u8; 8] = b"HMIDX2\n\0";
 const ENTRY_BYTES_V2: usize = 48;

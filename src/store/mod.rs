@@ -58,6 +58,7 @@ use hydromesh_proto::summary::{MeterSpan, Point};
 use hydromesh_proto::{Alarms, MeterId, Reading};
 
 use crate::domain;
+use crate::sync::lock;
 use segments::{Location, Pinned, Segments};
 use wal::Wal;
 
@@ -216,6 +217,11 @@ impl Engine {
         }
     }
 
+    /// Where the directory lists the chunk of `meter` starting at `first_ts`, if it does.
+    fn listed_at(&self, meter: MeterId, first_ts: u64) -> Result<Option<Location>, StoreError> {
+        self.directory.get(chunk_key(meter, first_ts))?.map(|value| Location::decode(&value)).transpose()
+    }
+
     /// The last fold sled saw, and the segment it wrote (if any).
     fn fold_record(&self) -> Result<(u64, Option<u32>), StoreError> {
         if let Some(value) = self.directory.get(FOLD_KEY)? {
@@ -331,8 +337,8 @@ impl Store {
             loads: AtomicU64::new(0),
         };
         store.migrate_meter_tree()?;
-        let indexed = store.load(logged)?;
-        store.check_folds(indexed)?;
+        let (indexed, noted) = store.load(logged)?;
+        store.check_folds(indexed, noted)?;
         store.migrate_old_layouts()?;
         store.engine()?.segments.remove_files(&strays)?;
         Ok(store)
@@ -1080,9 +1086,7 @@ impl Store {
                     if open {
                         let moved = segment.add(meter, first_ts, &pinned.read(at)?);
                         opens.push((meter, Open { first_ts, at: moved }));
-                    } else if engine.directory.get(key)?.map(|value| Location::decode(&value)).transpose()?
-                        == Some(at)
-                    {
+                    } else if engine.listed_at(meter, first_ts)? == Some(at) {
                         let moved = segment.add(meter, first_ts, &pinned.read(at)?);
                         batch.insert(&key, &moved.encode());
                     }
@@ -1120,8 +1124,7 @@ impl Store {
     /// by a fold sled does not know, or sled knows folds but the index is gone), or whose index
     /// lost open chunks (it is behind sled by more than the fold it is rolled forward over):
     /// never start empty, or with part of the data, silently.
-    fn check_folds(&self, indexed: Option<u64>) -> Result<(), StoreError> {
-        let (noted, _) = self.engine()?.fold_record()?;
+    fn check_folds(&self, indexed: Option<u64>, noted: u64) -> Result<(), StoreError> {
         let damaged = |reason: String| StoreError::Unreadable { path: self.dir.clone(), reason };
         match indexed {
             Some(fold) if fold > noted => {
@@ -1156,7 +1159,7 @@ impl Store {
     /// log (`logged`), which are also the pending ones. An index one fold behind sled (a crash,
     /// or a failed write, came between the two) is rolled forward: the open chunks that fold
     /// wrote are in its segment. Returns the fold the index is then at.
-    fn load(&self, logged: Vec<Reading>) -> Result<Option<u64>, StoreError> {
+    fn load(&self, logged: Vec<Reading>) -> Result<(Option<u64>, u64), StoreError> {
         let (mut fold, entries) = match index_file::read(&self.dir.join(INDEX_FILE))? {
             Some((fold, entries)) => (Some(fold), entries),
             None => (None, Vec::new()),
@@ -1185,7 +1188,7 @@ impl Store {
         *lock(&self.meters) = meters;
         *lock(&self.pending) = pending;
         self.loads.fetch_add(1, Ordering::Relaxed);
-        Ok(fold)
+        Ok((fold, noted))
     }
 
     /// Points the meters' open chunks at those `segment` holds: its chunks that are not the
@@ -1198,8 +1201,7 @@ impl Store {
             "the meter index is one fold behind; rolling it forward"
         );
         for (meter, first_ts, at) in records {
-            let listed = engine.directory.get(chunk_key(meter, first_ts))?;
-            if listed.map(|value| Location::decode(&value)).transpose()? == Some(at) {
+            if engine.listed_at(meter, first_ts)? == Some(at) {
                 continue;
             }
             let indexed = meters.get_mut(&meter).ok_or_else(|| StoreError::Unreadable {
@@ -1351,7 +1353,7 @@ impl Store {
             let (key, value) = entry?;
             index += (key.len() + value.len()) as u64;
         }
-        index += (lock(&self.meters).len() * 68) as u64;
+        index += (lock(&self.meters).len() * index_file::ENTRY_BYTES) as u64;
         Ok((chunks, index))
     }
 
@@ -1431,12 +1433,6 @@ fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
 
 fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding the lock cannot leave the index half-updated (every update is one
-    // insert), so a poisoned lock is still safe to use.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Widens the meter's span in `meters` to take in `reading`, and marks it changed since every

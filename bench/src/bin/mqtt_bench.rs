@@ -36,6 +36,7 @@ use anyhow::{bail, Context};
 use bytes::{Bytes, BytesMut};
 use clap::Parser;
 use hydromesh::Config;
+use hydromesh_bench::counter;
 use rumqttc::mqttbytes::v4::{Connect, Packet, PubAck, Publish, Subscribe};
 use rumqttc::mqttbytes::QoS;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -362,14 +363,6 @@ async fn receive(stream: TcpStream, mut pending: BytesMut, total: u64) -> anyhow
         }
     }
     Ok(received)
-}
-
-/// The value of a counter line of the Prometheus text.
-fn counter(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(name))
-        .and_then(|rest| rest.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 fn find_mosquitto() -> Option<PathBuf> {

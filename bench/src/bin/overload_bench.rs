@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use hydromesh_bench::http1::{connect, exchange, Answer};
-use hydromesh_bench::percentile;
+use hydromesh_bench::{counter, percentile};
 use serde_json::json;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -186,8 +186,14 @@ async fn single(args: &Args) -> Tally {
 }
 
 /// One client of the overload: a batch every `interval` from `start` to `end`.
-async fn client(args: Arc<Args>, index: u64, interval: Duration, start: Instant, end: Instant) -> Tally {
-    let tally = Arc::new(Mutex::new(Tally::default()));
+/// Every client counts into `tally`.
+async fn client(
+    args: Arc<Args>,
+    index: u64,
+    interval: Duration,
+    (start, end): (Instant, Instant),
+    tally: Arc<Mutex<Tally>>,
+) {
     let paused_until = Arc::new(Mutex::new(start));
     let (idle, mut idle_rx) = mpsc::channel::<Option<TcpStream>>(args.connections as usize);
     for _ in 0..args.connections {
@@ -229,7 +235,6 @@ async fn client(args: Arc<Args>, index: u64, interval: Duration, start: Instant,
     for task in tasks {
         let _ = task.await;
     }
-    Arc::try_unwrap(tally).map(|m| m.into_inner().unwrap_or_else(PoisonError::into_inner)).unwrap_or_default()
 }
 
 /// Asks `GET /api/v1/stats` every [`PROBE_EVERY`] until `end`; latencies from each due time,
@@ -262,10 +267,7 @@ async fn accepted_by_node(addr: SocketAddr) -> anyhow::Result<u64> {
     let mut buf = Vec::new();
     let (_, answer) = send(addr, None, request.as_bytes(), &mut buf).await;
     anyhow::ensure!(answer.is_ok_and(|answer| answer.status == 200), "no metrics from the node");
-    let text = String::from_utf8_lossy(&buf);
-    let line = text.lines().find(|line| line.starts_with("hydromesh_readings_total{outcome=\"accepted\"}"));
-    let value = line.and_then(|line| line.split_whitespace().last()?.parse::<f64>().ok());
-    Ok(value.unwrap_or(0.0) as u64)
+    Ok(counter(&String::from_utf8_lossy(&buf), "hydromesh_readings_total{outcome=\"accepted\"}"))
 }
 
 /// Resident memory of process `pid`, bytes.
@@ -291,22 +293,14 @@ async fn main() -> anyhow::Result<()> {
     let start = Instant::now() + Duration::from_millis(200);
     let end = start + Duration::from_secs(args.seconds);
     let probe = tokio::spawn(probe(args.addr, args.pid, end));
+    let tally = Arc::new(Mutex::new(Tally::default()));
     let clients: Vec<_> = (0..args.clients)
-        .map(|index| tokio::spawn(client(args.clone(), index, interval, start, end)))
+        .map(|index| tokio::spawn(client(args.clone(), index, interval, (start, end), tally.clone())))
         .collect();
-    let mut all = Tally::default();
     for task in clients {
-        let tally = task.await?;
-        all.sent += tally.sent;
-        all.unsent += tally.unsent;
-        all.held_back += tally.held_back;
-        all.acked_readings += tally.acked_readings;
-        all.busy += tally.busy;
-        all.other_status += tally.other_status;
-        all.errors += tally.errors;
-        all.ack_ms.extend(tally.ack_ms);
-        all.busy_ms.extend(tally.busy_ms);
+        task.await?;
     }
+    let mut all = std::mem::take(&mut *tally.lock().unwrap_or_else(PoisonError::into_inner));
     let (mut queries, query_errors, peak_rss) = probe.await?;
     all.ack_ms.sort_by(f64::total_cmp);
     all.busy_ms.sort_by(f64::total_cmp);
