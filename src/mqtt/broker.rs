@@ -208,10 +208,14 @@ impl Waiting {
         self.lock().first_key_value().map(|(_, (since, _))| since.elapsed())
     }
 
-    /// Closes the connection waiting longest for its CONNECT.
+    /// Closes the connection waiting longest for its CONNECT, if it has waited [`EVICT_AFTER`]
+    /// (the one that had may have sent its CONNECT meanwhile: a younger one is not taken).
     fn evict(&self) {
-        if let Some((_, (_, evicted))) = self.lock().pop_first() {
-            evicted.cancel();
+        let mut waiting = self.lock();
+        if let Some(entry) = waiting.first_entry() {
+            if entry.get().0.elapsed() >= EVICT_AFTER {
+                entry.remove().1.cancel();
+            }
         }
     }
 }
