@@ -39,7 +39,7 @@ async fn main() -> anyhow::Result<()> {
     let now = hydromesh::clock::now_ms();
     let readings: Vec<Reading> = (0..4)
         .map(|k| Reading {
-            meter: 42,
+            meter: 42.into(),
             ts_ms: now - (4 - k) * 900_000,
             litres: 1_000 + k * 37,
             flow_lph: None,
@@ -72,7 +72,7 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     if let Response::Meter(meter) =
-        client.query(Request::Meter { meter: 42, from_ms: None, to_ms: None }).await
+        client.query(Request::Meter { meter: 42.into(), from_ms: None, to_ms: None }).await
     {
         println!(
             "meter 42 consumed {} L over {} readings",

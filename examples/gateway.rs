@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
-use hydromesh_proto::{ingest, limits, protocols, Alarms, Reading};
+use hydromesh_proto::{ingest, limits, protocols, Alarms, MeterId, Reading};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{noise, tcp, yamux, Multiaddr, StreamProtocol};
@@ -84,7 +84,7 @@ async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let usage = "usage: gateway MULTIADDR METER LITRES [LITRES…]";
     let node: Multiaddr = args.next().context(usage)?.parse().context("node address")?;
-    let meter: u64 = args.next().context(usage)?.parse().context("meter id")?;
+    let meter: MeterId = args.next().context(usage)?.parse().context("meter id")?;
     let registers: Vec<u64> = args.map(|l| l.parse()).collect::<Result<_, _>>().context("litres")?;
     if registers.is_empty() {
         bail!(usage);

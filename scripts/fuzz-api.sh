@@ -46,7 +46,7 @@ addr="$(head -1 "$RUN_DIR/node/addrs")"
 now_ms=$(($(date +%s) * 1000))
 {
     echo "meter,ts,litres"
-    for meter in 0 1 2 200 18446744073709551615; do
+    for meter in 0 1 2 200 0014a807 ZRI-77_x; do
         for hours in 3 2 1; do
             echo "$meter,$((now_ms - hours * 3600000)),$((1000 - hours * 10))"
         done

@@ -8,7 +8,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use hydromesh_proto::ingest::{MeterCommand, Valve};
-use hydromesh_proto::{Alarms, Reading};
+use hydromesh_proto::{Alarms, MeterId, Reading};
 
 /// Most meters in one fleet; a larger count is cut to this (the fleet is held in memory).
 pub const MAX_METERS: u64 = 1_000_000;
@@ -123,7 +123,7 @@ impl SplitMix64 {
 /// One simulated meter.
 #[derive(Clone, Debug)]
 struct Meter {
-    id: u64,
+    id: MeterId,
     /// Root of every random value of this meter.
     key: u64,
     /// Its own profile (never `Mixed`).
@@ -138,8 +138,8 @@ struct Meter {
 }
 
 impl Meter {
-    fn new(id: u64, profile: Profile, seed: u64) -> Meter {
-        let key = hash2(seed, id);
+    fn new(id: MeterId, profile: Profile, seed: u64) -> Meter {
+        let key = hash2(seed, id.code());
         let mut rng = SplitMix64(key);
         let profile = match profile {
             Profile::Mixed => match rng.range(0.0, 1.0) {
@@ -239,12 +239,13 @@ pub struct Fleet {
 impl Fleet {
     /// A fleet of meters `first_meter`, `first_meter + 1`, ..., deterministic for `seed`.
     ///
-    /// `count` is cut so ids stop at `u64::MAX` and the fleet has at most [`MAX_METERS`];
-    /// [`Fleet::len`] tells the real size. A count of 0 is an empty fleet.
+    /// `count` is cut so ids stay numeric ids (below [`NUMBERS`](hydromesh_proto::meter::NUMBERS)) and the fleet has at most
+    /// [`MAX_METERS`]; [`Fleet::len`] tells the real size. A count of 0 is an empty fleet.
     pub fn new(first_meter: u64, count: u64, profile: Profile, seed: u64) -> Fleet {
-        let room = (u64::MAX - first_meter).saturating_add(1);
-        let count = count.min(room).min(MAX_METERS);
-        let meters = (0..count).map(|i| Meter::new(first_meter + i, profile, seed)).collect();
+        let meters = (first_meter..first_meter.saturating_add(count.min(MAX_METERS)))
+            .map_while(MeterId::number)
+            .map(|id| Meter::new(id, profile, seed))
+            .collect();
         Fleet { first_meter, meters, now_ms: None }
     }
 
@@ -269,7 +270,8 @@ impl Fleet {
     /// an open command arrives. Commands for meters outside the fleet are ignored.
     pub fn apply_commands(&mut self, commands: &[MeterCommand]) {
         for command in commands {
-            let index = command.meter.checked_sub(self.first_meter).and_then(|i| usize::try_from(i).ok());
+            let index = command.meter.as_number().and_then(|n| n.checked_sub(self.first_meter));
+            let index = index.and_then(|i| usize::try_from(i).ok());
             if let Some(meter) = index.and_then(|i| self.meters.get_mut(i)) {
                 meter.closed = command.valve == Valve::Closed;
             }
@@ -316,7 +318,7 @@ mod tests {
         each(earlier, later, |e, l| l > e)
     }
 
-    fn cmd(meter: u64, valve: Valve) -> MeterCommand {
+    fn cmd(meter: MeterId, valve: Valve) -> MeterCommand {
         MeterCommand { meter, valve }
     }
 
@@ -375,7 +377,7 @@ mod tests {
     fn closed_valve_freezes_register_and_open_resumes() {
         let mut fleet = Fleet::new(10, 3, Profile::Leaky, 1);
         let before = fleet.tick(T0 + 9 * HOUR);
-        fleet.apply_commands(&[cmd(11, Valve::Closed), cmd(999, Valve::Closed)]);
+        fleet.apply_commands(&[cmd(11.into(), Valve::Closed), cmd(999.into(), Valve::Closed)]);
         assert_eq!(fleet.closed_meters(), 1);
         let mut last = before.clone();
         for h in 10..14 {
@@ -384,7 +386,7 @@ mod tests {
             assert_eq!(frozen, (before[1].litres, Some(0)));
             assert!(last[0].litres > before[0].litres && last[2].litres > before[2].litres);
         }
-        fleet.apply_commands(&[cmd(11, Valve::Open)]);
+        fleet.apply_commands(&[cmd(11.into(), Valve::Open)]);
         assert_eq!(fleet.closed_meters(), 0);
         let after = fleet.tick(T0 + 15 * HOUR);
         assert!(after[1].litres > last[1].litres && after[1].flow_lph > Some(0));
@@ -435,7 +437,7 @@ mod tests {
     fn meter_readings_do_not_depend_on_fleet_size() {
         let meter5 = |first, count| -> Vec<Reading> {
             let all = run(Fleet::new(first, count, Profile::Mixed, 77), 10 * MIN, 150);
-            all.into_iter().flatten().filter(|r| r.meter == 5).collect()
+            all.into_iter().flatten().filter(|r| r.meter == 5.into()).collect()
         };
         let alone = meter5(5, 1);
         assert_eq!(alone.len(), 151);
@@ -447,13 +449,19 @@ mod tests {
     fn extreme_arguments_do_not_panic() {
         let mut empty = Fleet::new(7, 0, Profile::Normal, 0);
         assert!(empty.is_empty() && empty.tick(T0).is_empty());
-        let mut edge = Fleet::new(u64::MAX - 1, 10, Profile::Burst, u64::MAX);
+        let last = hydromesh_proto::meter::NUMBERS - 1;
+        let mut edge = Fleet::new(last - 1, 10, Profile::Burst, u64::MAX);
         assert_eq!(edge.len(), 2);
         let start = edge.tick(0);
         let end = edge.tick(u64::MAX);
         assert!(grew(&start, &end));
         assert_eq!(edge.tick(5)[1].litres, end[1].litres); // time going back: no change
-        edge.apply_commands(&[cmd(u64::MAX, Valve::Closed), cmd(0, Valve::Closed)]);
+        let printed = MeterId::parse("0a").expect("id");
+        edge.apply_commands(&[
+            cmd(MeterId::number(last).expect("id"), Valve::Closed),
+            cmd(0.into(), Valve::Closed),
+            cmd(printed, Valve::Closed),
+        ]);
         assert_eq!(edge.closed_meters(), 1);
         let huge = Fleet::new(0, u64::MAX, Profile::Slow, 1);
         assert_eq!(huge.len() as u64, MAX_METERS);

@@ -103,7 +103,7 @@ fn ingest_reports_each_rejected_line_and_keeps_the_rest() {
             "meter,ts,litres\n\
              1,{},160\n\
              1,{},140\n\
-             x,{t},5\n\
+             x.1,{t},5\n\
              1,{t},101\n\
              3,{future},9\n\
              1,{t},100\n\
@@ -159,7 +159,12 @@ fn ingest_reports_each_rejected_line_and_keeps_the_rest() {
 fn query_answers_with_tables_and_json_flags_anywhere() {
     let node = NodeProcess::start();
     let t = now_ms() - 3_600_000;
-    let csv = format!("meter,ts,litres\n5,{t},1000\n5,{},3500\n6,{t},10\n6,{},20\n", t + 1000, t + 1000);
+    // Meter 0014a807 as wmbusmeters prints it, given in upper case.
+    let csv = format!(
+        "meter,ts,litres\n5,{t},1000\n5,{},3500\n0014A807,{t},10\n0014A807,{},20\n",
+        t + 1000,
+        t + 1000
+    );
     let out = hydromesh_with_stdin(&["ingest", "--peer", &node.addr, "-"], &csv);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let stats: Value =
@@ -176,7 +181,7 @@ fn query_answers_with_tables_and_json_flags_anywhere() {
     let top = hydromesh(&["query", "--peer", &node.addr, "top", "--n", "1", "--json"]);
     let top: Value = serde_json::from_slice(&top.stdout).expect("JSON");
     assert_eq!(top["entries"].as_array().expect("entries").len(), 1);
-    assert_eq!(top["entries"][0]["meter"], 5);
+    assert_eq!(top["entries"][0]["meter"], "5");
     assert_eq!(top["entries"][0]["consumption_l"], 2500);
 
     let human = hydromesh(&["query", "top", "--peer", &node.addr]);
@@ -218,6 +223,21 @@ fn query_answers_with_tables_and_json_flags_anywhere() {
     let unknown = hydromesh(&["query", "meter", "77", "--peer", &node.addr]);
     assert_eq!(unknown.status.code(), Some(1));
     assert!(text(&unknown.stderr).contains("meter 77"));
+    // Printed ids: either case asks for the same meter, which is shown as wmbusmeters prints it;
+    // without its leading zeros it is another meter; a character outside ids is refused.
+    let printed = hydromesh(&["query", "meter", "0014A807", "--json", "--peer", &node.addr]);
+    let printed: Value = serde_json::from_slice(&printed.stdout).expect("JSON");
+    assert_eq!(
+        (&printed["meter"], &printed["consumption_l"]),
+        (&serde_json::json!("0014a807"), &serde_json::json!(10))
+    );
+    let table = hydromesh(&["query", "top", "--peer", &node.addr]);
+    assert!(text(&table.stdout).contains("0014a807"), "{}", text(&table.stdout));
+    let unpadded = hydromesh(&["query", "meter", "14a807", "--peer", &node.addr]);
+    assert_eq!(unpadded.status.code(), Some(1), "{}", text(&unpadded.stderr));
+    let bad = hydromesh(&["query", "meter", "14/807", "--peer", &node.addr]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(text(&bad.stderr).contains("letters, digits, `-` and `_` only"), "{}", text(&bad.stderr));
 
     // `query meter` shows the latest 20 readings; --all shows them all.
     let t = now_ms() - 7_200_000;
@@ -514,13 +534,13 @@ fn admin_commands_are_signed_checked_and_enforced() {
     let out = hydromesh_with_stdin(&["ingest", "--peer", &node.addr, "--json", "-"], &csv);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let report: Value = serde_json::from_slice(&out.stdout).expect("JSON");
-    assert_eq!(report["commands"], serde_json::json!([{"meter": 3, "valve": "closed"}]));
+    assert_eq!(report["commands"], serde_json::json!([{"meter": "3", "valve": "closed"}]));
     let blocked = wait_for("the block in the node's summary", Duration::from_secs(10), || {
         let out = hydromesh(&["query", "blocked", "--json", "--peer", &node.addr]);
         let answer: Value = serde_json::from_slice(&out.stdout).ok()?;
         (answer["blocked"].as_array()?.len() == 1).then_some(answer)
     });
-    assert_eq!(blocked["blocked"][0]["meter"], 3);
+    assert_eq!(blocked["blocked"][0]["meter"], "3");
     assert_eq!(blocked["blocked"][0]["reason"], "cap");
     let detail = blocked["blocked"][0]["detail"].as_str().unwrap_or_default();
     assert!(detail.starts_with("0.101 m³ in the period, cap 0.100 m³"), "volumes in m³: {detail}");

@@ -15,12 +15,12 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{config, consumption_since, eventually, now_ms, readings, top_n, Mesh};
+use common::{config, consumption_since, eventually, id, now_ms, readings, top_n, Mesh};
 use hydromesh::AppHandle;
 use hydromesh_proto::control::{Action, Command as AdminCommand};
 use hydromesh_proto::ingest;
 use hydromesh_proto::query::{Request, Response};
-use hydromesh_proto::{Alarms, Reading};
+use hydromesh_proto::{Alarms, MeterId, Reading};
 use libp2p::identity::ed25519;
 use serde_json::{json, Value};
 
@@ -277,7 +277,7 @@ async fn the_dashboard_shows_the_mesh_and_a_live_meter() {
 
     // Known readings: ten meters per node; one meter reports tampering at its latest reading.
     let mut data: Vec<Vec<Reading>> = (0..NODES).map(|i| readings(meters_of(i), 10)).collect();
-    let tampered = meters_of(1).start + 3;
+    let tampered = id(meters_of(1).start + 3);
     if let Some(last) = data[1].iter_mut().filter(|r| r.meter == tampered).max_by_key(|r| r.ts_ms) {
         last.alarms = Alarms::TAMPER;
     }
@@ -286,7 +286,7 @@ async fn the_dashboard_shows_the_mesh_and_a_live_meter() {
     }
     let everything = data.concat();
     let truth = top_n(&consumption_since(&everything, 0), 10);
-    let blocked = meters_of(2).start + 5;
+    let blocked = id(meters_of(2).start + 5);
     // Blocked through node 1 once it knows the meter's home (node 2).
     eventually("an admin block through another node", CONVERGE, || async {
         let action = Action::Block { meter: blocked, reason: "inspection".into() };
@@ -305,7 +305,7 @@ async fn the_dashboard_shows_the_mesh_and_a_live_meter() {
         let Response::Stats(stats) = node.query(Request::Stats).await else { return None };
         let Response::Alerts(alerts) = node.query(Request::Alerts { kind: None }).await else { return None };
         let Response::Blocked(cut) = node.query(Request::Blocked).await else { return None };
-        let ranked: Vec<(u64, u64)> = top.entries.iter().map(|e| (e.meter, e.consumption_l)).collect();
+        let ranked: Vec<(MeterId, u64)> = top.entries.iter().map(|e| (e.meter, e.consumption_l)).collect();
         let ready = ranked == truth
             && stats.coverage.included.len() == NODES
             && stats.coverage.stale.is_empty()
@@ -324,7 +324,7 @@ async fn the_dashboard_shows_the_mesh_and_a_live_meter() {
     })
     .await
     .expect("browser task");
-    let bars: Vec<(u64, u64)> = tags_with(&dom, "rect", "data-meter=")
+    let bars: Vec<(MeterId, u64)> = tags_with(&dom, "rect", "data-meter=")
         .iter()
         .map(|a| {
             (
@@ -365,7 +365,7 @@ async fn the_dashboard_shows_the_mesh_and_a_live_meter() {
     );
 
     // A meter homed on node 2, through node 0: history chart, then a reading arrives live.
-    let meter = meters_of(2).start + 2;
+    let meter = id(meters_of(2).start + 2);
     let count = everything.iter().filter(|r| r.meter == meter).count();
     let last =
         everything.iter().filter(|r| r.meter == meter).map(|r| (r.ts_ms, r.litres)).max().expect("readings");

@@ -9,13 +9,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{config, consumption_since, eventually, now_ms, readings, top_n, Mesh};
+use common::{config, consumption_since, eventually, id, now_ms, readings, top_n, Mesh};
 use hydromesh::http::{routes, HttpContext};
 use hydromesh::present::json as present;
 use hydromesh::AppHandle;
 use hydromesh_proto::control::{Action, Command, Policy};
 use hydromesh_proto::query::{Request, Response};
-use hydromesh_proto::{Alarms, Reading};
+use hydromesh_proto::{Alarms, MeterId, Reading};
 use libp2p::identity::ed25519;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -220,7 +220,7 @@ async fn same_as_cli(
 }
 
 fn reading(meter: u64, ts_ms: u64, litres: u64) -> Reading {
-    Reading { meter, ts_ms, litres, flow_lph: None, alarms: Alarms::empty() }
+    Reading { meter: id(meter), ts_ms, litres, flow_lph: None, alarms: Alarms::empty() }
 }
 
 async fn ingest_local(node: &AppHandle, batch: Vec<Reading>) {
@@ -256,11 +256,14 @@ async fn every_route_answers_like_the_cli() {
         _ => None,
     })
     .await;
-    let ranked: Vec<(u64, u64)> = top["entries"]
+    let ranked: Vec<(MeterId, u64)> = top["entries"]
         .as_array()
         .expect("entries")
         .iter()
-        .map(|e| (e["meter"].as_u64().expect("meter"), e["consumption_l"].as_u64().expect("litres")))
+        .map(|e| {
+            let meter = e["meter"].as_str().and_then(|m| m.parse().ok()).expect("meter");
+            (meter, e["consumption_l"].as_u64().expect("litres"))
+        })
         .collect();
     assert_eq!(ranked, top_n(&truth, 10), "the exact global top-10");
     assert_eq!(top["nodes"], json!(2));
@@ -315,7 +318,7 @@ async fn every_route_answers_like_the_cli() {
             from,
             from_text = hydromesh_proto::format_rfc3339(to)
         ),
-        Request::Meter { meter: 200, from_ms: Some(from), to_ms: Some(to) },
+        Request::Meter { meter: 200.into(), from_ms: Some(from), to_ms: Some(to) },
         |r| match r {
             Response::Meter(a) => Some(present::meter_json(a)),
             _ => None,
@@ -327,7 +330,7 @@ async fn every_route_answers_like_the_cli() {
     same_as_cli(
         &mesh,
         "/api/v1/meters/105/readings",
-        Request::Meter { meter: 105, from_ms: None, to_ms: None },
+        Request::Meter { meter: 105.into(), from_ms: None, to_ms: None },
         |r| match r {
             Response::Meter(a) => Some(present::meter_json(a)),
             _ => None,
@@ -335,11 +338,11 @@ async fn every_route_answers_like_the_cli() {
     )
     .await;
     // The summary is the CLI's answer for the last 24 h of the meter's data.
-    let latest = theirs.iter().filter(|r| r.meter == 203).map(|r| r.ts_ms).max().expect("readings");
+    let latest = theirs.iter().filter(|r| r.meter == 203.into()).map(|r| r.ts_ms).max().expect("readings");
     let summary = same_as_cli(
         &mesh,
         "/api/v1/meters/203",
-        Request::Meter { meter: 203, from_ms: Some(latest - 86_400_000), to_ms: None },
+        Request::Meter { meter: 203.into(), from_ms: Some(latest - 86_400_000), to_ms: None },
         |r| match r {
             Response::Meter(a) => Some(present::meter_json(a)),
             _ => None,
@@ -351,7 +354,7 @@ async fn every_route_answers_like_the_cli() {
     same_as_cli(
         &mesh,
         &format!("/api/v1/meters/203/bill?period_start={period}"),
-        Request::Bill { meter: 203, period_start_ms: Some(latest) },
+        Request::Bill { meter: 203.into(), period_start_ms: Some(latest) },
         |r| match r {
             Response::Bill(Some(bill)) => Some(present::bill_json(bill)),
             _ => None,
@@ -368,9 +371,9 @@ async fn every_route_answers_like_the_cli() {
         ("/api/v1/top?limit=3", "unknown parameter `limit` (expected n, since)"),
         ("/api/v1/stats?x=1", "unknown parameter `x` (this route takes no parameter)"),
         ("/api/v1/alerts?kind=fire", "kind: unknown alert kind `fire`"),
-        ("/api/v1/meters/abc", "meter id `abc` is not a meter number"),
-        ("/api/v1/meters/-1/readings", "meter id `-1` is not a meter number"),
-        ("/api/v1/meters/99999999999999999999999", "is not a meter number"),
+        ("/api/v1/meters/a.b", "`a.b` is not a meter id (letters, digits, `-` and `_` only)"),
+        ("/api/v1/meters/-1%2B/readings", "`-1+` is not a meter id"),
+        ("/api/v1/meters/99999999999999999999999", "is not a meter id (more than 12 characters)"),
         (
             "/api/v1/meters/200/readings?from=yesterday",
             "from: `yesterday` is neither RFC 3339 nor Unix milliseconds",
@@ -507,7 +510,7 @@ async fn readings_in_mixed_good_and_bad_and_bounded() {
         {"meter": 7, "ts": "yesterday", "litres": 1},
         {"meter": 7, "ts": t + 120_000, "litres": 120},
         null,
-        {"meter": "seven", "ts": t, "litres": 1},
+        {"meter": "sev en", "ts": t, "litres": 1},
         {"meter": 8, "ts": t, "litres": 12.5},
         {"meter": 7, "ts": t, "litres": 100},
         {"meter": 7, "ts": t, "litres": 101},
@@ -538,7 +541,7 @@ async fn readings_in_mixed_good_and_bad_and_bounded() {
         (2, "field `ts`: `yesterday` is neither RFC 3339 nor Unix milliseconds"),
         (3, "register decreased"),
         (4, "invalid JSON: expected an object"),
-        (5, "field `meter`: `seven` is not a meter number"),
+        (5, "field `meter`: `sev en` is not a meter id"),
         (6, "field `litres`: `12.5` is not a whole number of litres"),
         (8, "conflicting duplicate"),
         (9, "timestamp in the future"),
@@ -689,7 +692,7 @@ async fn admin_actions_need_a_token_or_a_signature() {
     eventually("the block to show in /api/v1/blocked", CONVERGE, || async {
         let blocked = get(addr, "/api/v1/blocked").await.json();
         let entry = &blocked["blocked"][0];
-        (entry["meter"] == json!(42)
+        (entry["meter"] == json!("42")
             && entry["reason"] == json!("manual")
             && entry["detail"] == json!("inspection"))
         .then_some(())
@@ -697,7 +700,7 @@ async fn admin_actions_need_a_token_or_a_signature() {
     .await;
     let reply = send(addr, "POST", "/api/v1/admin/block", &token, br#"{"meter":4242}"#).await;
     assert_eq!(reply.status, 404, "{}", reply.text());
-    let reply = send(addr, "POST", "/api/v1/admin/unblock", &token, br#"{"meter":42}"#).await;
+    let reply = send(addr, "POST", "/api/v1/admin/unblock", &token, br#"{"meter":"42"}"#).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     let reply = send(addr, "POST", "/api/v1/admin/paid", &token, br#"{"meter":42}"#).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
@@ -733,7 +736,7 @@ async fn admin_actions_need_a_token_or_a_signature() {
         "POST",
         "/api/v1/admin/signed",
         &[],
-        signed_hex(&admin, now_ms(), Action::Block { meter: 4242, reason: "x".into() }).as_bytes(),
+        signed_hex(&admin, now_ms(), Action::Block { meter: 4242.into(), reason: "x".into() }).as_bytes(),
     )
     .await;
     assert_eq!(reply.status, 404, "{}", reply.text());
@@ -819,7 +822,7 @@ async fn live_events_follow_a_meter_through_any_node() {
     let (id, first) = events.next().await;
     assert_eq!(
         first,
-        present::follow_json(300, &peer, &reading(300, t + 1000, 20)),
+        present::follow_json(300.into(), &peer, &reading(300, t + 1000, 20)),
         "first: the latest reading"
     );
     assert_eq!(id, (t + 1000).to_string());
@@ -827,7 +830,7 @@ async fn live_events_follow_a_meter_through_any_node() {
     let newer = Reading { flow_lph: Some(60), alarms: Alarms::LEAK, ..reading(300, t + 2000, 35) };
     ingest_local(home, vec![newer]).await;
     let (id, next) = events.next().await;
-    assert_eq!(next, present::follow_json(300, &peer, &newer));
+    assert_eq!(next, present::follow_json(300.into(), &peer, &newer));
     assert_eq!(id, (t + 2000).to_string());
 
     // A reconnecting client resumes after its last reading.

@@ -5,10 +5,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{consumption_since, eventually, now_ms, readings, top_n, Mesh, HOUR_MS};
+use common::{consumption_since, eventually, id, now_ms, readings, top_n, Mesh, HOUR_MS};
 use hydromesh_proto::ingest::{self, Outcome};
 use hydromesh_proto::query::{self, Request, Response};
-use hydromesh_proto::Reading;
+use hydromesh_proto::{MeterId, Reading};
 
 const NODES: usize = 5;
 const METERS_PER_NODE: u64 = 20;
@@ -31,7 +31,7 @@ async fn ingest_all(mesh: &Mesh, data: &[Vec<Reading>]) -> Vec<Vec<Outcome>> {
     all
 }
 
-fn entries(response: &Response) -> Option<Vec<(u64, u64)>> {
+fn entries(response: &Response) -> Option<Vec<(MeterId, u64)>> {
     match response {
         Response::Top(top) => Some(top.entries.iter().map(|e| (e.meter, e.consumption_l)).collect()),
         _ => None,
@@ -79,7 +79,7 @@ async fn every_node_answers_exact_global_questions() {
         panic!("top")
     };
     for entry in &top.entries {
-        let home = (entry.meter / 1000 - 1) as usize;
+        let home = (entry.meter.as_number().expect("numeric") / 1000 - 1) as usize;
         assert_eq!(entry.home, mesh.nodes[home].peer.to_string(), "home of meter {}", entry.meter);
     }
     let Response::Stats(stats) = mesh.ask(4, Request::Stats).await.expect("query") else { panic!("stats") };
@@ -112,7 +112,7 @@ async fn every_node_answers_exact_global_questions() {
     }
 
     // One meter's history, asked of a node that does not hold it: routed to its home.
-    let meter = meters_of(NODES - 1).next().expect("meter");
+    let meter = id(meters_of(NODES - 1).next().expect("meter"));
     let Response::Meter(answer) =
         mesh.ask(0, Request::Meter { meter, from_ms: None, to_ms: None }).await.expect("query")
     else {
@@ -121,8 +121,10 @@ async fn every_node_answers_exact_global_questions() {
     assert_eq!(answer.home, mesh.nodes[NODES - 1].peer.to_string());
     assert_eq!(answer.history.readings.len() as u64, READINGS_PER_METER);
     assert_eq!(answer.consumption_l, truth[&meter]);
-    let unknown =
-        mesh.ask(0, Request::Meter { meter: 999_999, from_ms: None, to_ms: None }).await.expect("query");
+    let unknown = mesh
+        .ask(0, Request::Meter { meter: 999_999.into(), from_ms: None, to_ms: None })
+        .await
+        .expect("query");
     assert!(matches!(unknown, Response::NotFound(_)), "{unknown:?}");
 }
 

@@ -192,13 +192,14 @@ async fn a_publish_is_acknowledged_only_once_its_reading_is_stored() {
     // QoS 1: once mosquitto_pub has its PUBACK, the reading is there, without waiting.
     let json = format!(r#"{{"ts":"{}","litres":1500,"flow_lph":30,"alarms":["leak"]}}"#, format_rfc3339(ts));
     publish(addr, "1", "hydromesh/meters/4242/reading", &json).await;
-    let stored = history(handle(&mesh, n), 4242).await;
-    let expected = Reading { meter: 4242, ts_ms: ts, litres: 1500, flow_lph: Some(30), alarms: Alarms::LEAK };
+    let stored = history(handle(&mesh, n), 4242.into()).await;
+    let expected =
+        Reading { meter: 4242.into(), ts_ms: ts, litres: 1500, flow_lph: Some(30), alarms: Alarms::LEAK };
     assert_eq!(stored, vec![expected]);
 
     // QoS 2: the PUBREC waits for storage the same way.
     publish(addr, "2", "hydromesh/meters/4242/reading", &reading_json(ts + 60_000, 1510)).await;
-    assert_eq!(history(handle(&mesh, n), 4242).await.len(), 2);
+    assert_eq!(history(handle(&mesh, n), 4242.into()).await.len(), 2);
 
     // QoS 0: stored too, with nothing to wait for.
     publish(
@@ -209,13 +210,13 @@ async fn a_publish_is_acknowledged_only_once_its_reading_is_stored() {
     )
     .await;
     eventually("the QoS 0 reading to be stored", DEADLINE, || async {
-        (history(handle(&mesh, n), 4242).await.len() == 3).then_some(())
+        (history(handle(&mesh, n), 4242.into()).await.len() == 3).then_some(())
     })
     .await;
 
     // The same reading again is a duplicate: acknowledged, stored once.
     publish(addr, "1", "hydromesh/meters/4242/reading", &reading_json(ts + 60_000, 1510)).await;
-    assert_eq!(history(handle(&mesh, n), 4242).await.len(), 3);
+    assert_eq!(history(handle(&mesh, n), 4242.into()).await.len(), 3);
     assert_eq!(readings_counted(handle(&mesh, n), "duplicate"), 1);
 
     // Many messages on one connection (`-l`: one per line): when mosquitto_pub is done, every
@@ -231,7 +232,7 @@ async fn a_publish_is_acknowledged_only_once_its_reading_is_stored() {
         .await
         .expect("join");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    assert_eq!(history(handle(&mesh, n), 4343).await.len(), 2000);
+    assert_eq!(history(handle(&mesh, n), 4343.into()).await.len(), 2000);
     mesh.stop(n).await;
 }
 
@@ -253,7 +254,11 @@ async fn mqtt_5_and_3_1_1_are_spoken_and_3_1_is_refused_with_a_connack() {
         .await;
         assert!(output.status.success(), "{version}: {}", said(&output));
         assert!(said(&output).contains("received PUBACK"), "{version}: {}", said(&output));
-        assert_eq!(history(handle(&mesh, n), 55).await.len(), k + 1, "{version}: stored once acknowledged");
+        assert_eq!(
+            history(handle(&mesh, n), 55.into()).await.len(),
+            k + 1,
+            "{version}: stored once acknowledged"
+        );
     }
     // Each client ended with a normal DISCONNECT: nothing counted as a protocol error.
     assert_eq!(refused(handle(&mesh, n), "protocol_error"), 0);
@@ -287,15 +292,33 @@ async fn wmbusmeters_json_becomes_a_reading_with_litres_and_alarms() {
         format_rfc3339(ts)
     );
     publish(mqtt_addr(&mesh, n), "1", "wmbusmeters/Kitchen", &json).await;
-    let stored = history(handle(&mesh, n), 76_348_799).await;
+    let stored = history(handle(&mesh, n), 76_348_799.into()).await;
     let expected = Reading {
-        meter: 76_348_799,
+        meter: 76_348_799.into(),
         ts_ms: ts,
         litres: 6409,
         flow_lph: None,
         alarms: Alarms::LEAK.union(Alarms::BURST),
     };
     assert_eq!(stored, vec![expected], "6.4086 m³ is 6409 L; the unknown status word is ignored");
+    // Ids as wmbusmeters prints them, hex and leading zeros (outputs of its izar and apator172
+    // driver tests).
+    let time = format_rfc3339(ts);
+    let izar = format!(
+        r#"{{"media":"water","meter":"izar","name":"IzarWater4","id":"2124589c","prefix":"H19CA","serial_number":"159196","total_m3":38.944,"last_month_total_m3":38.691,"last_month_measure_date":"2021-02-01","remaining_battery_life_y":10,"current_alarms":"no_alarm","previous_alarms":"no_alarm","transmit_period_s":32,"manufacture_year":"2019","timestamp":"{time}"}}"#
+    );
+    let apator = format!(
+        r#"{{"media":"water","meter":"apator172","name":"Vattur","id":"0014a807","total_m3":7177.7,"timestamp":"{time}"}}"#
+    );
+    publish(mqtt_addr(&mesh, n), "1", "wmbusmeters/IzarWater4", &izar).await;
+    publish(mqtt_addr(&mesh, n), "1", "wmbusmeters/Vattur", &apator).await;
+    for (id, litres) in [("2124589C", 38_944), ("0014a807", 7_177_700)] {
+        let meter = MeterId::parse(id).expect("a printed id");
+        let stored = history(handle(&mesh, n), meter).await;
+        assert_eq!(stored.iter().map(|r| (r.ts_ms, r.litres)).collect::<Vec<_>>(), [(ts, litres)], "{id}");
+    }
+    let unpadded = MeterId::parse("14a807").expect("an id");
+    assert!(history(handle(&mesh, n), unpadded).await.is_empty(), "0014a807 is not 14a807");
     mesh.stop(n).await;
 }
 
@@ -337,7 +360,7 @@ async fn a_reading_over_the_cap_sends_a_closed_valve_command_to_subscribers() {
     })
     .await;
     for message in messages {
-        assert_eq!(message, Some(format!(r#"{{"meter":{meter},"valve":"closed"}}"#)));
+        assert_eq!(message, Some(format!(r#"{{"meter":"{meter}","valve":"closed"}}"#)));
     }
     mesh.stop(n).await;
 }
@@ -390,7 +413,7 @@ async fn bad_input_is_refused_and_counted_and_the_node_keeps_serving() {
     // And the next good message is stored.
     let ts = now_ms() - HOUR_MS;
     publish(addr, "1", "hydromesh/meters/5/reading", &reading_json(ts, 42)).await;
-    let stored = history(node, 5).await;
+    let stored = history(node, 5.into()).await;
     assert_eq!(stored.iter().map(|r| (r.ts_ms, r.litres)).collect::<Vec<_>>(), vec![(ts, 42)]);
     mesh.stop(n).await;
 }
@@ -439,7 +462,7 @@ async fn many_publishes_in_flight_are_stored_and_acknowledged_in_order() {
     assert_eq!(acked, sent, "PUBACKs come in the order of the publishes");
     let client = publisher.await.expect("publisher");
     assert_eq!(readings_counted(handle(&mesh, n), "accepted"), total as u64);
-    assert_eq!(history(handle(&mesh, n), 9000).await.len(), PER_METER as usize);
+    assert_eq!(history(handle(&mesh, n), 9000.into()).await.len(), PER_METER as usize);
 
     // Stopping the node with a client connected ends within its grace period.
     drop(client);
@@ -495,7 +518,7 @@ async fn a_node_subscribed_to_mosquitto_stores_readings_and_publishes_commands_t
     let json = reading_json(t0, 1000);
     eventually("the node to store a reading published on mosquitto", DEADLINE, || async {
         publish(broker.addr, "1", &topic, &json).await;
-        (history(handle(&mesh, n), meter).await.len() == 1).then_some(())
+        (history(handle(&mesh, n), meter.into()).await.len() == 1).then_some(())
     })
     .await;
     let wmbus = format!(
@@ -504,7 +527,7 @@ async fn a_node_subscribed_to_mosquitto_stores_readings_and_publishes_commands_t
     );
     publish(broker.addr, "1", "wmbusmeters/garden", &wmbus).await;
     eventually("the wmbusmeters reading to be stored", DEADLINE, || async {
-        let stored = history(handle(&mesh, n), 555).await;
+        let stored = history(handle(&mesh, n), 555.into()).await;
         stored.first().filter(|r| r.litres == 250 && r.alarms == Alarms::DRY).map(|_| ())
     })
     .await;
@@ -530,7 +553,7 @@ async fn a_node_subscribed_to_mosquitto_stores_readings_and_publishes_commands_t
         }
     })
     .await;
-    assert_eq!(message, format!(r#"{{"meter":{meter},"valve":"closed"}}"#));
+    assert_eq!(message, format!(r#"{{"meter":"{meter}","valve":"closed"}}"#));
 
     let node = mesh.nodes[n].handle.take().expect("running");
     tokio::time::timeout(Duration::from_secs(15), node.shutdown())
@@ -552,7 +575,7 @@ async fn a_node_subscribed_to_mosquitto_reconnects_after_the_broker_restarts() {
     let t0 = now_ms() - HOUR_MS;
     let stored = |count: usize| {
         let node = handle(&mesh, n);
-        async move { (history(node, meter).await.len() == count).then_some(()) }
+        async move { (history(node, meter.into()).await.len() == count).then_some(()) }
     };
 
     let first = reading_json(t0, 10);
@@ -592,7 +615,7 @@ async fn readings_the_broker_dropped_while_the_node_was_away_are_reported() {
     let t0 = now_ms() - HOUR_MS;
     eventually("the node to store a reading published on mosquitto", DEADLINE, || async {
         publish(broker.addr, "1", &topic, &reading_json(t0, 100)).await;
-        (history(handle(&mesh, n), meter).await.len() == 1).then_some(())
+        (history(handle(&mesh, n), meter.into()).await.len() == 1).then_some(())
     })
     .await;
     assert_eq!(dropped_by_broker(handle(&mesh, n)), 0, "nothing dropped yet");
@@ -608,7 +631,7 @@ async fn readings_the_broker_dropped_while_the_node_was_away_are_reported() {
         eventually("the queued readings and the broker's count of the others", DEADLINE, || {
             let node = handle(&mesh, n);
             async move {
-                let stored = (history(node, meter).await.len() as u64).saturating_sub(1);
+                let stored = (history(node, meter.into()).await.len() as u64).saturating_sub(1);
                 let dropped = dropped_by_broker(node);
                 (stored > 0 && stored + dropped == sent).then_some((stored, dropped))
             }

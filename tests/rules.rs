@@ -6,14 +6,14 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, now_ms, Mesh, HOUR_MS};
+use common::{eventually, id, now_ms, Mesh, HOUR_MS};
 use hydromesh::client::Client;
 use hydromesh::sim::{Fleet, Profile};
 use hydromesh_proto::control::{Action, BlockReason, Command, Policy};
 use hydromesh_proto::ingest::{self, MeterCommand, Outcome, Valve};
 use hydromesh_proto::query::{Request, Response};
 use hydromesh_proto::summary::AlertKind;
-use hydromesh_proto::{Alarms, Reading};
+use hydromesh_proto::{Alarms, MeterId, Reading};
 use libp2p::identity::ed25519;
 
 const CONVERGE: Duration = Duration::from_secs(30);
@@ -53,7 +53,7 @@ async fn ingest(client: &mut Client, readings: Vec<Reading>) -> (Vec<Outcome>, V
 }
 
 fn reading(meter: u64, ts_ms: u64, litres: u64) -> Reading {
-    Reading { meter, ts_ms, litres, flow_lph: None, alarms: Alarms::empty() }
+    Reading { meter: id(meter), ts_ms, litres, flow_lph: None, alarms: Alarms::empty() }
 }
 
 async fn policy_of(mesh: &Mesh, node: usize) -> Policy {
@@ -101,7 +101,7 @@ async fn a_policy_set_through_one_node_cuts_a_meter_homed_on_another() {
         let readings = send(&mut fleet, tick);
         let (_, commands) = ingest(&mut on_c, readings.clone()).await;
         fleet.apply_commands(&commands);
-        if commands.contains(&MeterCommand { meter: 7, valve: Valve::Closed }) {
+        if commands.contains(&MeterCommand { meter: 7.into(), valve: Valve::Closed }) {
             closed_at = Some(readings[0].litres);
         }
     }
@@ -110,7 +110,7 @@ async fn a_policy_set_through_one_node_cuts_a_meter_homed_on_another() {
         let readings = send(&mut fleet, tick);
         assert_eq!(Some(readings[0].litres), closed_at, "the register stopped");
         let (_, commands) = ingest(&mut on_c, readings).await;
-        assert_eq!(commands, vec![MeterCommand { meter: 7, valve: Valve::Closed }]);
+        assert_eq!(commands, vec![MeterCommand { meter: 7.into(), valve: Valve::Closed }]);
     }
 
     // Every node reports the block, with its reason and home.
@@ -118,7 +118,7 @@ async fn a_policy_set_through_one_node_cuts_a_meter_homed_on_another() {
         let Response::Blocked(blocked) = mesh.client(a).await.query(Request::Blocked).await.ok()? else {
             return None;
         };
-        let entry = blocked.blocked.iter().find(|e| e.blocked.meter == 7)?;
+        let entry = blocked.blocked.iter().find(|e| e.blocked.meter == 7.into())?;
         (entry.blocked.reason == BlockReason::Cap && entry.home == mesh.nodes[c].peer.to_string())
             .then_some(())
     })
@@ -137,7 +137,7 @@ async fn a_policy_set_through_one_node_cuts_a_meter_homed_on_another() {
         ingest(&mut on_late, vec![reading(900, t, 1000), reading(900, t + 1000, 1000 + cap_l)]).await;
     assert!(under.is_empty(), "exactly the cap is allowed: {under:?}");
     let (_, over) = ingest(&mut on_late, vec![reading(900, t + 2000, 1001 + cap_l)]).await;
-    assert_eq!(over, vec![MeterCommand { meter: 900, valve: Valve::Closed }]);
+    assert_eq!(over, vec![MeterCommand { meter: 900.into(), valve: Valve::Closed }]);
 
     // A back-fill that moves the period's base, days before the latest reading, closes the
     // valve in its own acknowledgement.
@@ -150,7 +150,7 @@ async fn a_policy_set_through_one_node_cuts_a_meter_homed_on_another() {
     assert!(under.is_empty(), "{under:?}");
     let (outcomes, backfill) = ingest(&mut on_late, vec![reading(901, t - 72 * HOUR_MS, 100)]).await;
     assert_eq!(outcomes, vec![Outcome::Accepted]);
-    assert_eq!(backfill, vec![MeterCommand { meter: 901, valve: Valve::Closed }]);
+    assert_eq!(backfill, vec![MeterCommand { meter: 901.into(), valve: Valve::Closed }]);
 
     // Lifting the cap reopens the valves at their next acknowledgement.
     let answer = admin(&mut mesh.client(a).await, &key, Action::Policy(Policy::default())).await;
@@ -158,7 +158,7 @@ async fn a_policy_set_through_one_node_cuts_a_meter_homed_on_another() {
     eventually("the late node to reopen meter 900", CONVERGE, || async {
         let ts = now_ms() - HOUR_MS / 2;
         let (_, commands) = ingest(&mut mesh.client(late).await, vec![reading(900, ts, 1001 + cap_l)]).await;
-        (commands == vec![MeterCommand { meter: 900, valve: Valve::Open }]).then_some(())
+        (commands == vec![MeterCommand { meter: 900.into(), valve: Valve::Open }]).then_some(())
     })
     .await;
 }
@@ -189,16 +189,17 @@ async fn untrusted_keys_and_unknown_meters_are_refused_everywhere() {
         other => panic!("an untrusted command was not refused: {other:?}"),
     }
     let unknown =
-        admin(&mut mesh.client(0).await, &key, Action::Block { meter: 404, reason: "x".into() }).await;
+        admin(&mut mesh.client(0).await, &key, Action::Block { meter: 404.into(), reason: "x".into() }).await;
     assert!(matches!(&unknown, Response::Error(reason) if reason.contains("unknown")), "{unknown:?}");
 
     // A trusted block of a meter homed on the other node: found, applied, enforced there.
     let blocked =
-        admin(&mut mesh.client(0).await, &key, Action::Block { meter: 5, reason: "unpaid".into() }).await;
+        admin(&mut mesh.client(0).await, &key, Action::Block { meter: 5.into(), reason: "unpaid".into() })
+            .await;
     assert!(matches!(blocked, Response::Applied(_)), "{blocked:?}");
     eventually("node 1 to cut meter 5 by hand", CONVERGE, || async {
         let (_, commands) = ingest(&mut mesh.client(1).await, vec![reading(5, now_ms() - 1000, 10)]).await;
-        (commands == vec![MeterCommand { meter: 5, valve: Valve::Closed }]).then_some(())
+        (commands == vec![MeterCommand { meter: 5.into(), valve: Valve::Closed }]).then_some(())
     })
     .await;
     for node in 0..2 {
@@ -230,12 +231,12 @@ async fn alerts_bills_and_follow_are_answered_through_any_node() {
         else {
             return None;
         };
-        let found: Vec<(u64, AlertKind)> =
+        let found: Vec<(MeterId, AlertKind)> =
             answer.alerts.iter().map(|e| (e.alert.meter, e.alert.kind)).collect();
         (found.len() == 2).then_some(found)
     })
     .await;
-    assert_eq!(alerts, vec![(11, AlertKind::Leak), (13, AlertKind::Tamper)]);
+    assert_eq!(alerts, vec![(id(11), AlertKind::Leak), (id(13), AlertKind::Tamper)]);
 
     // Re-sent and back-filled readings judge the same way.
     let (outcomes, _) = ingest(&mut home, leaking[10..20].to_vec()).await;
@@ -247,14 +248,14 @@ async fn alerts_bills_and_follow_are_answered_through_any_node() {
     else {
         panic!("alerts")
     };
-    let still: Vec<u64> = leaks.alerts.iter().map(|e| e.alert.meter).collect();
-    assert_eq!(still, vec![11]);
+    let still: Vec<MeterId> = leaks.alerts.iter().map(|e| e.alert.meter).collect();
+    assert_eq!(still, vec![id(11)]);
 
     // The bill, routed to the home, by the default tariff.
     let Response::Bill(Some(bill)) = mesh
         .client(0)
         .await
-        .query(Request::Bill { meter: 11, period_start_ms: Some(start + 50 * HOUR_MS / 2) })
+        .query(Request::Bill { meter: 11.into(), period_start_ms: Some(start + 50 * HOUR_MS / 2) })
         .await
         .expect("bill")
     else {
@@ -273,7 +274,10 @@ async fn alerts_bills_and_follow_are_answered_through_any_node() {
     let mut follower = mesh.client(0).await;
     let followed = tokio::spawn(async move {
         follower
-            .query_within(Request::Follow { meter: 11, after_ts_ms: Some(last) }, Duration::from_secs(20))
+            .query_within(
+                Request::Follow { meter: 11.into(), after_ts_ms: Some(last) },
+                Duration::from_secs(20),
+            )
             .await
     });
     let next = reading(11, last + 60_000, 100 + 50 * 3 + 2);
@@ -300,7 +304,7 @@ async fn a_node_with_a_raw_retention_keeps_older_readings_hourly_and_consumption
     let start = now - now % HOUR_MS - 5 * 86_400_000;
     let readings: Vec<Reading> = (0..480)
         .map(|i| Reading {
-            meter: 77,
+            meter: 77.into(),
             ts_ms: start + 7 * 60_000 + i * 900_000,
             litres: 1_000 + i * 25 + i % 3,
             flow_lph: None,
@@ -317,8 +321,13 @@ async fn a_node_with_a_raw_retention_keeps_older_readings_hourly_and_consumption
     assert!(before.iter().all(|(_, count)| *count == 96), "{before:?}");
     // The writer thins a slice of meters after a batch, at most every second: another meter's
     // readings wake it.
-    let mut next =
-        Reading { meter: 78, ts_ms: now - HOUR_MS, litres: 0, flow_lph: None, alarms: Alarms::empty() };
+    let mut next = Reading {
+        meter: 78.into(),
+        ts_ms: now - HOUR_MS,
+        litres: 0,
+        flow_lph: None,
+        alarms: Alarms::empty(),
+    };
     let after = eventually("the older days thinned", Duration::from_secs(30), || {
         next.ts_ms += 1_000;
         next.litres += 1;
@@ -346,7 +355,7 @@ async fn days(mesh: &Mesh, start: u64) -> Option<Vec<(u64, usize)>> {
     let mut answers = Vec::new();
     for day in 0..5 {
         let window = (start + day * 86_400_000, start + (day + 1) * 86_400_000);
-        let request = Request::Meter { meter: 77, from_ms: Some(window.0), to_ms: Some(window.1) };
+        let request = Request::Meter { meter: 77.into(), from_ms: Some(window.0), to_ms: Some(window.1) };
         let Response::Meter(answer) = mesh.ask(1, request).await? else { return None };
         answers.push((answer.consumption_l, answer.history.readings.len()));
     }

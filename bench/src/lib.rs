@@ -3,6 +3,12 @@
 use std::path::Path;
 
 use anyhow::Context;
+use hydromesh_proto::MeterId;
+
+/// The numeric meter id `n` (below 10^12: a driver's own ids).
+pub fn meter(n: u64) -> MeterId {
+    MeterId::number(n).expect("a numeric meter id")
+}
 
 /// Apparent size of a folder and everything in it, as `du -sb` counts it.
 pub fn disk_usage(path: &Path) -> anyhow::Result<u64> {

@@ -7,7 +7,8 @@
 //! firmware and gateways can use it alone.
 //!
 //! # Layout
-//! - [`reading`]: meters, readings, alarm flags.
+//! - [`meter`]: a meter's id as printed on the meter, and its code.
+//! - [`reading`]: readings and alarm flags.
 //! - [`ingest`]: `/hydromesh/ingest/1`, a batch of readings and the per-reading outcome.
 //! - [`query`]: `/hydromesh/query/2`, questions from clients and their answers.
 //! - [`peer`]: `/hydromesh/peer/1`, what a node asks another about the other's own meters.
@@ -19,6 +20,7 @@
 
 pub mod control;
 pub mod ingest;
+pub mod meter;
 pub mod peer;
 pub mod query;
 pub mod reading;

@@ -4,8 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// A meter's identity (its serial number).
-pub type MeterId = u64;
+pub use crate::meter::MeterId;
 
 /// One cumulative register reading, as a meter reports it.
 ///

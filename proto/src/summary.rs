@@ -338,7 +338,7 @@ impl MeterFilter {
     fn positions(&self, meter: MeterId) -> impl Iterator<Item = usize> {
         // Double hashing (Kirsch–Mitzenmacher): k positions from two 64-bit hashes.
         let len = (self.bits.len() * 64) as u64;
-        let h1 = splitmix64(meter);
+        let h1 = splitmix64(meter.code());
         let h2 = splitmix64(h1) | 1;
         (0..u64::from(self.hashes)).map(move |i| (h1.wrapping_add(i.wrapping_mul(h2)) % len.max(1)) as usize)
     }
@@ -359,11 +359,12 @@ mod tests {
     #[test]
     fn filter_never_misses_and_rarely_lies() {
         let mut filter = MeterFilter::with_capacity(10_000);
-        for meter in 0..10_000 {
-            filter.insert(meter * 3);
+        let meter = |n: u32| MeterId::from(n);
+        for n in 0..10_000 {
+            filter.insert(meter(n * 3));
         }
-        assert!((0..10_000).all(|m| filter.may_contain(m * 3)));
-        let false_positives = (0..10_000).filter(|m| filter.may_contain(m * 3 + 1)).count();
+        assert!((0..10_000).all(|n| filter.may_contain(meter(n * 3))));
+        let false_positives = (0..10_000).filter(|n| filter.may_contain(meter(n * 3 + 1))).count();
         assert!(false_positives < 300, "{false_positives} false positives in 10000");
     }
 
@@ -371,7 +372,7 @@ mod tests {
     fn empty_or_malformed_filters_hold_nothing() {
         let filter = MeterFilter { bits: vec![], hashes: 3 };
         assert!(!filter.is_valid());
-        assert!(!filter.may_contain(1));
+        assert!(!filter.may_contain(1.into()));
         assert!(!MeterFilter { bits: vec![u64::MAX], hashes: 0 }.is_valid());
         assert!(MeterFilter::with_capacity(0).is_valid());
     }

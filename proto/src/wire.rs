@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::limits::MAX_MESSAGE_BYTES;
 
 /// Version of the wire format; a node refuses messages of another version.
-pub const WIRE_VERSION: u16 = 1;
+pub const WIRE_VERSION: u16 = 2;
 
 /// Why a message could not be encoded or decoded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -97,7 +97,13 @@ mod tests {
     use crate::{Alarms, Reading};
 
     fn reading() -> Reading {
-        Reading { meter: 7, ts_ms: 1_795_000_000_000, litres: 1234, flow_lph: Some(60), alarms: Alarms::LEAK }
+        Reading {
+            meter: 7.into(),
+            ts_ms: 1_795_000_000_000,
+            litres: 1234,
+            flow_lph: Some(60),
+            alarms: Alarms::LEAK,
+        }
     }
 
     fn summary() -> NodeSummary {
@@ -110,7 +116,7 @@ mod tests {
             meter_count: 1,
             total_consumption_l: 34,
             top: vec![MeterSpan {
-                meter: 7,
+                meter: 7.into(),
                 first: Point { ts_ms: 1_794_999_000_000, litres: 1200 },
                 last: Point { ts_ms: 1_795_000_000_000, litres: 1234 },
             }],
@@ -119,12 +125,12 @@ mod tests {
             period_consumption_l: 34,
             period_meters: 1,
             blocked: vec![Blocked {
-                meter: 7,
+                meter: 7.into(),
                 reason: BlockReason::Cap,
                 since_ms: 1_795_000_000_000,
                 detail: "cap".into(),
             }],
-            alerts: vec![Alert { meter: 7, kind: AlertKind::Leak, since_ms: 1_795_000_000_000 }],
+            alerts: vec![Alert { meter: 7.into(), kind: AlertKind::Leak, since_ms: 1_795_000_000_000 }],
             truncated: false,
         }
     }
@@ -146,7 +152,7 @@ mod tests {
 
     #[test]
     fn golden_ingest_request() {
-        golden(ingest::Request { readings: vec![reading()] }, "01000107fd005e56eea1010000fbd204013c01");
+        golden(ingest::Request { readings: vec![reading()] }, "02000107fd005e56eea1010000fbd204013c01");
     }
 
     #[test]
@@ -158,18 +164,18 @@ mod tests {
                     Outcome::Duplicate,
                     Outcome::Rejected(Rejection::ConflictingDuplicate { stored_litres: 5 }),
                 ],
-                commands: vec![MeterCommand { meter: 7, valve: Valve::Closed }],
+                commands: vec![MeterCommand { meter: 7.into(), valve: Valve::Closed }],
             },
-            "010000030001020305010701",
+            "020000030001020305010701",
         );
     }
 
     #[test]
     fn golden_query_request_and_response() {
-        golden(query::Request::Top { n: 10, since_ms: Some(3_600_000) }, "0100000a01fc80ee3600");
+        golden(query::Request::Top { n: 10, since_ms: Some(3_600_000) }, "0200000a01fc80ee3600");
         golden(
             query::Response::Top(TopAnswer {
-                entries: vec![TopEntry { meter: 7, consumption_l: 34, home: "12D3KooW".into() }],
+                entries: vec![TopEntry { meter: 7.into(), consumption_l: 34, home: "12D3KooW".into() }],
                 coverage: Coverage {
                     included: vec!["12D3KooW".into()].into(),
                     stale: vec![],
@@ -177,19 +183,19 @@ mod tests {
                     oldest_data_age_ms: 5,
                 },
             }),
-            "01000001072208313244334b6f6f570108313244334b6f6f57000005",
+            "02000001072208313244334b6f6f570108313244334b6f6f57000005",
         );
     }
 
     #[test]
     fn golden_summary_and_sync() {
         let payload = encode(&summary()).expect("encode");
-        golden(summary(), "010008313244334b6f6f57056e6f72746803fd005e56eea101000001172f6970342f3132372e302e302e312f7463702f3430303101220107fdc01b47eea1010000fbb004fd005e56eea1010000fbd20404ababababfd0004f4eba10100002201010701fd005e56eea101000003636170010700fd005e56eea101000000");
+        golden(summary(), "020008313244334b6f6f57056e6f72746803fd005e56eea101000001172f6970342f3132372e302e302e312f7463702f3430303101220107fdc01b47eea1010000fbb004fd005e56eea1010000fbd20404ababababfd0004f4eba10100002201010701fd005e56eea101000003636170010700fd005e56eea101000000");
         golden(
             Gossip::Summary(SignedSummary { payload, public_key: vec![1, 2], signature: vec![3] }),
-            "0100007d010008313244334b6f6f57056e6f72746803fd005e56eea101000001172f6970342f3132372e302e302e312f7463702f3430303101220107fdc01b47eea1010000fbb004fd005e56eea1010000fbd20404ababababfd0004f4eba10100002201010701fd005e56eea101000003636170010700fd005e56eea1010000000201020103",
+            "0200007d020008313244334b6f6f57056e6f72746803fd005e56eea101000001172f6970342f3132372e302e302e312f7463702f3430303101220107fdc01b47eea1010000fbb004fd005e56eea1010000fbd20404ababababfd0004f4eba10100002201010701fd005e56eea101000003636170010700fd005e56eea1010000000201020103",
         );
-        golden(Gossip::Alive(SignedAlive { payload: vec![4], signature: vec![5, 6] }), "0100010104020506");
+        golden(Gossip::Alive(SignedAlive { payload: vec![4], signature: vec![5, 6] }), "0200010104020506");
         let mut changed = summary();
         let new_top = changed.top.clone();
         changed.top.clear();
@@ -202,7 +208,7 @@ mod tests {
                 same_alerts: false,
                 signature: vec![9],
             })),
-            "0100020208313244334b6f6f57056e6f72746803fd005e56eea101000001172f6970342f3132372e302e302e312f7463702f3430303101220004ababababfd0004f4eba1010000220100010700fd005e56eea101000000020001040107fdc01b47eea1010000fbb004fd005e56eea1010000fbd20401000109",
+            "0200020208313244334b6f6f57056e6f72746803fd005e56eea101000001172f6970342f3132372e302e302e312f7463702f3430303101220004ababababfd0004f4eba1010000220100010700fd005e56eea101000000020001040107fdc01b47eea1010000fbb004fd005e56eea1010000fbd20401000109",
         );
         golden(
             SyncRequest {
@@ -211,10 +217,10 @@ mod tests {
                     commands: vec![CommandVersion { subject: "policy".into(), issued_at_ms: 9, tag: 300 }],
                 },
             },
-            "01000102000107010106706f6c69637909fb2c01",
+            "02000102000107010106706f6c69637909fb2c01",
         );
         let mut filter = MeterFilter::with_capacity(1);
-        filter.insert(7);
+        filter.insert(7.into());
         golden(
             SyncResponse {
                 summaries: vec![],
@@ -222,7 +228,7 @@ mod tests {
                 filters: vec![OriginFilter { origin: vec![0, 1], filter }],
                 more: true,
             },
-            "010000000102000101fd00008010420821000701",
+            "020000000102000101fd00008010420821000701",
         );
     }
 
@@ -249,8 +255,25 @@ mod tests {
     }
 
     #[test]
+    fn a_printed_meter_id_travels_as_its_code_and_a_code_of_no_id_is_refused() {
+        let printed = crate::MeterId::parse("2124589c").expect("id");
+        let message = ingest::Request { readings: vec![Reading { meter: printed, ..reading() }] };
+        let bytes = encode(&message).expect("encode");
+        assert_eq!(decode::<ingest::Request>(&bytes, 1024), Ok(message));
+        // The reading's meter is the u64 right after the batch's length (one byte): u64::MAX
+        // (bincode's varint: 253 and 8 bytes) is the code of no id.
+        let mut bad = bytes[..3].to_vec();
+        bad.push(253);
+        bad.extend_from_slice(&u64::MAX.to_le_bytes());
+        bad.extend_from_slice(&encode(&reading()).expect("encode")[3..]);
+        assert!(
+            matches!(decode::<ingest::Request>(&bad, 1024), Err(WireError::Malformed(e)) if e.contains("not the code of a meter id"))
+        );
+    }
+
+    #[test]
     fn a_huge_claimed_length_does_not_allocate_it() {
-        // Version 1, then a Vec length of u64::MAX in bincode's varint encoding.
+        // The version, then a Vec length of u64::MAX in bincode's varint encoding.
         let mut bytes = WIRE_VERSION.to_le_bytes().to_vec();
         bytes.push(253);
         bytes.extend_from_slice(&u64::MAX.to_le_bytes());

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Subcommand;
 use hydromesh_proto::control::{Action, Command, Policy};
-use hydromesh_proto::query;
+use hydromesh_proto::{query, MeterId};
 use serde_json::json;
 
 use super::output::cubic_metres;
@@ -35,16 +35,16 @@ pub struct Args {
 enum AdminCommand {
     /// Cut a meter's supply.
     Block {
-        /// The meter.
-        meter: u64,
+        /// The meter's id, as printed on it (e.g. 2124589c).
+        meter: MeterId,
         /// Why (shown with the block).
         #[arg(long, default_value = "blocked by an admin")]
         reason: String,
     },
     /// Restore a meter's supply after a manual block.
     Unblock {
-        /// The meter.
-        meter: u64,
+        /// The meter's id, as printed on it (e.g. 2124589c).
+        meter: MeterId,
     },
     /// Show the rationing policy, or change it (flags not given keep their value).
     Policy {
@@ -60,8 +60,8 @@ enum AdminCommand {
     },
     /// Record payment of the meter's bills so far; lifts a debt block.
     Paid {
-        /// The meter.
-        meter: u64,
+        /// The meter's id, as printed on it (e.g. 2124589c).
+        meter: MeterId,
     },
 }
 

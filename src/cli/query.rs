@@ -10,6 +10,7 @@ use hydromesh_proto::query::{
     TopAnswer,
 };
 use hydromesh_proto::summary::AlertKind;
+use hydromesh_proto::MeterId;
 
 use super::output::{age, coverage_line, cubic_metres, Table};
 use super::{PeerArgs, EXIT_ERROR, EXIT_REFUSED};
@@ -60,16 +61,16 @@ enum What {
     },
     /// A meter's bill for a period (default: the current one), from its home node.
     Bill {
-        /// The meter id.
-        id: u64,
+        /// The meter's id, as printed on it (e.g. 2124589c).
+        id: MeterId,
         /// Any time in the period (RFC 3339 or Unix ms).
         #[arg(long, value_parser = parse_time, value_name = "TIME")]
         period_start: Option<u64>,
     },
     /// One meter's readings, consumption, state and bill, from its home node.
     Meter {
-        /// The meter id.
-        id: u64,
+        /// The meter's id, as printed on it (e.g. 2124589c).
+        id: MeterId,
         /// Keep printing each new reading as its home stores it (Ctrl-C to stop).
         #[arg(long, conflicts_with_all = ["from", "to", "all"])]
         follow: bool,
@@ -338,7 +339,7 @@ fn status_text(status: &MeterStatus) -> String {
 }
 
 /// `query meter ID --follow`: long polls through the asked node, printing each new reading.
-async fn follow(client: &mut Client, meter: u64, json: bool) -> anyhow::Result<u8> {
+async fn follow(client: &mut Client, meter: MeterId, json: bool) -> anyhow::Result<u8> {
     let mut after_ts_ms = None;
     loop {
         let request = query::Request::Follow { meter, after_ts_ms };

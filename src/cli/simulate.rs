@@ -59,7 +59,8 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     let mut fleet = Fleet::new(args.first_meter, args.meters, args.profile, args.seed);
     anyhow::ensure!(
         fleet.len() as u64 == args.meters,
-        "meter ids overflow: --first-meter + --meters exceeds 2^64"
+        "meter ids overflow: --first-meter + --meters is past the last numeric id ({})",
+        hydromesh_proto::meter::NUMBERS - 1
     );
     let mut client = args.peer.connect().await?;
     let real_start = tokio::time::Instant::now();

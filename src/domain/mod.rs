@@ -96,14 +96,14 @@ pub fn join_spans(a: MeterSpan, b: MeterSpan) -> MeterSpan {
 }
 
 /// The span of a window's history: baseline (or first reading) to last reading.
-pub fn history_span(meter: u64, history: &MeterHistory) -> Option<MeterSpan> {
+pub fn history_span(meter: MeterId, history: &MeterHistory) -> Option<MeterSpan> {
     let last = history.readings.last()?;
     let first = history.baseline.as_ref().or(history.readings.first())?;
     Some(MeterSpan { meter, first: point(first), last: point(last) })
 }
 
 /// Consumption over a window's history (0 with no reading in the window).
-pub fn history_consumption(meter: u64, history: &MeterHistory) -> u64 {
+pub fn history_consumption(meter: MeterId, history: &MeterHistory) -> u64 {
     history_span(meter, history).map_or(0, |span| span_consumption(&span))
 }
 
@@ -174,12 +174,12 @@ mod tests {
     const T0: u64 = 1_795_000_000_000;
 
     fn reading(ts_ms: u64, litres: u64) -> Reading {
-        Reading { meter: 1, ts_ms, litres, flow_lph: None, alarms: Alarms::empty() }
+        Reading { meter: 1.into(), ts_ms, litres, flow_lph: None, alarms: Alarms::empty() }
     }
 
     fn span(first: (u64, u64), last: (u64, u64)) -> MeterSpan {
         MeterSpan {
-            meter: 1,
+            meter: 1.into(),
             first: Point { ts_ms: first.0, litres: first.1 },
             last: Point { ts_ms: last.0, litres: last.1 },
         }
@@ -203,11 +203,11 @@ mod tests {
             readings: vec![reading(T0 + 10, 1005), reading(T0 + 20, 1012)],
             truncated: false,
         };
-        assert_eq!(history_consumption(1, &history), 12);
+        assert_eq!(history_consumption(1.into(), &history), 12);
         let no_baseline = MeterHistory { baseline: None, ..history.clone() };
-        assert_eq!(history_consumption(1, &no_baseline), 7);
+        assert_eq!(history_consumption(1.into(), &no_baseline), 7);
         let empty = MeterHistory { baseline: Some(reading(T0, 1)), readings: vec![], truncated: false };
-        assert_eq!(history_consumption(1, &empty), 0);
+        assert_eq!(history_consumption(1.into(), &empty), 0);
     }
 
     #[test]
@@ -225,7 +225,7 @@ mod tests {
         let merged = merge_histories([a, b]);
         assert_eq!(merged.baseline, Some(reading(T0 + 1, 11)));
         assert_eq!(merged.readings.len(), 3);
-        assert_eq!(history_consumption(1, &merged), 8);
+        assert_eq!(history_consumption(1.into(), &merged), 8);
     }
 
     #[test]

@@ -382,11 +382,11 @@ mod tests {
     const NO_BURST: u32 = 1_000_000;
 
     fn r(ts_ms: u64, litres: u64) -> Reading {
-        Reading { meter: 1, ts_ms, litres, flow_lph: None, alarms: Alarms::empty() }
+        Reading { meter: 1.into(), ts_ms, litres, flow_lph: None, alarms: Alarms::empty() }
     }
 
     fn kinds(tracker: &Tracker) -> Vec<AlertKind> {
-        tracker.alerts(1).map(|a| a.kind).collect()
+        tracker.alerts(1.into()).map(|a| a.kind).collect()
     }
 
     /// Readings every 5 minutes over 25 h, always consuming except a standstill of
@@ -431,7 +431,7 @@ mod tests {
             }
         }
         assert_eq!(kinds(&tracker), vec![AlertKind::Leak]);
-        let since = tracker.alerts(1).next().map(|a| a.since_ms);
+        let since = tracker.alerts(1.into()).next().map(|a| a.since_ms);
         assert_eq!(since, Some(T0 + 24 * H));
         let last = 24 * 12;
         tracker.observe(&r(T0 + 25 * H, last), NO_BURST);
@@ -473,7 +473,11 @@ mod tests {
         assert_eq!(kinds(&tracker), vec![AlertKind::Tamper, AlertKind::Dry]);
         tracker.observe(&Reading { alarms: Alarms::DRY, ..r(T0 + 1, 1) }, NO_BURST);
         assert_eq!(kinds(&tracker), vec![AlertKind::Dry]);
-        assert_eq!(tracker.alerts(1).next().map(|a| a.since_ms), Some(T0), "since the first reading with it");
+        assert_eq!(
+            tracker.alerts(1.into()).next().map(|a| a.since_ms),
+            Some(T0),
+            "since the first reading with it"
+        );
     }
 
     #[test]
@@ -502,13 +506,13 @@ mod tests {
         };
         let now = T0;
         let at = |current_l| Consumption { current_l, previous_l: 0, reported: true };
-        assert_eq!(inputs.judge(1, at(1000), now), None, "exactly the cap is allowed");
-        assert_eq!(inputs.judge(1, at(1001), now).map(|b| b.0), Some(BlockReason::Cap));
+        assert_eq!(inputs.judge(1.into(), at(1000), now), None, "exactly the cap is allowed");
+        assert_eq!(inputs.judge(1.into(), at(1001), now).map(|b| b.0), Some(BlockReason::Cap));
         inputs.policy.cap_l = None;
-        assert_eq!(inputs.judge(1, at(1200), now), None, "exactly 1.5 × average is allowed");
-        assert_eq!(inputs.judge(1, at(1201), now).map(|b| b.0), Some(BlockReason::AboveAverage));
-        inputs.manual.insert(1, ("unpaid".into(), now));
-        assert_eq!(inputs.judge(1, at(0), now).map(|b| b.0), Some(BlockReason::Manual));
+        assert_eq!(inputs.judge(1.into(), at(1200), now), None, "exactly 1.5 × average is allowed");
+        assert_eq!(inputs.judge(1.into(), at(1201), now).map(|b| b.0), Some(BlockReason::AboveAverage));
+        inputs.manual.insert(1.into(), ("unpaid".into(), now));
+        assert_eq!(inputs.judge(1.into(), at(0), now).map(|b| b.0), Some(BlockReason::Manual));
     }
 
     #[test]
@@ -517,18 +521,21 @@ mod tests {
         let period = inputs.policy.period_ms;
         let start = inputs.policy.period_start(T0);
         let owes = Consumption { current_l: 0, previous_l: 5_000, reported: false };
-        assert_eq!(inputs.judge(1, owes, start + 86_400_000), None, "within the grace time");
+        assert_eq!(inputs.judge(1.into(), owes, start + 86_400_000), None, "within the grace time");
         let late = start + 11 * 86_400_000;
-        assert_eq!(inputs.judge(1, owes, late).map(|b| b.0), Some(BlockReason::Debt));
-        inputs.paid_through_ms.insert(1, start);
-        assert_eq!(inputs.judge(1, owes, late), None, "paid");
+        assert_eq!(inputs.judge(1.into(), owes, late).map(|b| b.0), Some(BlockReason::Debt));
+        inputs.paid_through_ms.insert(1.into(), start);
+        assert_eq!(inputs.judge(1.into(), owes, late), None, "paid");
         assert!(period > 11 * 86_400_000);
 
         // With weekly periods a 10-day grace would never end inside the period: half a period.
         inputs.policy.period_ms = 7 * 86_400_000;
         inputs.paid_through_ms.clear();
         let start = inputs.policy.period_start(T0);
-        assert_eq!(inputs.judge(1, owes, start + 3 * 86_400_000), None);
-        assert_eq!(inputs.judge(1, owes, start + 4 * 86_400_000).map(|b| b.0), Some(BlockReason::Debt));
+        assert_eq!(inputs.judge(1.into(), owes, start + 3 * 86_400_000), None);
+        assert_eq!(
+            inputs.judge(1.into(), owes, start + 4 * 86_400_000).map(|b| b.0),
+            Some(BlockReason::Debt)
+        );
     }
 }

@@ -168,13 +168,13 @@ pub(super) async fn paid(
     meter_action(&state, &headers, query, bytes, |meter| Action::Paid { meter }).await
 }
 
-/// An admin action whose body is just `{"meter":N}`.
+/// An admin action whose body is just `{"meter":"ID"}`.
 async fn meter_action(
     state: &AppState,
     headers: &HeaderMap,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
     bytes: Result<Bytes, BytesRejection>,
-    action: fn(u64) -> Action,
+    action: fn(MeterId) -> Action,
 ) -> ApiResult {
     let key = signer(state, headers)?;
     Params::new(query, &[])?;

@@ -73,12 +73,8 @@ impl Params {
 /// The meter of a `/meters/{id}` path.
 pub(super) fn meter_id(path: Result<Path<String>, PathRejection>) -> Result<MeterId, ApiError> {
     let Path(id) = path.map_err(|e| ApiError::bad_request(format!("bad meter id: {}", e.body_text())))?;
-    id.parse().map_err(|_| {
-        ApiError::bad_request(format!(
-            "meter id `{}` is not a meter number (an unsigned integer)",
-            shown(&id)
-        ))
-    })
+    MeterId::parse(&id)
+        .map_err(|error| ApiError::bad_request(format!("`{}` is not a meter id ({error})", shown(&id))))
 }
 
 /// The error answer for a node's answer that is not the one expected.

@@ -348,7 +348,7 @@ impl LocalMeters {
         let mut commands = Vec::new();
         for meter in meters {
             if let Err(error) = self.judge(store, meter, inputs, now_ms) {
-                tracing::error!(meter, %error, "cannot judge a meter");
+                tracing::error!(%meter, %error, "cannot judge a meter");
             }
             if self.snapshot.blocked.contains_key(&meter) {
                 commands.push(MeterCommand { meter, valve: Valve::Closed });
@@ -374,7 +374,7 @@ impl LocalMeters {
         let meters: Vec<MeterId> = self.meters.keys().copied().collect();
         for meter in meters {
             if let Err(error) = self.judge(store, meter, inputs, now_ms) {
-                tracing::error!(meter, %error, "cannot judge a meter");
+                tracing::error!(%meter, %error, "cannot judge a meter");
             }
         }
     }
@@ -419,7 +419,7 @@ impl LocalMeters {
                     _ => inputs.manual.get(&meter).map_or(now_ms, |(_, since)| *since),
                 };
                 if current.is_none() {
-                    tracing::info!(meter, reason = reason.as_str(), %detail, "cutting supply");
+                    tracing::info!(%meter, reason = reason.as_str(), %detail, "cutting supply");
                 }
                 Arc::make_mut(&mut snapshot.blocked)
                     .insert(meter, Blocked { meter, reason, since_ms, detail });
@@ -428,7 +428,7 @@ impl LocalMeters {
             None => {
                 if snapshot.blocked.contains_key(&meter) {
                     Arc::make_mut(&mut snapshot.blocked).remove(&meter);
-                    tracing::info!(meter, "restoring supply");
+                    tracing::info!(%meter, "restoring supply");
                     self.released.insert(meter);
                 }
             }
@@ -687,7 +687,7 @@ mod tests {
         let mut x: u64 = 7;
         for step in 0..2_000u64 {
             x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-            let meter = (x >> 33) % 40;
+            let meter = MeterId::from(((x >> 33) % 40) as u32);
             let grown = latest.get(&meter).map_or(0, span_consumption) + (x >> 60) * (step % 3);
             let next = span(meter, grown);
             latest.insert(meter, next);
@@ -713,14 +713,25 @@ mod tests {
         let (_dir, store) = store();
         let settings = Settings { burst_flow_lph: 1_000_000, top_k: 2 };
         let mut local = LocalMeters::load(&store, settings).expect("load");
-        ingest(&store, &mut local, &[reading(1, T0, 10), reading(1, T0 + 10, 50), reading(2, T0, 0)]);
-        ingest(&store, &mut local, &[reading(2, T0 + 10, 30), reading(3, T0, 5), reading(3, T0 + 5, 105)]);
+        ingest(
+            &store,
+            &mut local,
+            &[reading(1.into(), T0, 10), reading(1.into(), T0 + 10, 50), reading(2.into(), T0, 0)],
+        );
+        ingest(
+            &store,
+            &mut local,
+            &[reading(2.into(), T0 + 10, 30), reading(3.into(), T0, 5), reading(3.into(), T0 + 5, 105)],
+        );
         // A back-fill widens meter 2's span.
-        ingest(&store, &mut local, &[reading(2, T0 - 10, 0)]);
+        ingest(&store, &mut local, &[reading(2.into(), T0 - 10, 0)]);
         let snapshot = local.snapshot();
         assert_eq!((snapshot.meter_count, snapshot.total_consumption_l), (3, 40 + 30 + 100));
-        assert_eq!(snapshot.top.iter().map(|s| s.meter).collect::<Vec<_>>(), vec![3, 1]);
-        assert!((1..=3).all(|meter| snapshot.filter.may_contain(meter)));
+        assert_eq!(
+            snapshot.top.iter().map(|s| s.meter).collect::<Vec<_>>(),
+            vec![MeterId::from(3), 1.into()]
+        );
+        assert!((1..=3).all(|meter| snapshot.filter.may_contain(meter.into())));
         let reloaded = LocalMeters::load(&store, settings).expect("reload").snapshot();
         assert_eq!((reloaded.meter_count, reloaded.total_consumption_l), (3, 170));
         assert_eq!(reloaded.top, snapshot.top);
@@ -738,15 +749,17 @@ mod tests {
         assert!(local.snapshot.filter.is_largest());
         let next = local.snapshot.filter.capacity() as u64;
         for meter in 1_000_000_000..1_000_000_000 + next {
-            local
-                .meters
-                .insert(meter, MeterState { tracker: Tracker::default(), period: None, current: (0, false) });
+            local.meters.insert(
+                MeterId::number(meter).expect("id"),
+                MeterState { tracker: Tracker::default(), period: None, current: (0, false) },
+            );
         }
         let filter = Arc::as_ptr(&local.snapshot.filter);
-        ingest(&store, &mut local, &[reading(next, T0, 1)]);
+        let next_meter = MeterId::number(next).expect("id");
+        ingest(&store, &mut local, &[reading(next_meter, T0, 1)]);
         assert_eq!(Arc::as_ptr(&local.snapshot.filter), filter, "the filter was rebuilt");
         assert_eq!(local.snapshot.meter_count, next + 1);
-        assert!(local.snapshot.filter.may_contain(next));
+        assert!(local.snapshot.filter.may_contain(next_meter));
     }
 
     /// A clean stop saves the state; the next start reads it instead of replaying readings and
@@ -765,11 +778,11 @@ mod tests {
             let store = Store::open(dir.path()).expect("open");
             let mut local = LocalMeters::load(&store, settings).expect("load");
             let batch = [
-                reading(1, now - 3 * hour, 1_000),
-                reading(1, now - 2 * hour, 2_000),
-                Reading { alarms: Alarms::TAMPER, ..reading(2, now - 2 * hour, 10) },
-                reading(3, now - hour, 5),
-                reading(3, now - hour / 2, 45),
+                reading(1.into(), now - 3 * hour, 1_000),
+                reading(1.into(), now - 2 * hour, 2_000),
+                Reading { alarms: Alarms::TAMPER, ..reading(2.into(), now - 2 * hour, 10) },
+                reading(3.into(), now - hour, 5),
+                reading(3.into(), now - hour / 2, 45),
             ];
             let appended = store.append(&batch, now).expect("append");
             local.observe(&store, &batch, &appended).expect("observe");
@@ -782,7 +795,11 @@ mod tests {
             );
             local.save_checkpoint_from(&store, 1).expect("save");
             let snapshot = local.snapshot();
-            assert!(snapshot.blocked.contains_key(&1) && snapshot.alerts.contains_key(&2), "{snapshot:?}");
+            assert!(
+                snapshot.blocked.contains_key(&MeterId::from(1))
+                    && snapshot.alerts.contains_key(&MeterId::from(2)),
+                "{snapshot:?}"
+            );
             snapshot
         };
         let path = dir.path().join(CHECKPOINT_FILE);
@@ -800,10 +817,10 @@ mod tests {
         assert_eq!((replayed.snapshot(), replayed.unsaved()), (saved.clone(), 3), "what a replay rebuilds");
         std::fs::write(&path, &bytes).expect("put back");
         // The store moves on: meter 3 by a fold, meter 2 by a reading only logged (a crash).
-        store.append(&[reading(3, now - hour / 4, 50)], now).expect("append");
+        store.append(&[reading(3.into(), now - hour / 4, 50)], now).expect("append");
         store.close().expect("fold");
         store
-            .append(&[Reading { alarms: Alarms::TAMPER, ..reading(2, now - hour, 17) }], now)
+            .append(&[Reading { alarms: Alarms::TAMPER, ..reading(2.into(), now - hour, 17) }], now)
             .expect("append");
         store.flush().expect("flush");
         drop(store);
@@ -813,7 +830,11 @@ mod tests {
         after.reevaluate(&store, &inputs, now);
         let snapshot = after.snapshot();
         assert_eq!(snapshot.total_consumption_l, saved.total_consumption_l + 5 + 7);
-        assert!(snapshot.blocked.contains_key(&1) && snapshot.alerts.contains_key(&2), "{snapshot:?}");
+        assert!(
+            snapshot.blocked.contains_key(&MeterId::from(1))
+                && snapshot.alerts.contains_key(&MeterId::from(2)),
+            "{snapshot:?}"
+        );
         std::fs::remove_file(&path).expect("remove");
         let mut replayed = LocalMeters::load(&store, settings).expect("replay");
         replayed.reevaluate(&store, &inputs, now);
@@ -836,22 +857,22 @@ mod tests {
         let policy = Policy { cap_l: Some(800), ..Policy::default() };
         let capped = RationingInputs { policy, ..RationingInputs::default() };
         let now = policy.period_start(NOW) + 10 * 86_400_000;
-        let batch = [reading(1, now - 2 * hour, 1_000), reading(1, now - hour, 2_000)];
+        let batch = [reading(1.into(), now - 2 * hour, 1_000), reading(1.into(), now - hour, 2_000)];
         let appended = store.append(&batch, now).expect("append");
         local.observe(&store, &batch, &appended).expect("observe");
         assert_eq!(
             local.judge_batch(&store, &batch, &capped, now),
-            vec![MeterCommand { meter: 1, valve: Valve::Closed }]
+            vec![MeterCommand { meter: 1.into(), valve: Valve::Closed }]
         );
         // The state is read again from the store (after a failed sync) while the cap is lifted.
         let lifted = RationingInputs::default();
         let mut again = LocalMeters::load(&store, settings).expect("reload");
         again.reevaluate(&store, &lifted, now);
         again.owe_valves_of(&local);
-        let resent = [reading(1, now - hour, 2_000)];
+        let resent = [reading(1.into(), now - hour, 2_000)];
         assert_eq!(
             again.judge_batch(&store, &resent, &lifted, now),
-            vec![MeterCommand { meter: 1, valve: Valve::Open }]
+            vec![MeterCommand { meter: 1.into(), valve: Valve::Open }]
         );
     }
 
@@ -865,7 +886,7 @@ mod tests {
         let policy = Policy { cap_l: Some(800), ..Policy::default() };
         let inputs = RationingInputs { policy, ..RationingInputs::default() };
         let now = policy.period_start(NOW) + 10 * 86_400_000;
-        let batch = [reading(1, now - 2 * hour, 1_000), reading(1, now - hour, 1_500)];
+        let batch = [reading(1.into(), now - 2 * hour, 1_000), reading(1.into(), now - hour, 1_500)];
         store
             .append(&batch, now)
             .map(|a| local.observe(&store, &batch, &a))
@@ -873,12 +894,12 @@ mod tests {
             .expect("observe");
         assert_eq!(local.judge_batch(&store, &batch, &inputs, now), vec![]);
         // A reading from three days ago, in the same period: the period now counts from it.
-        let late = [reading(1, now - 72 * hour, 100)];
+        let late = [reading(1.into(), now - 72 * hour, 100)];
         store.append(&late, now).map(|a| local.observe(&store, &late, &a)).expect("append").expect("observe");
         let commands = local.judge_batch(&store, &late, &inputs, now);
-        assert_eq!(commands, vec![MeterCommand { meter: 1, valve: Valve::Closed }]);
+        assert_eq!(commands, vec![MeterCommand { meter: 1.into(), valve: Valve::Closed }]);
         let snapshot = local.snapshot();
-        assert_eq!(snapshot.blocked.get(&1).map(|b| b.reason), Some(BlockReason::Cap));
+        assert_eq!(snapshot.blocked.get(&MeterId::from(1)).map(|b| b.reason), Some(BlockReason::Cap));
         assert_eq!(snapshot.period_consumption_l, 1_400);
     }
 
@@ -903,14 +924,14 @@ mod tests {
             local.judge_batch(&store, batch, inputs, now);
             local.snapshot().period_consumption_l
         };
-        let first = [reading(1, start - hour, 100), reading(1, start + hour, 300)];
+        let first = [reading(1.into(), start - hour, 100), reading(1.into(), start + hour, 300)];
         assert_eq!(judged(&first, &inputs, start + 2 * hour), 200);
         let next = start + policy.period_ms;
-        assert_eq!(judged(&[reading(1, next + hour, 700)], &inputs, next + 2 * hour), 400, "from 300");
+        assert_eq!(judged(&[reading(1.into(), next + hour, 700)], &inputs, next + 2 * hour), 400, "from 300");
         // A day into that period, periods of a day: today's counts from the day's base.
         let daily = RationingInputs { policy: Policy { period_ms: 24 * hour, ..policy }, ..inputs };
         let day = next + 24 * hour;
-        assert_eq!(judged(&[reading(1, day + hour, 760)], &daily, day + 2 * hour), 60, "from 700");
+        assert_eq!(judged(&[reading(1.into(), day + hour, 760)], &daily, day + 2 * hour), 60, "from 700");
     }
 
     #[test]
@@ -918,10 +939,10 @@ mod tests {
         let (_dir, store) = store();
         let mut local =
             LocalMeters::load(&store, Settings { burst_flow_lph: 1_000_000, top_k: 10 }).expect("load");
-        let tamper = Reading { alarms: Alarms::TAMPER, ..reading(4, T0, 1) };
+        let tamper = Reading { alarms: Alarms::TAMPER, ..reading(4.into(), T0, 1) };
         ingest(&store, &mut local, &[tamper]);
-        assert_eq!(local.snapshot().alerts.get(&4).map(Vec::len), Some(1));
-        ingest(&store, &mut local, &[reading(4, T0 + 1000, 2)]);
+        assert_eq!(local.snapshot().alerts.get(&MeterId::from(4)).map(Vec::len), Some(1));
+        ingest(&store, &mut local, &[reading(4.into(), T0 + 1000, 2)]);
         assert!(local.snapshot().alerts.is_empty());
     }
 }

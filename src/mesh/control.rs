@@ -247,7 +247,7 @@ mod tests {
         let admin = ed25519::Keypair::generate();
         let stranger = ed25519::Keypair::generate();
         let trusted = [admin.public()];
-        let block = command(5, Action::Block { meter: 7, reason: "unpaid".into() });
+        let block = command(5, Action::Block { meter: 7.into(), reason: "unpaid".into() });
         let signed = sign(&admin, &block).expect("sign");
         assert_eq!(verify(&signed, &trusted), Ok(block.clone()));
         let foreign = sign(&stranger, &block).expect("sign");
@@ -264,9 +264,9 @@ mod tests {
     fn last_writer_wins_in_any_order() {
         let admin = ed25519::Keypair::generate();
         let commands: Vec<Command> = vec![
-            command(10, Action::Block { meter: 7, reason: "a".into() }),
-            command(20, Action::Unblock { meter: 7 }),
-            command(15, Action::Block { meter: 7, reason: "b".into() }),
+            command(10, Action::Block { meter: 7.into(), reason: "a".into() }),
+            command(20, Action::Unblock { meter: 7.into() }),
+            command(15, Action::Block { meter: 7.into(), reason: "b".into() }),
             command(30, Action::Policy(Policy { cap_l: Some(9), ..Policy::default() })),
             command(25, Action::Policy(Policy::default())),
         ];

@@ -231,6 +231,7 @@ impl Mesh {
 #[cfg(test)]
 mod tests {
     use hydromesh_proto::control::Action;
+    use hydromesh_proto::MeterId;
 
     use super::*;
 
@@ -254,19 +255,19 @@ mod tests {
         let admin = ed25519::Keypair::generate();
         let mut mesh = mesh(&admin);
         let now_ms = 1_795_000_000_000;
-        let block = signed(&admin, now_ms, Action::Block { meter: 7, reason: "leak".into() });
+        let block = signed(&admin, now_ms, Action::Block { meter: 7.into(), reason: "leak".into() });
         let command = mesh.verify_command(&block, Some(now_ms)).expect("trusted");
         assert_eq!(mesh.apply_command(command.clone(), block.clone()), Applied::Newer);
         assert_eq!(mesh.apply_command(command, block), Applied::Superseded, "the same command again");
         let inputs = mesh.rationing_inputs(now_ms);
-        assert_eq!(inputs.manual.get(&7).map(|(reason, _)| reason.as_str()), Some("leak"));
+        assert_eq!(inputs.manual.get(&MeterId::from(7)).map(|(reason, _)| reason.as_str()), Some("leak"));
         assert_eq!(inputs.debt_grace_ms, 3_600_000);
         assert_eq!(inputs.average_l, None, "no average without the above-average rule");
         // An older unblock is superseded; a newer one lifts the block.
-        let old = signed(&admin, now_ms - 1, Action::Unblock { meter: 7 });
+        let old = signed(&admin, now_ms - 1, Action::Unblock { meter: 7.into() });
         let command = mesh.verify_command(&old, None).expect("trusted");
         assert_eq!(mesh.apply_command(command, old), Applied::Superseded);
-        let new = signed(&admin, now_ms + 1, Action::Unblock { meter: 7 });
+        let new = signed(&admin, now_ms + 1, Action::Unblock { meter: 7.into() });
         let command = mesh.verify_command(&new, None).expect("trusted");
         assert_eq!(mesh.apply_command(command, new), Applied::Newer);
         assert!(mesh.rationing_inputs(now_ms).manual.is_empty());
@@ -278,10 +279,10 @@ mod tests {
         let admin = ed25519::Keypair::generate();
         let mesh = mesh(&admin);
         let now_ms = 1_795_000_000_000;
-        let ahead = signed(&admin, now_ms + MAX_ADMIN_CLOCK_AHEAD_MS + 1, Action::Paid { meter: 1 });
+        let ahead = signed(&admin, now_ms + MAX_ADMIN_CLOCK_AHEAD_MS + 1, Action::Paid { meter: 1.into() });
         assert!(matches!(mesh.verify_command(&ahead, Some(now_ms)), Err(ControlError::Invalid(_))));
         assert!(mesh.verify_command(&ahead, None).is_ok(), "relayed commands are not judged by our clock");
-        let stranger = signed(&ed25519::Keypair::generate(), now_ms, Action::Paid { meter: 1 });
+        let stranger = signed(&ed25519::Keypair::generate(), now_ms, Action::Paid { meter: 1.into() });
         assert!(matches!(mesh.verify_command(&stranger, Some(now_ms)), Err(ControlError::Untrusted(_))));
     }
 
@@ -304,7 +305,7 @@ mod tests {
         }
         // Only a holds k2's filter (of the version both hold).
         assert!(a.set_filter(&k2.public().to_peer_id(), filter(&[])));
-        let block = signed(&admin, 5, Action::Block { meter: 7, reason: "leak".into() });
+        let block = signed(&admin, 5, Action::Block { meter: 7.into(), reason: "leak".into() });
         a.apply_command(a.verify_command(&block, None).expect("trusted"), block);
 
         // a holds k1 v2 and the block newer than b; b holds k2 v3 newer than a. k2's filter

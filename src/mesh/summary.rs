@@ -307,6 +307,7 @@ fn signed_bytes(payload: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hydromesh_proto::MeterId;
 
     fn summary(origin: String) -> NodeSummary {
         NodeSummary {
@@ -345,17 +346,18 @@ mod tests {
             first: Point { ts_ms: 1, litres: 0 },
             last: Point { ts_ms: 2, litres },
         };
-        let alerts: BTreeMap<_, _> = (0..limits::MAX_SUMMARY_ENTRIES as u64 + 5)
+        let alerts: BTreeMap<_, _> = (0..limits::MAX_SUMMARY_ENTRIES as u32 + 5)
+            .map(MeterId::from)
             .map(|meter| (meter, vec![Alert { meter, kind: AlertKind::Leak, since_ms: 1 }]))
             .collect();
         let blocked = BTreeMap::from([(
-            3,
-            Blocked { meter: 3, reason: BlockReason::Cap, since_ms: 1, detail: "é".repeat(100) },
+            MeterId::from(3),
+            Blocked { meter: 3.into(), reason: BlockReason::Cap, since_ms: 1, detail: "é".repeat(100) },
         )]);
         let local = LocalSnapshot {
             meter_count: 3,
             total_consumption_l: 60,
-            top: vec![span(3, 30), span(2, 20), span(1, 10)],
+            top: vec![span(3.into(), 30), span(2.into(), 20), span(1.into(), 10)],
             alerts: Arc::new(alerts),
             blocked: Arc::new(blocked),
             period_start_ms: 7,
@@ -372,7 +374,7 @@ mod tests {
             filter_hash: vec![7; FILTER_HASH_BYTES],
         };
         let summary = build(head, &local, 2, 0);
-        assert_eq!(summary.top, vec![span(3, 30), span(2, 20)], "the node's top-K, cut to K");
+        assert_eq!(summary.top, vec![span(3.into(), 30), span(2.into(), 20)], "the node's top-K, cut to K");
         let head = || Head {
             origin: key.public().to_peer_id(),
             name: "n".into(),
@@ -383,7 +385,7 @@ mod tests {
         };
         assert_eq!(
             build(head(), &local, 3, 20).top,
-            vec![span(3, 30), span(2, 20)],
+            vec![span(3.into(), 30), span(2.into(), 20)],
             "cut at the floor, ties kept"
         );
         assert!(build(head(), &local, 3, 31).top.is_empty(), "no meter can be in the global top-K");
@@ -405,12 +407,12 @@ mod tests {
         let key = Keypair::generate_ed25519();
         let encoded_size = |meters: u64| {
             let mut filter = MeterFilter::with_capacity(meters as usize);
-            (0..meters).for_each(|meter| filter.insert(meter));
-            let top = (0..100)
+            (0..meters as u32).for_each(|meter| filter.insert(meter.into()));
+            let top = (0..100u32)
                 .map(|meter| MeterSpan {
-                    meter,
+                    meter: meter.into(),
                     first: Point { ts_ms: 1_795_000_000_000, litres: 0 },
-                    last: Point { ts_ms: 1_795_003_600_000, litres: 1_000_000 - meter },
+                    last: Point { ts_ms: 1_795_003_600_000, litres: 1_000_000 - u64::from(meter) },
                 })
                 .collect();
             let local = LocalSnapshot {
@@ -443,16 +445,16 @@ mod tests {
         use hydromesh_proto::summary::Point;
 
         let key = Keypair::generate_ed25519();
-        let span = |meter: u64, litres| MeterSpan {
-            meter,
+        let span = |meter: u32, litres| MeterSpan {
+            meter: meter.into(),
             first: Point { ts_ms: 1_795_000_000_000, litres: 0 },
-            last: Point { ts_ms: 1_795_003_600_000 + meter, litres },
+            last: Point { ts_ms: 1_795_003_600_000 + u64::from(meter), litres },
         };
         let mut base = summary(key.public().to_peer_id().to_string());
         base.meter_count = 1_000;
-        base.top = (0..100).map(|meter| span(meter, 100_000 - meter)).collect();
+        base.top = (0..100).map(|meter| span(meter, 100_000 - u64::from(meter))).collect();
         base.blocked =
-            vec![Blocked { meter: 3, reason: BlockReason::Cap, since_ms: 1, detail: "cap".into() }];
+            vec![Blocked { meter: 3.into(), reason: BlockReason::Cap, since_ms: 1, detail: "cap".into() }];
         let base_signed = sign(&key, &base).expect("sign");
         // Two new leaders, one meter grown in place, one moved up, the last one gone.
         let mut new = NodeSummary { version: 2, meter_count: 1_002, ..base.clone() };
@@ -462,7 +464,8 @@ mod tests {
         let moved = new.top.remove(60);
         new.top.insert(5, moved);
         new.top.pop();
-        new.alerts = vec![Alert { meter: 9, kind: hydromesh_proto::summary::AlertKind::Leak, since_ms: 5 }];
+        new.alerts =
+            vec![Alert { meter: 9.into(), kind: hydromesh_proto::summary::AlertKind::Leak, since_ms: 5 }];
         let signed = sign(&key, &new).expect("sign");
 
         let Gossip::Delta(delta) = gossip_form(Some(&base), &new, signed.clone()) else {

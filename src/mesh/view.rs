@@ -571,8 +571,8 @@ pub(crate) mod tests {
     fn highest_version_wins_in_any_order() {
         let (a, local) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
         let now = Instant::now();
-        let v1 = signed(&a, 1, vec![span(1, (0, 0), (10, 100))]);
-        let v2 = signed(&a, 2, vec![span(1, (0, 0), (20, 300))]);
+        let v1 = signed(&a, 1, vec![span(1.into(), (0, 0), (10, 100))]);
+        let v2 = signed(&a, 2, vec![span(1.into(), (0, 0), (20, 300))]);
         for order in [[v1.clone(), v2.clone()], [v2.clone(), v1.clone()]] {
             let mut view = View::new(local.public().to_peer_id(), Duration::from_secs(30));
             for s in order.iter().chain(order.iter()) {
@@ -591,7 +591,8 @@ pub(crate) mod tests {
 
         let (a, local) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
         let now = Instant::now();
-        let top = |n: u64| (0..n).map(|m| span(m, (0, 0), (10, 1_000 - m))).collect::<Vec<_>>();
+        let top =
+            |n: u32| (0..n).map(|m| span(m.into(), (0, 0), (10, 1_000 - u64::from(m)))).collect::<Vec<_>>();
         let (v1, v2, v3) = (signed(&a, 1, top(50)), signed(&a, 2, top(51)), signed(&a, 3, top(52)));
         let summary = |signed: &SignedSummary| verify(signed).expect("verify").0;
         let delta = |base: &SignedSummary, new: &SignedSummary| match gossip_form(
@@ -622,22 +623,30 @@ pub(crate) mod tests {
             (Keypair::generate_ed25519(), Keypair::generate_ed25519(), Keypair::generate_ed25519());
         let now = Instant::now();
         let mut view = View::new(local.public().to_peer_id(), Duration::from_secs(30));
-        view.merge(signed(&a, 1, vec![span(1, (0, 0), (10, 100)), span(2, (0, 0), (10, 50))]), now, false)
-            .expect("a");
-        view.merge(signed(&b, 1, vec![span(1, (10, 100), (20, 130)), span(3, (0, 0), (1, 60))]), now, false)
-            .expect("b");
+        view.merge(
+            signed(&a, 1, vec![span(1.into(), (0, 0), (10, 100)), span(2.into(), (0, 0), (10, 50))]),
+            now,
+            false,
+        )
+        .expect("a");
+        view.merge(
+            signed(&b, 1, vec![span(1.into(), (10, 100), (20, 130)), span(3.into(), (0, 0), (1, 60))]),
+            now,
+            false,
+        )
+        .expect("b");
         let top = view.top(2, now, 0);
         let got: Vec<_> = top.entries.iter().map(|e| (e.meter, e.consumption_l)).collect();
-        assert_eq!(got, vec![(1, 130), (3, 60)]);
+        assert_eq!(got, vec![(MeterId::from(1), 130), (3.into(), 60)]);
         assert_eq!(top.entries[0].home, b.public().to_peer_id().to_string());
         assert_eq!(top.coverage.included.len(), 2);
         let stats = view.stats(now, 0);
         assert_eq!((stats.meters, stats.total_consumption_l), (4, 240));
         assert!((stats.average_consumption_l() - 60.0).abs() < 1e-9);
-        assert_eq!(view.homes_of(3).len(), 2, "without their filters, either node may hold it");
+        assert_eq!(view.homes_of(3.into()).len(), 2, "without their filters, either node may hold it");
         assert!(view.lacks_filters());
-        let a_top = [span(1, (0, 0), (10, 100)), span(2, (0, 0), (10, 50))];
-        let b_top = [span(1, (10, 100), (20, 130)), span(3, (0, 0), (1, 60))];
+        let a_top = [span(1.into(), (0, 0), (10, 100)), span(2.into(), (0, 0), (10, 50))];
+        let b_top = [span(1.into(), (10, 100), (20, 130)), span(3.into(), (0, 0), (1, 60))];
         assert!(
             !view.set_filter(&a.public().to_peer_id(), filter(&b_top)),
             "not the filter a's summary names"
@@ -645,7 +654,7 @@ pub(crate) mod tests {
         assert!(view.set_filter(&a.public().to_peer_id(), filter(&a_top)));
         assert!(view.set_filter(&b.public().to_peer_id(), filter(&b_top)));
         assert!(!view.lacks_filters());
-        assert_eq!(view.homes_of(3), vec![b.public().to_peer_id()]);
+        assert_eq!(view.homes_of(3.into()), vec![b.public().to_peer_id()]);
     }
 
     #[test]
@@ -667,7 +676,7 @@ pub(crate) mod tests {
             // last readings are at this round's time, so the latest reading of a meter is unique.
             let mut top: Vec<MeterSpan> = Vec::new();
             for _ in 0..next(8) {
-                let meter = next(12);
+                let meter = MeterId::from(next(12) as u32);
                 if top.iter().all(|s| s.meter != meter) {
                     let first = next(500);
                     top.push(span(meter, (round, first), (round * 10 + 5, first + next(1000))));

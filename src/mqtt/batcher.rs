@@ -193,7 +193,7 @@ impl Batcher {
                     if full && self.log.first("commands", "queue_full") {
                         // The meter's next acknowledgement carries its valve state again.
                         tracing::warn!(
-                            meter = command.meter,
+                            meter = %command.meter,
                             "MQTT command queue full: a valve command was not published"
                         );
                     }
@@ -243,13 +243,13 @@ impl Batcher {
                     if self.log.first(&part.source, rejection_label(rule)) {
                         tracing::warn!(
                             source = %part.source,
-                            meter = reading.meter,
+                            meter = %reading.meter,
                             ts_ms = reading.ts_ms,
                             %rule,
                             "MQTT reading rejected (logged once per client and rule)"
                         );
                     } else {
-                        tracing::debug!(source = %part.source, meter = reading.meter, %rule, "MQTT reading rejected");
+                        tracing::debug!(source = %part.source, meter = %reading.meter, %rule, "MQTT reading rejected");
                     }
                 }
             }

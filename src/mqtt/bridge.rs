@@ -477,7 +477,7 @@ impl Handler {
         let sent = self.client.try_publish(topic, QoS::AtLeastOnce, false, payload::command_payload(command));
         if sent.is_err() && self.log.first(&self.source, "command_queue_full") {
             // The meter's next acknowledgement carries its valve state again.
-            tracing::warn!(broker = %self.source, meter = command.meter, "MQTT client queue full: a valve command was not published");
+            tracing::warn!(broker = %self.source, meter = %command.meter, "MQTT client queue full: a valve command was not published");
         }
     }
 }

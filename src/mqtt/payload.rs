@@ -81,7 +81,7 @@ pub fn command_topic(meter: MeterId) -> String {
 
 /// The JSON payload of a valve command.
 pub fn command_payload(command: &MeterCommand) -> String {
-    format!("{{\"meter\":{},\"valve\":\"{}\"}}", command.meter, command.valve.as_str())
+    format!("{{\"meter\":\"{}\",\"valve\":\"{}\"}}", command.meter, command.valve.as_str())
 }
 
 /// The subscriptions of a node subscribed to an existing broker.
@@ -94,22 +94,14 @@ enum TopicKind {
 
 fn classify(topic: &str) -> Result<TopicKind, Refusal> {
     if let Some(meter) = topic.strip_prefix(METER_PREFIX).and_then(|rest| rest.strip_suffix("/reading")) {
-        return match digits(meter) {
-            Some(meter) => Ok(TopicKind::Meter(meter)),
-            None => {
-                Err(Refusal::InvalidReading(format!("`{}` in the topic is not a meter number", shown(meter))))
-            }
-        };
+        return MeterId::parse(meter).map(TopicKind::Meter).map_err(|error| {
+            Refusal::InvalidReading(format!("`{}` in the topic is not a meter id ({error})", shown(meter)))
+        });
     }
     if topic == WMBUS_TOPIC || topic.strip_prefix(WMBUS_TOPIC).is_some_and(|rest| rest.starts_with('/')) {
         return Ok(TopicKind::Wmbus);
     }
     Err(Refusal::UnknownTopic(shown(topic)))
-}
-
-/// A non-empty run of ASCII digits as a `u64`.
-fn digits(text: &str) -> Option<u64> {
-    (!text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())).then(|| text.parse().ok()).flatten()
 }
 
 /// A JSON error as a refusal: a syntax error is malformed JSON, anything else (a missing field,
@@ -124,7 +116,7 @@ fn json_refusal(error: serde_json::Error) -> Refusal {
 /// The hydromesh reading format.
 #[derive(Deserialize)]
 struct MeterJson<'a> {
-    meter: Option<u64>,
+    meter: Option<MeterId>,
     ts: Timestamp,
     litres: u64,
     flow_lph: Option<u32>,
@@ -153,7 +145,7 @@ fn parse_meter_json(meter: MeterId, payload: &[u8]) -> Result<Reading, Refusal> 
 /// The fields of wmbusmeters' JSON hydromesh uses; the others are ignored.
 #[derive(Deserialize)]
 struct WmbusJson<'a> {
-    id: Option<MeterNumber>,
+    id: Option<MeterId>,
     total_m3: Option<f64>,
     #[serde(borrow)]
     timestamp: Option<Cow<'a, str>>,
@@ -171,7 +163,7 @@ struct WmbusJson<'a> {
 fn parse_wmbus_json(payload: &[u8]) -> Result<Reading, Refusal> {
     let json: WmbusJson = serde_json::from_slice(payload).map_err(json_refusal)?;
     let invalid = |text: &str| Refusal::InvalidReading(text.to_owned());
-    let meter = json.id.ok_or_else(|| invalid("missing field `id`"))?.0;
+    let meter = json.id.ok_or_else(|| invalid("missing field `id`"))?;
     let total_m3 = json.total_m3.ok_or_else(|| invalid("missing field `total_m3`"))?;
     let litres = m3_to_litres(total_m3)
         .ok_or_else(|| Refusal::InvalidReading(format!("`total_m3` {total_m3} is not a register in m³")))?;
@@ -220,7 +212,7 @@ fn status_alarms(meter: MeterId, status: &str) -> Alarms {
         match word_alarm(&word.to_ascii_uppercase()) {
             Some(flag) => alarms = alarms.union(flag),
             None => {
-                tracing::debug!(meter, word = %shown(word), "no water alarm in a wmbusmeters status word")
+                tracing::debug!(%meter, word = %shown(word), "no water alarm in a wmbusmeters status word")
             }
         }
     }
@@ -279,30 +271,6 @@ impl<'de> Deserialize<'de> for Timestamp {
     }
 }
 
-/// wmbusmeters' meter id: a string of digits (also accepted as a JSON number).
-struct MeterNumber(MeterId);
-
-impl<'de> Deserialize<'de> for MeterNumber {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct MeterVisitor;
-        impl Visitor<'_> for MeterVisitor {
-            type Value = MeterNumber;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a meter id of digits")
-            }
-            fn visit_u64<E: de::Error>(self, id: u64) -> Result<MeterNumber, E> {
-                Ok(MeterNumber(id))
-            }
-            fn visit_str<E: de::Error>(self, text: &str) -> Result<MeterNumber, E> {
-                digits(text.trim()).map(MeterNumber).ok_or_else(|| {
-                    E::custom(format!("field `id`: `{}` is not a meter id of digits", shown(text)))
-                })
-            }
-        }
-        deserializer.deserialize_any(MeterVisitor)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,7 +292,7 @@ mod tests {
         assert_eq!(
             reading,
             Reading {
-                meter: 42,
+                meter: 42.into(),
                 ts_ms: TS,
                 litres: 1234,
                 flow_lph: Some(60),
@@ -353,13 +321,17 @@ mod tests {
         assert_eq!(reason(topic, r#"{"ts":1,"litres":1,"alarms":["fire"]}"#), "invalid_reading");
         assert_eq!(reason(topic, r#"{"meter":43,"ts":1,"litres":1}"#), "invalid_reading");
         assert_eq!(reason(topic, "[1,2]"), "invalid_reading");
-        assert_eq!(reason("hydromesh/meters/x1/reading", r#"{"ts":1,"litres":1}"#), "invalid_reading");
+        assert_eq!(reason("hydromesh/meters/x.1/reading", r#"{"ts":1,"litres":1}"#), "invalid_reading");
+        assert_eq!(
+            reason("hydromesh/meters/1234567890abc/reading", r#"{"ts":1,"litres":1}"#),
+            "invalid_reading"
+        );
         assert_eq!(reason("hydromesh/meters/42/command", r#"{"ts":1,"litres":1}"#), "unknown_topic");
         assert_eq!(reason("wmbusmetersX/a", "{}"), "unknown_topic");
         assert_eq!(reason("", "{}"), "unknown_topic");
         let large = format!(r#"{{"ts":1,"litres":1,"pad":"{}"}}"#, "x".repeat(MAX_PAYLOAD_BYTES));
         assert_eq!(reason(topic, &large), "payload_too_large");
-        assert_eq!(meter(topic, r#"{"meter":42,"ts":1,"litres":1}"#).expect("same meter").meter, 42);
+        assert_eq!(meter(topic, r#"{"meter":42,"ts":1,"litres":1}"#).expect("same meter").meter, 42.into());
     }
 
     #[test]
@@ -369,7 +341,7 @@ mod tests {
             "current_status":"LEAK BURST","time_dry":"","timestamp":"2026-11-23T10:00:00Z",
             "device":"im871a[1234567]","rssi_dbm":-40}"#;
         let reading = meter("wmbusmeters/Tap", json).expect("reading");
-        assert_eq!(reading.meter, 76_348_799);
+        assert_eq!(reading.meter, 76_348_799.into());
         assert_eq!(reading.litres, 6409, "6408.6 L rounds to the nearest litre");
         assert_eq!(reading.ts_ms, TS);
         assert_eq!(reading.alarms, Alarms::LEAK.union(Alarms::BURST));
@@ -377,7 +349,7 @@ mod tests {
         let other = r#"{"id":"12","total_m3":0.0004,"timestamp":"2026-11-23T10:00:00Z","flow_m3h":0.25,
             "current_status":"DRY,REVERSED , FOO","status":"TAMPER"}"#;
         let reading = meter("wmbusmeters", other).expect("reading");
-        assert_eq!((reading.meter, reading.litres, reading.flow_lph), (12, 0, Some(250)));
+        assert_eq!((reading.meter, reading.litres, reading.flow_lph), (12.into(), 0, Some(250)));
         assert_eq!(reading.alarms, Alarms::DRY.union(Alarms::BACKFLOW).union(Alarms::TAMPER));
         let ok = r#"{"id":"12","total_m3":1.9994,"timestamp":"2026-11-23T10:00:00Z","current_status":"OK","status":""}"#;
         let reading = meter("wmbusmeters/a/b", ok).expect("reading");
@@ -430,7 +402,7 @@ mod tests {
     fn bad_wmbusmeters_json_is_refused() {
         let reason = |json: &str| meter("wmbusmeters/x", json).expect_err("refused").reason();
         let ts = r#""timestamp":"2026-11-23T10:00:00Z""#;
-        assert_eq!(reason(&format!(r#"{{"id":"ab12","total_m3":1,{ts}}}"#)), "invalid_reading");
+        assert_eq!(reason(&format!(r#"{{"id":"ab 12","total_m3":1,{ts}}}"#)), "invalid_reading");
         assert_eq!(reason(&format!(r#"{{"id":"12",{ts}}}"#)), "invalid_reading");
         assert_eq!(reason(&format!(r#"{{"total_m3":1,{ts}}}"#)), "invalid_reading");
         assert_eq!(reason(&format!(r#"{{"id":"12","total_m3":-1,{ts}}}"#)), "invalid_reading");
@@ -442,10 +414,10 @@ mod tests {
 
     #[test]
     fn commands_are_published_as_json() {
-        let command = MeterCommand { meter: 7, valve: Valve::Closed };
-        assert_eq!(command_topic(7), "hydromesh/meters/7/command");
-        assert_eq!(command_payload(&command), r#"{"meter":7,"valve":"closed"}"#);
-        let open = MeterCommand { meter: 7, valve: Valve::Open };
-        assert_eq!(command_payload(&open), r#"{"meter":7,"valve":"open"}"#);
+        let command = MeterCommand { meter: 7.into(), valve: Valve::Closed };
+        assert_eq!(command_topic(7.into()), "hydromesh/meters/7/command");
+        assert_eq!(command_payload(&command), r#"{"meter":"7","valve":"closed"}"#);
+        let open = MeterCommand { meter: 7.into(), valve: Valve::Open };
+        assert_eq!(command_payload(&open), r#"{"meter":"7","valve":"open"}"#);
     }
 }

@@ -412,7 +412,7 @@ mod tests {
     }
 
     fn reading(ts_ms: u64, litres: u64) -> Reading {
-        Reading { meter: 5, ts_ms, litres, flow_lph: None, alarms: Alarms::empty() }
+        Reading { meter: 5.into(), ts_ms, litres, flow_lph: None, alarms: Alarms::empty() }
     }
 
     fn part(readings: Vec<Reading>) -> peer::Response {
@@ -428,7 +428,7 @@ mod tests {
             (new_home, Ok(part(vec![reading(20, 110), reading(30, 140)]))),
             (silent, Err(AskError::Timeout)),
         ];
-        match meter_answer(5, answers) {
+        match meter_answer(5.into(), answers) {
             query::Response::Meter(answer) => {
                 assert_eq!(answer.home, new_home.to_string());
                 assert_eq!(answer.history.readings.len(), 3, "the shared reading counts once");
@@ -437,7 +437,7 @@ mod tests {
             other => panic!("expected a meter answer, got {other:?}"),
         }
         let nowhere = meter_answer(
-            5,
+            5.into(),
             vec![(old_home, Ok(peer::Response::Meter(None))), (silent, Err(AskError::Timeout))],
         );
         assert!(
@@ -454,13 +454,13 @@ mod tests {
             last: Point { ts_ms: last, litres: last * 10 },
         };
         let answers = vec![
-            (a, Ok(peer::Response::Top(vec![span(1, 0, 5), span(2, 0, 3)]))),
-            (b, Ok(peer::Response::Top(vec![span(1, 5, 9), span(3, 0, 4)]))),
+            (a, Ok(peer::Response::Top(vec![span(1.into(), 0, 5), span(2.into(), 0, 3)]))),
+            (b, Ok(peer::Response::Top(vec![span(1.into(), 5, 9), span(3.into(), 0, 4)]))),
             (silent, Ok(peer::Response::Busy)),
         ];
         let query::Response::Top(top) = top_answer(2, answers) else { panic!("expected a ranking") };
         let got: Vec<_> = top.entries.iter().map(|e| (e.meter, e.consumption_l, e.home.clone())).collect();
-        assert_eq!(got, vec![(1, 90, b.to_string()), (3, 40, b.to_string())]);
+        assert_eq!(got, vec![(1.into(), 90, b.to_string()), (3.into(), 40, b.to_string())]);
         assert_eq!(top.coverage.missing, vec![silent.to_string()]);
         assert_eq!(top.coverage.included.len(), 2);
     }

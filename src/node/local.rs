@@ -215,15 +215,22 @@ mod tests {
     #[tokio::test]
     async fn meters_not_held_are_none_and_held_ones_answer() {
         let f = fixture();
-        let unknown = f.local.clone().answer(peer::Request::Bill { meter: 9, at_ms: None }).await;
+        let unknown = f.local.clone().answer(peer::Request::Bill { meter: 9.into(), at_ms: None }).await;
         assert_eq!(unknown, peer::Response::Bill(None));
         let now = now_ms();
-        f.store.append(&[reading(9, now - 2000, 10), reading(9, now - 1000, 25)], now).expect("append");
-        match f.local.clone().answer(peer::Request::Bill { meter: 9, at_ms: None }).await {
+        f.store
+            .append(&[reading(9.into(), now - 2000, 10), reading(9.into(), now - 1000, 25)], now)
+            .expect("append");
+        match f.local.clone().answer(peer::Request::Bill { meter: 9.into(), at_ms: None }).await {
             peer::Response::Bill(Some(bill)) => assert_eq!(bill.consumption_l, 15),
             other => panic!("expected a bill, got {other:?}"),
         }
-        match f.local.clone().answer(peer::Request::Meter { meter: 9, from_ms: None, to_ms: None }).await {
+        match f
+            .local
+            .clone()
+            .answer(peer::Request::Meter { meter: 9.into(), from_ms: None, to_ms: None })
+            .await
+        {
             peer::Response::Meter(Some(local)) => assert_eq!(local.history.readings.len(), 2),
             other => panic!("expected the meter, got {other:?}"),
         }
@@ -232,11 +239,13 @@ mod tests {
     #[tokio::test]
     async fn follow_answers_with_the_latest_then_waits_for_the_next() {
         let f = fixture();
-        f.store.append(&[reading(3, T0, 10)], T0).expect("append");
-        let latest = f.local.clone().answer(peer::Request::Follow { meter: 3, after_ts_ms: None }).await;
-        assert_eq!(latest, peer::Response::Readings(Some(vec![reading(3, T0, 10)])));
-        let waiting =
-            tokio::spawn(f.local.clone().answer(peer::Request::Follow { meter: 3, after_ts_ms: Some(T0) }));
+        f.store.append(&[reading(3.into(), T0, 10)], T0).expect("append");
+        let latest =
+            f.local.clone().answer(peer::Request::Follow { meter: 3.into(), after_ts_ms: None }).await;
+        assert_eq!(latest, peer::Response::Readings(Some(vec![reading(3.into(), T0, 10)])));
+        let waiting = tokio::spawn(
+            f.local.clone().answer(peer::Request::Follow { meter: 3.into(), after_ts_ms: Some(T0) }),
+        );
         // Wait until the long poll has subscribed, then a reading of another meter and one of
         // this meter arrive.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -244,12 +253,13 @@ mod tests {
             assert!(tokio::time::Instant::now() < deadline, "the follow never subscribed");
             tokio::task::yield_now().await;
         }
-        let next = reading(3, T0 + 1000, 12);
+        let next = reading(3.into(), T0 + 1000, 12);
         f.store.append(&[next], T0 + 1000).expect("append");
-        f.accepted.send(Arc::new(vec![reading(4, T0 + 1000, 1), next])).expect("a subscriber");
+        f.accepted.send(Arc::new(vec![reading(4.into(), T0 + 1000, 1), next])).expect("a subscriber");
         let answer = waiting.await.expect("follow task");
         assert_eq!(answer, peer::Response::Readings(Some(vec![next])));
-        let unknown = f.local.clone().answer(peer::Request::Follow { meter: 8, after_ts_ms: Some(T0) }).await;
+        let unknown =
+            f.local.clone().answer(peer::Request::Follow { meter: 8.into(), after_ts_ms: Some(T0) }).await;
         assert_eq!(unknown, peer::Response::Readings(None));
     }
 }

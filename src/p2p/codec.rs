@@ -196,7 +196,8 @@ mod tests {
         let mut other = Held { budget: &budget, bytes: 0 };
         other.take(90).expect("within the budget");
         let mut request = Cursor::new(Vec::new());
-        let padded = query::Request::Meter { meter: 1, from_ms: Some(u64::MAX), to_ms: Some(u64::MAX - 1) };
+        let padded =
+            query::Request::Meter { meter: 1.into(), from_ms: Some(u64::MAX), to_ms: Some(u64::MAX - 1) };
         codec.write_request(&protocol, &mut request, padded.clone()).await.expect("write");
         let bytes = request.into_inner();
         assert!(bytes.len() > 10, "{} bytes", bytes.len());

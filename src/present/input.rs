@@ -8,7 +8,8 @@ use std::iter::FusedIterator;
 use std::path::Path;
 
 use chrono::DateTime;
-use hydromesh_proto::{Alarms, Reading};
+use hydromesh_proto::meter::MeterIdError;
+use hydromesh_proto::{Alarms, MeterId, Reading};
 use serde_json::Value;
 
 /// Longest accepted line in bytes; a longer line is an error for that line and is skipped.
@@ -16,7 +17,6 @@ pub const MAX_LINE_BYTES: usize = 64 * 1024;
 /// 9999-12-31T23:59:59.999Z, the last instant RFC 3339 can write.
 #[cfg(test)]
 const MAX_RFC3339_MS: u64 = 253_402_300_799_999;
-const NOT_METER: &str = "is not a meter number (an unsigned integer)";
 const NOT_TIME: &str = "is neither RFC 3339 nor Unix milliseconds";
 const BEFORE_EPOCH: &str = "is before the Unix epoch (1970-01-01T00:00:00Z)";
 const NOT_LITRES: &str = "is not a whole number of litres";
@@ -85,6 +85,14 @@ pub enum InputError {
     /// A required field is absent, empty or null.
     #[error("field `{0}` is missing or empty")]
     MissingField(&'static str),
+    /// The meter's id is not one.
+    #[error("field `meter`: `{value}` is not a meter id ({error})")]
+    Meter {
+        /// The value as written (shortened when long).
+        value: String,
+        /// The rule it breaks.
+        error: MeterIdError,
+    },
     /// A value breaks its field's rule.
     #[error("field `{field}`: `{value}` {rule}")]
     Value {
@@ -336,10 +344,11 @@ fn parse_csv_row(columns: &[Column], line: &str) -> Result<Reading, InputError> 
 
 /// A reading from its cells; the required ones are all there.
 fn reading_from<'a>(cells: impl Iterator<Item = (Column, Cell<'a>)>) -> Result<Reading, InputError> {
-    let mut reading = Reading { meter: 0, ts_ms: 0, litres: 0, flow_lph: None, alarms: Alarms::empty() };
+    let mut reading =
+        Reading { meter: MeterId::from(0), ts_ms: 0, litres: 0, flow_lph: None, alarms: Alarms::empty() };
     for (column, cell) in cells {
         match column {
-            Column::Meter => reading.meter = cell_u64("meter", &cell, whole(NOT_METER))?,
+            Column::Meter => reading.meter = cell_meter(&cell)?,
             Column::Ts => reading.ts_ms = cell_u64("ts", &cell, timestamp_ms)?,
             Column::Litres => reading.litres = cell_u64("litres", &cell, whole(NOT_LITRES))?,
             Column::Flow if cell.is_blank() => {}
@@ -369,6 +378,25 @@ where
         return Err(InputError::MissingField(field));
     }
     parse(text).map_err(|rule| value_error(field, text, rule))
+}
+
+/// A meter id as printed: text, or a JSON string; a JSON number is the numeric id, any other
+/// JSON value (`true`, `-1`, `[4]`) no id.
+fn cell_meter(cell: &Cell<'_>) -> Result<MeterId, InputError> {
+    let text = cell.text();
+    let text = text.trim();
+    let parsed = match cell {
+        Cell::Text(_) | Cell::Json(Value::String(_) | Value::Null) => MeterId::parse(text),
+        Cell::Json(Value::Number(n)) => match n.as_u64() {
+            Some(n) => MeterId::number(n).ok_or(MeterIdError::TooLong),
+            None => Err(MeterIdError::Symbol),
+        },
+        Cell::Json(_) => Err(MeterIdError::Symbol),
+    };
+    parsed.map_err(|error| match error {
+        MeterIdError::Empty => InputError::MissingField("meter"),
+        error => InputError::Meter { value: shown(text), error },
+    })
 }
 
 /// A parser of whole numbers that names `rule` when the text is not one.
@@ -467,7 +495,7 @@ mod tests {
 
     fn ok(line: usize, (meter, ts_ms, litres, flow_lph, alarms): Row) -> Item {
         let alarms = parse_alarms(alarms).map_err(|e| e.to_string())?;
-        let reading = Reading { meter, ts_ms, litres, flow_lph, alarms };
+        let reading = Reading { meter: MeterId::number(meter).expect("id"), ts_ms, litres, flow_lph, alarms };
         Ok((line, reading))
     }
 
@@ -495,6 +523,28 @@ mod tests {
     }
 
     #[test]
+    fn meter_ids_are_read_as_printed() {
+        let got = csv("meter,ts,litres\n0014A807,0,5\n04913581,0,6\n1234567890123,0,7\n");
+        let ids: Vec<String> = got.iter().flatten().map(|(_, r)| r.meter.to_string()).collect();
+        assert_eq!(ids, ["0014a807", "04913581"], "hex in either case, leading zeros kept");
+        let long = "field `meter`: `1234567890123` is not a meter id (more than 12 characters)";
+        assert_eq!(got[2], error(4, long));
+        let json = parse(
+            Format::JsonLines,
+            br#"{"meter":"2124589c","ts":0,"litres":1}
+{"meter":42,"ts":0,"litres":1}
+{"meter":1000000000000,"ts":0,"litres":1}"#
+                .as_slice(),
+        );
+        let ids: Vec<String> = json.iter().flatten().map(|(_, r)| r.meter.to_string()).collect();
+        assert_eq!(ids, ["2124589c", "42"]);
+        assert_eq!(
+            json[2],
+            error(3, "field `meter`: `1000000000000` is not a meter id (more than 12 characters)")
+        );
+    }
+
+    #[test]
     fn field_errors() {
         let rows = [
             "1,yesterday,5,, => field `ts`: `yesterday` is neither RFC 3339 nor Unix milliseconds",
@@ -502,7 +552,7 @@ mod tests {
             "1,0,12.5,, => field `litres`: `12.5` is not a whole number of litres",
             "1,0,-3,, => field `litres`: `-3` is not a whole number of litres",
             "1,0,,, => field `litres` is missing or empty",
-            "m1,0,5,, => field `meter`: `m1` is not a meter number (an unsigned integer)",
+            "m.1,0,5,, => field `meter`: `m.1` is not a meter id (letters, digits, `-` and `_` only)",
             "1,0,5,4294967296, => is not a flow in whole litres per hour (0 to 4294967295)",
             "1,0,5,,fire => unknown alarm `fire` (expected leak, burst, tamper, backflow, dry)",
             "1,0,5,,, => expected 5 fields, found 6",
@@ -522,7 +572,7 @@ mod tests {
         let input = "\u{feff}\"meter\", \"ts\",litres,\"alarms\"\r\n\r\n  \r\n\
                      \"1\" , \" 2026-11-23T10:00:00Z\",\"5\",\"leak dry\"\r\n\n\
                      2,0,6, \"\"\n\"3,0,7,\n";
-        let quoted = "field `meter`: `\"3` is not a meter number (an unsigned integer)";
+        let quoted = "field `meter`: `\"3` is not a meter id (letters, digits, `-` and `_` only)";
         let expected = [ok(4, (1, T0, 5, None, "leak|dry")), ok(6, (2, 0, 6, None, "")), error(7, quoted)];
         assert_eq!(csv(input), expected);
     }
@@ -561,7 +611,7 @@ mod tests {
             ok(3, (2, T0, 6, None, "leak|dry")),
             ok(4, (3, 0, 7, Some(120), "tamper|backflow")),
             error(5, "field `litres`: `5.0` is not a whole number of litres"),
-            error(6, "field `meter`: `[4]` is not a meter number (an unsigned integer)"),
+            error(6, "field `meter`: `[4]` is not a meter id (letters, digits, `-` and `_` only)"),
             error(7, "field `ts` is missing or empty"),
             error(8, "unknown alarm `5` (expected leak, burst, tamper, backflow, dry)"),
             error(9, "invalid JSON: expected an object"),
@@ -604,7 +654,7 @@ mod tests {
             "alarms": ["leak", "Dry"], "note": "ignored",
         });
         let alarms = Alarms::LEAK.union(Alarms::DRY);
-        let reading = Reading { meter: 7, ts_ms: T0, litres: 5, flow_lph: Some(120), alarms };
+        let reading = Reading { meter: 7.into(), ts_ms: T0, litres: 5, flow_lph: Some(120), alarms };
         assert_eq!(reading_from_json(&good).ok(), Some(reading));
         let as_text = serde_json::json!({
             "meter": "7", "ts": "1795428000000", "litres": " 5 ", "flow_lph": null, "alarms": "leak|dry",
@@ -617,16 +667,16 @@ mod tests {
     fn json_object_errors_name_the_field_and_the_rule() {
         let cases = [
             (
-                r#"{"meter":"seven","ts":0,"litres":1}"#,
-                "field `meter`: `seven` is not a meter number (an unsigned integer)",
+                r#"{"meter":"sev en","ts":0,"litres":1}"#,
+                "field `meter`: `sev en` is not a meter id (letters, digits, `-` and `_` only)",
             ),
             (
                 r#"{"meter":-1,"ts":0,"litres":1}"#,
-                "field `meter`: `-1` is not a meter number (an unsigned integer)",
+                "field `meter`: `-1` is not a meter id (letters, digits, `-` and `_` only)",
             ),
             (
                 r#"{"meter":true,"ts":0,"litres":1}"#,
-                "field `meter`: `true` is not a meter number (an unsigned integer)",
+                "field `meter`: `true` is not a meter id (letters, digits, `-` and `_` only)",
             ),
             (r#"{"ts":0,"litres":1}"#, "field `meter` is missing or empty"),
             (

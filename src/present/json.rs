@@ -8,7 +8,7 @@ use hydromesh_proto::query::{
     AlertsAnswer, Bill, BlockedAnswer, Coverage, MeterAnswer, PeersAnswer, PolicyOrigin, StatsAnswer,
     TopAnswer,
 };
-use hydromesh_proto::Reading;
+use hydromesh_proto::{MeterId, Reading};
 use serde_json::{json, Value};
 
 use super::input::format_timestamp;
@@ -133,7 +133,7 @@ pub fn alerts_json(answer: &AlertsAnswer) -> Value {
 
 /// One line of `query meter ID --follow --json` and one event of `GET /api/v1/meters/{id}/live`:
 /// a reading with its meter and home.
-pub fn follow_json(meter: u64, home: &str, reading: &Reading) -> Value {
+pub fn follow_json(meter: MeterId, home: &str, reading: &Reading) -> Value {
     let mut line = reading_json(reading);
     line["meter"] = json!(meter);
     line["home"] = json!(home);

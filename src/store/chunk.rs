@@ -104,7 +104,7 @@ pub fn encode_record(readings: &[Reading]) -> Vec<u8> {
     out.push(FORMAT);
     put(&mut out, readings.len() as u64);
     for reading in readings {
-        put(&mut out, reading.meter);
+        put(&mut out, reading.meter.code());
         put(&mut out, reading.ts_ms);
         put(&mut out, reading.litres);
         out.push(flags(reading));
@@ -125,7 +125,7 @@ pub fn decode_record(bytes: &[u8]) -> Result<Vec<Reading>, ChunkError> {
     }
     let mut readings = Vec::with_capacity(count as usize);
     for _ in 0..count {
-        let (meter, ts_ms, litres) = (input.varint()?, input.varint()?, input.varint()?);
+        let (meter, ts_ms, litres) = (input.meter()?, input.varint()?, input.varint()?);
         let (alarms, has_flow) = split_flags(input.byte()?)?;
         let flow_lph = if has_flow { Some(input.flow()?) } else { None };
         readings.push(Reading { meter, ts_ms, litres, flow_lph, alarms });
@@ -247,6 +247,11 @@ impl<'a> Input<'a> {
         Err(ChunkError("a number runs past 64 bits".into()))
     }
 
+    fn meter(&mut self) -> Result<MeterId, ChunkError> {
+        let code = self.varint()?;
+        MeterId::from_code(code).ok_or_else(|| ChunkError(format!("{code} is not the code of a meter id")))
+    }
+
     fn flow(&mut self) -> Result<u32, ChunkError> {
         let flow = self.varint()?;
         u32::try_from(flow).map_err(|_| ChunkError(format!("flow {flow} L/h is past u32")))
@@ -319,7 +324,7 @@ pub(super) mod tests {
     }
 
     fn reading(ts_ms: u64, litres: u64) -> Reading {
-        Reading { meter: 7, ts_ms, litres, flow_lph: None, alarms: Alarms::empty() }
+        Reading { meter: 7.into(), ts_ms, litres, flow_lph: None, alarms: Alarms::empty() }
     }
 
     #[test]
@@ -333,7 +338,7 @@ pub(super) mod tests {
         let readings: Vec<Reading> =
             (0..128).map(|i| reading(T0 + i * QUARTER_HOUR, 500_000 + i * 37)).collect();
         let bytes = encode(&readings);
-        assert_eq!(decode(7, &bytes), Ok(readings));
+        assert_eq!(decode(7.into(), &bytes), Ok(readings));
         assert!(bytes.len() <= 128 + 24, "{} bytes for 128 regular readings", bytes.len());
     }
 
@@ -347,7 +352,7 @@ pub(super) mod tests {
             let mut readings = Vec::with_capacity(count);
             for _ in 0..count {
                 readings.push(Reading {
-                    meter: 7,
+                    meter: 7.into(),
                     ts_ms: ts,
                     litres,
                     flow_lph: (rng.below(3) == 0).then(|| rng.next() as u32),
@@ -368,7 +373,7 @@ pub(super) mod tests {
                 };
             }
             let bytes = encode(&readings);
-            assert_eq!(decode(7, &bytes).as_ref(), Ok(&readings), "case {case}");
+            assert_eq!(decode(7.into(), &bytes).as_ref(), Ok(&readings), "case {case}");
         }
     }
 
@@ -385,11 +390,11 @@ pub(super) mod tests {
             for flip in [0x01u8, 0x80, 0xff] {
                 let mut damaged = bytes.clone();
                 damaged[at] ^= flip;
-                assert!(decode(7, &damaged).is_err(), "byte {at} flipped by {flip:#x} went unnoticed");
+                assert!(decode(7.into(), &damaged).is_err(), "byte {at} flipped by {flip:#x} went unnoticed");
             }
         }
         for len in 0..bytes.len() {
-            assert!(decode(7, &bytes[..len]).is_err(), "cut at {len} went unnoticed");
+            assert!(decode(7.into(), &bytes[..len]).is_err(), "cut at {len} went unnoticed");
         }
     }
 
@@ -398,7 +403,7 @@ pub(super) mod tests {
         let readings = vec![
             Reading { flow_lph: Some(12), ..reading(T0, 5) },
             Reading {
-                meter: u64::MAX,
+                meter: MeterId::parse("____________").expect("the largest id"),
                 alarms: Alarms::from_bits(0b1_0001).expect("leak and dry"),
                 ..reading(T0 - 1, u64::MAX)
             },
@@ -418,7 +423,7 @@ pub(super) mod tests {
     fn a_count_past_the_limit_is_refused_before_allocating() {
         let mut body = vec![FORMAT];
         put(&mut body, u64::MAX);
-        let error = decode(7, &seal(body)).expect_err("refused");
+        let error = decode(7.into(), &seal(body)).expect_err("refused");
         assert!(error.to_string().contains("is not a chunk's count"), "{error}");
     }
 }

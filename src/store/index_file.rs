@@ -20,6 +20,7 @@
 use std::path::Path;
 
 use hydromesh_proto::summary::{MeterSpan, Point};
+use hydromesh_proto::MeterId;
 
 use super::chunk::crc32;
 use super::segments::Location;
@@ -57,7 +58,7 @@ pub fn encode(fold: u64, count: usize, entries: impl Iterator<Item = Entry>) -> 
     for Entry { span, changed, open } in entries {
         let first_ts = open.map_or(0, |open| open.first_ts);
         for number in [
-            span.meter,
+            span.meter.code(),
             span.first.ts_ms,
             span.first.litres,
             span.last.ts_ms,
@@ -110,8 +111,11 @@ pub fn read(path: &Path) -> Result<Option<(u64, Vec<Entry>)>, StoreError> {
     let spans = entries
         .chunks_exact(entry_bytes)
         .map(|entry| {
+            let code = u64_le(entry, 0);
+            let meter = MeterId::from_code(code)
+                .ok_or_else(|| damaged(&format!("holds {code}, the code of no meter id")))?;
             let span = MeterSpan {
-                meter: u64_le(entry, 0),
+                meter,
                 first: Point { ts_ms: u64_le(entry, 8), litres: u64_le(entry, 16) },
                 last: Point { ts_ms: u64_le(entry, 24), litres: u64_le(entry, 32) },
             };
@@ -124,9 +128,9 @@ pub fn read(path: &Path) -> Result<Option<(u64, Vec<Entry>)>, StoreError> {
                     len: u32_le(entry, 64),
                 },
             });
-            Entry { span, changed, open }
+            Ok::<_, StoreError>(Entry { span, changed, open })
         })
-        .collect();
+        .collect::<Result<_, _>>()?;
     Ok(Some((fold, spans)))
 }
 
@@ -157,7 +161,7 @@ mod tests {
         let entries: Vec<Entry> = (0..50u64)
             .map(|m| {
                 let span = MeterSpan {
-                    meter: u64::MAX - m,
+                    meter: MeterId::parse(&format!("zz-{m}")).expect("id"),
                     first: Point { ts_ms: m, litres: m * 2 },
                     last: Point { ts_ms: m + 9, litres: m * 3 },
                 };
@@ -185,7 +189,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("meters.idx");
         let span = MeterSpan {
-            meter: 42,
+            meter: 42.into(),
             first: Point { ts_ms: 1, litres: 2 },
             last: Point { ts_ms: 3, litres: 4 },
         };

@@ -65,6 +65,8 @@ use wal::Wal;
 /// How many summary versions are reserved on disk at a time (see [`Store::next_summary_version`]).
 const VERSION_BLOCK: u64 = 1024;
 const KEY_VERSION_RESERVED: &[u8] = b"summary_version_reserved";
+/// Set once a store is known to name meters by printed id (see [`Store::check_meter_ids`]).
+const KEY_PRINTED_IDS: &[u8] = b"printed_meter_ids";
 /// Readings a chunk is filled to before a new one starts.
 pub const CHUNK_READINGS: usize = 128;
 /// Readings held in the write-ahead part before they are folded into chunks: enough that a
@@ -134,6 +136,19 @@ pub enum StoreError {
     /// Stored bytes are not what this version wrote.
     #[error("corrupt store: {0}")]
     Corrupt(String),
+    /// A store of an earlier version holds a numeric meter id this version cannot name.
+    #[error(
+        "the store in {path} was written by an earlier version, which took any number as a meter \
+         id, and holds meter {code}: this version names a meter by the id printed on it, at most \
+         12 characters (numbers of up to 12 digits keep their meaning). Nothing was changed: keep \
+         this store with the earlier version"
+    )]
+    UnnamedMeter {
+        /// The store's folder.
+        path: PathBuf,
+        /// The meter's number.
+        code: u64,
+    },
     /// A file of the store is damaged, or the files disagree (sled, finding its log damaged or
     /// cut short, keeps what precedes the damage and drops the rest).
     #[error(
@@ -340,8 +355,24 @@ impl Store {
         let (indexed, noted) = store.load(logged)?;
         store.check_folds(indexed, noted)?;
         store.migrate_old_layouts()?;
+        store.check_meter_ids()?;
         store.engine()?.segments.remove_files(&strays)?;
         Ok(store)
+    }
+
+    /// Refuses a store of a version before printed meter ids that holds a numeric id of more
+    /// than 12 digits: that version's ids were any u64, whose codes from 10^12 now name printed
+    /// ids. Every smaller numeric id keeps its code, so such a store needs no change.
+    fn check_meter_ids(&self) -> Result<(), StoreError> {
+        let engine = self.engine()?;
+        if engine.meta.get(KEY_PRINTED_IDS)?.is_some() {
+            return Ok(());
+        }
+        if let Some(meter) = lock(&self.meters).keys().next_back().filter(|m| m.as_number().is_none()) {
+            return Err(StoreError::UnnamedMeter { path: self.dir.clone(), code: meter.code() });
+        }
+        self.sled_write(engine.meta.insert(KEY_PRINTED_IDS, &[1u8][..]))?;
+        Ok(())
     }
 
     /// sled and the segment files, opened again first if a failure dropped them (a second
@@ -1248,7 +1279,7 @@ impl Store {
     fn migrate_old_layouts(&self) -> Result<(), StoreError> {
         self.migrate("readings", |key, value| Ok(vec![decode_old_reading(key, value)?]))?;
         self.migrate("chunks", |key, value| {
-            let meter = u64_at(key, 0)?;
+            let meter = meter_at(key, 0)?;
             chunk::decode(meter, value)
                 .map_err(|e| StoreError::Corrupt(format!("a chunk of meter {meter}: {e}")))
         })?;
@@ -1450,7 +1481,7 @@ fn widen_span(meters: &mut Spans, reading: &Reading) {
 /// are one contiguous, time-ordered key range.
 fn chunk_key(meter: MeterId, ts_ms: u64) -> [u8; 17] {
     let mut key = [CHUNK_PREFIX; 17];
-    key[1..9].copy_from_slice(&meter.to_be_bytes());
+    key[1..9].copy_from_slice(&meter.code().to_be_bytes());
     key[9..].copy_from_slice(&ts_ms.to_be_bytes());
     key
 }
@@ -1509,10 +1540,16 @@ fn decode_span(key: &[u8], value: &[u8]) -> Result<MeterSpan, StoreError> {
         )));
     }
     Ok(MeterSpan {
-        meter: u64_at(key, 0)?,
+        meter: meter_at(key, 0)?,
         first: Point { ts_ms: u64_at(value, 0)?, litres: u64_at(value, 8)? },
         last: Point { ts_ms: u64_at(value, 16)?, litres: u64_at(value, 24)? },
     })
+}
+
+fn meter_at(bytes: &[u8], at: usize) -> Result<MeterId, StoreError> {
+    let code = u64_at(bytes, at)?;
+    MeterId::from_code(code)
+        .ok_or_else(|| StoreError::Corrupt(format!("{code} is not the code of a meter id")))
 }
 
 fn u64_at(bytes: &[u8], at: usize) -> Result<u64, StoreError> {
@@ -1526,7 +1563,7 @@ fn u64_at(bytes: &[u8], at: usize) -> Result<u64, StoreError> {
 /// A reading of the earlier layout: key `meter ‖ ts_ms`, value litres (u64 BE), alarm bits
 /// (u8), then flow (u32 BE) when the meter reported one.
 fn decode_old_reading(key: &[u8], value: &[u8]) -> Result<Reading, StoreError> {
-    let meter = u64_at(key, 0)?;
+    let meter = meter_at(key, 0)?;
     let alarms = value
         .get(8)
         .and_then(|bits| Alarms::from_bits(*bits))
@@ -1543,8 +1580,13 @@ mod tests {
     const T0: u64 = 1_795_000_000_000;
     const NOW: u64 = T0 + 86_400_000;
 
-    fn reading(meter: MeterId, ts_ms: u64, litres: u64) -> Reading {
-        Reading { meter, ts_ms, litres, flow_lph: None, alarms: Alarms::empty() }
+    /// The numeric meter id `n`.
+    fn id(n: u64) -> MeterId {
+        MeterId::number(n).expect("a numeric id")
+    }
+
+    fn reading(meter: u64, ts_ms: u64, litres: u64) -> Reading {
+        Reading { meter: id(meter), ts_ms, litres, flow_lph: None, alarms: Alarms::empty() }
     }
 
     fn open() -> (tempfile::TempDir, Store) {
@@ -1567,14 +1609,14 @@ mod tests {
             let mut batch = Vec::new();
             for _ in 0..60 {
                 let meter = 1 + rng.below(4);
-                let sent = next_ts.get(&meter).map_or(1, |ts| ts - T0 + 1);
+                let sent = next_ts.get(&id(meter)).map_or(1, |ts| ts - T0 + 1);
                 let ts = match rng.below(8) {
                     // A back-fill anywhere in what was sent so far.
                     0 | 1 => T0 + rng.below(sent),
                     // The same time as a reading sent before: a duplicate or a conflict.
                     2 => T0 + rng.below(sent) / 1000 * 1000,
                     _ => {
-                        let ts = next_ts.entry(meter).or_insert(T0);
+                        let ts = next_ts.entry(id(meter)).or_insert(T0);
                         *ts += 1000;
                         *ts
                     }
@@ -1623,15 +1665,16 @@ mod tests {
 
     fn check_against(store: &Store, model: &BTreeMap<(MeterId, u64), Reading>, rng: &mut Rng) {
         for meter in 1..=4 {
-            let held: Vec<Reading> = model.range((meter, 0)..=(meter, u64::MAX)).map(|(_, r)| *r).collect();
+            let held: Vec<Reading> =
+                model.range((id(meter), 0)..=(id(meter), u64::MAX)).map(|(_, r)| *r).collect();
             assert!(
                 held.windows(2).all(|pair| pair[0].litres <= pair[1].litres),
                 "accepted readings keep the register rules"
             );
-            let history = store.meter_history(meter, None, None, usize::MAX).expect("history");
+            let history = store.meter_history(id(meter), None, None, usize::MAX).expect("history");
             assert_eq!(history.map(|h| h.readings).unwrap_or_default(), held, "meter {meter}");
             if let (Some(first), Some(last)) = (held.first(), held.last()) {
-                let span = store.span(meter).expect("span");
+                let span = store.span(id(meter)).expect("span");
                 assert_eq!((span.first, span.last), (domain::point(first), domain::point(last)));
             }
             let (from, to) = (T0 + rng.below(200_000), T0 + rng.below(200_000));
@@ -1643,11 +1686,11 @@ mod tests {
                 _ => 0,
             };
             assert_eq!(
-                store.window_consumption(meter, from, to).expect("window"),
+                store.window_consumption(id(meter), from, to).expect("window"),
                 expected,
                 "meter {meter} [{from}, {to})"
             );
-            let history = store.meter_history(meter, Some(from), Some(to), 3).expect("history");
+            let history = store.meter_history(id(meter), Some(from), Some(to), 3).expect("history");
             if let Some(history) = history {
                 let window: Vec<Reading> = in_window.iter().map(|r| **r).collect();
                 let cut = window.len().saturating_sub(3);
@@ -1657,7 +1700,7 @@ mod tests {
                 let want = if cut > 0 { before.or(window.first().copied()) } else { before };
                 assert_eq!(history.baseline, want, "meter {meter} [{from}, {to}) baseline");
             }
-            let recent = store.recent_readings(meter, from, 5).expect("recent");
+            let recent = store.recent_readings(id(meter), from, 5).expect("recent");
             let mut want: Vec<Reading> = held.iter().rev().take_while(|r| r.ts_ms >= from).copied().collect();
             want.extend(held.iter().rev().find(|r| r.ts_ms < from));
             want.truncate(5);
@@ -1677,13 +1720,13 @@ mod tests {
                 ..reading(5 + i % 2, T0 + i * 1000, 10 * i)
             })
             .collect();
-        let old_key = |meter: MeterId, ts: u64| [meter.to_be_bytes(), ts.to_be_bytes()].concat();
+        let old_key = |meter: MeterId, ts: u64| [meter.code().to_be_bytes(), ts.to_be_bytes()].concat();
         {
             let db = sled::open(dir.path()).expect("sled");
             let tree = |name: &str| db.open_tree(name).expect("tree");
             let (one_each, chunks, wal) = (tree("readings"), tree("chunks"), tree("wal"));
             let meter_index = db.open_tree("meters").expect("tree");
-            for r in readings.iter().filter(|r| r.meter == 5) {
+            for r in readings.iter().filter(|r| r.meter == 5.into()) {
                 let mut value = r.litres.to_be_bytes().to_vec();
                 value.push(r.alarms.bits());
                 if let Some(flow) = r.flow_lph {
@@ -1691,11 +1734,12 @@ mod tests {
                 }
                 one_each.insert(old_key(r.meter, r.ts_ms), value).expect("insert");
             }
-            let six: Vec<Reading> = readings.iter().filter(|r| r.meter == 6).copied().collect();
+            let six: Vec<Reading> = readings.iter().filter(|r| r.meter == 6.into()).copied().collect();
             for piece in six[..100].chunks(CHUNK_READINGS) {
-                chunks.insert(old_key(6, piece[0].ts_ms), chunk::encode(piece)).expect("insert");
+                chunks.insert(old_key(id(6), piece[0].ts_ms), chunk::encode(piece)).expect("insert");
             }
-            let span = MeterSpan { meter: 6, first: domain::point(&six[0]), last: domain::point(&six[99]) };
+            let span =
+                MeterSpan { meter: 6.into(), first: domain::point(&six[0]), last: domain::point(&six[99]) };
             meter_index.insert(6u64.to_be_bytes(), &encode_span(&span)).expect("insert");
             for (record, batch) in six[100..].chunks(7).enumerate() {
                 wal.insert((record as u64).to_be_bytes(), chunk::encode_record(batch)).expect("insert");
@@ -1717,11 +1761,11 @@ mod tests {
         }
         let check = |store: &Store| {
             for meter in [5, 6] {
-                let want: Vec<Reading> = readings.iter().filter(|r| r.meter == meter).copied().collect();
+                let want: Vec<Reading> = readings.iter().filter(|r| r.meter == id(meter)).copied().collect();
                 let history =
-                    store.meter_history(meter, None, None, usize::MAX).expect("read").expect("held");
+                    store.meter_history(id(meter), None, None, usize::MAX).expect("read").expect("held");
                 assert_eq!(history.readings, want);
-                let span = store.span(meter).expect("span");
+                let span = store.span(id(meter)).expect("span");
                 assert_eq!(
                     (span.first, span.last),
                     (domain::point(&want[0]), domain::point(&want[want.len() - 1]))
@@ -1768,7 +1812,7 @@ mod tests {
             (0..20)
                 .map(|meter| {
                     Ok(store
-                        .meter_history(meter, None, None, usize::MAX)?
+                        .meter_history(id(meter), None, None, usize::MAX)?
                         .map(|h| h.readings)
                         .unwrap_or_default())
                 })
@@ -1817,7 +1861,7 @@ mod tests {
         std::fs::write(&unfinished, b"half a snapshot, no checksum").expect("write");
         let store = Store::open(dir.path()).expect("opens despite the unfinished snapshot");
         assert!(!unfinished.exists());
-        let span = store.span(7).expect("the meter survived");
+        let span = store.span(7.into()).expect("the meter survived");
         assert_eq!((span.first.litres, span.last.litres), (100, 150));
     }
 
@@ -1832,7 +1876,7 @@ mod tests {
         assert_eq!(outcomes[0], Outcome::Duplicate, "same register, other extras: the same reading");
         assert_eq!(outcomes[1], Outcome::Rejected(Rejection::ConflictingDuplicate { stored_litres: 110 }));
         assert_eq!(outcomes[2], Outcome::Duplicate);
-        let held = store.meter_history(1, None, None, 10).expect("read").expect("held").readings;
+        let held = store.meter_history(1.into(), None, None, 10).expect("read").expect("held").readings;
         assert_eq!(held[0], reading(1, T0, 100), "the stored copy stays");
     }
 
@@ -1871,7 +1915,7 @@ mod tests {
             Outcome::Rejected(Rejection::RegisterAboveLater { later_litres: 200, .. })
         ));
         assert_eq!(outcomes[4..], [Outcome::Accepted, Outcome::Accepted]);
-        let span = store.span(1).expect("held");
+        let span = store.span(1.into()).expect("held");
         assert_eq!((span.first.ts_ms, span.last.litres), (T0 - 100, 200));
     }
 
@@ -1880,16 +1924,18 @@ mod tests {
         let (_dir, store) = open();
         let batch: Vec<_> = (0..10).map(|i| reading(7, T0 + i * 1000, 100 + i * i)).collect();
         store.append(&batch, NOW).expect("append");
-        let history =
-            store.meter_history(7, Some(T0 + 2500), Some(T0 + 6000), 100).expect("read").expect("held");
+        let history = store
+            .meter_history(7.into(), Some(T0 + 2500), Some(T0 + 6000), 100)
+            .expect("read")
+            .expect("held");
         assert_eq!(history.baseline.map(|r| r.litres), Some(104));
         assert_eq!(history.readings.iter().map(|r| r.litres).collect::<Vec<_>>(), vec![109, 116, 125]);
-        assert_eq!(domain::history_consumption(7, &history), 21);
-        let cut = store.meter_history(7, None, None, 3).expect("read").expect("held");
+        assert_eq!(domain::history_consumption(7.into(), &history), 21);
+        let cut = store.meter_history(7.into(), None, None, 3).expect("read").expect("held");
         assert!(cut.truncated);
         assert_eq!(cut.readings.len(), 3);
-        assert_eq!(domain::history_consumption(7, &cut), 81, "consumption survives truncation");
-        assert!(store.meter_history(8, None, None, 3).expect("read").is_none());
+        assert_eq!(domain::history_consumption(7.into(), &cut), 81, "consumption survives truncation");
+        assert!(store.meter_history(8.into(), None, None, 3).expect("read").is_none());
     }
 
     #[test]
@@ -1911,9 +1957,9 @@ mod tests {
             .expect("append");
         let top = store.top_since(2, T0 + 10).expect("top");
         let got: Vec<_> = top.iter().map(|s| (s.meter, domain::span_consumption(s))).collect();
-        assert_eq!(got, vec![(2, 100), (3, 100)]);
+        assert_eq!(got, vec![(id(2), 100), (id(3), 100)]);
         let all = store.top_since(5, 0).expect("top");
-        assert_eq!(all.iter().map(|s| s.meter).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(all.iter().map(|s| s.meter).collect::<Vec<_>>(), [1, 2, 3].map(id));
     }
 
     /// The readings of `meter`, as the store answers them.
@@ -1938,13 +1984,13 @@ mod tests {
             store.close().expect("fold");
             let held = (folds + 1) * 20;
             assert_eq!(directory_chunks(&store), held / CHUNK_READINGS, "after {held} readings");
-            assert_eq!(history(&store, 7), readings[..held]);
+            assert_eq!(history(&store, 7.into()), readings[..held]);
         }
         drop(store);
         let store = Store::open(dir.path()).expect("reopen");
-        assert_eq!(history(&store, 7), readings);
-        assert_eq!(store.at_or_after(7, T0 + 200_500).expect("read").map(|r| r.litres), Some(201));
-        assert_eq!(store.at_or_before(7, T0 + 200_500).expect("read").map(|r| r.litres), Some(200));
+        assert_eq!(history(&store, 7.into()), readings);
+        assert_eq!(store.at_or_after(7.into(), T0 + 200_500).expect("read").map(|r| r.litres), Some(201));
+        assert_eq!(store.at_or_before(7.into(), T0 + 200_500).expect("read").map(|r| r.litres), Some(200));
         // A back-fill into a full chunk and one before the first reading.
         let back = [reading(7, T0 + 500, 0), reading(7, T0 - 1000, 0)];
         assert_eq!(store.append(&back, NOW).expect("append").outcomes, vec![Outcome::Accepted; 2]);
@@ -1952,7 +1998,7 @@ mod tests {
         let mut expected = readings.clone();
         expected.extend(back);
         expected.sort_by_key(|r| r.ts_ms);
-        assert_eq!(history(&store, 7), expected);
+        assert_eq!(history(&store, 7.into()), expected);
     }
 
     /// A crash between a fold's database write and its meter index write leaves the index one
@@ -1969,7 +2015,7 @@ mod tests {
             (100..400).map(|i| reading(if i % 3 == 0 { 5 } else { i % 2 }, T0 + i * 1000, i)).collect();
         store.append(&second, NOW).expect("append");
         store.close().expect("fold");
-        let expected: Vec<Vec<Reading>> = [0, 1, 5].map(|meter| history(&store, meter)).to_vec();
+        let expected: Vec<Vec<Reading>> = [0, 1, 5].map(|meter| history(&store, id(meter))).to_vec();
         drop(store);
         std::fs::write(dir.path().join(INDEX_FILE), &behind).expect("the index of the fold before");
         // The write-ahead log still held the fold's readings at such a crash.
@@ -1981,13 +2027,13 @@ mod tests {
             wal.sync().expect("sync");
         }
         let store = Store::open(dir.path()).expect("rolled forward");
-        assert_eq!([0, 1, 5].map(|meter| history(&store, meter)).to_vec(), expected);
+        assert_eq!([0, 1, 5].map(|meter| history(&store, id(meter))).to_vec(), expected);
         store.append(&[reading(1, T0 + 500_000, 500)], NOW).expect("append");
         store.close().expect("fold");
         drop(store);
         let store = Store::open(dir.path()).expect("reopen");
-        assert_eq!(history(&store, 1).last().map(|r| r.litres), Some(500));
-        assert_eq!(history(&store, 0), expected[0]);
+        assert_eq!(history(&store, 1.into()).last().map(|r| r.litres), Some(500));
+        assert_eq!(history(&store, 0.into()), expected[0]);
         // Two folds behind: refused by name.
         store.append(&[reading(1, T0 + 600_000, 600)], NOW).expect("append");
         store.close().expect("fold");
@@ -2024,17 +2070,21 @@ mod tests {
                 })
                 .collect()
         };
-        let before = [consumption(&store, 9), consumption(&store, 10)];
+        let before = [consumption(&store, 9.into()), consumption(&store, 10.into())];
         let spans = store.spans();
         let (next, rewritten) = store.thin_before(cutoff, None, 10).expect("thin");
         assert_eq!(next, None, "both meters done in one pass");
         assert!(rewritten >= 2, "{rewritten} chunks rewritten");
         let check = |store: &Store| {
-            assert_eq!([consumption(store, 9), consumption(store, 10)], before, "hour windows unchanged");
+            assert_eq!(
+                [consumption(store, 9.into()), consumption(store, 10.into())],
+                before,
+                "hour windows unchanged"
+            );
             assert_eq!(store.spans(), spans);
             for meter in [9, 10] {
-                let held = history(store, meter);
-                let raw: Vec<Reading> = readings.iter().filter(|r| r.meter == meter).copied().collect();
+                let held = history(store, id(meter));
+                let raw: Vec<Reading> = readings.iter().filter(|r| r.meter == id(meter)).copied().collect();
                 let cut = cutoff - cutoff % hour;
                 assert_eq!(
                     held.iter().filter(|r| r.ts_ms >= cut).collect::<Vec<_>>(),
@@ -2058,16 +2108,53 @@ mod tests {
         let store = Store::open(dir.path()).expect("reopen");
         check(&store);
         // One meter a pass: the next pass goes on after it.
-        assert_eq!(store.thin_before(cutoff, None, 1).expect("one meter").0, Some(9));
+        assert_eq!(store.thin_before(cutoff, None, 1).expect("one meter").0, Some(id(9)));
+    }
+
+    #[test]
+    fn a_store_of_numeric_ids_opens_as_it_was_and_one_past_12_digits_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let forget_marker = || {
+            let db = sled::open(dir.path()).expect("sled");
+            db.open_tree("meta").expect("meta").remove(KEY_PRINTED_IDS).expect("remove");
+            db.flush().expect("flush");
+        };
+        {
+            let store = Store::open(dir.path()).expect("open");
+            store.append(&[reading(42, T0, 5), reading(999_999_999_999, T0, 7)], NOW).expect("append");
+            store.close().expect("close");
+        }
+        // As if written by the earlier version: its numbers are the same meters.
+        forget_marker();
+        let store = Store::open(dir.path()).expect("numeric ids of an earlier store");
+        assert_eq!(store.span(id(999_999_999_999)).map(|s| s.last.litres), Some(7));
+        // What the earlier version could also hold: a number of 13 digits, whose code is now
+        // a printed id's.
+        let thirteen = MeterId::from_code(10_000_000_000_011).expect("a code");
+        store.append(&[Reading { meter: thirteen, ..reading(0, T0, 9) }], NOW).expect("append");
+        store.close().expect("close");
+        drop(store);
+        assert!(Store::open(dir.path()).is_ok(), "this version's own store opens");
+        forget_marker();
+        let refused = Store::open(dir.path()).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(refused.contains("holds meter 10000000000011"), "{refused}");
     }
 
     #[test]
     fn index_versions_and_views_survive_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
+        let largest = MeterId::parse("____________").expect("the largest id");
         let first_version = {
             let store = Store::open(dir.path()).expect("open");
             store
-                .append(&[reading(u64::MAX, T0, 5), reading(u64::MAX, T0 + 1, 9), reading(3, T0, 1)], NOW)
+                .append(
+                    &[
+                        Reading { meter: largest, ..reading(0, T0, 5) },
+                        Reading { meter: largest, ..reading(0, T0 + 1, 9) },
+                        reading(3, T0, 1),
+                    ],
+                    NOW,
+                )
                 .expect("append");
             store.save_view("peer", b"signed").expect("save");
             store.flush().expect("flush");
@@ -2078,7 +2165,7 @@ mod tests {
         store.skip_summary_versions_past(5_000).expect("skip");
         assert_eq!(store.next_summary_version().expect("version"), 5_001);
         assert_eq!(store.spans().len(), 2);
-        assert_eq!(store.span(u64::MAX).map(|s| s.last.litres), Some(9));
+        assert_eq!(store.span(largest).map(|s| s.last.litres), Some(9));
         assert_eq!(store.views().expect("views"), vec![b"signed".to_vec()]);
     }
 }

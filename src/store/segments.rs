@@ -72,7 +72,7 @@ pub struct Builder {
 impl Builder {
     /// Adds a chunk; returns where it will be.
     pub fn add(&mut self, meter: MeterId, first_ts: u64, chunk: &[u8]) -> Location {
-        self.bytes.extend_from_slice(&meter.to_be_bytes());
+        self.bytes.extend_from_slice(&meter.code().to_be_bytes());
         self.bytes.extend_from_slice(&first_ts.to_be_bytes());
         self.bytes.extend_from_slice(&(chunk.len() as u32).to_be_bytes());
         let offset = self.bytes.len() as u32;
@@ -212,7 +212,11 @@ impl Segments {
         let (mut records, mut at) = (Vec::new(), MAGIC.len());
         while at < bytes.len() {
             let header = bytes.get(at..at + RECORD_HEADER as usize).ok_or_else(|| corrupt(at))?;
-            let meter = u64::from_be_bytes(header[..8].try_into().map_err(|_| corrupt(at))?);
+            let meter = header[..8]
+                .try_into()
+                .ok()
+                .and_then(|code| MeterId::from_code(u64::from_be_bytes(code)))
+                .ok_or_else(|| corrupt(at))?;
             let first_ts = u64::from_be_bytes(header[8..16].try_into().map_err(|_| corrupt(at))?);
             let len = u32::from_be_bytes(header[16..].try_into().map_err(|_| corrupt(at))?);
             let offset = at + RECORD_HEADER as usize;

@@ -155,10 +155,10 @@ mod tests {
     use super::*;
     use hydromesh_proto::Alarms;
 
-    fn batch(meter: u64, n: u64) -> Vec<Reading> {
+    fn batch(meter: u32, n: u64) -> Vec<Reading> {
         (0..n)
             .map(|i| Reading {
-                meter,
+                meter: meter.into(),
                 ts_ms: 1_000 + i,
                 litres: i * 3,
                 flow_lph: None,

@@ -142,9 +142,14 @@ pub fn now_ms() -> u64 {
     hydromesh::clock::now_ms()
 }
 
-/// `count` hourly readings of each meter, ending one day ago, with a register that grows by
-/// a varied amount each hour (so consumptions differ from meter to meter).
-pub fn readings(meters: impl IntoIterator<Item = MeterId>, count: u64) -> Vec<Reading> {
+/// The numeric meter id `n`.
+pub fn id(n: u64) -> MeterId {
+    MeterId::number(n).expect("a numeric meter id")
+}
+
+/// `count` hourly readings of each numeric meter id, ending one day ago, with a register that
+/// grows by a varied amount each hour (so consumptions differ from meter to meter).
+pub fn readings(meters: impl IntoIterator<Item = u64>, count: u64) -> Vec<Reading> {
     let start = now_ms() - 86_400_000 - count * HOUR_MS;
     let mut all = Vec::new();
     for meter in meters {
@@ -152,7 +157,7 @@ pub fn readings(meters: impl IntoIterator<Item = MeterId>, count: u64) -> Vec<Re
         for k in 0..count {
             litres += (meter.wrapping_mul(7919) ^ k.wrapping_mul(104_729)) % 97;
             all.push(Reading {
-                meter,
+                meter: id(meter),
                 ts_ms: start + k * HOUR_MS,
                 litres,
                 flow_lph: None,

@@ -68,7 +68,7 @@ async fn main() -> anyhow::Result<()> {
         before.entries.iter().map(|e| (e.meter, e.consumption_l)).collect();
     let mut record = known.values().copied().max().unwrap_or(0);
     // Ids no earlier run used: this run's start in seconds, times room for every round's meters.
-    let first_meter = 1_000_000_000_000 + hydromesh::clock::now_ms() / 1000 * 10_000;
+    let first_meter = 100_000_000_000 + hydromesh::clock::now_ms() / 1000 % 80_000_000 * 10_000;
 
     let mut samples = Vec::new();
     let mut timeouts = 0u32;
@@ -77,7 +77,7 @@ async fn main() -> anyhow::Result<()> {
         let now_ms = hydromesh::clock::now_ms();
         let mut readings = Vec::new();
         for k in 0..METERS_PER_ROUND {
-            let meter = first_meter + round * METERS_PER_ROUND + k;
+            let meter = hydromesh_bench::meter(first_meter + round * METERS_PER_ROUND + k);
             // Leaders beat every consumption so far by a clear margin; the rest stay small.
             let consumption = if k < LEADERS {
                 record += 1_000;

@@ -61,7 +61,7 @@ fn main() -> anyhow::Result<()> {
 fn reading(i: u64) -> Reading {
     let (meter, step) = (i % METERS, i / METERS);
     Reading {
-        meter: 500_000 + meter,
+        meter: hydromesh_bench::meter(500_000 + meter),
         ts_ms: T0 + step * MINUTE,
         litres: step * 7 + (step * meter) % 5,
         flow_lph: None,
@@ -121,8 +121,13 @@ async fn run(bin: &Path, dir: &Path, cycles: u32) -> anyhow::Result<()> {
     let (mut lost, mut unexpected) = (0u64, 0u64);
     let steps = acked.div_ceil(METERS);
     for meter in 0..METERS {
-        let answer =
-            client.query(Request::Meter { meter: 500_000 + meter, from_ms: None, to_ms: None }).await?;
+        let answer = client
+            .query(Request::Meter {
+                meter: hydromesh_bench::meter(500_000 + meter),
+                from_ms: None,
+                to_ms: None,
+            })
+            .await?;
         let held = match answer {
             Response::Meter(answer) => answer.history.readings,
             Response::NotFound(_) => Vec::new(),

@@ -453,14 +453,14 @@ async fn time_queries(client: &NodeClient, request: Request, count: usize) -> an
 
 /// Convergence rounds: ms from the acknowledgement to the exact top-10 on every node.
 async fn converge(clients: &[NodeClient], args: &Args) -> anyhow::Result<Vec<u64>> {
-    let first_meter: MeterId = 9_000_000_000_000;
+    let first_meter = 900_000_000_000;
     let mut expected: Vec<(MeterId, u64)> = Vec::new();
     let mut samples = Vec::new();
     let mut seed = 42u64;
     for round in 0..u64::from(args.rounds) {
         seed = splitmix(seed);
         let home = (seed % clients.len() as u64) as usize;
-        let (meter, consumption) = (first_meter + round, 1_000_000_000 + round);
+        let (meter, consumption) = (hydromesh_bench::meter(first_meter + round), 1_000_000_000 + round);
         let now_ms = hydromesh::clock::now_ms();
         let readings = [0, consumption].into_iter().enumerate().map(|(k, litres)| Reading {
             meter,
@@ -525,7 +525,7 @@ fn spawn_meters(clients: &[NodeClient], args: &Args) -> tokio::task::JoinSet<()>
                 // Each meter draws its own steady flow, so that consumptions differ.
                 let readings = (first..first + meters)
                     .map(|meter| Reading {
-                        meter,
+                        meter: hydromesh_bench::meter(meter),
                         ts_ms,
                         litres: reports * (1 + meter % 97),
                         flow_lph: None,

@@ -69,7 +69,7 @@ async fn main() -> anyhow::Result<()> {
         send(&mut home, vec![reading(meter, t, 0)]).await?;
         let started = Instant::now();
         let commands = send(&mut home, vec![reading(meter, t + 1, cap_l + 1)]).await?;
-        if !commands.contains(&MeterCommand { meter, valve: Valve::Closed }) {
+        if !commands.contains(&MeterCommand { meter: hydromesh_bench::meter(meter), valve: Valve::Closed }) {
             bail!("meter {meter} over the cap was not cut: {commands:?}");
         }
         crossing.push(started.elapsed().as_secs_f64() * 1000.0);
@@ -90,7 +90,8 @@ async fn main() -> anyhow::Result<()> {
         loop {
             ts += 1;
             let commands = send(&mut home, vec![reading(meter, ts, cap_l + 1)]).await?;
-            if commands.contains(&MeterCommand { meter, valve: Valve::Closed }) {
+            if commands.contains(&MeterCommand { meter: hydromesh_bench::meter(meter), valve: Valve::Closed })
+            {
                 break;
             }
             if started.elapsed() > Duration::from_secs(10) {
@@ -126,7 +127,7 @@ async fn follow(
     // meter is routable once its home's next summary has reached FIRST.
     let started = Instant::now();
     let readings = loop {
-        let request = Request::Follow { meter, after_ts_ms: None };
+        let request = Request::Follow { meter: hydromesh_bench::meter(meter), after_ts_ms: None };
         match first.query_within(request, Duration::from_secs(15)).await? {
             Response::Readings { readings, .. } => break readings,
             other if started.elapsed() > Duration::from_secs(10) => {
@@ -153,7 +154,10 @@ async fn follow(
     };
     while received.len() < samples as usize {
         let response = first
-            .query_within(Request::Follow { meter, after_ts_ms: Some(after) }, Duration::from_secs(15))
+            .query_within(
+                Request::Follow { meter: hydromesh_bench::meter(meter), after_ts_ms: Some(after) },
+                Duration::from_secs(15),
+            )
             .await?;
         let Response::Readings { readings, .. } = response else { bail!("follow failed: {response:?}") };
         let now = Instant::now();
@@ -177,7 +181,7 @@ async fn follow(
 }
 
 fn reading(meter: u64, ts_ms: u64, litres: u64) -> Reading {
-    Reading { meter, ts_ms, litres, flow_lph: None, alarms: Alarms::empty() }
+    Reading { meter: hydromesh_bench::meter(meter), ts_ms, litres, flow_lph: None, alarms: Alarms::empty() }
 }
 
 async fn send(client: &mut Client, readings: Vec<Reading>) -> anyhow::Result<Vec<MeterCommand>> {

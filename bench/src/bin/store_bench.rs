@@ -55,7 +55,7 @@ fn fresh(dir: &Path) -> anyhow::Result<Store> {
 fn reading(meter: u64, i: u64, ts_ms: u64) -> Reading {
     let litres = 1_000_000 + i * 12 + (i * 7919) % 13;
     let flow_lph = i.is_multiple_of(4).then_some(((i * 31) % 200) as u32);
-    Reading { meter, ts_ms, litres, flow_lph, alarms: Alarms::empty() }
+    Reading { meter: hydromesh_bench::meter(meter), ts_ms, litres, flow_lph, alarms: Alarms::empty() }
 }
 
 fn year(dir: &Path) -> anyhow::Result<()> {
@@ -73,7 +73,9 @@ fn year(dir: &Path) -> anyhow::Result<()> {
     let mut times = Vec::with_capacity(ROUNDS);
     for _ in 0..ROUNDS {
         let start = Instant::now();
-        let history = store.meter_history(42, None, None, usize::MAX)?.context("the meter is held")?;
+        let history = store
+            .meter_history(hydromesh_bench::meter(42), None, None, usize::MAX)?
+            .context("the meter is held")?;
         times.push(start.elapsed().as_secs_f64() * 1000.0);
         if history.readings.len() as u64 != YEAR_READINGS {
             bail!("read back {} of {YEAR_READINGS} readings", history.readings.len());

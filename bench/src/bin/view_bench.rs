@@ -45,7 +45,7 @@ fn main() -> anyhow::Result<()> {
                 let meter = node * 1_000_000 + k;
                 let litres = (meter.wrapping_mul(2_654_435_761).wrapping_add(version) % 1_000_000) + 1;
                 MeterSpan {
-                    meter,
+                    meter: hydromesh_bench::meter(meter),
                     first: Point { ts_ms: now_ms - 3_600_000, litres: 0 },
                     last: Point { ts_ms: now_ms, litres },
                 }

@@ -526,13 +526,18 @@ function every(work) {
 
 let routes = 0;
 
+// A meter id as printed on the meter: 1 to 12 letters, digits, `-` or `_`.
+const METER_ID = /^[0-9A-Za-z_-]{1,12}$/;
+const METER_ROUTE = /^#\/meter\/([0-9A-Za-z_-]{1,12})$/;
+
 async function route() {
   // For tools (screenshots, tests): "ready" once the page shows its first data (or an error).
   const mine = ++routes;
   document.documentElement.dataset.state = 'loading';
-  const match = /^#\/meter\/(\d+)$/.exec(location.hash);
+  const match = METER_ROUTE.exec(location.hash);
   if (match) {
-    const meter = Number(match[1]);
+    // Ids compare case-insensitively and are shown in lower case.
+    const meter = match[1].toLowerCase();
     every(() => refreshMeter(false));
     await showMeter(meter);
   } else {
@@ -551,7 +556,7 @@ function start() {
   document.getElementById('lookup').addEventListener('submit', event => {
     event.preventDefault();
     const value = document.getElementById('lookup-meter').value.trim();
-    if (/^\d+$/.test(value)) location.hash = `#/meter/${value}`;
+    if (METER_ID.test(value)) location.hash = `#/meter/${value.toLowerCase()}`;
   });
   document.getElementById('top-window').addEventListener('change', refreshOverview);
   for (const button of document.querySelectorAll('#history-range button')) {
