@@ -19,6 +19,7 @@ use common::{eventually, now_ms, Mesh, HOUR_MS};
 use hydromesh::AppHandle;
 use hydromesh_proto::control::{Action, Command as AdminCommand, Policy};
 use hydromesh_proto::query::{Request, Response};
+use hydromesh_proto::summary::AlertKind;
 use hydromesh_proto::{format_rfc3339, Alarms, MeterId, Reading};
 use libp2p::identity::ed25519;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -298,9 +299,16 @@ async fn wmbusmeters_json_becomes_a_reading_with_litres_and_alarms() {
         ts_ms: ts,
         litres: 6409,
         flow_lph: None,
-        alarms: Alarms::LEAK.union(Alarms::BURST),
+        alarms: Alarms::LEAK.union(Alarms::BURST).union(Alarms::OTHER),
     };
-    assert_eq!(stored, vec![expected], "6.4086 m³ is 6409 L; the unknown status word is ignored");
+    assert_eq!(stored, vec![expected], "6.4086 m³ is 6409 L; the unknown status word is kept as `other`");
+    eventually("the `other` alert in the node's answers", DEADLINE, || async {
+        let request = Request::Alerts { kind: Some(AlertKind::Other) };
+        let Response::Alerts(alerts) = handle(&mesh, n).client().query(request).await else { return None };
+        let meters: Vec<MeterId> = alerts.alerts.iter().map(|e| e.alert.meter).collect();
+        (meters == [MeterId::from(76_348_799)]).then_some(())
+    })
+    .await;
     // Ids as wmbusmeters prints them, hex and leading zeros (outputs of its izar and apator172
     // driver tests).
     let time = format_rfc3339(ts);

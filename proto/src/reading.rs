@@ -39,14 +39,18 @@ impl Alarms {
     pub const BACKFLOW: Alarms = Alarms(1 << 3);
     /// The pipe is empty.
     pub const DRY: Alarms = Alarms(1 << 4);
+    /// A condition the meter reported in words hydromesh does not know (a new driver's status
+    /// word): kept as an alarm to look at rather than dropped.
+    pub const OTHER: Alarms = Alarms(1 << 5);
 
     /// Every flag with its name, in a stable order.
-    pub const NAMED: [(Alarms, &'static str); 5] = [
+    pub const NAMED: [(Alarms, &'static str); 6] = [
         (Alarms::LEAK, "leak"),
         (Alarms::BURST, "burst"),
         (Alarms::TAMPER, "tamper"),
         (Alarms::BACKFLOW, "backflow"),
         (Alarms::DRY, "dry"),
+        (Alarms::OTHER, "other"),
     ];
 
     /// No flag set.
@@ -61,7 +65,7 @@ impl Alarms {
 
     /// Flags from raw bits; `None` when an unknown bit is set.
     pub const fn from_bits(bits: u8) -> Option<Self> {
-        if bits & !0b1_1111 == 0 {
+        if bits & !0b11_1111 == 0 {
             Some(Alarms(bits))
         } else {
             None
@@ -84,7 +88,7 @@ impl Alarms {
         Alarms(self.0 | other.0)
     }
 
-    /// The flag named `name` (`leak`, `burst`, `tamper`, `backflow`, `dry`).
+    /// The flag named `name` (`leak`, `burst`, `tamper`, `backflow`, `dry`, `other`).
     pub fn from_name(name: &str) -> Option<Self> {
         Self::NAMED.iter().find(|(_, n)| n.eq_ignore_ascii_case(name)).map(|(flag, _)| *flag)
     }
@@ -164,6 +168,7 @@ mod tests {
     #[test]
     fn unknown_alarm_bits_are_refused() {
         assert_eq!(Alarms::from_bits(0b1_0001), Some(Alarms::LEAK.union(Alarms::DRY)));
-        assert_eq!(Alarms::from_bits(0b10_0000), None);
+        assert_eq!(Alarms::from_bits(0b10_0000), Some(Alarms::OTHER));
+        assert_eq!(Alarms::from_bits(0b100_0000), None);
     }
 }

@@ -93,14 +93,22 @@ pub enum AlertKind {
     Backflow,
     /// The meter reports an empty pipe.
     Dry,
+    /// The meter reports a condition in words hydromesh does not know.
+    Other,
 }
 
 impl AlertKind {
     /// Every kind, in a stable order.
-    pub const ALL: [AlertKind; 5] =
-        [AlertKind::Leak, AlertKind::Burst, AlertKind::Tamper, AlertKind::Backflow, AlertKind::Dry];
+    pub const ALL: [AlertKind; 6] = [
+        AlertKind::Leak,
+        AlertKind::Burst,
+        AlertKind::Tamper,
+        AlertKind::Backflow,
+        AlertKind::Dry,
+        AlertKind::Other,
+    ];
 
-    /// `leak`, `burst`, `tamper`, `backflow` or `dry`.
+    /// `leak`, `burst`, `tamper`, `backflow`, `dry` or `other`.
     pub fn as_str(self) -> &'static str {
         match self {
             AlertKind::Leak => "leak",
@@ -108,6 +116,7 @@ impl AlertKind {
             AlertKind::Tamper => "tamper",
             AlertKind::Backflow => "backflow",
             AlertKind::Dry => "dry",
+            AlertKind::Other => "other",
         }
     }
 

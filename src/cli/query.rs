@@ -55,7 +55,7 @@ enum What {
     Blocked,
     /// Active alerts across the mesh.
     Alerts {
-        /// Only this kind: leak, burst, tamper, backflow or dry.
+        /// Only this kind: leak, burst, tamper, backflow, dry or other.
         #[arg(long, value_parser = parse_kind)]
         kind: Option<AlertKind>,
     },
@@ -87,8 +87,9 @@ enum What {
 }
 
 fn parse_kind(text: &str) -> Result<AlertKind, String> {
-    AlertKind::from_name(text)
-        .ok_or_else(|| format!("unknown alert kind `{text}` (expected leak, burst, tamper, backflow or dry)"))
+    AlertKind::from_name(text).ok_or_else(|| {
+        format!("unknown alert kind `{text}` (expected leak, burst, tamper, backflow, dry or other)")
+    })
 }
 
 /// A window's start as how long before now: a duration, or a time in the past.

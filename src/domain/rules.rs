@@ -126,6 +126,7 @@ impl Tracker {
         self.set(AlertKind::Tamper, alarms.contains(Alarms::TAMPER), ts);
         self.set(AlertKind::Backflow, alarms.contains(Alarms::BACKFLOW), ts);
         self.set(AlertKind::Dry, alarms.contains(Alarms::DRY), ts);
+        self.set(AlertKind::Other, alarms.contains(Alarms::OTHER), ts);
     }
 
     fn set(&mut self, kind: AlertKind, active: bool, ts: u64) {

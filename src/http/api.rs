@@ -159,7 +159,7 @@ pub(super) async fn alerts(
         .map(|text| {
             AlertKind::from_name(text).ok_or_else(|| {
                 ApiError::bad_request(format!(
-                    "kind: unknown alert kind `{}` (expected leak, burst, tamper, backflow or dry)",
+                    "kind: unknown alert kind `{}` (expected leak, burst, tamper, backflow, dry or other)",
                     shown(text)
                 ))
             })

@@ -133,7 +133,7 @@ fn parse_meter_json(meter: MeterId, payload: &[u8]) -> Result<Reading, Refusal> 
     for name in json.alarms.iter().flatten() {
         let flag = Alarms::from_name(name).ok_or_else(|| {
             Refusal::InvalidReading(format!(
-                "unknown alarm `{}` (expected leak, burst, tamper, backflow, dry)",
+                "unknown alarm `{}` (expected leak, burst, tamper, backflow, dry, other)",
                 shown(name)
             ))
         })?;
@@ -204,17 +204,20 @@ fn m3_to_litres(m3: f64) -> Option<u64> {
 ///   removed) in a word.
 ///
 /// Words about the past (`PREV_…`, `WAS_…`, `…_PREV_MONTH`, `…_PAST`) and the names of dates
-/// or types (`LEAK_DATE`, `FRAUD_TYPE`) raise nothing; `OK` and `no_alarm` mean none. Other
-/// words (battery, errors, `general_alarm`) name no water alarm and are logged at debug level.
+/// or types (`LEAK_DATE`, `FRAUD_TYPE`) raise nothing; `OK`, `no_alarm` and the `ALARM` that
+/// heads a list of alarms mean none; the meter's own health (battery, power, clock, temperature,
+/// errors, a flow below the meter's minimum, `UNKNOWN_…` codes) is no water alarm. Any other
+/// word is a condition hydromesh does not know (`general_alarm`, a new driver's word): the
+/// reading carries [`Alarms::OTHER`] so it is seen (as an `other` alert on the meter) rather than
+/// dropped, and the word is logged at debug level.
 fn status_alarms(meter: MeterId, status: &str) -> Alarms {
     let mut alarms = Alarms::empty();
     for word in status.split(|c: char| c.is_whitespace() || c == ',').filter(|word| !word.is_empty()) {
-        match word_alarm(&word.to_ascii_uppercase()) {
-            Some(flag) => alarms = alarms.union(flag),
-            None => {
-                tracing::debug!(%meter, word = %shown(word), "no water alarm in a wmbusmeters status word")
-            }
+        let flag = word_alarm(&word.to_ascii_uppercase());
+        if flag == Some(Alarms::OTHER) {
+            tracing::debug!(%meter, word = %shown(word), "an unknown wmbusmeters status word: alarm `other`");
         }
+        alarms = alarms.union(flag.unwrap_or_default());
     }
     alarms
 }
@@ -242,8 +245,15 @@ fn word_alarm(word: &str) -> Option<Alarms> {
         Some(Alarms::DRY)
     } else if has("FRAUD") || has("TAMPER") || has("MAGNETIC") || has("MANIPULATION") || has("REMOV") {
         Some(Alarms::TAMPER)
-    } else {
+    } else if matches!(word, "OK" | "NO_ALARM" | "ALARM" | "NONE" | "NORMAL")
+        || ["BAT", "POWER", "VOLTAGE", "CLOCK", "TEMPERATURE", "ERROR", "MIN_FLOW", "MINIMUM_FLOW"]
+            .into_iter()
+            .any(has)
+        || word.starts_with("UNKNOWN_")
+    {
         None
+    } else {
+        Some(Alarms::OTHER)
     }
 }
 
@@ -350,7 +360,8 @@ mod tests {
             "current_status":"DRY,REVERSED , FOO","status":"TAMPER"}"#;
         let reading = meter("wmbusmeters", other).expect("reading");
         assert_eq!((reading.meter, reading.litres, reading.flow_lph), (12.into(), 0, Some(250)));
-        assert_eq!(reading.alarms, Alarms::DRY.union(Alarms::BACKFLOW).union(Alarms::TAMPER));
+        let named = Alarms::DRY.union(Alarms::BACKFLOW).union(Alarms::TAMPER);
+        assert_eq!(reading.alarms, named.union(Alarms::OTHER), "FOO is no word hydromesh knows: `other`");
         let ok = r#"{"id":"12","total_m3":1.9994,"timestamp":"2026-11-23T10:00:00Z","current_status":"OK","status":""}"#;
         let reading = meter("wmbusmeters/a/b", ok).expect("reading");
         assert_eq!((reading.litres, reading.alarms), (1999, Alarms::empty()));
@@ -388,6 +399,16 @@ mod tests {
             (
                 r#"{"id":"78","total_m3":1,"timestamp":"2026-11-23T10:00:00Z","status":"DRY BURST MODULE_REMOVED"}"#,
                 Alarms::DRY.union(Alarms::BURST).union(Alarms::TAMPER),
+            ),
+            // A word hydromesh does not know is kept as `other`; the meter's own health is no
+            // alarm.
+            (
+                r#"{"media":"water","meter":"izar","id":"2124589c","total_m3":38.944,"current_alarms":"general_alarm","timestamp":"2026-11-23T10:00:00Z"}"#,
+                Alarms::OTHER,
+            ),
+            (
+                r#"{"id":"79","total_m3":1,"timestamp":"2026-11-23T10:00:00Z","status":"ALARM LOW_BATTERY POWER_LOW CLOCK_ERROR UNKNOWN_E0 P_MINIMUM_FLOW"}"#,
+                Alarms::empty(),
             ),
         ];
         for (json, alarms) in cases {

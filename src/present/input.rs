@@ -103,8 +103,8 @@ pub enum InputError {
         /// The rule it breaks, e.g. "is not a whole number of litres".
         rule: &'static str,
     },
-    /// An alarm name is not leak, burst, tamper, backflow or dry.
-    #[error("unknown alarm `{0}` (expected leak, burst, tamper, backflow, dry)")]
+    /// An alarm name is not leak, burst, tamper, backflow, dry or other.
+    #[error("unknown alarm `{0}` (expected leak, burst, tamper, backflow, dry, other)")]
     UnknownAlarm(String),
     /// A time given outside of a field (to [`parse_timestamp`]) is not one: text and rule.
     #[error("`{0}` {1}")]
@@ -554,7 +554,7 @@ mod tests {
             "1,0,,, => field `litres` is missing or empty",
             "m.1,0,5,, => field `meter`: `m.1` is not a meter id (letters, digits, `-` and `_` only)",
             "1,0,5,4294967296, => is not a flow in whole litres per hour (0 to 4294967295)",
-            "1,0,5,,fire => unknown alarm `fire` (expected leak, burst, tamper, backflow, dry)",
+            "1,0,5,,fire => unknown alarm `fire` (expected leak, burst, tamper, backflow, dry, other)",
             "1,0,5,,, => expected 5 fields, found 6",
             "1,0 => expected 5 fields, found 2",
         ];
@@ -613,7 +613,7 @@ mod tests {
             error(5, "field `litres`: `5.0` is not a whole number of litres"),
             error(6, "field `meter`: `[4]` is not a meter id (letters, digits, `-` and `_` only)"),
             error(7, "field `ts` is missing or empty"),
-            error(8, "unknown alarm `5` (expected leak, burst, tamper, backflow, dry)"),
+            error(8, "unknown alarm `5` (expected leak, burst, tamper, backflow, dry, other)"),
             error(9, "invalid JSON: expected an object"),
             error(10, "invalid JSON: EOF while parsing an object at column 29"),
         ];
@@ -704,7 +704,7 @@ mod tests {
             ),
             (
                 r#"{"meter":1,"ts":0,"litres":1,"alarms":["leak",5]}"#,
-                "unknown alarm `5` (expected leak, burst, tamper, backflow, dry)",
+                "unknown alarm `5` (expected leak, burst, tamper, backflow, dry, other)",
             ),
             ("null", "invalid JSON: expected an object"),
             ("[1,0,5]", "invalid JSON: expected an object"),
