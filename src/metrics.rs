@@ -188,7 +188,12 @@ impl Metrics {
 
     /// Counts one refused input.
     pub fn refuse(&self, source: &'static str, reason: &'static str) {
-        self.refused.get_or_create(&RefusedLabels { source, reason }).inc();
+        self.refuse_many(source, reason, 1);
+    }
+
+    /// Counts `count` refusals at once.
+    pub fn refuse_many(&self, source: &'static str, reason: &'static str, count: u64) {
+        self.refused.get_or_create(&RefusedLabels { source, reason }).inc_by(count);
     }
 
     /// Records how long something took into a histogram.

@@ -281,3 +281,81 @@ async fn changed_summaries_travel_as_deltas_and_every_node_stays_exact() {
     };
     assert!(heard("delta") >= 1, "no summary came as a delta:\n{metrics}");
 }
+
+/// A meter that moves to another fog node and back (a gateway re-homed, then restored): every
+/// node counts it once, over its whole history, in stats, top and its bill, and shows its
+/// history whole; the newest home owns it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meter_that_moves_between_nodes_is_counted_once_from_every_node() {
+    const NODES: usize = 3;
+    let mesh = Mesh::chain(NODES).await;
+    let mut data: Vec<Vec<Reading>> = (0..NODES).map(|i| readings(meters_of(i), 4)).collect();
+    let moving = MeterId::parse("mv-0014a807").expect("an id");
+    // Hourly registers, growing 1,000 L an hour (the largest consumer), 12 hours ending an hour ago: the first five at
+    // node 0, the next five at node 1, the last two at node 0 again.
+    let start = now_ms() - 13 * HOUR_MS;
+    let at = |k: u64| Reading {
+        meter: moving,
+        ts_ms: start + k * HOUR_MS,
+        litres: 5_000 + 1_000 * k,
+        ..data[0][0]
+    };
+    let (first_stay, moved, back): (Vec<Reading>, Vec<Reading>, Vec<Reading>) =
+        ((0..5).map(at).collect(), (5..10).map(at).collect(), (10..12).map(at).collect());
+    data[0].extend(&first_stay);
+    ingest_all(&mesh, &data).await;
+    let others: Vec<Reading> = data.concat().into_iter().filter(|r| r.meter != moving).collect();
+    // Node 1 knows node 0's meters before the meter arrives there.
+    eventually("node 1 to hear node 0's summary", CONVERGE, || async {
+        let Response::Stats(stats) = mesh.ask(1, Request::Stats).await? else { return None };
+        (stats.meters == NODES as u64 * METERS_PER_NODE + 1).then_some(())
+    })
+    .await;
+
+    let mut sent = first_stay;
+    for (node, part) in [(1, moved), (0, back)] {
+        let ingest::Response::Done { outcomes, .. } =
+            mesh.client(node).await.ingest(part.clone()).await.expect("ingest")
+        else {
+            panic!("node {node} did not take the readings");
+        };
+        assert!(outcomes.iter().all(|o| *o == Outcome::Accepted), "{outcomes:?}");
+        sent.extend(part);
+        let everything: Vec<Reading> = others.iter().chain(&sent).copied().collect();
+        let truth = consumption_since(&everything, 0);
+        let (whole, total) = (truth[&moving], truth.values().sum::<u64>());
+        assert_eq!(whole, sent.last().expect("sent").litres - 5_000);
+        let home = mesh.nodes[node].peer.to_string();
+        for asked in 0..NODES {
+            let what = format!("node {asked} to count meter {moving} once at node {node}");
+            eventually(&what, CONVERGE, || async {
+                let Response::Stats(stats) = mesh.ask(asked, Request::Stats).await? else { return None };
+                let Response::Top(top) = mesh.ask(asked, Request::Top { n: 1, since_ms: None }).await? else {
+                    return None;
+                };
+                let counted = stats.meters == NODES as u64 * METERS_PER_NODE + 1
+                    && stats.total_consumption_l == total
+                    && top
+                        .entries
+                        .first()
+                        .is_some_and(|e| e.meter == moving && e.consumption_l == whole && e.home == home);
+                counted.then_some(())
+            })
+            .await;
+            let request = Request::Meter { meter: moving, from_ms: None, to_ms: None };
+            let Response::Meter(answer) = mesh.ask(asked, request).await.expect("meter") else {
+                panic!("no answer about meter {moving}");
+            };
+            assert_eq!(answer.history.readings, sent, "the whole history, from node {asked}");
+            assert_eq!((answer.consumption_l, &answer.home), (whole, &home));
+            let last = sent.last().expect("sent").ts_ms;
+            let request = Request::Bill { meter: moving, period_start_ms: Some(last) };
+            let Response::Bill(Some(bill)) = mesh.ask(asked, request).await.expect("bill") else {
+                panic!("no bill of meter {moving}");
+            };
+            let in_period = consumption_since(&sent, bill.period_start_ms)[&moving];
+            assert_eq!((bill.consumption_l, &bill.home), (in_period, &home), "the bill from node {asked}");
+            assert_eq!(answer.status.bill.map(|b| b.consumption_l), Some(in_period));
+        }
+    }
+}

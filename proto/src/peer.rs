@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::query::{Bill, LocalMeter};
 use crate::reading::{MeterId, Reading};
-use crate::summary::MeterSpan;
+use crate::summary::{MeterSpan, Point};
 
 /// A question about the answering node's own meters.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +41,35 @@ pub enum Request {
         /// Device time of the last reading the asker has; `None` for the latest reading.
         after_ts_ms: Option<u64>,
     },
+    /// The asker took a reading of a meter at `newest_ts_ms` (the meter moved to it, or back):
+    /// the newest home owns a meter, so the answering node hands it over unless its own latest
+    /// reading is newer.
+    Handoff {
+        /// The meter.
+        meter: MeterId,
+        /// The asker's newest reading of it, device time.
+        newest_ts_ms: u64,
+    },
+}
+
+/// The answer to [`Request::Handoff`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Handoff {
+    /// The meter is not this node's own (never held, or handed over already).
+    NotOwner,
+    /// This node's latest reading is newer: it keeps the meter, and the asker does not own it.
+    Newer,
+    /// This node hands the meter over and stops counting it: the asker counts it from the
+    /// meter's first register on, and judges the current period from its base.
+    Transferred {
+        /// The meter's first register (at its first home).
+        first: Point,
+        /// The rationing period `base` is for.
+        period_start_ms: u64,
+        /// The meter's register at the start of that period (its last at or before the start,
+        /// else its first after), as this node knew it.
+        base: Option<Point>,
+    },
 }
 
 /// An answer about the answering node's own meters.
@@ -55,6 +84,8 @@ pub enum Response {
     /// Answer to [`Request::Follow`]: the readings after the asker's last, by time (empty when
     /// none came in time); `None` when it holds no reading of the meter.
     Readings(Option<Vec<Reading>>),
+    /// Answer to [`Request::Handoff`].
+    Handoff(Handoff),
     /// The node is overloaded; ask again later.
     Busy,
     /// The question could not be answered.

@@ -87,12 +87,41 @@ pub fn hourly_before(readings: &[Reading], cutoff_ms: u64, first_ts_ms: u64) -> 
 }
 
 /// The join of two spans of the same meter: the earlier first and the later last.
-pub fn join_spans(a: MeterSpan, b: MeterSpan) -> MeterSpan {
+pub fn join_spans(a: MeterSpan, b: MeterSpan, from_ms: u64) -> MeterSpan {
     MeterSpan {
         meter: a.meter,
-        first: if b.first.ts_ms < a.first.ts_ms { b.first } else { a.first },
+        first: join_base(Some(a.first), Some(b.first), from_ms).unwrap_or(a.first),
         last: if b.last.ts_ms > a.last.ts_ms { b.last } else { a.last },
     }
+}
+
+/// The base of a window starting at `from_ms` from two nodes' bases of one meter (each its last
+/// register at or before the start, else its first after): the later of those at or before
+/// the start, else the earlier. (A meter that moved away and back has, at its first home, a
+/// base older than the one of the home it was at in between.)
+pub fn join_base(a: Option<Point>, b: Option<Point>, from_ms: u64) -> Option<Point> {
+    let (a, b) = match (a, b) {
+        (Some(a), Some(b)) => (a, b),
+        (a, b) => return a.or(b),
+    };
+    Some(match (a.ts_ms <= from_ms, b.ts_ms <= from_ms) {
+        (true, true) => {
+            if b.ts_ms > a.ts_ms {
+                b
+            } else {
+                a
+            }
+        }
+        (true, false) => a,
+        (false, true) => b,
+        (false, false) => {
+            if b.ts_ms < a.ts_ms {
+                b
+            } else {
+                a
+            }
+        }
+    })
 }
 
 /// The span of a window's history: baseline (or first reading) to last reading.
@@ -123,7 +152,11 @@ pub fn rank(mut spans: Vec<MeterSpan>, n: usize) -> Vec<MeterSpan> {
 /// Joins the spans that several nodes hold of their meters and ranks the first `n`: a meter held
 /// by several nodes (it moved) counts once, over the join of its spans, and its home is the node
 /// with its latest reading.
-pub fn rank_joined<H: ToString>(parts: impl IntoIterator<Item = (H, MeterSpan)>, n: usize) -> Vec<TopEntry> {
+pub fn rank_joined<H: ToString>(
+    parts: impl IntoIterator<Item = (H, MeterSpan)>,
+    n: usize,
+    from_ms: u64,
+) -> Vec<TopEntry> {
     let mut joined: HashMap<MeterId, (MeterSpan, H)> = HashMap::new();
     for (home, span) in parts {
         match joined.entry(span.meter) {
@@ -132,7 +165,7 @@ pub fn rank_joined<H: ToString>(parts: impl IntoIterator<Item = (H, MeterSpan)>,
                 if span.last.ts_ms > merged.last.ts_ms {
                     *merged_home = home;
                 }
-                *merged = join_spans(*merged, span);
+                *merged = join_spans(*merged, span, from_ms);
             }
             Entry::Vacant(entry) => {
                 entry.insert((span, home));
@@ -190,10 +223,10 @@ mod tests {
         let a = span((10, 100), (20, 150));
         let b = span((5, 90), (15, 120));
         let c = span((12, 110), (30, 200));
-        assert_eq!(join_spans(a, b), join_spans(b, a));
-        assert_eq!(join_spans(join_spans(a, b), c), join_spans(a, join_spans(b, c)));
-        assert_eq!(join_spans(a, a), a);
-        assert_eq!(span_consumption(&join_spans(join_spans(a, b), c)), 110);
+        assert_eq!(join_spans(a, b, 0), join_spans(b, a, 0));
+        assert_eq!(join_spans(join_spans(a, b, 0), c, 0), join_spans(a, join_spans(b, c, 0), 0));
+        assert_eq!(join_spans(a, a, 0), a);
+        assert_eq!(span_consumption(&join_spans(join_spans(a, b, 0), c, 0)), 110);
     }
 
     #[test]

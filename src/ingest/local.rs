@@ -13,11 +13,12 @@ use std::io::Write;
 use std::sync::Arc;
 
 use hydromesh_proto::ingest::{MeterCommand, Outcome, Valve};
+use hydromesh_proto::peer::Handoff;
 use hydromesh_proto::summary::{Alert, Blocked, MeterFilter, MeterSpan, Point};
 use hydromesh_proto::{MeterId, Reading};
 
 use crate::domain::rules::{self, Consumption, RationingInputs, Tracker};
-use crate::domain::span_consumption;
+use crate::domain::{join_base, span_consumption};
 use crate::store::{Appended, Store, StoreError};
 
 /// Most readings replayed to rebuild one meter's rule state (about a day at one reading every
@@ -127,6 +128,18 @@ struct PeriodFigures {
     previous_l: u64,
 }
 
+/// What a handoff between fog nodes left of a meter here (saved in the store). The newest
+/// home owns a meter: it alone counts it (meters, consumption, period figures) and judges it
+/// (rationing, alerts); a former home keeps its readings for questions about its history.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+enum Tenure {
+    /// The meter moved to another node: held, not counted.
+    Moved,
+    /// This node took the meter over: it counts it from its first register at its first home,
+    /// and judges the period `period_start_ms` from the base the previous home knew.
+    Inherited { first: Point, period_start_ms: u64, base: Option<Point> },
+}
+
 /// The local meter state; one owner, the ingest writer.
 pub struct LocalMeters {
     settings: Settings,
@@ -139,6 +152,12 @@ pub struct LocalMeters {
     snapshot: LocalSnapshot,
     /// Meters unblocked since their last acknowledgement: the next one carries `valve: open`.
     released: HashSet<MeterId>,
+    /// What handoffs left of meters here (see [`Tenure`]), and how many of them moved away.
+    tenures: HashMap<MeterId, Tenure>,
+    moved: usize,
+    /// Meters that arrived since last asked (new here, or back after moving away) with their
+    /// newest reading: the node asks their other homes to hand them over.
+    arrivals: BTreeMap<MeterId, u64>,
     /// Meters whose state changed (or was rebuilt) since the last checkpoint, counted once per
     /// batch that changed them: what a start after a crash would rebuild.
     unsaved: usize,
@@ -156,8 +175,22 @@ impl LocalMeters {
             top: TopK::new(settings.top_k),
             snapshot: LocalSnapshot::default(),
             released: HashSet::new(),
+            tenures: HashMap::new(),
+            moved: 0,
+            arrivals: BTreeMap::new(),
             unsaved: 0,
         };
+        for (meter, record) in store.tenures()? {
+            match decode_next::<Tenure>(&mut record.as_slice()) {
+                Some(tenure) => {
+                    local.moved += usize::from(tenure == Tenure::Moved);
+                    local.tenures.insert(meter, tenure);
+                }
+                None => {
+                    tracing::warn!(%meter, "an unreadable handoff record; the meter counts as this node's own")
+                }
+            }
+        }
         local.rebuild_filter(spans.iter().map(|(span, _)| span.meter), spans.len());
         let checkpoint = read_checkpoint(store, settings, &spans);
         let (saved, saved_fold) = match checkpoint {
@@ -206,7 +239,7 @@ impl LocalMeters {
             local.snapshot.period_meters += u64::from(state.current.1);
         }
         for (span, _) in &spans {
-            local.on_span(*span, 0);
+            local.on_span(*span, None);
             local.refresh_alerts(span.meter);
         }
         local.unsaved = rebuilt;
@@ -283,7 +316,15 @@ impl LocalMeters {
 
     /// The state as one snapshot.
     pub fn snapshot(&self) -> LocalSnapshot {
-        LocalSnapshot { top: self.top.ranked(), ..self.snapshot.clone() }
+        // A meter that moved away keeps its place in the top-K (which only grows); its owner
+        // ranks it. The summary's top is then one short for each such meter: still exact for
+        // every N up to the entries left.
+        let top = self
+            .top
+            .ranked()
+            .into_iter()
+            .filter(|span| self.tenures.get(&span.meter) != Some(&Tenure::Moved));
+        LocalSnapshot { top: top.collect(), ..self.snapshot.clone() }
     }
 
     /// Takes in what a batch appended: spans, totals, the top-K, the filter and the alert rules.
@@ -298,9 +339,15 @@ impl LocalMeters {
             if *outcome != Outcome::Accepted {
                 continue;
             }
-            let Some((_, span)) = appended.spans.get(&reading.meter).copied() else { continue };
+            let Some((before, span)) = appended.spans.get(&reading.meter).copied() else { continue };
             if !self.meters.contains_key(&reading.meter) {
                 self.add_meter(span.meter);
+            }
+            let newer = before.is_none_or(|before| reading.ts_ms > before.last.ts_ms);
+            let arrived = before.is_none() || self.tenures.get(&reading.meter) == Some(&Tenure::Moved);
+            if newer && arrived {
+                let newest = self.arrivals.entry(reading.meter).or_default();
+                *newest = (*newest).max(reading.ts_ms);
             }
             let Some(state) = self.meters.get_mut(&reading.meter) else { continue };
             let last = state.tracker.last_ts_ms();
@@ -328,7 +375,7 @@ impl LocalMeters {
             }
         }
         for (meter, (before, after)) in &appended.spans {
-            self.on_span(*after, before.as_ref().map_or(0, span_consumption));
+            self.on_span(*after, *before);
             self.refresh_alerts(*meter);
         }
         self.unsaved += appended.spans.len();
@@ -401,14 +448,23 @@ impl LocalMeters {
         let (Some(state), Some(span)) = (self.meters.get_mut(&meter), store.span(meter)) else {
             return Ok(());
         };
-        let consumption = period_consumption(store, &span, state, period)?;
+        let tenure = self.tenures.get(&meter).copied();
+        let consumption = match tenure {
+            // Its owner counts and judges it.
+            Some(Tenure::Moved) => Consumption { current_l: 0, previous_l: 0, reported: false },
+            _ => period_consumption(store, &span, state, period, tenure)?,
+        };
         let (old_l, old_reported) =
             std::mem::replace(&mut state.current, (consumption.current_l, consumption.reported));
         let snapshot = &mut self.snapshot;
         snapshot.period_consumption_l = snapshot.period_consumption_l - old_l + consumption.current_l;
         snapshot.period_meters =
             snapshot.period_meters + u64::from(consumption.reported) - u64::from(old_reported);
-        match inputs.judge(meter, consumption, now_ms) {
+        let verdict = match tenure {
+            Some(Tenure::Moved) => None,
+            _ => inputs.judge(meter, consumption, now_ms),
+        };
+        match verdict {
             Some((reason, detail)) => {
                 let current = snapshot.blocked.get(&meter);
                 if current.is_some_and(|b| b.reason == reason && b.detail == detail) {
@@ -428,8 +484,11 @@ impl LocalMeters {
             None => {
                 if snapshot.blocked.contains_key(&meter) {
                     Arc::make_mut(&mut snapshot.blocked).remove(&meter);
-                    tracing::info!(%meter, "restoring supply");
-                    self.released.insert(meter);
+                    // A meter that moved away gets its valve commands from its new home.
+                    if tenure != Some(Tenure::Moved) {
+                        tracing::info!(%meter, "restoring supply");
+                        self.released.insert(meter);
+                    }
                 }
             }
         }
@@ -448,23 +507,152 @@ impl LocalMeters {
         } else {
             Arc::make_mut(&mut self.snapshot.filter).insert(meter);
         }
-        self.snapshot.meter_count = count as u64;
+        self.snapshot.meter_count = (count - self.moved) as u64;
         let state = MeterState { tracker: Tracker::default(), period: None, current: (0, false) };
         self.meters.insert(meter, state);
     }
 
-    /// A meter's span changed from one of consumption `before`.
-    fn on_span(&mut self, span: MeterSpan, before: u64) {
+    /// A meter's span changed from `before` (none: the meter is new here).
+    fn on_span(&mut self, span: MeterSpan, before: Option<MeterSpan>) {
+        let before = before.map_or(0, |before| self.counted(&before));
+        let (after, offered) = (self.counted(&span), self.offered(span));
         let snapshot = &mut self.snapshot;
         snapshot.total_consumption_l =
-            snapshot.total_consumption_l.saturating_sub(before).saturating_add(span_consumption(&span));
-        snapshot.meter_count = self.meters.len() as u64;
-        self.top.offer(span);
+            snapshot.total_consumption_l.saturating_sub(before).saturating_add(after);
+        snapshot.meter_count = (self.meters.len() - self.moved) as u64;
+        if let Some(span) = offered {
+            self.top.offer(span);
+        }
+    }
+
+    /// The span this node counts of a meter it holds: from its first register at its first
+    /// home if it took the meter over, none if the meter moved away (its owner counts it).
+    fn offered(&self, span: MeterSpan) -> Option<MeterSpan> {
+        match self.tenures.get(&span.meter) {
+            None => Some(span),
+            Some(Tenure::Moved) => None,
+            Some(Tenure::Inherited { first, .. }) => Some(MeterSpan {
+                first: if first.ts_ms < span.first.ts_ms { *first } else { span.first },
+                ..span
+            }),
+        }
+    }
+
+    /// The consumption this node counts of a meter it holds (see [`LocalMeters::offered`]).
+    fn counted(&self, span: &MeterSpan) -> u64 {
+        self.offered(*span).map_or(0, |span| span_consumption(&span))
+    }
+
+    /// The meters that arrived since the last call, with their newest reading (see
+    /// [`LocalMeters::settle`]).
+    pub fn take_arrivals(&mut self) -> BTreeMap<MeterId, u64> {
+        std::mem::take(&mut self.arrivals)
+    }
+
+    /// Another node, which took a reading of `meter` at `newest_ts_ms`, asks for the meter:
+    /// this node hands it over (and stops counting and judging it) unless it is not its own or
+    /// its own latest reading is newer.
+    pub fn release(
+        &mut self,
+        store: &Store,
+        meter: MeterId,
+        newest_ts_ms: u64,
+        inputs: &RationingInputs,
+        now_ms: u64,
+    ) -> Result<Handoff, StoreError> {
+        let tenure = self.tenures.get(&meter).copied();
+        let (Some(span), true) = (store.span(meter), tenure != Some(Tenure::Moved)) else {
+            return Ok(Handoff::NotOwner);
+        };
+        if span.last.ts_ms > newest_ts_ms {
+            return Ok(Handoff::Newer);
+        }
+        let period_start_ms = inputs.policy.period_start(now_ms);
+        let mut base = store.window_base(meter, period_start_ms)?;
+        if let Some(Tenure::Inherited { period_start_ms: start, base: inherited, .. }) = tenure {
+            if start == period_start_ms {
+                base = join_base(base, inherited, period_start_ms);
+            }
+        }
+        let first = self.offered(span).map_or(span.first, |span| span.first);
+        self.set_tenure(store, meter, Some(Tenure::Moved), inputs, now_ms)?;
+        tracing::info!(%meter, "meter handed over to its newer home");
+        Ok(Handoff::Transferred { first, period_start_ms, base })
+    }
+
+    /// Takes the answer of a former home of `meter` to this node's [`Handoff`] request: the
+    /// meter is this node's own (from the first register and period base it was handed), or
+    /// another node's (whose latest reading is newer).
+    pub fn settle(
+        &mut self,
+        store: &Store,
+        meter: MeterId,
+        answer: Handoff,
+        inputs: &RationingInputs,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let tenure = match answer {
+            Handoff::NotOwner => return Ok(()),
+            Handoff::Newer => Tenure::Moved,
+            Handoff::Transferred { first, period_start_ms, base } => {
+                // Back and forth: the first register stays the earliest handed over.
+                let first = match self.tenures.get(&meter) {
+                    Some(Tenure::Inherited { first: held, .. }) if held.ts_ms < first.ts_ms => *held,
+                    _ => first,
+                };
+                tracing::info!(%meter, "meter taken over from its former home");
+                Tenure::Inherited { first, period_start_ms, base }
+            }
+        };
+        self.set_tenure(store, meter, Some(tenure), inputs, now_ms)
+    }
+
+    /// Records a meter's tenure (saved first) and counts and judges the meter again by it.
+    fn set_tenure(
+        &mut self,
+        store: &Store,
+        meter: MeterId,
+        tenure: Option<Tenure>,
+        inputs: &RationingInputs,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let Some(span) = store.span(meter) else { return Ok(()) };
+        let record = tenure
+            .map(|tenure| bincode::serde::encode_to_vec(tenure, bincode::config::standard()))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("cannot encode a handoff record: {e}")))?;
+        store.save_tenure(meter, record.as_deref())?;
+        let before = self.counted(&span);
+        let was_moved = self.tenures.get(&meter) == Some(&Tenure::Moved);
+        match tenure {
+            Some(tenure) => self.tenures.insert(meter, tenure),
+            None => self.tenures.remove(&meter),
+        };
+        let moved = tenure == Some(Tenure::Moved);
+        self.moved = self.moved + usize::from(moved) - usize::from(was_moved);
+        let after = self.counted(&span);
+        let snapshot = &mut self.snapshot;
+        snapshot.total_consumption_l =
+            snapshot.total_consumption_l.saturating_sub(before).saturating_add(after);
+        snapshot.meter_count = (self.meters.len() - self.moved) as u64;
+        if let Some(offered) = self.offered(span) {
+            self.top.offer(offered);
+        }
+        if let Some(state) = self.meters.get_mut(&meter) {
+            state.period = None;
+        }
+        self.refresh_alerts(meter);
+        self.judge(store, meter, inputs, now_ms)?;
+        self.unsaved += 1;
+        Ok(())
     }
 
     fn refresh_alerts(&mut self, meter: MeterId) {
         let Some(state) = self.meters.get(&meter) else { return };
-        let alerts: Vec<Alert> = state.tracker.alerts(meter).collect();
+        let alerts: Vec<Alert> = match self.tenures.get(&meter) {
+            Some(Tenure::Moved) => Vec::new(),
+            _ => state.tracker.alerts(meter).collect(),
+        };
         let current = self.snapshot.alerts.get(&meter);
         if current.map_or(alerts.is_empty(), |current| *current == alerts) {
             return;
@@ -491,14 +679,22 @@ fn period_consumption(
     span: &MeterSpan,
     state: &mut MeterState,
     (period_start_ms, period_ms): (u64, u64),
+    tenure: Option<Tenure>,
 ) -> Result<Consumption, StoreError> {
     let meter = span.meter;
     let figures = match state.period {
         Some(figures) => figures,
         None => {
             let previous_start = period_start_ms.saturating_sub(period_ms);
+            let mut current_base = store.window_base(meter, period_start_ms)?;
+            // A meter taken over in this period: its base may be at its former home.
+            if let Some(Tenure::Inherited { period_start_ms: start, base, .. }) = tenure {
+                if start == period_start_ms {
+                    current_base = join_base(current_base, base, period_start_ms);
+                }
+            }
             let figures = PeriodFigures {
-                current_base: store.window_base(meter, period_start_ms)?,
+                current_base,
                 previous_l: store.window_consumption(meter, previous_start, period_start_ms)?,
             };
             state.period = Some(figures);
@@ -901,6 +1097,71 @@ mod tests {
         let snapshot = local.snapshot();
         assert_eq!(snapshot.blocked.get(&MeterId::from(1)).map(|b| b.reason), Some(BlockReason::Cap));
         assert_eq!(snapshot.period_consumption_l, 1_400);
+    }
+
+    /// Two nodes' writers hand a meter over and back: the owner alone counts it, from its first
+    /// register, judges its whole period (the cap is crossed across the two homes), and the
+    /// tenures survive a reload.
+    #[test]
+    fn a_handed_over_meter_is_counted_and_judged_once_by_its_owner() {
+        use hydromesh_proto::control::{BlockReason, Policy};
+        let ((_a_dir, a_store), (_b_dir, b_store)) = (store(), store());
+        let settings = Settings { burst_flow_lph: 1_000_000, top_k: 10 };
+        let (mut a, mut b) = (
+            LocalMeters::load(&a_store, settings).expect("a"),
+            LocalMeters::load(&b_store, settings).expect("b"),
+        );
+        let hour = 3_600_000;
+        let policy = Policy { cap_l: Some(800), ..Policy::default() };
+        let inputs = RationingInputs { policy, ..RationingInputs::default() };
+        let now = policy.period_start(NOW) + 10 * 86_400_000;
+        let meter = MeterId::from(1);
+        // Before the period, then 500 L in it at a; 400 L more at b: 900 L, over the cap.
+        let at_a = [
+            reading(meter, now - 20 * 86_400_000, 1_000),
+            reading(meter, now - 5 * hour, 1_300),
+            reading(meter, now - 4 * hour, 1_500),
+        ];
+        ingest(&a_store, &mut a, &at_a);
+        let other = [reading(2.into(), now - hour, 50)];
+        ingest(&a_store, &mut a, &other);
+        assert_eq!(a.judge_batch(&a_store, &other, &inputs, now), vec![]);
+        assert_eq!(a.judge_batch(&a_store, &at_a, &inputs, now), vec![]);
+        let at_b = [reading(meter, now - 2 * hour, 1_600), reading(meter, now - hour, 1_900)];
+        ingest(&b_store, &mut b, &at_b);
+        assert_eq!(b.take_arrivals(), BTreeMap::from([(meter, now - hour)]), "b asks for the meter");
+        assert_eq!(a.take_arrivals().len(), 2, "new meters at a too");
+
+        // a is asked with an older reading than its own: it keeps the meter.
+        assert_eq!(
+            a.release(&a_store, meter, now - 6 * hour, &inputs, now).expect("release"),
+            Handoff::Newer
+        );
+        let answer = a.release(&a_store, meter, now - hour, &inputs, now).expect("release");
+        let Handoff::Transferred { first, base, .. } = answer else { panic!("not handed over: {answer:?}") };
+        assert_eq!((first.litres, base.map(|p| p.litres)), (1_000, Some(1_000)));
+        let a_snapshot = a.snapshot();
+        assert_eq!((a_snapshot.meter_count, a_snapshot.total_consumption_l), (1, 0), "a counts meter 2 only");
+        assert_eq!((a_snapshot.period_meters, a_snapshot.period_consumption_l), (1, 0));
+        assert!(a_snapshot.top.iter().all(|span| span.meter != meter));
+        assert_eq!(a.release(&a_store, meter, now, &inputs, now).expect("again"), Handoff::NotOwner);
+
+        b.settle(&b_store, meter, answer, &inputs, now).expect("settle");
+        let commands = b.judge_batch(&b_store, &at_b, &inputs, now);
+        assert_eq!(commands, vec![MeterCommand { meter, valve: Valve::Closed }], "900 L in the period at b");
+        let b_snapshot = b.snapshot();
+        assert_eq!(b_snapshot.blocked.get(&meter).map(|blocked| blocked.reason), Some(BlockReason::Cap));
+        assert_eq!((b_snapshot.meter_count, b_snapshot.total_consumption_l), (1, 900));
+        assert_eq!((b_snapshot.period_meters, b_snapshot.period_consumption_l), (1, 900));
+        assert_eq!(b_snapshot.top[0].first, first, "ranked from its first register");
+
+        // Both reloaded: the tenures were saved.
+        let (a, b) = (
+            LocalMeters::load(&a_store, settings).expect("a"),
+            LocalMeters::load(&b_store, settings).expect("b"),
+        );
+        assert_eq!((a.snapshot().meter_count, a.snapshot().total_consumption_l), (1, 0));
+        assert_eq!((b.snapshot().meter_count, b.snapshot().total_consumption_l), (1, 900));
     }
 
     /// The cached figures are for one period: a new period, or a new period length, counts

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use hydromesh_proto::ingest::{MeterCommand, Outcome};
 use hydromesh_proto::limits::MAX_BATCH_READINGS;
-use hydromesh_proto::Reading;
+use hydromesh_proto::peer::Handoff;
+use hydromesh_proto::{MeterId, Reading};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::clock::now_ms;
@@ -68,6 +69,10 @@ enum Job {
     Ingest { readings: Vec<Reading>, reply: oneshot::Sender<Result<Ack, IngestError>> },
     /// The rationing inputs changed (or time passed): judge every meter again.
     Reevaluate,
+    /// Another node asks for a meter it took a reading of at `newest_ts_ms`.
+    Release { meter: MeterId, newest_ts_ms: u64, reply: oneshot::Sender<Handoff> },
+    /// A former home's answer to this node's handoff request.
+    Settle { meter: MeterId, answer: Handoff },
 }
 
 /// What the writer reads and writes besides its jobs.
@@ -80,6 +85,10 @@ pub struct Channels {
     pub accepted: broadcast::Sender<Arc<Vec<Reading>>>,
     /// Where outcomes are counted.
     pub metrics: Arc<Metrics>,
+    /// Meters that arrived here (new, or back after moving away), with their newest reading:
+    /// their other homes are asked to hand them over. When it is full, the arrival is not
+    /// sent (the meter then stays counted at both homes until its next arrival).
+    pub arrivals: mpsc::Sender<(MeterId, u64)>,
 }
 
 /// The handle of the writer thread: a bounded queue in, acknowledgements out.
@@ -123,6 +132,11 @@ impl Pipeline {
         Admission(self.jobs.downgrade())
     }
 
+    /// Hands meters over between this node and others, through the writer.
+    pub fn handoffs(&self) -> Handoffs {
+        Handoffs(self.jobs.downgrade())
+    }
+
     /// Asks for every meter to be judged again (if the queue is full, the writer sees changed
     /// inputs at its next batch anyway).
     pub fn reevaluate(&self) {
@@ -156,6 +170,27 @@ impl Admission {
             Ok(Err(_)) => Err(IngestError::Stopped),
             Err(_) => Err(IngestError::Busy),
         }
+    }
+}
+
+/// Hands meters over through the writer (see [`LocalMeters::release`] and
+/// [`LocalMeters::settle`]); it does not keep the writer running.
+#[derive(Clone, Debug)]
+pub struct Handoffs(mpsc::WeakSender<Job>);
+
+impl Handoffs {
+    /// This node's answer to another's request for `meter` (waits for a place in the queue).
+    pub async fn release(&self, meter: MeterId, newest_ts_ms: u64) -> Result<Handoff, IngestError> {
+        let jobs = self.0.upgrade().ok_or(IngestError::Stopped)?;
+        let (reply, answer) = oneshot::channel();
+        jobs.send(Job::Release { meter, newest_ts_ms, reply }).await.map_err(|_| IngestError::Stopped)?;
+        answer.await.map_err(|_| IngestError::Stopped)
+    }
+
+    /// Takes a former home's answer about `meter` (waits for a place in the queue).
+    pub async fn settle(&self, meter: MeterId, answer: Handoff) -> Result<(), IngestError> {
+        let jobs = self.0.upgrade().ok_or(IngestError::Stopped)?;
+        jobs.send(Job::Settle { meter, answer }).await.map_err(|_| IngestError::Stopped)
     }
 }
 
@@ -230,6 +265,22 @@ impl Writer {
                         group.push((batch, reply));
                     }
                     Job::Reevaluate => reevaluate = true,
+                    Job::Release { meter, newest_ts_ms, reply } => {
+                        let inputs = self.channels.inputs.borrow().clone();
+                        let answer = self.local.release(&self.store, meter, newest_ts_ms, &inputs, now_ms());
+                        let _ = reply.send(answer.unwrap_or_else(|error| {
+                            tracing::error!(%meter, %error, "cannot hand a meter over");
+                            Handoff::NotOwner
+                        }));
+                        self.publish();
+                    }
+                    Job::Settle { meter, answer } => {
+                        let inputs = self.channels.inputs.borrow().clone();
+                        if let Err(error) = self.local.settle(&self.store, meter, answer, &inputs, now_ms()) {
+                            tracing::error!(%meter, %error, "cannot take a meter over");
+                        }
+                        self.publish();
+                    }
                 }
                 if readings < MAX_GROUP_READINGS {
                     next = receiver.try_recv().ok();
@@ -298,6 +349,15 @@ impl Writer {
         }
         if !accepted.is_empty() {
             let _ = self.channels.accepted.send(Arc::new(accepted));
+        }
+        let mut arrivals = self.local.take_arrivals().into_iter();
+        while let Some(arrival) = arrivals.next() {
+            if self.channels.arrivals.try_send(arrival).is_err() {
+                // Full: so would be the rest.
+                let dropped = 1 + arrivals.len() as u64;
+                self.channels.metrics.refuse_many("handoff", "arrivals_full", dropped);
+                break;
+            }
         }
         self.publish();
     }

@@ -120,7 +120,7 @@ impl Index {
         let (home, first) = spans.next()?;
         Some(spans.fold((*first, home), |(joined, home), (origin, span)| {
             let home = if span.last.ts_ms > joined.last.ts_ms { origin } else { home };
-            (join_spans(joined, *span), home)
+            (join_spans(joined, *span, 0), home)
         }))
     }
 

@@ -695,7 +695,7 @@ pub(crate) mod tests {
             for n in [3, 100] {
                 assert_eq!(
                     view.top(n, now, 0).entries,
-                    domain::rank_joined(parts.clone(), n),
+                    domain::rank_joined(parts.clone(), n, 0),
                     "round {round}"
                 );
             }
@@ -709,7 +709,7 @@ pub(crate) mod tests {
             let mut included: Vec<String> = held.keys().map(PeerId::to_string).collect();
             included.sort();
             assert_eq!(&*stats.coverage.included, included.as_slice());
-            let ranked = domain::rank_joined(parts, 4);
+            let ranked = domain::rank_joined(parts, 4, 0);
             let kth = if ranked.len() < 4 { 0 } else { ranked[3].consumption_l };
             assert_eq!(view.kth_consumption(4), kth);
         }

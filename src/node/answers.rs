@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use futures::future::{join_all, BoxFuture};
 use futures::FutureExt;
 use hydromesh_proto::control::SignedCommand;
-use hydromesh_proto::query::{self, Coverage, LocalMeter, MeterAnswer, TopAnswer};
+use hydromesh_proto::query::{self, Bill, Coverage, LocalMeter, MeterAnswer, MeterHistory, TopAnswer};
 use hydromesh_proto::summary::MeterSpan;
 use hydromesh_proto::{limits, peer, MeterId};
 use libp2p::{Multiaddr, PeerId};
@@ -36,6 +36,7 @@ pub(super) enum Answer<T> {
 pub(super) struct Asker(mpsc::Sender<Command>);
 
 /// The nodes that may hold a meter: this one (when it does) and remote ones with their addresses.
+#[derive(Clone)]
 pub(super) struct Homes {
     local: Option<Local>,
     remote: Vec<(PeerId, Vec<Multiaddr>)>,
@@ -43,7 +44,7 @@ pub(super) struct Homes {
 
 impl Asker {
     /// Asks one peer, giving up after `timeout`.
-    async fn ask(
+    pub(super) async fn ask(
         &self,
         peer: PeerId,
         addrs: Vec<Multiaddr>,
@@ -85,7 +86,7 @@ impl Asker {
 }
 
 impl EventLoop {
-    fn asker(&self) -> Asker {
+    pub(super) fn asker(&self) -> Asker {
         Asker(self.commands.clone())
     }
 
@@ -143,7 +144,20 @@ impl EventLoop {
             Answer::Now(peer::Response::Busy)
         } else {
             let follow = matches!(request, peer::Request::Follow { .. });
-            let answer = self.local.clone().answer(request).boxed();
+            let answer = match request {
+                // The writer owns the meters' state.
+                peer::Request::Handoff { meter, newest_ts_ms } => {
+                    let writer = self.pipeline.handoffs();
+                    async move {
+                        match writer.release(meter, newest_ts_ms).await {
+                            Ok(answer) => peer::Response::Handoff(answer),
+                            Err(error) => peer::Response::Error(error.to_string()),
+                        }
+                    }
+                    .boxed()
+                }
+                request => self.local.clone().answer(request).boxed(),
+            };
             if follow {
                 self.hold_follow(answer, peer::Response::Busy)
             } else {
@@ -219,25 +233,30 @@ impl EventLoop {
                 return Answer::Now(query::Response::Policy(policy, origin));
             }
             query::Request::Meter { meter, from_ms, to_ms } => {
-                let (asker, homes) = (self.asker(), self.homes(meter, true));
+                let (asker, homes, local) = (self.asker(), self.homes(meter, true), self.local.clone());
                 async move {
                     let request = peer::Request::Meter { meter, from_ms, to_ms };
-                    meter_answer(meter, asker.ask_homes(homes, request, PEER_ANSWER_TIMEOUT).await)
+                    let answers = asker.ask_homes(homes.clone(), request, PEER_ANSWER_TIMEOUT).await;
+                    let held = answers
+                        .iter()
+                        .filter(|(_, a)| matches!(a, Ok(peer::Response::Meter(Some(_)))))
+                        .count();
+                    let mut response = meter_answer(meter, answers);
+                    // A meter that moved: its bill is over every home's readings.
+                    if let (query::Response::Meter(answer), true) = (&mut response, held > 1) {
+                        answer.status.bill = joined_bill(&asker, homes, &local, meter, None).await;
+                    }
+                    response
                 }
                 .boxed()
             }
             query::Request::Bill { meter, period_start_ms } => {
-                let (asker, homes) = (self.asker(), self.homes(meter, false));
+                let (asker, homes, local) = (self.asker(), self.homes(meter, true), self.local.clone());
                 async move {
-                    let request = peer::Request::Bill { meter, at_ms: period_start_ms };
-                    let answers = asker.ask_homes(homes, request, PEER_ANSWER_TIMEOUT).await;
-                    answers
-                        .into_iter()
-                        .find_map(|(_, answer)| match answer {
-                            Ok(peer::Response::Bill(Some(bill))) => Some(query::Response::Bill(Some(bill))),
-                            _ => None,
-                        })
-                        .unwrap_or_else(|| not_held(meter))
+                    match joined_bill(&asker, homes, &local, meter, period_start_ms).await {
+                        Some(bill) => query::Response::Bill(Some(bill)),
+                        None => not_held(meter),
+                    }
                 }
                 .boxed()
             }
@@ -316,14 +335,18 @@ impl EventLoop {
         async move {
             let answers =
                 asker.ask_homes(homes, peer::Request::Top { n, from_ms }, PEER_ANSWER_TIMEOUT).await;
-            top_answer(n, answers)
+            top_answer(n, from_ms, answers)
         }
         .boxed()
     }
 }
 
 /// Joins every node's ranking of its own meters into the global one.
-fn top_answer(n: u32, answers: Vec<(PeerId, Result<peer::Response, AskError>)>) -> query::Response {
+fn top_answer(
+    n: u32,
+    from_ms: u64,
+    answers: Vec<(PeerId, Result<peer::Response, AskError>)>,
+) -> query::Response {
     let mut parts: Vec<(PeerId, Vec<MeterSpan>)> = Vec::new();
     let mut missing = Vec::new();
     for (peer, answer) in answers {
@@ -337,7 +360,7 @@ fn top_answer(n: u32, answers: Vec<(PeerId, Result<peer::Response, AskError>)>) 
     missing.sort();
     let spans = parts.iter().flat_map(|(peer, spans)| spans.iter().map(move |span| (peer, *span)));
     query::Response::Top(TopAnswer {
-        entries: domain::rank_joined(spans, n as usize),
+        entries: domain::rank_joined(spans, n as usize, from_ms),
         coverage: Coverage { included: included.into(), stale: Vec::new(), missing, oldest_data_age_ms: 0 },
     })
 }
@@ -375,6 +398,40 @@ fn meter_answer(meter: MeterId, answers: Vec<(PeerId, Result<peer::Response, Ask
         history,
         status,
     })
+}
+
+/// A meter's bill for the period holding `at_ms` (default: now) over every home: the one home's
+/// own bill, or, for a meter that moved within the period, the bill of its homes' readings of
+/// the period joined (by this node's tariff; the home named is the one with the latest reading).
+async fn joined_bill(
+    asker: &Asker,
+    homes: Homes,
+    local: &Local,
+    meter: MeterId,
+    at_ms: Option<u64>,
+) -> Option<Bill> {
+    let answers =
+        asker.ask_homes(homes.clone(), peer::Request::Bill { meter, at_ms }, PEER_ANSWER_TIMEOUT).await;
+    let mut bills = answers.into_iter().filter_map(|(_, answer)| match answer {
+        Ok(peer::Response::Bill(Some(bill))) => Some(bill),
+        _ => None,
+    });
+    let first = bills.next()?;
+    if bills.next().is_none() {
+        return Some(first);
+    }
+    let period = (first.period_start_ms, first.period_end_ms);
+    let request = peer::Request::Meter { meter, from_ms: Some(period.0), to_ms: Some(period.1) };
+    let mut parts = Vec::new();
+    for (peer, answer) in asker.ask_homes(homes, request, PEER_ANSWER_TIMEOUT).await {
+        if let Ok(peer::Response::Meter(Some(held))) = answer {
+            parts.push((peer, held.history));
+        }
+    }
+    let latest = |history: &MeterHistory| history.readings.last().map_or(0, |r| r.ts_ms);
+    let home = parts.iter().max_by_key(|(_, history)| latest(history)).map(|(peer, _)| *peer)?;
+    let history = domain::merge_histories(parts.into_iter().map(|(_, history)| history));
+    Some(local.bill_for(meter, period, domain::history_consumption(meter, &history), home))
 }
 
 fn not_held(meter: MeterId) -> query::Response {
@@ -458,7 +515,7 @@ mod tests {
             (b, Ok(peer::Response::Top(vec![span(1.into(), 5, 9), span(3.into(), 0, 4)]))),
             (silent, Ok(peer::Response::Busy)),
         ];
-        let query::Response::Top(top) = top_answer(2, answers) else { panic!("expected a ranking") };
+        let query::Response::Top(top) = top_answer(2, 0, answers) else { panic!("expected a ranking") };
         let got: Vec<_> = top.entries.iter().map(|e| (e.meter, e.consumption_l, e.home.clone())).collect();
         assert_eq!(got, vec![(1.into(), 90, b.to_string()), (3.into(), 40, b.to_string())]);
         assert_eq!(top.coverage.missing, vec![silent.to_string()]);

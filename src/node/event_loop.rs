@@ -31,6 +31,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::dialer::{Dial, Dialer};
+use super::handoff::{Handoffs, REFILL_EVERY};
 use super::local::Local;
 use super::{NodeError, SHUTDOWN_GRACE};
 use crate::clock::{now_ms, sleep_until};
@@ -162,6 +163,7 @@ pub(super) struct EventLoop {
     pub(super) mesh: Mesh,
     pub(super) local: Local,
     pub(super) pipeline: Pipeline,
+    pub(super) handoffs: Handoffs,
     snapshot: watch::Receiver<Arc<LocalSnapshot>>,
     inputs: watch::Sender<Arc<RationingInputs>>,
     pub(super) metrics: Arc<Metrics>,
@@ -201,6 +203,7 @@ pub(super) struct Parts {
     pub mesh: Mesh,
     pub local: Local,
     pub pipeline: Pipeline,
+    pub arrivals: mpsc::Receiver<(hydromesh_proto::MeterId, u64)>,
     pub snapshot: watch::Receiver<Arc<LocalSnapshot>>,
     pub inputs: watch::Sender<Arc<RationingInputs>>,
     pub metrics: Arc<Metrics>,
@@ -220,6 +223,7 @@ impl EventLoop {
             mesh,
             local,
             pipeline,
+            arrivals,
             snapshot,
             inputs,
             metrics,
@@ -260,6 +264,7 @@ impl EventLoop {
             mesh,
             local,
             pipeline,
+            handoffs: Handoffs::new(arrivals),
             snapshot,
             inputs,
             metrics,
@@ -294,6 +299,8 @@ impl EventLoop {
         republish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut redial = tokio::time::interval(REDIAL_EVERY);
         redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut handoff_refill = tokio::time::interval(REFILL_EVERY);
+        handoff_refill.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let publish_at = self.publish.at;
             // Not biased: each ready branch has its turn, so that a swarm with events always
@@ -304,6 +311,11 @@ impl EventLoop {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 Some(finished) = self.requests.pending.next(), if !self.requests.pending.is_empty() => self.on_finished(finished),
                 Some(command) = self.command_rx.recv() => self.on_command(command),
+                () = std::future::ready(()), if self.handoffs.ready() && !self.handoffs.due.is_empty() => self.on_retry_due(),
+                Some((meter, newest_ts_ms)) = self.handoffs.arrivals.recv(), if self.handoffs.ready() => self.on_arrival(meter, newest_ts_ms),
+                Some(retry) = self.handoffs.in_flight.next(), if !self.handoffs.in_flight.is_empty() => self.handoffs.ended(retry, &self.metrics),
+                Some(retry) = self.handoffs.waiting.next(), if !self.handoffs.waiting.is_empty() => self.handoffs.due.push_back(retry),
+                _ = handoff_refill.tick(), if self.handoffs.short() => self.handoffs.refill(Instant::now()),
                 Ok(()) = self.snapshot.changed() => self.schedule_publish(),
                 () = sleep_until(publish_at), if publish_at.is_some() => self.publish_summary(),
                 _ = republish.tick() => self.on_republish_tick(),

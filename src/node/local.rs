@@ -71,6 +71,10 @@ impl Local {
             peer::Request::Follow { meter, after_ts_ms } => {
                 self.follow(meter, after_ts_ms).await.map(peer::Response::Readings)
             }
+            // The ingest writer answers handoffs (it owns the meters' state).
+            peer::Request::Handoff { .. } => {
+                Ok(peer::Response::Error("a handoff is not answered here".into()))
+            }
         };
         answer.unwrap_or_else(|error| peer::Response::Error(error.to_string()))
     }
@@ -109,7 +113,15 @@ impl Local {
         let period_start_ms = policy.period_start(at_ms.unwrap_or_else(now_ms));
         let period_end_ms = period_start_ms.saturating_add(policy.period_ms);
         let consumption_l = self.store.window_consumption(meter, period_start_ms, period_end_ms)?;
-        Ok(Some(Bill {
+        Ok(Some(self.bill_for(meter, (period_start_ms, period_end_ms), consumption_l, self.peer_id)))
+    }
+
+    /// The bill of `consumption_l` over `period` (start, end), by this node's tariff and the
+    /// payments the mesh recorded.
+    pub fn bill_for(&self, meter: MeterId, period: (u64, u64), consumption_l: u64, home: PeerId) -> Bill {
+        let inputs = self.inputs.borrow().clone();
+        let (period_start_ms, period_end_ms) = period;
+        Bill {
             meter,
             period_start_ms,
             period_end_ms,
@@ -117,8 +129,8 @@ impl Local {
             amount_cents: inputs.tariff.amount_cents(consumption_l),
             currency: inputs.tariff.currency.clone(),
             paid: inputs.paid_through_ms.get(&meter).is_some_and(|through| *through >= period_end_ms),
-            home: self.peer_id.to_string(),
-        }))
+            home: home.to_string(),
+        }
     }
 
     /// A long poll on this node's readings of a meter: the readings after `after_ts_ms` as soon

@@ -6,6 +6,7 @@
 mod answers;
 mod dialer;
 mod event_loop;
+mod handoff;
 mod identity;
 mod local;
 
@@ -127,11 +128,13 @@ impl Node {
         let (inputs_tx, inputs) = watch::channel(Arc::new(mesh.rationing_inputs(crate::clock::now_ms())));
         let (snapshot_tx, snapshot) = watch::channel(Arc::new(meters.snapshot()));
         let (accepted, _) = broadcast::channel(1024);
+        let (arrivals_tx, arrivals) = mpsc::channel(handoff::MAX_QUEUED_ARRIVALS);
         let channels = writer::Channels {
             inputs: inputs.clone(),
             snapshot: snapshot_tx,
             accepted: accepted.clone(),
             metrics: metrics.clone(),
+            arrivals: arrivals_tx,
         };
         let pipeline =
             Pipeline::start(store.clone(), meters, config.ingest_queue_batches, config.retain_raw, channels)
@@ -165,6 +168,7 @@ impl Node {
             mesh,
             local,
             pipeline,
+            arrivals,
             snapshot: client.snapshot.clone(),
             inputs: inputs_tx,
             metrics: metrics.clone(),

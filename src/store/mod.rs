@@ -201,6 +201,8 @@ struct Engine {
     meta: sled::Tree,
     views: sled::Tree,
     control: sled::Tree,
+    /// What meters' handoffs between fog nodes left here (meter code BE → the writer's record).
+    tenures: sled::Tree,
     segments: Segments,
 }
 
@@ -217,6 +219,7 @@ impl Engine {
             meta: db.open_tree("meta")?,
             views: db.open_tree("views")?,
             control: db.open_tree("control")?,
+            tenures: db.open_tree("tenures")?,
             segments,
             db,
         };
@@ -1367,6 +1370,32 @@ impl Store {
         Ok(())
     }
 
+    /// Saves (with `None`, forgets) what a handoff left of `meter` here, the ingest writer's
+    /// record; durable when it returns.
+    pub fn save_tenure(&self, meter: MeterId, record: Option<&[u8]>) -> Result<(), StoreError> {
+        let engine = self.engine()?;
+        let key = meter.code().to_be_bytes();
+        match record {
+            Some(record) => self.sled_write(engine.tenures.insert(key, record))?,
+            None => self.sled_write(engine.tenures.remove(key))?,
+        };
+        self.sled_write(engine.db.flush())?;
+        Ok(())
+    }
+
+    /// Every saved handoff record, by meter.
+    pub fn tenures(&self) -> Result<Vec<(MeterId, Vec<u8>)>, StoreError> {
+        let engine = self.engine()?;
+        engine
+            .tenures
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry?;
+                Ok((meter_at(&key, 0)?, value.to_vec()))
+            })
+            .collect()
+    }
+
     /// Every saved signed summary.
     pub fn views(&self) -> Result<Vec<Vec<u8>>, StoreError> {
         let engine = self.engine()?;
@@ -1473,7 +1502,7 @@ fn widen_span(meters: &mut Spans, reading: &Reading) {
     let new = MeterSpan { meter, first: point, last: point };
     let indexed =
         meters.entry(meter).or_insert(Indexed { first: point, last: point, changed: UNFOLDED, open: None });
-    let span = domain::join_spans(indexed.span(meter), new);
+    let span = domain::join_spans(indexed.span(meter), new, 0);
     (indexed.first, indexed.last, indexed.changed) = (span.first, span.last, UNFOLDED);
 }
 
