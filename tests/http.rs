@@ -687,6 +687,9 @@ async fn admin_actions_need_a_token_or_a_signature() {
         assert!(reply.error().contains(needle), "{:?} lacks {needle:?}", reply.error());
     }
 
+    let long = format!(r#"{{"meter":42,"reason":"{}"}}"#, "é".repeat(51));
+    let reply = send(addr, "POST", "/api/v1/admin/block", &token, long.as_bytes()).await;
+    assert_eq!((reply.status, reply.error().as_str()), (400, "reason: longer than 50 characters"));
     let reply = send(addr, "POST", "/api/v1/admin/block", &token, block).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     eventually("the block to show in /api/v1/blocked", CONVERGE, || async {

@@ -309,6 +309,9 @@ async fn wmbusmeters_json_becomes_a_reading_with_litres_and_alarms() {
         (meters == [MeterId::from(76_348_799)]).then_some(())
     })
     .await;
+    let request = Request::Meter { meter: 76_348_799.into(), from_ms: None, to_ms: None };
+    let Response::Meter(answer) = handle(&mesh, n).client().query(request).await else { panic!("meter") };
+    assert_eq!(answer.status.unknown_status, ["SOMETHING_NEW"], "the word on the meter, as sent");
     // Ids as wmbusmeters prints them, hex and leading zeros (outputs of its izar and apator172
     // driver tests).
     let time = format_rfc3339(ts);

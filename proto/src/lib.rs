@@ -78,8 +78,11 @@ pub mod limits {
     pub const MAX_SUMMARY_ENTRIES: usize = 2_000;
     /// Largest encoded signed admin command, in bytes.
     pub const MAX_COMMAND_BYTES: usize = 4 * 1024;
-    /// Longest reason text of a manual block, in bytes.
+    /// Longest reason text of a manual block, in bytes (what a node accepts).
     pub const MAX_REASON_BYTES: usize = 200;
+    /// Longest reason text of a manual block a client sends, in characters: any 50 characters
+    /// fit in [`MAX_REASON_BYTES`] (4 bytes of UTF-8 at most each).
+    pub const MAX_REASON_CHARS: usize = MAX_REASON_BYTES / 4;
     /// Largest message any decoder accepts, whatever the protocol.
     pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 }

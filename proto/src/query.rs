@@ -74,8 +74,8 @@ pub enum Response {
     Stats(StatsAnswer),
     /// Answer to [`Request::Peers`].
     Peers(PeersAnswer),
-    /// Answer to [`Request::Meter`].
-    Meter(MeterAnswer),
+    /// Answer to [`Request::Meter`] (boxed: the largest answer by far).
+    Meter(Box<MeterAnswer>),
     /// Answer to [`Request::Blocked`].
     Blocked(BlockedAnswer),
     /// Answer to [`Request::Alerts`].
@@ -222,6 +222,9 @@ pub struct MeterStatus {
     pub alerts: Vec<Alert>,
     /// Its bill for the current period so far.
     pub bill: Option<Bill>,
+    /// The status words of its latest reading that had words hydromesh does not know (the
+    /// reading carries the alarm `other`), as the meter sent them.
+    pub unknown_status: Vec<String>,
 }
 
 /// A meter's bill for one period.

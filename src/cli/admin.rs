@@ -77,9 +77,9 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     let plan = match args.command {
         AdminCommand::Block { meter, reason } => {
             anyhow::ensure!(
-                reason.len() <= hydromesh_proto::limits::MAX_REASON_BYTES,
-                "--reason is longer than {} bytes",
-                hydromesh_proto::limits::MAX_REASON_BYTES
+                reason.chars().count() <= hydromesh_proto::limits::MAX_REASON_CHARS,
+                "--reason is longer than {} characters",
+                hydromesh_proto::limits::MAX_REASON_CHARS
             );
             Plan::Send(Action::Block { meter, reason })
         }

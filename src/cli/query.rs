@@ -327,6 +327,9 @@ fn status_text(status: &MeterStatus) -> String {
             .collect();
         lines.push(format!("alerts: {}", alerts.join(", ")));
     }
+    if !status.unknown_status.is_empty() {
+        lines.push(format!("status words hydromesh does not know: {}", status.unknown_status.join(" ")));
+    }
     if let Some(bill) = &status.bill {
         lines.push(format!(
             "current period from {}: {} m³, {} {} so far",

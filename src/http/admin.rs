@@ -142,8 +142,11 @@ pub(super) async fn block(
     Params::new(query, &[])?;
     let BlockBody { meter, reason } = parse(&state, bytes)?;
     let reason = reason.unwrap_or_else(|| "blocked by an admin".to_owned());
-    if reason.len() > limits::MAX_REASON_BYTES {
-        return Err(ApiError::bad_request(format!("reason: longer than {} bytes", limits::MAX_REASON_BYTES)));
+    if reason.chars().count() > limits::MAX_REASON_CHARS {
+        return Err(ApiError::bad_request(format!(
+            "reason: longer than {} characters",
+            limits::MAX_REASON_CHARS
+        )));
     }
     sign_and_send(&state, &key, Action::Block { meter, reason }).await
 }

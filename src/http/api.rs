@@ -190,7 +190,7 @@ async fn meter_answer(
     to_ms: Option<u64>,
 ) -> Result<MeterAnswer, ApiError> {
     match state.context.node.query(query::Request::Meter { meter, from_ms, to_ms }).await {
-        query::Response::Meter(answer) => Ok(answer),
+        query::Response::Meter(answer) => Ok(*answer),
         other => Err(unexpected(other)),
     }
 }

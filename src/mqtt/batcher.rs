@@ -14,7 +14,7 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use hydromesh_proto::ingest::{self, MeterCommand, Outcome, Rejection};
-use hydromesh_proto::Reading;
+use hydromesh_proto::{MeterId, Reading};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -48,7 +48,13 @@ pub struct Chunk {
     pub seqs: Vec<u64>,
     /// Where to say that they are stored; `None` when nothing waits for it.
     pub done: Option<mpsc::UnboundedSender<Completion>>,
+    /// The status words hydromesh does not know, of readings among them (meter, reading time,
+    /// words): noted on the meter once the readings are stored.
+    pub unknown_status: Vec<UnknownStatus>,
 }
+
+/// A reading's status words that hydromesh does not know: its meter, its time, the words.
+pub type UnknownStatus = (MeterId, u64, Vec<String>);
 
 /// The fate of messages of one connection.
 #[derive(Debug)]
@@ -83,6 +89,7 @@ struct Batcher {
 #[derive(Default)]
 struct Batch {
     readings: Vec<Reading>,
+    unknown_status: Vec<UnknownStatus>,
     parts: Vec<Part>,
     attempts: u32,
 }
@@ -97,9 +104,10 @@ struct Part {
 
 impl Batch {
     fn add(&mut self, chunk: Chunk) {
-        let Chunk { source, mut readings, seqs, done } = chunk;
+        let Chunk { source, mut readings, seqs, done, mut unknown_status } = chunk;
         self.parts.push(Part { len: readings.len(), source, seqs, done });
         self.readings.append(&mut readings);
+        self.unknown_status.append(&mut unknown_status);
     }
 
     fn is_empty(&self) -> bool {
@@ -187,6 +195,10 @@ impl Batcher {
         match response {
             ingest::Response::Done { outcomes, commands } if outcomes.len() == batch.readings.len() => {
                 self.log_rejections(&batch, &outcomes);
+                let status_words = self.node.status_words();
+                for (meter, ts_ms, words) in &batch.unknown_status {
+                    status_words.note(*meter, *ts_ms, words);
+                }
                 for command in commands {
                     let full =
                         matches!(self.commands.try_send(command), Err(mpsc::error::TrySendError::Full(_)));

@@ -29,8 +29,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::acks::{AckQueue, AckState};
-use super::batcher::{Chunk, Completion, MAX_CHUNK_READINGS};
-use super::payload::{self, Refusal, SUBSCRIPTIONS};
+use super::batcher::{Chunk, Completion, UnknownStatus, MAX_CHUNK_READINGS};
+use super::payload::{self, Parsed, Refusal, SUBSCRIPTIONS};
 use super::{LogOnce, MqttError};
 use crate::metrics::Metrics;
 
@@ -394,11 +394,14 @@ impl Handler {
         }
         let ack = publish.qos != QoS::AtMostOnce;
         match payload::parse_publish(&publish.topic, &publish.payload) {
-            Ok(reading) => {
+            Ok(Parsed { reading, unknown_status }) => {
                 if ack {
                     let seq =
                         self.acks.push(publish.pkid, publish.qos == QoS::ExactlyOnce, AckState::Waiting);
                     chunk.seqs.push(seq);
+                }
+                if !unknown_status.is_empty() {
+                    chunk.unknown_status.push((reading.meter, reading.ts_ms, unknown_status));
                 }
                 chunk.readings.push(reading);
             }
@@ -429,6 +432,7 @@ impl Handler {
             readings: chunk.readings,
             seqs: chunk.seqs,
             done: Some(self.done_tx.clone()),
+            unknown_status: chunk.unknown_status,
         };
         match self.chunks.try_send(chunk) {
             Ok(()) => {}
@@ -486,6 +490,7 @@ impl Handler {
 struct ChunkBuilder {
     readings: Vec<hydromesh_proto::Reading>,
     seqs: Vec<u64>,
+    unknown_status: Vec<UnknownStatus>,
 }
 
 #[cfg(test)]

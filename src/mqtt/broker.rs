@@ -43,8 +43,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::acks::{AckQueue, AckState};
-use super::batcher::{Chunk, Completion, MAX_CHUNK_READINGS};
-use super::payload::{self, Refusal};
+use super::batcher::{Chunk, Completion, UnknownStatus, MAX_CHUNK_READINGS};
+use super::payload::{self, Parsed, Refusal};
 use super::topic;
 use crate::metrics::LogOnce;
 use crate::metrics::Metrics;
@@ -386,6 +386,7 @@ async fn connection(
         acks: AckQueue::default(),
         readings: Vec::new(),
         seqs: Vec::new(),
+        unknown_status: Vec::new(),
         stalled: None,
         done_tx,
         done_rx,
@@ -502,9 +503,11 @@ struct Session {
     rbuf: BytesMut,
     wbuf: BytesMut,
     acks: AckQueue,
-    /// The chunk being built: readings, and the sequence numbers of those to acknowledge.
+    /// The chunk being built: readings, the sequence numbers of those to acknowledge, and their
+    /// unknown status words.
     readings: Vec<Reading>,
     seqs: Vec<u64>,
+    unknown_status: Vec<UnknownStatus>,
     /// A chunk the batcher had no room for yet; nothing more is read until it is taken.
     stalled: Option<Chunk>,
     done_tx: mpsc::UnboundedSender<Completion>,
@@ -682,10 +685,13 @@ impl Session {
             QoS::ExactlyOnce => Some(true),
         };
         match payload::parse_publish(&publish.topic, &publish.payload) {
-            Ok(reading) => {
+            Ok(Parsed { reading, unknown_status }) => {
                 if let Some(rec) = ack {
                     let seq = self.acks.push(publish.pkid, rec, AckState::Waiting);
                     self.seqs.push(seq);
+                }
+                if !unknown_status.is_empty() {
+                    self.unknown_status.push((reading.meter, reading.ts_ms, unknown_status));
                 }
                 self.readings.push(reading);
             }
@@ -711,6 +717,7 @@ impl Session {
             readings: std::mem::take(&mut self.readings),
             seqs: std::mem::take(&mut self.seqs),
             done: Some(self.done_tx.clone()),
+            unknown_status: std::mem::take(&mut self.unknown_status),
         };
         match self.shared.batcher.try_send(chunk) {
             Ok(()) => {}

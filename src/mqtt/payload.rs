@@ -62,14 +62,26 @@ impl Refusal {
     }
 }
 
+/// What a publish carries: a reading, and the status words hydromesh does not know (the
+/// reading then carries [`Alarms::OTHER`]).
+#[derive(Debug, PartialEq)]
+pub struct Parsed {
+    /// The reading.
+    pub reading: Reading,
+    /// Its status words hydromesh does not know, as sent.
+    pub unknown_status: Vec<String>,
+}
+
 /// The reading a publish carries, or why it carries none.
-pub fn parse_publish(topic: &str, payload: &[u8]) -> Result<Reading, Refusal> {
+pub fn parse_publish(topic: &str, payload: &[u8]) -> Result<Parsed, Refusal> {
     let kind = classify(topic)?;
     if payload.len() > MAX_PAYLOAD_BYTES {
         return Err(Refusal::PayloadTooLarge(payload.len()));
     }
     match kind {
-        TopicKind::Meter(meter) => parse_meter_json(meter, payload),
+        TopicKind::Meter(meter) => {
+            parse_meter_json(meter, payload).map(|reading| Parsed { reading, unknown_status: Vec::new() })
+        }
         TopicKind::Wmbus => parse_wmbus_json(payload),
     }
 }
@@ -160,7 +172,7 @@ struct WmbusJson<'a> {
     current_alarms: Option<Cow<'a, str>>,
 }
 
-fn parse_wmbus_json(payload: &[u8]) -> Result<Reading, Refusal> {
+fn parse_wmbus_json(payload: &[u8]) -> Result<Parsed, Refusal> {
     let json: WmbusJson = serde_json::from_slice(payload).map_err(json_refusal)?;
     let invalid = |text: &str| Refusal::InvalidReading(text.to_owned());
     let meter = json.id.ok_or_else(|| invalid("missing field `id`"))?;
@@ -178,11 +190,11 @@ fn parse_wmbus_json(payload: &[u8]) -> Result<Reading, Refusal> {
         ),
         None => None,
     };
-    let alarms = [json.current_status, json.status, json.current_alarms]
-        .iter()
-        .flatten()
-        .fold(Alarms::empty(), |alarms, status| alarms.union(status_alarms(meter, status)));
-    Ok(Reading { meter, ts_ms, litres, flow_lph, alarms })
+    let (mut alarms, mut unknown_status) = (Alarms::empty(), Vec::new());
+    for status in [json.current_status, json.status, json.current_alarms].iter().flatten() {
+        alarms = alarms.union(status_alarms(status, &mut unknown_status));
+    }
+    Ok(Parsed { reading: Reading { meter, ts_ms, litres, flow_lph, alarms }, unknown_status })
 }
 
 /// Cubic metres as whole litres, rounded to the nearest litre; `None` when negative, not a
@@ -209,13 +221,13 @@ fn m3_to_litres(m3: f64) -> Option<u64> {
 /// errors, a flow below the meter's minimum, `UNKNOWN_…` codes) is no water alarm. Any other
 /// word is a condition hydromesh does not know (`general_alarm`, a new driver's word): the
 /// reading carries [`Alarms::OTHER`] so it is seen (as an `other` alert on the meter) rather than
-/// dropped, and the word is logged at debug level.
-fn status_alarms(meter: MeterId, status: &str) -> Alarms {
+/// dropped, and the word goes to `unknown` (the meter's answer shows it).
+fn status_alarms(status: &str, unknown: &mut Vec<String>) -> Alarms {
     let mut alarms = Alarms::empty();
     for word in status.split(|c: char| c.is_whitespace() || c == ',').filter(|word| !word.is_empty()) {
         let flag = word_alarm(&word.to_ascii_uppercase());
-        if flag == Some(Alarms::OTHER) {
-            tracing::debug!(%meter, word = %shown(word), "an unknown wmbusmeters status word: alarm `other`");
+        if flag == Some(Alarms::OTHER) && !unknown.iter().any(|known| known == word) {
+            unknown.push(word.to_owned());
         }
         alarms = alarms.union(flag.unwrap_or_default());
     }
@@ -289,7 +301,7 @@ mod tests {
     const TS: u64 = 1_795_428_000_000; // 2026-11-23T10:00:00Z
 
     fn meter(topic: &str, json: &str) -> Result<Reading, Refusal> {
-        parse_publish(topic, json.as_bytes())
+        parse_publish(topic, json.as_bytes()).map(|parsed| parsed.reading)
     }
 
     #[test]
@@ -358,7 +370,9 @@ mod tests {
         assert_eq!(reading.flow_lph, None);
         let other = r#"{"id":"12","total_m3":0.0004,"timestamp":"2026-11-23T10:00:00Z","flow_m3h":0.25,
             "current_status":"DRY,REVERSED , FOO","status":"TAMPER"}"#;
-        let reading = meter("wmbusmeters", other).expect("reading");
+        let parsed = parse_publish("wmbusmeters", other.as_bytes()).expect("reading");
+        assert_eq!(parsed.unknown_status, ["FOO"], "kept as sent");
+        let reading = parsed.reading;
         assert_eq!((reading.meter, reading.litres, reading.flow_lph), (12.into(), 0, Some(250)));
         let named = Alarms::DRY.union(Alarms::BACKFLOW).union(Alarms::TAMPER);
         assert_eq!(reading.alarms, named.union(Alarms::OTHER), "FOO is no word hydromesh knows: `other`");

@@ -391,13 +391,13 @@ fn meter_answer(meter: MeterId, answers: Vec<(PeerId, Result<peer::Response, Ask
         return query::Response::NotFound(format!("meter {meter} is not held by any known fog node{hint}"));
     };
     let history = domain::merge_histories(found.into_iter().map(|(_, local)| local.history));
-    query::Response::Meter(MeterAnswer {
+    query::Response::Meter(Box::new(MeterAnswer {
         meter,
         home: home.to_string(),
         consumption_l: domain::history_consumption(meter, &history),
         history,
         status,
-    })
+    }))
 }
 
 /// A meter's bill for the period holding `at_ms` (default: now) over every home: the one home's

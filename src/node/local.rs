@@ -13,6 +13,7 @@ use hydromesh_proto::{limits, MeterId, Reading};
 use libp2p::PeerId;
 use tokio::sync::{broadcast, watch};
 
+use super::status::StatusWords;
 use crate::clock::now_ms;
 use crate::domain::rules::RationingInputs;
 use crate::ingest::LocalSnapshot;
@@ -32,6 +33,7 @@ pub struct Local {
     snapshot: watch::Receiver<Arc<LocalSnapshot>>,
     inputs: watch::Receiver<Arc<RationingInputs>>,
     accepted: broadcast::Sender<Arc<Vec<Reading>>>,
+    status_words: Arc<StatusWords>,
 }
 
 impl Local {
@@ -42,8 +44,9 @@ impl Local {
         snapshot: watch::Receiver<Arc<LocalSnapshot>>,
         inputs: watch::Receiver<Arc<RationingInputs>>,
         accepted: broadcast::Sender<Arc<Vec<Reading>>>,
+        status_words: Arc<StatusWords>,
     ) -> Self {
-        Local { peer_id, store, snapshot, inputs, accepted }
+        Local { peer_id, store, snapshot, inputs, accepted, status_words }
     }
 
     /// Whether this node holds readings of `meter`.
@@ -99,6 +102,7 @@ impl Local {
             blocked: snapshot.blocked.get(&meter).cloned(),
             alerts: snapshot.alerts.get(&meter).cloned().unwrap_or_default(),
             bill: self.bill(meter, None)?,
+            unknown_status: self.status_words.of(meter).map(|(_, words)| words).unwrap_or_default(),
         };
         Ok(Some(LocalMeter { history, status }))
     }
@@ -216,7 +220,7 @@ mod tests {
         let (_, inputs) = watch::channel(Arc::new(RationingInputs::default()));
         let (accepted, _) = broadcast::channel(16);
         let peer_id = libp2p::identity::Keypair::generate_ed25519().public().to_peer_id();
-        let local = Local::new(peer_id, store.clone(), snapshot, inputs, accepted.clone());
+        let local = Local::new(peer_id, store.clone(), snapshot, inputs, accepted.clone(), Arc::default());
         Fixture { _dir: dir, store, accepted, local }
     }
 

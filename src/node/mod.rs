@@ -9,6 +9,7 @@ mod event_loop;
 mod handoff;
 mod identity;
 mod local;
+pub mod status;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -139,7 +140,15 @@ impl Node {
         let pipeline =
             Pipeline::start(store.clone(), meters, config.ingest_queue_batches, config.retain_raw, channels)
                 .map_err(|e| NodeError::Ingest(format!("cannot start the ingest thread: {e}")))?;
-        let local = local::Local::new(peer_id, store.clone(), snapshot.clone(), inputs, accepted);
+        let status_words = Arc::new(status::StatusWords::default());
+        let local = local::Local::new(
+            peer_id,
+            store.clone(),
+            snapshot.clone(),
+            inputs,
+            accepted,
+            status_words.clone(),
+        );
         let settings = p2p::behaviour::Settings {
             mdns: config.mdns,
             max_incoming_connections: config.max_incoming_connections,
@@ -158,6 +167,7 @@ impl Node {
             snapshot,
             admission: pipeline.admission(),
             metrics: metrics.clone(),
+            status_words,
         };
         let cancel = CancellationToken::new();
         let event_loop = event_loop::EventLoop::new(event_loop::Parts {
@@ -280,6 +290,7 @@ pub struct NodeClient {
     snapshot: watch::Receiver<Arc<LocalSnapshot>>,
     admission: writer::Admission,
     metrics: Arc<Metrics>,
+    status_words: Arc<status::StatusWords>,
 }
 
 /// How long an in-process client waits for a place in a full ingest queue before it is told
@@ -302,6 +313,12 @@ impl IngestSlot {
 }
 
 impl NodeClient {
+    /// Where front ends note the status words a meter sent that hydromesh does not know (its
+    /// answers show them).
+    pub fn status_words(&self) -> Arc<status::StatusWords> {
+        self.status_words.clone()
+    }
+
     /// Asks the node a question. An overloaded node answers [`query::Response::Busy`].
     pub async fn query(&self, request: query::Request) -> query::Response {
         let (reply, answer) = oneshot::channel();

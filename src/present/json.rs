@@ -78,6 +78,7 @@ pub fn meter_json(answer: &MeterAnswer) -> Value {
         })),
         "alerts": answer.status.alerts.iter().map(|a| json!({"kind": a.kind.as_str(), "since": format_timestamp(a.since_ms)})).collect::<Vec<_>>(),
         "bill": answer.status.bill.as_ref().map(bill_json),
+        "unknown_status": answer.status.unknown_status,
     })
 }
 
