@@ -568,12 +568,7 @@ impl LocalMeters {
             return Ok(Handoff::Newer);
         }
         let period_start_ms = inputs.policy.period_start(now_ms);
-        let mut base = store.window_base(meter, period_start_ms)?;
-        if let Some(Tenure::Inherited { period_start_ms: start, base: inherited, .. }) = tenure {
-            if start == period_start_ms {
-                base = join_base(base, inherited, period_start_ms);
-            }
-        }
+        let base = period_base(store, meter, period_start_ms, tenure)?;
         let first = self.offered(span).map_or(span.first, |span| span.first);
         self.set_tenure(store, meter, Some(Tenure::Moved), inputs, now_ms)?;
         tracing::info!(%meter, "meter handed over to its newer home");
@@ -582,7 +577,9 @@ impl LocalMeters {
 
     /// Takes the answer of a former home of `meter` to this node's [`Handoff`] request: the
     /// meter is this node's own (from the first register and period base it was handed), or
-    /// another node's (whose latest reading is newer).
+    /// another node's (whose latest reading is newer). [`Handoff::NotOwner`] stands for "no
+    /// other node owns it" (every possible home said so): a meter that had moved away from
+    /// here is this node's own again.
     pub fn settle(
         &mut self,
         store: &Store,
@@ -592,6 +589,9 @@ impl LocalMeters {
         now_ms: u64,
     ) -> Result<(), StoreError> {
         let tenure = match answer {
+            Handoff::NotOwner if self.tenures.get(&meter) == Some(&Tenure::Moved) => {
+                return self.set_tenure(store, meter, None, inputs, now_ms);
+            }
             Handoff::NotOwner => return Ok(()),
             Handoff::Newer => Tenure::Moved,
             Handoff::Transferred { first, period_start_ms, base } => {
@@ -686,15 +686,8 @@ fn period_consumption(
         Some(figures) => figures,
         None => {
             let previous_start = period_start_ms.saturating_sub(period_ms);
-            let mut current_base = store.window_base(meter, period_start_ms)?;
-            // A meter taken over in this period: its base may be at its former home.
-            if let Some(Tenure::Inherited { period_start_ms: start, base, .. }) = tenure {
-                if start == period_start_ms {
-                    current_base = join_base(current_base, base, period_start_ms);
-                }
-            }
             let figures = PeriodFigures {
-                current_base,
+                current_base: period_base(store, meter, period_start_ms, tenure)?,
                 previous_l: store.window_consumption(meter, previous_start, period_start_ms)?,
             };
             state.period = Some(figures);
@@ -708,6 +701,25 @@ fn period_consumption(
         _ => 0,
     };
     Ok(Consumption { current_l, previous_l: figures.previous_l, reported })
+}
+
+/// A meter's register at the start of the period (its last at or before, else its first after),
+/// from this node's readings and, for a meter taken over in that period, its former home's.
+fn period_base(
+    store: &Store,
+    meter: MeterId,
+    period_start_ms: u64,
+    tenure: Option<Tenure>,
+) -> Result<Option<Point>, StoreError> {
+    let base = store.window_base(meter, period_start_ms)?;
+    Ok(match tenure {
+        Some(Tenure::Inherited { period_start_ms: start, base: inherited, .. })
+            if start == period_start_ms =>
+        {
+            join_base(base, inherited, period_start_ms)
+        }
+        _ => base,
+    })
 }
 
 /// The checkpoint in the store's folder, if it is whole, judged with the same burst limit, saved
@@ -1162,6 +1174,10 @@ mod tests {
         );
         assert_eq!((a.snapshot().meter_count, a.snapshot().total_consumption_l), (1, 0));
         assert_eq!((b.snapshot().meter_count, b.snapshot().total_consumption_l), (1, 900));
+        // No other node owns it any more (b left the mesh): back at a, the meter is a's own.
+        let mut a = a;
+        a.settle(&a_store, meter, Handoff::NotOwner, &inputs, now).expect("settle");
+        assert_eq!((a.snapshot().meter_count, a.snapshot().total_consumption_l), (2, 500));
     }
 
     /// The cached figures are for one period: a new period, or a new period length, counts

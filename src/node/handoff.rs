@@ -25,7 +25,7 @@ use crate::metrics::Metrics;
 /// Arrivals waiting to be looked up.
 pub(super) const MAX_QUEUED_ARRIVALS: usize = 256;
 /// Arrivals looked up a second.
-const ARRIVALS_PER_SECOND: u32 = 20;
+const ARRIVALS_PER_SECOND: u32 = 10;
 /// Handoff questions out at once.
 const MAX_IN_FLIGHT: usize = 16;
 /// How long a former home has to answer.
@@ -126,9 +126,6 @@ impl EventLoop {
         self.handoffs.tokens = self.handoffs.tokens.saturating_sub(1);
         // Nodes whose filter is not held yet may hold it too.
         let holders = self.mesh.view().homes_of(meter);
-        if holders.is_empty() {
-            return;
-        }
         if holders.len() > MAX_ASKED {
             self.metrics.refuse("handoff", "too_many_possible_homes");
             return;
@@ -136,11 +133,13 @@ impl EventLoop {
         let asks: Vec<_> = holders.into_iter().map(|peer| (peer, self.addrs_of(&peer))).collect();
         let (asker, writer) = (self.asker(), self.pipeline.handoffs());
         let ask = async move {
-            let mut unanswered = false;
+            let (mut claimed, mut unanswered) = (false, false);
             for (peer, addrs) in asks {
                 let request = peer::Request::Handoff { meter, newest_ts_ms };
                 match asker.ask(peer, addrs, request, HANDOFF_TIMEOUT).await {
+                    Ok(peer::Response::Handoff(peer::Handoff::NotOwner)) => {}
                     Ok(peer::Response::Handoff(answer)) => {
+                        claimed = true;
                         if writer.settle(meter, answer).await.is_err() {
                             return None;
                         }
@@ -150,6 +149,10 @@ impl EventLoop {
                         unanswered = true;
                     }
                 }
+            }
+            // Every other possible home says it does not own the meter: this node does.
+            if !claimed && !unanswered && writer.settle(meter, peer::Handoff::NotOwner).await.is_err() {
+                return None;
             }
             unanswered.then_some(Retry { meter, newest_ts_ms, attempt: attempt + 1 })
         };

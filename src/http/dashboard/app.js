@@ -383,6 +383,10 @@ function renderSummary(summary) {
     badges.push(badge('supply open', 'ok'));
   }
   for (const alert of summary.alerts) badges.push(badge(`${alert.kind} since ${when(alert.since)}`, 'warn'));
+  // Status words of the meter hydromesh does not know (the `other` alarm), as it sent them.
+  if (summary.unknown_status && summary.unknown_status.length) {
+    badges.push(el('span', { class: 'muted small', id: 'meter-unknown-status' }, `meter says: ${summary.unknown_status.join(' ')}`));
+  }
   fill('meter-badges', badges);
   fill('meter-home', nodeName(summary.home));
   if (summary.bill) {
