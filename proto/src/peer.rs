@@ -59,17 +59,22 @@ pub enum Handoff {
     NotOwner,
     /// This node's latest reading is newer: it keeps the meter, and the asker does not own it.
     Newer,
-    /// This node hands the meter over and stops counting it: the asker counts it from the
-    /// meter's first register on, and judges the current period from its base.
-    Transferred {
-        /// The meter's first register (at its first home).
-        first: Point,
-        /// The rationing period `base` is for.
-        period_start_ms: u64,
-        /// The meter's register at the start of that period (its last at or before the start,
-        /// else its first after), as this node knew it.
-        base: Option<Point>,
-    },
+    /// This node hands the meter over and stops counting it (the same answer again if the
+    /// same asker asks again: its first answer may have been lost).
+    Transferred(Transfer),
+}
+
+/// What a home hands over with a meter: the new owner counts the meter from its first register
+/// on, and judges the current period from its base.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transfer {
+    /// The meter's first register (at its first home).
+    pub first: Point,
+    /// The rationing period `base` is for.
+    pub period_start_ms: u64,
+    /// The meter's register at the start of that period (its last at or before the start,
+    /// else its first after), as the home knew it.
+    pub base: Option<Point>,
 }
 
 /// An answer about the answering node's own meters.

@@ -13,7 +13,7 @@ use std::io::Write;
 use std::sync::Arc;
 
 use hydromesh_proto::ingest::{MeterCommand, Outcome, Valve};
-use hydromesh_proto::peer::Handoff;
+use hydromesh_proto::peer::{Handoff, Transfer};
 use hydromesh_proto::summary::{Alert, Blocked, MeterFilter, MeterSpan, Point};
 use hydromesh_proto::{MeterId, Reading};
 
@@ -131,13 +131,21 @@ struct PeriodFigures {
 /// What a handoff between fog nodes left of a meter here (saved in the store). The newest
 /// home owns a meter: it alone counts it (meters, consumption, period figures) and judges it
 /// (rationing, alerts); a former home keeps its readings for questions about its history.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum Tenure {
-    /// The meter moved to another node: held, not counted.
-    Moved,
+    /// The meter moved to node `owner`, whose reading at `at_ts_ms` made it the newest home:
+    /// held, not counted. What was handed over is kept: the same answer if the same node asks
+    /// again, and the meter's count if it comes back with no owner left.
+    Moved { owner: String, at_ts_ms: u64, handed: Transfer },
     /// This node took the meter over: it counts it from its first register at its first home,
-    /// and judges the period `period_start_ms` from the base the previous home knew.
-    Inherited { first: Point, period_start_ms: u64, base: Option<Point> },
+    /// and judges the period handed over from the base the previous home knew.
+    Inherited(Transfer),
+}
+
+impl Tenure {
+    fn is_moved(tenure: Option<&Tenure>) -> bool {
+        matches!(tenure, Some(Tenure::Moved { .. }))
+    }
 }
 
 /// The local meter state; one owner, the ingest writer.
@@ -180,17 +188,6 @@ impl LocalMeters {
             arrivals: BTreeMap::new(),
             unsaved: 0,
         };
-        for (meter, record) in store.tenures()? {
-            match decode_next::<Tenure>(&mut record.as_slice()) {
-                Some(tenure) => {
-                    local.moved += usize::from(tenure == Tenure::Moved);
-                    local.tenures.insert(meter, tenure);
-                }
-                None => {
-                    tracing::warn!(%meter, "an unreadable handoff record; the meter counts as this node's own")
-                }
-            }
-        }
         local.rebuild_filter(spans.iter().map(|(span, _)| span.meter), spans.len());
         let checkpoint = read_checkpoint(store, settings, &spans);
         let (saved, saved_fold) = match checkpoint {
@@ -234,6 +231,20 @@ impl LocalMeters {
                 (span.meter, state)
             })
             .collect();
+        for (meter, record) in store.tenures()? {
+            let Some(state) = local.meters.get_mut(&meter) else { continue };
+            match decode_next::<Tenure>(&mut record.as_slice()) {
+                Some(tenure) => {
+                    local.moved += usize::from(Tenure::is_moved(Some(&tenure)));
+                    // Period figures saved before the tenure changed are figured again.
+                    state.period = None;
+                    local.tenures.insert(meter, tenure);
+                }
+                None => {
+                    tracing::warn!(%meter, "an unreadable handoff record; the meter counts as this node's own")
+                }
+            }
+        }
         for state in local.meters.values() {
             local.snapshot.period_consumption_l += state.current.0;
             local.snapshot.period_meters += u64::from(state.current.1);
@@ -319,11 +330,8 @@ impl LocalMeters {
         // A meter that moved away keeps its place in the top-K (which only grows); its owner
         // ranks it. The summary's top is then one short for each such meter: still exact for
         // every N up to the entries left.
-        let top = self
-            .top
-            .ranked()
-            .into_iter()
-            .filter(|span| self.tenures.get(&span.meter) != Some(&Tenure::Moved));
+        let top =
+            self.top.ranked().into_iter().filter(|span| !Tenure::is_moved(self.tenures.get(&span.meter)));
         LocalSnapshot { top: top.collect(), ..self.snapshot.clone() }
     }
 
@@ -344,7 +352,7 @@ impl LocalMeters {
                 self.add_meter(span.meter);
             }
             let newer = before.is_none_or(|before| reading.ts_ms > before.last.ts_ms);
-            let arrived = before.is_none() || self.tenures.get(&reading.meter) == Some(&Tenure::Moved);
+            let arrived = before.is_none() || Tenure::is_moved(self.tenures.get(&reading.meter));
             if newer && arrived {
                 let newest = self.arrivals.entry(reading.meter).or_default();
                 *newest = (*newest).max(reading.ts_ms);
@@ -448,10 +456,11 @@ impl LocalMeters {
         let (Some(state), Some(span)) = (self.meters.get_mut(&meter), store.span(meter)) else {
             return Ok(());
         };
-        let tenure = self.tenures.get(&meter).copied();
+        let tenure = self.tenures.get(&meter);
+        let moved = Tenure::is_moved(tenure);
         let consumption = match tenure {
             // Its owner counts and judges it.
-            Some(Tenure::Moved) => Consumption { current_l: 0, previous_l: 0, reported: false },
+            Some(Tenure::Moved { .. }) => Consumption { current_l: 0, previous_l: 0, reported: false },
             _ => period_consumption(store, &span, state, period, tenure)?,
         };
         let (old_l, old_reported) =
@@ -460,10 +469,7 @@ impl LocalMeters {
         snapshot.period_consumption_l = snapshot.period_consumption_l - old_l + consumption.current_l;
         snapshot.period_meters =
             snapshot.period_meters + u64::from(consumption.reported) - u64::from(old_reported);
-        let verdict = match tenure {
-            Some(Tenure::Moved) => None,
-            _ => inputs.judge(meter, consumption, now_ms),
-        };
+        let verdict = if moved { None } else { inputs.judge(meter, consumption, now_ms) };
         match verdict {
             Some((reason, detail)) => {
                 let current = snapshot.blocked.get(&meter);
@@ -485,7 +491,7 @@ impl LocalMeters {
                 if snapshot.blocked.contains_key(&meter) {
                     Arc::make_mut(&mut snapshot.blocked).remove(&meter);
                     // A meter that moved away gets its valve commands from its new home.
-                    if tenure != Some(Tenure::Moved) {
+                    if !moved {
                         tracing::info!(%meter, "restoring supply");
                         self.released.insert(meter);
                     }
@@ -530,8 +536,8 @@ impl LocalMeters {
     fn offered(&self, span: MeterSpan) -> Option<MeterSpan> {
         match self.tenures.get(&span.meter) {
             None => Some(span),
-            Some(Tenure::Moved) => None,
-            Some(Tenure::Inherited { first, .. }) => Some(MeterSpan {
+            Some(Tenure::Moved { .. }) => None,
+            Some(Tenure::Inherited(Transfer { first, .. })) => Some(MeterSpan {
                 first: if first.ts_ms < span.first.ts_ms { *first } else { span.first },
                 ..span
             }),
@@ -549,62 +555,85 @@ impl LocalMeters {
         std::mem::take(&mut self.arrivals)
     }
 
-    /// Another node, which took a reading of `meter` at `newest_ts_ms`, asks for the meter:
+    /// Node `asker`, which took a reading of `meter` at `newest_ts_ms`, asks for the meter:
     /// this node hands it over (and stops counting and judging it) unless it is not its own or
-    /// its own latest reading is newer.
+    /// its own latest reading is as new (a tie keeps the meter where it is).
     pub fn release(
         &mut self,
         store: &Store,
         meter: MeterId,
-        newest_ts_ms: u64,
+        (asker, newest_ts_ms): (&str, u64),
         inputs: &RationingInputs,
         now_ms: u64,
     ) -> Result<Handoff, StoreError> {
-        let tenure = self.tenures.get(&meter).copied();
-        let (Some(span), true) = (store.span(meter), tenure != Some(Tenure::Moved)) else {
-            return Ok(Handoff::NotOwner);
-        };
-        if span.last.ts_ms > newest_ts_ms {
-            return Ok(Handoff::Newer);
+        let Some(span) = store.span(meter) else { return Ok(Handoff::NotOwner) };
+        match self.tenures.get(&meter) {
+            Some(Tenure::Moved { owner, handed, .. }) if owner == asker => {
+                return Ok(Handoff::Transferred(*handed))
+            }
+            Some(Tenure::Moved { .. }) => return Ok(Handoff::NotOwner),
+            _ if span.last.ts_ms >= newest_ts_ms => return Ok(Handoff::Newer),
+            _ => {}
         }
-        let period_start_ms = inputs.policy.period_start(now_ms);
-        let base = period_base(store, meter, period_start_ms, tenure)?;
-        let first = self.offered(span).map_or(span.first, |span| span.first);
-        self.set_tenure(store, meter, Some(Tenure::Moved), inputs, now_ms)?;
-        tracing::info!(%meter, "meter handed over to its newer home");
-        Ok(Handoff::Transferred { first, period_start_ms, base })
+        let handed = self.transfer(store, &span, inputs, now_ms)?;
+        let tenure = Tenure::Moved { owner: asker.to_owned(), at_ts_ms: newest_ts_ms, handed };
+        self.set_tenure(store, meter, Some(tenure), inputs, now_ms)?;
+        tracing::info!(%meter, owner = asker, "meter handed over to its newer home");
+        Ok(Handoff::Transferred(handed))
     }
 
-    /// Takes the answer of a former home of `meter` to this node's [`Handoff`] request: the
-    /// meter is this node's own (from the first register and period base it was handed), or
-    /// another node's (whose latest reading is newer). [`Handoff::NotOwner`] stands for "no
-    /// other node owns it" (every possible home said so): a meter that had moved away from
-    /// here is this node's own again.
+    /// Takes the answer of node `from` to this node's [`Handoff`] request about `meter`, asked
+    /// with its reading at `asked_ts_ms`: the meter is this node's own (from the first register
+    /// and period base handed over), or `from`'s (whose latest reading is as new).
+    /// [`Handoff::NotOwner`] stands for "no other node owns it" (every possible home said so):
+    /// a meter that had moved away from here is this node's own again.
     pub fn settle(
         &mut self,
         store: &Store,
         meter: MeterId,
-        answer: Handoff,
+        (from, answer, asked_ts_ms): (&str, Handoff, u64),
         inputs: &RationingInputs,
         now_ms: u64,
     ) -> Result<(), StoreError> {
-        let tenure = match answer {
-            Handoff::NotOwner if self.tenures.get(&meter) == Some(&Tenure::Moved) => {
-                return self.set_tenure(store, meter, None, inputs, now_ms);
+        let Some(span) = store.span(meter) else { return Ok(()) };
+        let tenure = match (answer, self.tenures.get(&meter)) {
+            // Handed over since it asked, to a node with a newer reading: that one owns it.
+            (_, Some(Tenure::Moved { at_ts_ms, .. })) if *at_ts_ms > asked_ts_ms => return Ok(()),
+            (Handoff::NotOwner, Some(Tenure::Moved { handed, .. })) => Tenure::Inherited(*handed),
+            (Handoff::NotOwner, _) | (Handoff::Newer, Some(Tenure::Moved { .. })) => return Ok(()),
+            (Handoff::Newer, _) => {
+                let handed = self.transfer(store, &span, inputs, now_ms)?;
+                Tenure::Moved { owner: from.to_owned(), at_ts_ms: asked_ts_ms, handed }
             }
-            Handoff::NotOwner => return Ok(()),
-            Handoff::Newer => Tenure::Moved,
-            Handoff::Transferred { first, period_start_ms, base } => {
+            (Handoff::Transferred(mut handed), current) => {
                 // Back and forth: the first register stays the earliest handed over.
-                let first = match self.tenures.get(&meter) {
-                    Some(Tenure::Inherited { first: held, .. }) if held.ts_ms < first.ts_ms => *held,
-                    _ => first,
+                let held = match current {
+                    Some(Tenure::Inherited(held) | Tenure::Moved { handed: held, .. }) => Some(held.first),
+                    None => None,
                 };
-                tracing::info!(%meter, "meter taken over from its former home");
-                Tenure::Inherited { first, period_start_ms, base }
+                if let Some(first) = held.filter(|first| first.ts_ms < handed.first.ts_ms) {
+                    handed.first = first;
+                }
+                tracing::info!(%meter, from, "meter taken over from its former home");
+                Tenure::Inherited(handed)
             }
         };
         self.set_tenure(store, meter, Some(tenure), inputs, now_ms)
+    }
+
+    /// What this node would hand over with a meter it counts: its first register (at its first
+    /// home) and its base for the current period.
+    fn transfer(
+        &self,
+        store: &Store,
+        span: &MeterSpan,
+        inputs: &RationingInputs,
+        now_ms: u64,
+    ) -> Result<Transfer, StoreError> {
+        let period_start_ms = inputs.policy.period_start(now_ms);
+        let base = period_base(store, span.meter, period_start_ms, self.tenures.get(&span.meter))?;
+        let first = self.offered(*span).map_or(span.first, |span| span.first);
+        Ok(Transfer { first, period_start_ms, base })
     }
 
     /// Records a meter's tenure (saved first) and counts and judges the meter again by it.
@@ -618,18 +647,23 @@ impl LocalMeters {
     ) -> Result<(), StoreError> {
         let Some(span) = store.span(meter) else { return Ok(()) };
         let record = tenure
+            .as_ref()
             .map(|tenure| bincode::serde::encode_to_vec(tenure, bincode::config::standard()))
             .transpose()
             .map_err(|e| StoreError::Corrupt(format!("cannot encode a handoff record: {e}")))?;
         store.save_tenure(meter, record.as_deref())?;
         let before = self.counted(&span);
-        let was_moved = self.tenures.get(&meter) == Some(&Tenure::Moved);
+        let (was_moved, moved) =
+            (Tenure::is_moved(self.tenures.get(&meter)), Tenure::is_moved(tenure.as_ref()));
         match tenure {
             Some(tenure) => self.tenures.insert(meter, tenure),
             None => self.tenures.remove(&meter),
         };
-        let moved = tenure == Some(Tenure::Moved);
         self.moved = self.moved + usize::from(moved) - usize::from(was_moved);
+        if moved {
+            // Its valve commands come from its owner now.
+            self.released.remove(&meter);
+        }
         let after = self.counted(&span);
         let snapshot = &mut self.snapshot;
         snapshot.total_consumption_l =
@@ -642,7 +676,10 @@ impl LocalMeters {
             state.period = None;
         }
         self.refresh_alerts(meter);
-        self.judge(store, meter, inputs, now_ms)?;
+        // The tenure is saved whatever the judgement: a failure to read is the next one's.
+        if let Err(error) = self.judge(store, meter, inputs, now_ms) {
+            tracing::error!(%meter, %error, "cannot judge a meter");
+        }
         self.unsaved += 1;
         Ok(())
     }
@@ -650,7 +687,7 @@ impl LocalMeters {
     fn refresh_alerts(&mut self, meter: MeterId) {
         let Some(state) = self.meters.get(&meter) else { return };
         let alerts: Vec<Alert> = match self.tenures.get(&meter) {
-            Some(Tenure::Moved) => Vec::new(),
+            Some(Tenure::Moved { .. }) => Vec::new(),
             _ => state.tracker.alerts(meter).collect(),
         };
         let current = self.snapshot.alerts.get(&meter);
@@ -679,7 +716,7 @@ fn period_consumption(
     span: &MeterSpan,
     state: &mut MeterState,
     (period_start_ms, period_ms): (u64, u64),
-    tenure: Option<Tenure>,
+    tenure: Option<&Tenure>,
 ) -> Result<Consumption, StoreError> {
     let meter = span.meter;
     let figures = match state.period {
@@ -709,14 +746,12 @@ fn period_base(
     store: &Store,
     meter: MeterId,
     period_start_ms: u64,
-    tenure: Option<Tenure>,
+    tenure: Option<&Tenure>,
 ) -> Result<Option<Point>, StoreError> {
     let base = store.window_base(meter, period_start_ms)?;
     Ok(match tenure {
-        Some(Tenure::Inherited { period_start_ms: start, base: inherited, .. })
-            if start == period_start_ms =>
-        {
-            join_base(base, inherited, period_start_ms)
+        Some(Tenure::Inherited(handed)) if handed.period_start_ms == period_start_ms => {
+            join_base(base, handed.base, period_start_ms)
         }
         _ => base,
     })
@@ -1144,39 +1179,46 @@ mod tests {
         assert_eq!(b.take_arrivals(), BTreeMap::from([(meter, now - hour)]), "b asks for the meter");
         assert_eq!(a.take_arrivals().len(), 2, "new meters at a too");
 
-        // a is asked with an older reading than its own: it keeps the meter.
-        assert_eq!(
-            a.release(&a_store, meter, now - 6 * hour, &inputs, now).expect("release"),
-            Handoff::Newer
-        );
-        let answer = a.release(&a_store, meter, now - hour, &inputs, now).expect("release");
-        let Handoff::Transferred { first, base, .. } = answer else { panic!("not handed over: {answer:?}") };
-        assert_eq!((first.litres, base.map(|p| p.litres)), (1_000, Some(1_000)));
+        // a is asked with an older reading than its own, or as new: it keeps the meter.
+        for older in [now - 6 * hour, now - 4 * hour] {
+            assert_eq!(
+                a.release(&a_store, meter, ("b", older), &inputs, now).expect("release"),
+                Handoff::Newer
+            );
+        }
+        let answer = a.release(&a_store, meter, ("b", now - hour), &inputs, now).expect("release");
+        let Handoff::Transferred(handed) = answer else { panic!("not handed over: {answer:?}") };
+        assert_eq!((handed.first.litres, handed.base.map(|p| p.litres)), (1_000, Some(1_000)));
         let a_snapshot = a.snapshot();
         assert_eq!((a_snapshot.meter_count, a_snapshot.total_consumption_l), (1, 0), "a counts meter 2 only");
         assert_eq!((a_snapshot.period_meters, a_snapshot.period_consumption_l), (1, 0));
         assert!(a_snapshot.top.iter().all(|span| span.meter != meter));
-        assert_eq!(a.release(&a_store, meter, now, &inputs, now).expect("again"), Handoff::NotOwner);
+        // b asks again (its answer was lost): the same answer; another node: not a's to give.
+        assert_eq!(a.release(&a_store, meter, ("b", now), &inputs, now).expect("again"), answer);
+        assert_eq!(a.release(&a_store, meter, ("c", now), &inputs, now).expect("c"), Handoff::NotOwner);
+        // An answer to a question a asked before it handed the meter over changes nothing.
+        a.settle(&a_store, meter, ("c", answer, now - 4 * hour), &inputs, now).expect("stale");
+        assert_eq!(a.snapshot().meter_count, 1);
 
-        b.settle(&b_store, meter, answer, &inputs, now).expect("settle");
+        b.settle(&b_store, meter, ("a", answer, now - hour), &inputs, now).expect("settle");
         let commands = b.judge_batch(&b_store, &at_b, &inputs, now);
         assert_eq!(commands, vec![MeterCommand { meter, valve: Valve::Closed }], "900 L in the period at b");
         let b_snapshot = b.snapshot();
         assert_eq!(b_snapshot.blocked.get(&meter).map(|blocked| blocked.reason), Some(BlockReason::Cap));
         assert_eq!((b_snapshot.meter_count, b_snapshot.total_consumption_l), (1, 900));
         assert_eq!((b_snapshot.period_meters, b_snapshot.period_consumption_l), (1, 900));
-        assert_eq!(b_snapshot.top[0].first, first, "ranked from its first register");
+        assert_eq!(b_snapshot.top[0].first, handed.first, "ranked from its first register");
 
         // Both reloaded: the tenures were saved.
-        let (a, b) = (
+        let (mut a, b) = (
             LocalMeters::load(&a_store, settings).expect("a"),
             LocalMeters::load(&b_store, settings).expect("b"),
         );
         assert_eq!((a.snapshot().meter_count, a.snapshot().total_consumption_l), (1, 0));
         assert_eq!((b.snapshot().meter_count, b.snapshot().total_consumption_l), (1, 900));
-        // No other node owns it any more (b left the mesh): back at a, the meter is a's own.
-        let mut a = a;
-        a.settle(&a_store, meter, Handoff::NotOwner, &inputs, now).expect("settle");
+        // No other node owns it any more (b left the mesh): back at a, the meter is a's own again,
+        // counted from its first register.
+        a.settle(&a_store, meter, ("", Handoff::NotOwner, now), &inputs, now).expect("settle");
         assert_eq!((a.snapshot().meter_count, a.snapshot().total_consumption_l), (2, 500));
     }
 

@@ -69,10 +69,15 @@ enum Job {
     Ingest { readings: Vec<Reading>, reply: oneshot::Sender<Result<Ack, IngestError>> },
     /// The rationing inputs changed (or time passed): judge every meter again.
     Reevaluate,
-    /// Another node asks for a meter it took a reading of at `newest_ts_ms`.
-    Release { meter: MeterId, newest_ts_ms: u64, reply: oneshot::Sender<Handoff> },
-    /// A former home's answer to this node's handoff request.
-    Settle { meter: MeterId, answer: Handoff },
+    /// Node `asker` asks for a meter it took a reading of at `newest_ts_ms`.
+    Release {
+        meter: MeterId,
+        asker: String,
+        newest_ts_ms: u64,
+        reply: oneshot::Sender<Result<Handoff, String>>,
+    },
+    /// Node `from`'s answer to this node's handoff request, asked with a reading at `asked_ts_ms`.
+    Settle { meter: MeterId, from: String, answer: Handoff, asked_ts_ms: u64 },
 }
 
 /// What the writer reads and writes besides its jobs.
@@ -179,18 +184,27 @@ impl Admission {
 pub struct Handoffs(mpsc::WeakSender<Job>);
 
 impl Handoffs {
-    /// This node's answer to another's request for `meter` (waits for a place in the queue).
-    pub async fn release(&self, meter: MeterId, newest_ts_ms: u64) -> Result<Handoff, IngestError> {
-        let jobs = self.0.upgrade().ok_or(IngestError::Stopped)?;
+    /// This node's answer to node `asker`'s request for `meter` (waits for a place in the
+    /// queue); an error when it cannot tell (the asker asks again later).
+    pub async fn release(&self, meter: MeterId, asker: String, newest_ts_ms: u64) -> Result<Handoff, String> {
+        let stopped = || IngestError::Stopped.to_string();
+        let jobs = self.0.upgrade().ok_or_else(stopped)?;
         let (reply, answer) = oneshot::channel();
-        jobs.send(Job::Release { meter, newest_ts_ms, reply }).await.map_err(|_| IngestError::Stopped)?;
-        answer.await.map_err(|_| IngestError::Stopped)
+        jobs.send(Job::Release { meter, asker, newest_ts_ms, reply }).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
 
-    /// Takes a former home's answer about `meter` (waits for a place in the queue).
-    pub async fn settle(&self, meter: MeterId, answer: Handoff) -> Result<(), IngestError> {
+    /// Takes node `from`'s answer about `meter`, asked with a reading at `asked_ts_ms` (waits
+    /// for a place in the queue).
+    pub async fn settle(
+        &self,
+        meter: MeterId,
+        from: String,
+        answer: Handoff,
+        asked_ts_ms: u64,
+    ) -> Result<(), IngestError> {
         let jobs = self.0.upgrade().ok_or(IngestError::Stopped)?;
-        jobs.send(Job::Settle { meter, answer }).await.map_err(|_| IngestError::Stopped)
+        jobs.send(Job::Settle { meter, from, answer, asked_ts_ms }).await.map_err(|_| IngestError::Stopped)
     }
 }
 
@@ -265,18 +279,26 @@ impl Writer {
                         group.push((batch, reply));
                     }
                     Job::Reevaluate => reevaluate = true,
-                    Job::Release { meter, newest_ts_ms, reply } => {
+                    Job::Release { meter, asker, newest_ts_ms, reply } => {
                         let inputs = self.channels.inputs.borrow().clone();
-                        let answer = self.local.release(&self.store, meter, newest_ts_ms, &inputs, now_ms());
-                        let _ = reply.send(answer.unwrap_or_else(|error| {
+                        let answer =
+                            self.local.release(&self.store, meter, (&asker, newest_ts_ms), &inputs, now_ms());
+                        let _ = reply.send(answer.map_err(|error| {
                             tracing::error!(%meter, %error, "cannot hand a meter over");
-                            Handoff::NotOwner
+                            error.to_string()
                         }));
                         self.publish();
                     }
-                    Job::Settle { meter, answer } => {
+                    Job::Settle { meter, from, answer, asked_ts_ms } => {
                         let inputs = self.channels.inputs.borrow().clone();
-                        if let Err(error) = self.local.settle(&self.store, meter, answer, &inputs, now_ms()) {
+                        let settled = self.local.settle(
+                            &self.store,
+                            meter,
+                            (&from, answer, asked_ts_ms),
+                            &inputs,
+                            now_ms(),
+                        );
+                        if let Err(error) = settled {
                             tracing::error!(%meter, %error, "cannot take a meter over");
                         }
                         self.publish();

@@ -7,6 +7,7 @@
 //! A batch the node answers "busy" is sent again after a delay, as often as needed: a reading
 //! is never dropped and never acknowledged before it is stored.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -195,9 +196,19 @@ impl Batcher {
         match response {
             ingest::Response::Done { outcomes, commands } if outcomes.len() == batch.readings.len() => {
                 self.log_rejections(&batch, &outcomes);
+                // The words of readings the node took (stored now, or before).
+                let taken: HashSet<(MeterId, u64)> = batch
+                    .readings
+                    .iter()
+                    .zip(&outcomes)
+                    .filter(|(_, outcome)| matches!(outcome, Outcome::Accepted | Outcome::Duplicate))
+                    .map(|(reading, _)| (reading.meter, reading.ts_ms))
+                    .collect();
                 let status_words = self.node.status_words();
                 for (meter, ts_ms, words) in &batch.unknown_status {
-                    status_words.note(*meter, *ts_ms, words);
+                    if taken.contains(&(*meter, *ts_ms)) {
+                        status_words.note(*meter, *ts_ms, words);
+                    }
                 }
                 for command in commands {
                     let full =

@@ -137,7 +137,12 @@ impl EventLoop {
     }
 
     /// Answers a peer's question about this node's own meters.
-    pub(super) fn on_peer_question(&mut self, request: peer::Request, reply: Reply<peer::Response>) {
+    pub(super) fn on_peer_question(
+        &mut self,
+        from: PeerId,
+        request: peer::Request,
+        reply: Reply<peer::Response>,
+    ) {
         let answer = if self.closing {
             Answer::Now(peer::Response::Error("node is shutting down".into()))
         } else if self.is_busy() {
@@ -149,9 +154,9 @@ impl EventLoop {
                 peer::Request::Handoff { meter, newest_ts_ms } => {
                     let writer = self.pipeline.handoffs();
                     async move {
-                        match writer.release(meter, newest_ts_ms).await {
+                        match writer.release(meter, from.to_string(), newest_ts_ms).await {
                             Ok(answer) => peer::Response::Handoff(answer),
-                            Err(error) => peer::Response::Error(error.to_string()),
+                            Err(error) => peer::Response::Error(error),
                         }
                     }
                     .boxed()

@@ -750,7 +750,7 @@ impl EventLoop {
                         let refusal = peer::Response::Error("not a fog node of this mesh".into());
                         return self.respond(reply, refusal);
                     }
-                    self.on_peer_question(request, reply);
+                    self.on_peer_question(peer, request, reply);
                 }
                 request_response::Message::Response { request_id, response } => {
                     if let Some(reply) = self.requests.asks.remove(&request_id) {

@@ -151,6 +151,11 @@ fn seal(mut out: Vec<u8>) -> Vec<u8> {
     out
 }
 
+/// Whether `bytes` (a chunk or a record) are whole: their checksum holds.
+pub fn is_whole(bytes: &[u8]) -> bool {
+    check(bytes).is_ok()
+}
+
 /// The body of a chunk whose checksum holds.
 fn check(bytes: &[u8]) -> Result<&[u8], ChunkError> {
     let split = bytes

@@ -41,7 +41,10 @@ impl Wal {
             OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(io)?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(io)?;
-        let (readings, whole) = read_records(&bytes);
+        let (readings, whole) = read_records(&bytes).map_err(|reason| StoreError::Unreadable {
+            path: path.parent().unwrap_or(path).to_path_buf(),
+            reason: format!("its write-ahead log {}: {reason}", path.display()),
+        })?;
         if whole < bytes.len() {
             tracing::warn!(
                 path = %path.display(),
@@ -125,7 +128,9 @@ impl Wal {
         let mut bytes = vec![0; self.len as usize];
         std::os::unix::fs::FileExt::read_exact_at(&self.file, &mut bytes, 0)
             .map_err(|source| StoreError::Io { path: self.path.clone(), source })?;
-        Ok(read_records(&bytes).0)
+        read_records(&bytes)
+            .map(|(readings, _)| readings)
+            .map_err(|reason| StoreError::Corrupt(format!("the write-ahead log: {reason}")))
     }
 
     /// Bytes in the log.
@@ -134,8 +139,10 @@ impl Wal {
     }
 }
 
-/// The readings of the whole records at the start of `bytes`, and where they end.
-fn read_records(bytes: &[u8]) -> (Vec<Reading>, usize) {
+/// The readings of the whole records at the start of `bytes`, and where they end (a record cut
+/// short or damaged ends them). A whole record (its checksum holds) that cannot be read is an
+/// error: cutting the log there would drop acknowledged readings.
+fn read_records(bytes: &[u8]) -> Result<(Vec<Reading>, usize), String> {
     let (mut readings, mut at) = (Vec::new(), 0);
     while let Some(header) = bytes.get(at..at + 4) {
         let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
@@ -143,17 +150,22 @@ fn read_records(bytes: &[u8]) -> (Vec<Reading>, usize) {
             break;
         }
         let Some(record) = bytes.get(at + 4..at + 4 + len) else { break };
-        let Ok(batch) = chunk::decode_record(record) else { break };
-        readings.extend(batch);
+        match chunk::decode_record(record) {
+            Ok(batch) => readings.extend(batch),
+            Err(error) if chunk::is_whole(record) => {
+                return Err(format!("a whole record at byte {at}: {error}"))
+            }
+            Err(_) => break,
+        }
         at += 4 + len;
     }
-    (readings, at)
+    Ok((readings, at))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hydromesh_proto::Alarms;
+    use hydromesh_proto::{Alarms, MeterId};
 
     fn batch(meter: u32, n: u64) -> Vec<Reading> {
         (0..n)
@@ -165,6 +177,38 @@ mod tests {
                 alarms: Alarms::empty(),
             })
             .collect()
+    }
+
+    /// A whole record (its checksum holds) that names no meter (a store of an earlier version
+    /// whose numeric ids ran past 12 digits) stops the store opening; the log is not cut there.
+    #[test]
+    fn a_whole_record_that_cannot_be_read_refuses_rather_than_cuts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wal.log");
+        let varint = |mut n: u64| {
+            let mut out = Vec::new();
+            while n >= 0x80 {
+                out.push((n as u8) | 0x80);
+                n >>= 7;
+            }
+            out.push(n as u8);
+            out
+        };
+        // Meter `a` is the code 10^12 + 11; 10^12 + 2 would spell `1`, a number: no id's code.
+        let a = MeterId::parse("a").expect("id");
+        let mut record = chunk::encode_record(&[Reading { meter: a, ..batch(1, 1)[0] }]);
+        let (valid, invalid) = (varint(a.code()), varint(a.code() - 9));
+        let at = record.windows(valid.len()).position(|w| w == valid.as_slice()).expect("the code");
+        record[at..at + valid.len()].copy_from_slice(&invalid);
+        let body = record.len() - 4;
+        let crc = chunk::crc32(&record[..body]).to_le_bytes();
+        record[body..].copy_from_slice(&crc);
+        let mut framed = (record.len() as u32).to_le_bytes().to_vec();
+        framed.extend_from_slice(&record);
+        std::fs::write(&path, &framed).expect("write");
+        let refused = Wal::open(&path).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(refused.contains("not the code of a meter id"), "{refused}");
+        assert_eq!(std::fs::read(&path).expect("read"), framed, "the log is as it was");
     }
 
     #[test]
