@@ -140,9 +140,7 @@ impl EventLoop {
                     Ok(peer::Response::Handoff(peer::Handoff::NotOwner)) => {}
                     Ok(peer::Response::Handoff(answer)) => {
                         claimed = true;
-                        if writer.settle(meter, peer.to_string(), answer, newest_ts_ms).await.is_err() {
-                            return None;
-                        }
+                        writer.settle(meter, peer.to_string(), answer, newest_ts_ms).await.ok()?;
                     }
                     other => {
                         tracing::debug!(%meter, %peer, ?other, "a handoff question got no answer");
@@ -151,9 +149,8 @@ impl EventLoop {
                 }
             }
             // Every other possible home says it does not own the meter: this node does.
-            let nobody = (String::new(), peer::Handoff::NotOwner, newest_ts_ms);
-            if !claimed && !unanswered && writer.settle(meter, nobody.0, nobody.1, nobody.2).await.is_err() {
-                return None;
+            if !claimed && !unanswered {
+                writer.settle(meter, String::new(), peer::Handoff::NotOwner, newest_ts_ms).await.ok()?;
             }
             unanswered.then_some(Retry { meter, newest_ts_ms, attempt: attempt + 1 })
         };
