@@ -359,3 +359,48 @@ async fn a_meter_that_moves_between_nodes_is_counted_once_from_every_node() {
         }
     }
 }
+
+/// Two nodes that took readings of one meter while apart both own it; once they hear each
+/// other's summaries (here through a third node that joins both), the meter is counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meter_owned_by_two_nodes_apart_is_counted_once_when_they_meet() {
+    let mut mesh = Mesh::new();
+    let (a, b) = (
+        mesh.start(common::config(mesh.root.path().join("a"), "a", vec![])).await,
+        mesh.start(common::config(mesh.root.path().join("b"), "b", vec![])).await,
+    );
+    let meter = MeterId::parse("apart-1").expect("an id");
+    let start = now_ms() - 6 * HOUR_MS;
+    let at = |k: u64| Reading {
+        meter,
+        ts_ms: start + k * HOUR_MS,
+        litres: 100 + 10 * k,
+        flow_lph: None,
+        alarms: hydromesh_proto::Alarms::empty(),
+    };
+    for (node, part) in [(a, [at(0), at(1)]), (b, [at(3), at(4)])] {
+        let ingest::Response::Done { outcomes, .. } =
+            mesh.client(node).await.ingest(part.to_vec()).await.expect("ingest")
+        else {
+            panic!("not taken");
+        };
+        assert!(outcomes.iter().all(|o| *o == Outcome::Accepted));
+    }
+    let bootstrap = vec![mesh.nodes[a].addr.clone(), mesh.nodes[b].addr.clone()];
+    let c = mesh.start(common::config(mesh.root.path().join("c"), "c", bootstrap)).await;
+    let home = mesh.nodes[b].peer.to_string();
+    for asked in [a, b, c] {
+        eventually(&format!("node {asked} to count the meter once, at b"), CONVERGE, || async {
+            let Response::Stats(stats) = mesh.ask(asked, Request::Stats).await? else { return None };
+            let Response::Top(top) = mesh.ask(asked, Request::Top { n: 1, since_ms: None }).await? else {
+                return None;
+            };
+            let once = stats.meters == 1
+                && stats.total_consumption_l == 40
+                && stats.coverage.included.len() == 3
+                && top.entries.first().is_some_and(|e| e.consumption_l == 40 && e.home == home);
+            once.then_some(())
+        })
+        .await;
+    }
+}

@@ -14,7 +14,7 @@ use hydromesh_proto::query::{
     AlertEntry, AlertsAnswer, BlockedAnswer, BlockedEntry, Coverage, PeerInfo, PeersAnswer, StatsAnswer,
     TopAnswer,
 };
-use hydromesh_proto::summary::{AlertKind, MeterFilter, NodeSummary, SignedSummary, SummaryDelta};
+use hydromesh_proto::summary::{AlertKind, MeterFilter, MeterSpan, NodeSummary, SignedSummary, SummaryDelta};
 use hydromesh_proto::{limits, MeterId};
 use libp2p::PeerId;
 
@@ -482,6 +482,20 @@ impl View {
         homes.into_iter().map(|(origin, _)| *origin).collect()
     }
 
+    /// This node's spans of the meters that `origin`'s summary counts among its top meters as
+    /// well as this node's own: both count them (a meter that moved and was left owned by both),
+    /// which a handoff question settles. A node counts only the meters it owns in its top.
+    pub fn counted_by_both(&self, origin: &PeerId) -> Vec<MeterSpan> {
+        let (Some(ours), Some(theirs)) = (self.local_summary(), self.entries.get(origin)) else {
+            return Vec::new();
+        };
+        if *origin == self.local {
+            return Vec::new();
+        }
+        let theirs: HashSet<MeterId> = theirs.summary.top.iter().map(|span| span.meter).collect();
+        ours.top.iter().filter(|span| theirs.contains(&span.meter)).copied().collect()
+    }
+
     /// The exact mesh-wide average consumption in the period starting at `period_start_ms`:
     /// Σ consumption ÷ Σ meters that reported, over every summary for that period.
     pub fn period_average(&self, period_start_ms: u64) -> Option<f64> {
@@ -752,6 +766,27 @@ pub(crate) mod tests {
         old = sign(&member, &summary).expect("sign");
         view.merge(old, now, false).expect("merge");
         assert_eq!(view.coverage(now, 0).stale.len(), 1);
+    }
+
+    #[test]
+    fn meters_two_nodes_both_count_among_their_top_are_found() {
+        let (local, other) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+        let now = Instant::now();
+        let mut view = View::new(local.public().to_peer_id(), Duration::from_secs(30));
+        let ours =
+            signed(&local, 1, vec![span(1.into(), (0, 0), (10, 100)), span(2.into(), (0, 0), (10, 50))]);
+        let (summary, _) = verify(&ours).expect("verify");
+        view.set_local(summary, ours, Arc::new(filter(&[])), now);
+        let origin = other.public().to_peer_id();
+        view.merge(
+            signed(&other, 1, vec![span(2.into(), (20, 50), (30, 80)), span(3.into(), (0, 0), (1, 9))]),
+            now,
+            false,
+        )
+        .expect("merge");
+        let both: Vec<MeterId> = view.counted_by_both(&origin).iter().map(|span| span.meter).collect();
+        assert_eq!(both, [MeterId::from(2)]);
+        assert!(view.counted_by_both(&local.public().to_peer_id()).is_empty());
     }
 
     #[test]

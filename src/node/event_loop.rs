@@ -841,6 +841,12 @@ impl EventLoop {
         match merged {
             Merged::Newer(origin) => {
                 tracing::debug!(%origin, "merged a newer summary");
+                // Meters both count (left owned by both after a move): asked about again.
+                for span in self.mesh.view().counted_by_both(&origin) {
+                    if self.handoffs.ready() {
+                        self.on_arrival(span.meter, span.last.ts_ms);
+                    }
+                }
                 // Its filter may be new.
                 self.pull_soon();
                 self.save_view(&origin.to_string(), &signed);
