@@ -501,7 +501,7 @@ impl LocalMeters {
         Ok(())
     }
 
-    /// A meter new to the store (its consumption is counted by `on_span`, from zero). The
+    /// A meter new to the store (it is counted by `on_span`, from zero consumption). The
     /// filter is rebuilt twice as large when outgrown, up to the largest a filter may be; past
     /// that, meters go into it as they come (rebuilding it would gain nothing, for every meter).
     fn add_meter(&mut self, meter: MeterId) {
@@ -513,7 +513,6 @@ impl LocalMeters {
         } else {
             Arc::make_mut(&mut self.snapshot.filter).insert(meter);
         }
-        self.snapshot.meter_count = (count - self.moved) as u64;
         let state = MeterState { tracker: Tracker::default(), period: None, current: (0, false) };
         self.meters.insert(meter, state);
     }
@@ -521,6 +520,12 @@ impl LocalMeters {
     /// A meter's span changed from `before` (none: the meter is new here).
     fn on_span(&mut self, span: MeterSpan, before: Option<MeterSpan>) {
         let before = before.map_or(0, |before| self.counted(&before));
+        self.recount(span, before);
+    }
+
+    /// Counts a meter's `span` where `before` litres of it were counted: the total, the meters
+    /// counted, the top-K.
+    fn recount(&mut self, span: MeterSpan, before: u64) {
         let (after, offered) = (self.counted(&span), self.offered(span));
         let snapshot = &mut self.snapshot;
         snapshot.total_consumption_l =
@@ -664,14 +669,7 @@ impl LocalMeters {
             // Its valve commands come from its owner now.
             self.released.remove(&meter);
         }
-        let after = self.counted(&span);
-        let snapshot = &mut self.snapshot;
-        snapshot.total_consumption_l =
-            snapshot.total_consumption_l.saturating_sub(before).saturating_add(after);
-        snapshot.meter_count = (self.meters.len() - self.moved) as u64;
-        if let Some(offered) = self.offered(span) {
-            self.top.offer(offered);
-        }
+        self.recount(span, before);
         if let Some(state) = self.meters.get_mut(&meter) {
             state.period = None;
         }

@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::payload::Parsed;
 use crate::metrics::LogOnce;
 use crate::node::NodeClient;
 
@@ -56,6 +57,39 @@ pub struct Chunk {
 
 /// A reading's status words that hydromesh does not know: its meter, its time, the words.
 pub type UnknownStatus = (MeterId, u64, Vec<String>);
+
+/// What one connection's messages carried, gathered for its next chunk.
+#[derive(Default)]
+pub struct Gathered {
+    readings: Vec<Reading>,
+    seqs: Vec<u64>,
+    unknown_status: Vec<UnknownStatus>,
+}
+
+impl Gathered {
+    /// Adds a message's reading, with the sequence number of its acknowledgement if one is owed.
+    pub fn push(&mut self, Parsed { reading, unknown_status }: Parsed, seq: Option<u64>) {
+        self.seqs.extend(seq);
+        if !unknown_status.is_empty() {
+            self.unknown_status.push((reading.meter, reading.ts_ms, unknown_status));
+        }
+        self.readings.push(reading);
+    }
+
+    /// How many readings are gathered.
+    pub fn len(&self) -> usize {
+        self.readings.len()
+    }
+
+    /// The chunk of what is gathered (which is then empty); `None` when nothing is.
+    pub fn take_chunk(&mut self, source: Arc<str>, done: mpsc::UnboundedSender<Completion>) -> Option<Chunk> {
+        if self.readings.is_empty() {
+            return None;
+        }
+        let Gathered { readings, seqs, unknown_status } = std::mem::take(self);
+        Some(Chunk { source, readings, seqs, done: Some(done), unknown_status })
+    }
+}
 
 /// The fate of messages of one connection.
 #[derive(Debug)]

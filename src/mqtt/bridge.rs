@@ -29,8 +29,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::acks::{AckQueue, AckState};
-use super::batcher::{Chunk, Completion, UnknownStatus, MAX_CHUNK_READINGS};
-use super::payload::{self, Parsed, Refusal, SUBSCRIPTIONS};
+use super::batcher::{Chunk, Completion, Gathered, MAX_CHUNK_READINGS};
+use super::payload::{self, Refusal, SUBSCRIPTIONS};
 use super::{LogOnce, MqttError};
 use crate::metrics::Metrics;
 
@@ -356,9 +356,9 @@ impl Handler {
                 () = tokio::time::sleep_until(draining.unwrap_or_else(Instant::now)), if draining.is_some() => break,
                 Some(completion) = done.recv() => self.acks.complete(&completion.seqs, completion.stored),
                 Some(publish) = publishes.recv(), if can_take => {
-                    let mut chunk = ChunkBuilder::default();
+                    let mut chunk = Gathered::default();
                     self.take(publish, &mut chunk);
-                    while chunk.readings.len() < MAX_CHUNK_READINGS && self.acks.len() < MAX_PENDING {
+                    while chunk.len() < MAX_CHUNK_READINGS && self.acks.len() < MAX_PENDING {
                         match publishes.try_recv() {
                             Ok(publish) => self.take(publish, &mut chunk),
                             Err(_) => break,
@@ -383,7 +383,7 @@ impl Handler {
         handler_done.cancel();
     }
 
-    fn take(&mut self, (connection, publish): (u64, Publish), chunk: &mut ChunkBuilder) {
+    fn take(&mut self, (connection, publish): (u64, Publish), chunk: &mut Gathered) {
         if connection != self.connection {
             // A new connection: acknowledgements still owed on the old one must not be sent on
             // this one (their packet ids may now name other messages); the broker resends those
@@ -394,16 +394,11 @@ impl Handler {
         }
         let ack = publish.qos != QoS::AtMostOnce;
         match payload::parse_publish(&publish.topic, &publish.payload) {
-            Ok(Parsed { reading, unknown_status }) => {
-                if ack {
-                    let seq =
-                        self.acks.push(publish.pkid, publish.qos == QoS::ExactlyOnce, AckState::Waiting);
-                    chunk.seqs.push(seq);
-                }
-                if !unknown_status.is_empty() {
-                    chunk.unknown_status.push((reading.meter, reading.ts_ms, unknown_status));
-                }
-                chunk.readings.push(reading);
+            Ok(parsed) => {
+                let seq = ack.then(|| {
+                    self.acks.push(publish.pkid, publish.qos == QoS::ExactlyOnce, AckState::Waiting)
+                });
+                chunk.push(parsed, seq);
             }
             Err(refusal) => {
                 self.refuse(&refusal);
@@ -423,16 +418,9 @@ impl Handler {
         }
     }
 
-    fn submit(&mut self, chunk: ChunkBuilder) {
-        if chunk.readings.is_empty() {
+    fn submit(&mut self, mut chunk: Gathered) {
+        let Some(chunk) = chunk.take_chunk(self.source.clone(), self.done_tx.clone()) else {
             return;
-        }
-        let chunk = Chunk {
-            source: self.source.clone(),
-            readings: chunk.readings,
-            seqs: chunk.seqs,
-            done: Some(self.done_tx.clone()),
-            unknown_status: chunk.unknown_status,
         };
         match self.chunks.try_send(chunk) {
             Ok(()) => {}
@@ -484,13 +472,6 @@ impl Handler {
             tracing::warn!(broker = %self.source, meter = %command.meter, "MQTT client queue full: a valve command was not published");
         }
     }
-}
-
-#[derive(Default)]
-struct ChunkBuilder {
-    readings: Vec<hydromesh_proto::Reading>,
-    seqs: Vec<u64>,
-    unknown_status: Vec<UnknownStatus>,
 }
 
 #[cfg(test)]

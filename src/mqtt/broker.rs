@@ -28,7 +28,6 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use hydromesh_proto::ingest::MeterCommand;
-use hydromesh_proto::Reading;
 use rumqttc::mqttbytes::v4::{Connect, Packet, Publish, Subscribe, Unsubscribe};
 use rumqttc::mqttbytes::{Error as CodecError, QoS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -43,8 +42,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::acks::{AckQueue, AckState};
-use super::batcher::{Chunk, Completion, UnknownStatus, MAX_CHUNK_READINGS};
-use super::payload::{self, Parsed, Refusal};
+use super::batcher::{Chunk, Completion, Gathered, MAX_CHUNK_READINGS};
+use super::payload::{self, Refusal};
 use super::topic;
 use crate::metrics::LogOnce;
 use crate::metrics::Metrics;
@@ -384,9 +383,7 @@ async fn connection(
         rbuf,
         wbuf,
         acks: AckQueue::default(),
-        readings: Vec::new(),
-        seqs: Vec::new(),
-        unknown_status: Vec::new(),
+        gathered: Gathered::default(),
         stalled: None,
         done_tx,
         done_rx,
@@ -503,11 +500,8 @@ struct Session {
     rbuf: BytesMut,
     wbuf: BytesMut,
     acks: AckQueue,
-    /// The chunk being built: readings, the sequence numbers of those to acknowledge, and their
-    /// unknown status words.
-    readings: Vec<Reading>,
-    seqs: Vec<u64>,
-    unknown_status: Vec<UnknownStatus>,
+    /// The chunk being built.
+    gathered: Gathered,
     /// A chunk the batcher had no room for yet; nothing more is read until it is taken.
     stalled: Option<Chunk>,
     done_tx: mpsc::UnboundedSender<Completion>,
@@ -616,7 +610,7 @@ impl Session {
             {
                 break Ok(false);
             }
-            if self.readings.len() >= MAX_CHUNK_READINGS {
+            if self.gathered.len() >= MAX_CHUNK_READINGS {
                 self.submit();
                 continue;
             }
@@ -685,15 +679,9 @@ impl Session {
             QoS::ExactlyOnce => Some(true),
         };
         match payload::parse_publish(&publish.topic, &publish.payload) {
-            Ok(Parsed { reading, unknown_status }) => {
-                if let Some(rec) = ack {
-                    let seq = self.acks.push(publish.pkid, rec, AckState::Waiting);
-                    self.seqs.push(seq);
-                }
-                if !unknown_status.is_empty() {
-                    self.unknown_status.push((reading.meter, reading.ts_ms, unknown_status));
-                }
-                self.readings.push(reading);
+            Ok(parsed) => {
+                let seq = ack.map(|rec| self.acks.push(publish.pkid, rec, AckState::Waiting));
+                self.gathered.push(parsed, seq);
             }
             Err(refusal) => {
                 self.shared.refuse(&self.client_id, &refusal);
@@ -709,15 +697,8 @@ impl Session {
 
     /// Hands the chunk being built to the batcher, or keeps it as stalled when it is full.
     fn submit(&mut self) {
-        if self.readings.is_empty() {
+        let Some(chunk) = self.gathered.take_chunk(self.client_id.clone(), self.done_tx.clone()) else {
             return;
-        }
-        let chunk = Chunk {
-            source: self.client_id.clone(),
-            readings: std::mem::take(&mut self.readings),
-            seqs: std::mem::take(&mut self.seqs),
-            done: Some(self.done_tx.clone()),
-            unknown_status: std::mem::take(&mut self.unknown_status),
         };
         match self.shared.batcher.try_send(chunk) {
             Ok(()) => {}

@@ -382,10 +382,9 @@ fn meter_answer(meter: MeterId, answers: Vec<(PeerId, Result<peer::Response, Ask
             _ => unreachable += 1,
         }
     }
-    let latest = |local: &LocalMeter| local.history.readings.last().map_or(0, |r| r.ts_ms);
     let Some((home, status)) = found
         .iter()
-        .max_by_key(|(_, local)| latest(local))
+        .max_by_key(|(_, local)| latest_ts(&local.history))
         .map(|(peer, local)| (*peer, local.status.clone()))
     else {
         let hint = if unreachable > 0 {
@@ -433,10 +432,14 @@ async fn joined_bill(
             parts.push((peer, held.history));
         }
     }
-    let latest = |history: &MeterHistory| history.readings.last().map_or(0, |r| r.ts_ms);
-    let home = parts.iter().max_by_key(|(_, history)| latest(history)).map(|(peer, _)| *peer)?;
+    let home = parts.iter().max_by_key(|(_, history)| latest_ts(history)).map(|(peer, _)| *peer)?;
     let history = domain::merge_histories(parts.into_iter().map(|(_, history)| history));
     Some(local.bill_for(meter, period, domain::history_consumption(meter, &history), home))
+}
+
+/// The time of a home's latest reading in a history (the newest home holds the latest).
+fn latest_ts(history: &MeterHistory) -> u64 {
+    history.readings.last().map_or(0, |reading| reading.ts_ms)
 }
 
 fn not_held(meter: MeterId) -> query::Response {
